@@ -1,0 +1,23 @@
+# Developer entry points. `make demo` and `make test` work on a fresh clone.
+PY := .venv/bin/python
+export COMFYUI_PATH ?= $(CURDIR)/.cache/comfyui
+
+.PHONY: setup test test-unit test-comfy test-server test-ui demo bench clean
+
+setup:
+	bash tools/setup.sh
+
+test: setup
+	$(PY) -m pytest
+
+test-unit test-comfy test-server test-ui: setup
+	$(PY) -m pytest -m $(subst test-,,$@)
+
+demo: setup
+	$(PY) tools/demo.py
+
+bench: setup
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf .cache output
