@@ -8,10 +8,10 @@ setup:
 	bash tools/setup.sh
 
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest tests
 
 test-unit test-comfy test-server test-ui: setup
-	$(PY) -m pytest -m $(subst test-,,$@)
+	$(PY) -m pytest tests -m $(subst test-,,$@)
 
 demo: setup
 	$(PY) tools/demo.py

@@ -1,0 +1,23 @@
+"""ComfyUI glue of FlexIP: node classes, the model patch, encoder and folder plumbing."""
+
+from .apply import FlexIPApply
+from .encode import FlexIPEncodeSubject
+from .folders import register_model_folders
+from .loader import FlexIPLoader
+from .schedule import FlexIPGateSchedule
+
+register_model_folders()
+
+NODE_CLASS_MAPPINGS = {
+    "FlexIPLoader": FlexIPLoader,
+    "FlexIPEncodeSubject": FlexIPEncodeSubject,
+    "FlexIPGateSchedule": FlexIPGateSchedule,
+    "FlexIPApply": FlexIPApply,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "FlexIPLoader": "Load FlexIP Adapters",
+    "FlexIPEncodeSubject": "FlexIP Encode Subject",
+    "FlexIPGateSchedule": "FlexIP Gate Schedule",
+    "FlexIPApply": "Apply FlexIP",
+}

@@ -1,0 +1,110 @@
+"""FlexIPApply: patch a clone of the MODEL with the gated FlexIP attention."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ..flexip_model.errors import FlexIPError
+from ..flexip_model.gate import GateSchedule, constant_schedule, gate_table, static_gate_range, validate_schedule
+from .bundles import EncodedSubject, LoadedFlexIP
+from .layers import context_dim_of, layer_specs_of
+from .patch import FlexIPPatch, GatePlan, install
+
+_FAMILIES = {768: "SD1.5", 2048: "SDXL"}
+_PROGRESS_POINTS = 1001  # one per discrete timestep of SD-family models
+
+
+class FlexIPApply:
+    DESCRIPTION = "Adds the subject to the model: identity (preservation) and editability (personalization), blended by the gate."
+    CATEGORY = "FlexIP"
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("A patched copy of the model; the input model is left untouched.",)
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The diffusion model to personalise (a patched copy is returned)."}),
+                "flexip": ("FLEXIP", {"tooltip": "Adapters from FlexIPLoader (the same ones that encoded the subject)."}),
+                "subject": ("FLEXIP_SUBJECT", {"tooltip": "The subject from FlexIPEncodeSubject."}),
+                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.01,
+                                       "tooltip": "Overall strength s of the subject; 0 leaves the model unchanged."}),
+                "preservation": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
+                    "Gate γ: 1 locks identity (preservation adapter), 0 favours editing (personalization "
+                    "adapter). Ignored when a gate schedule is connected.")}),
+                "start_at": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001,
+                                       "tooltip": "Sampling progress at which the subject starts to act."}),
+                "end_at": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001,
+                                     "tooltip": "Sampling progress after which the subject stops acting."}),
+            },
+            "optional": {
+                "gate": ("FLEXIP_GATE", {"tooltip": "A FlexIPGateSchedule; replaces preservation with γ per step and block."}),
+                "attn_mask": ("MASK", {"tooltip": "Where in the image the subject acts (white = on)."}),
+            },
+        }
+
+    def apply(self, model, flexip: LoadedFlexIP, subject: EncodedSubject, strength: float, preservation: float,
+              start_at: float, end_at: float, gate: GateSchedule | None = None,
+              attn_mask: torch.Tensor | None = None) -> tuple:
+        if subject.flexip is not flexip:
+            raise FlexIPError(
+                f"FlexIPApply's subject was encoded with {subject.flexip.name} but the flexip input is "
+                f"{flexip.name}: encode the subject with the same FlexIPLoader output.")
+        layers = _matching_layers(model, flexip)
+        schedule = dataclasses.replace(gate or constant_schedule(preservation), start_at=start_at, end_at=end_at)
+        validate_schedule(schedule, "FlexIPApply")
+        patched = model.clone()
+        install(patched, FlexIPPatch(subject, layers, float(strength), _gate_plan(model, schedule, layers), _mask(attn_mask)))
+        return (patched,)
+
+
+def _matching_layers(model, flexip: LoadedFlexIP):
+    """The model's attn2 layers, after checking they are the ones the adapter was made for."""
+    diffusion_model = model.get_model_object("diffusion_model")
+    config = flexip.config
+    context = context_dim_of(diffusion_model)
+    if context != config.context_dim:
+        expected = _FAMILIES.get(config.context_dim, f"context {config.context_dim}")
+        actual = _FAMILIES.get(context, f"context {context}")
+        raise FlexIPError(
+            f"{flexip.name} is an {expected} adapter (context {config.context_dim}) but the model is {actual} "
+            f"(context {context}): load an {actual} FlexIP file or an {expected} checkpoint.")
+    layers = layer_specs_of(diffusion_model)
+    expected_layers = {spec.key: spec for spec in config.layers}
+    if {spec.key for spec in layers} != set(expected_layers):
+        raise FlexIPError(
+            f"{flexip.name} has {len(config.layers)} cross-attention layers but the model has {len(layers)}: "
+            "use a FlexIP file made for this model's architecture (flexip_model init --layers-from <checkpoint>).")
+    for spec in layers:
+        if expected_layers[spec.key].inner_dim != spec.inner_dim:
+            raise FlexIPError(
+                f"{flexip.name} layer {spec.key} is {expected_layers[spec.key].inner_dim} wide but the model's is "
+                f"{spec.inner_dim}: use a FlexIP file made for this model's architecture.")
+    return tuple(expected_layers[spec.key] for spec in layers)
+
+
+def _gate_plan(model, schedule: GateSchedule, layers) -> GatePlan:
+    """Decide on the host which layers have a constant γ; build the sigma→progress grid if needed."""
+    ranges = static_gate_range(schedule, layers)
+    constants = tuple(low if low == high else None for low, high in (ranges[spec.key] for spec in layers))
+    windowed = schedule.start_at > 0.0 or schedule.end_at < 1.0
+    progress = torch.linspace(0.0, 1.0, _PROGRESS_POINTS)
+    if windowed or None in constants:
+        sampling = model.get_model_object("model_sampling")
+        sigmas = torch.tensor([sampling.percent_to_sigma(float(p)) for p in progress])
+    else:
+        sigmas = torch.zeros_like(progress)  # never read: every gate is a constant
+    return GatePlan(schedule, gate_table(schedule, layers), constants, sigmas, progress, windowed)
+
+
+def _mask(attn_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """MASK [H, W] or [N, H, W] -> [N, 1, H, W] float."""
+    if attn_mask is None:
+        return None
+    if attn_mask.ndim == 2:
+        attn_mask = attn_mask.unsqueeze(0)
+    return attn_mask.unsqueeze(1).float()

@@ -1,0 +1,53 @@
+"""What flows between the FlexIP nodes: the loaded adapter and the encoded subject."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import comfy.model_management
+import comfy.model_patcher
+
+from ..flexip_model.adapter import FlexIPAdapter
+from ..flexip_model.config import FlexIPConfig
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedFlexIP:
+    """The `FLEXIP` type: adapter weights in a ModelPatcher, so ComfyUI loads and offloads them."""
+
+    name: str
+    adapter: FlexIPAdapter
+    patcher: comfy.model_patcher.ModelPatcher
+
+    @property
+    def config(self) -> FlexIPConfig:
+        return self.adapter.config
+
+    @classmethod
+    def wrap(cls, name: str, adapter: FlexIPAdapter) -> LoadedFlexIP:
+        load_device = comfy.model_management.get_torch_device()
+        offload_device = comfy.model_management.unet_offload_device()
+        adapter = adapter.to(device=offload_device, dtype=comfy.model_management.unet_dtype(load_device)).eval()
+        adapter.requires_grad_(False)
+        return cls(name, adapter, comfy.model_patcher.ModelPatcher(adapter, load_device, offload_device))
+
+    def loaded(self) -> FlexIPAdapter:
+        """The adapter on its load device (ComfyUI decides whether it fits)."""
+        comfy.model_management.load_model_gpu(self.patcher)
+        return self.adapter
+
+
+@dataclass(frozen=True, eq=False)
+class EncodedSubject:
+    """The `FLEXIP_SUBJECT` type. Row 0 is the subject (cond), row 1 the black reference (uncond).
+
+    preservation_tokens: [2, Tp, d]; clip_embeds: [2, C] (the CLIP [CLS] the personalization
+    adapter reads). Kept on the intermediate device; moved to the sampling device per run.
+    """
+
+    flexip: LoadedFlexIP
+    preservation_tokens: torch.Tensor
+    clip_embeds: torch.Tensor
+    image_count: int

@@ -1,0 +1,84 @@
+"""FlexIPEncodeSubject: reference image(s) -> preservation tokens and the CLIP embedding."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import comfy.model_management
+
+from ..flexip_model.errors import FlexIPError
+from .bundles import EncodedSubject, LoadedFlexIP
+from .encoders import check_clip, check_dino, clip_image_embeds, dino_tokens
+
+BATCH_MODES = ("average", "concat")
+
+
+class FlexIPEncodeSubject:
+    DESCRIPTION = ("Encodes the subject once: CLIP-H and DINOv2 features of the reference through the "
+                   "preservation adapter. Changing gate or strength later does not re-run this node.")
+    CATEGORY = "FlexIP"
+    RETURN_TYPES = ("FLEXIP_SUBJECT",)
+    RETURN_NAMES = ("subject",)
+    OUTPUT_TOOLTIPS = ("The encoded subject, for FlexIPApply.",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "flexip": ("FLEXIP", {"tooltip": "Adapters from FlexIPLoader."}),
+                "clip_vision": ("CLIP_VISION", {"tooltip": "CLIP ViT-H/14 from Load CLIP Vision (the file IP-Adapter uses)."}),
+                "image": ("IMAGE", {"tooltip": "The reference image of the subject; a batch gives several views."}),
+                "batch_mode": (BATCH_MODES, {"default": "average", "tooltip": (
+                    "How several reference images combine: average their tokens, or concatenate them "
+                    "(more tokens, more detail, a little slower).")}),
+            },
+            "optional": {
+                "dino": ("CLIP_VISION", {"tooltip": "DINOv2-L from Load CLIP Vision (low-level detail features)."}),
+                "mask": ("MASK", {"tooltip": "Subject mask over the reference: the background is blacked out."}),
+            },
+        }
+
+    def encode(self, flexip: LoadedFlexIP, clip_vision, image: torch.Tensor, batch_mode: str,
+               dino=None, mask: torch.Tensor | None = None) -> tuple[EncodedSubject]:
+        config = flexip.config
+        check_clip(clip_vision, config.clip_embed_dim, flexip.name)
+        check_dino(dino, config.dino_dim, flexip.name)
+        references = masked_references(image, mask)
+        # uncond is a black reference, as the encoders never saw tensors of zeros
+        both = torch.cat([references, torch.zeros_like(references[:1])])
+        clip = clip_image_embeds(clip_vision, both)
+        dino_features = dino_tokens(dino, both, config.dino_resolution)
+        adapter = flexip.loaded()
+        param = next(adapter.parameters())
+        with torch.no_grad():
+            tokens = adapter.preservation_tokens(clip.to(param), dino_features.to(param))
+        tokens = tokens.to(comfy.model_management.intermediate_device())
+        subject, black = tokens[:-1], tokens[-1:]
+        if batch_mode == "average":
+            subject = subject.mean(dim=0, keepdim=True)
+        else:  # concat: one longer token list; the black row repeats so both rows stack
+            subject = subject.reshape(1, -1, subject.shape[-1])
+            black = black.repeat(1, len(references), 1)
+        clip = clip.to(comfy.model_management.intermediate_device()).float()
+        embeds = torch.cat([clip[:-1].mean(dim=0, keepdim=True), clip[-1:]])
+        return (EncodedSubject(flexip, torch.cat([subject, black]), embeds, len(references)),)
+
+
+def masked_references(image: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """IMAGE [N, H, W, C] with the background outside `mask` ([1 or N, h, w]) set to black."""
+    if image.shape[0] == 0:
+        raise FlexIPError("FlexIPEncodeSubject's image batch is empty: connect at least one reference image.")
+    image = image[..., :3]
+    if mask is None:
+        return image
+    if mask.ndim == 2:
+        mask = mask.unsqueeze(0)
+    if mask.shape[0] not in (1, image.shape[0]):
+        raise FlexIPError(
+            f"FlexIPEncodeSubject got {image.shape[0]} images but {mask.shape[0]} masks: give one mask "
+            "for all images or one per image.")
+    if mask.shape[1:] != image.shape[1:3]:
+        mask = F.interpolate(mask.unsqueeze(1), size=image.shape[1:3], mode="bilinear").squeeze(1)
+    return image * mask.unsqueeze(-1).to(image)

@@ -1,0 +1,28 @@
+"""FlexIPLoader: a FlexIP checkpoint (format v1) from models/flexip."""
+
+from __future__ import annotations
+
+import folder_paths
+
+from ..flexip_model import checkpoint
+from .bundles import LoadedFlexIP
+
+
+class FlexIPLoader:
+    DESCRIPTION = "Loads a FlexIP adapter file (preservation + personalization adapters and their per-layer projections)."
+    CATEGORY = "FlexIP"
+    RETURN_TYPES = ("FLEXIP",)
+    RETURN_NAMES = ("flexip",)
+    OUTPUT_TOOLTIPS = ("The loaded FlexIP adapters, for FlexIPEncodeSubject and FlexIPApply.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "adapter_name": (folder_paths.get_filename_list("flexip"), {
+                "tooltip": "A FlexIP .safetensors file in models/flexip (see README: Model files)."}),
+        }}
+
+    def load(self, adapter_name: str) -> tuple[LoadedFlexIP]:
+        path = folder_paths.get_full_path_or_raise("flexip", adapter_name)
+        return (LoadedFlexIP.wrap(adapter_name, checkpoint.load(path)),)

@@ -1,0 +1,249 @@
+"""The FlexIP model patch: per-run adapter K/V, per-step gates, and the attn2 layer patches.
+
+One `FlexIPPatch` per FlexIPApply node. A diffusion-model wrapper runs once per model call:
+it fetches (or builds, once per sampling run) the adapter K/V for this batch layout and
+evaluates the gate schedule on the device; the layer patches only read what it prepared.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Optional
+
+import torch
+
+import comfy.ldm.modules.attention as comfy_attention
+import comfy.patcher_extension
+
+from ..flexip_model.attention import LayerKV, adapter_attention, join_branches, merge_heads, split_heads
+from ..flexip_model.config import LayerSpec, parse_layer_key
+from ..flexip_model.errors import FlexIPError
+from ..flexip_model.gate import GateSchedule, GateTable, gates_at, progress_from_sigma, window_at
+from .bundles import EncodedSubject
+
+WRAPPER_KEY = "flexip"
+_RUN_CACHE_LIMIT = 8  # batch layouts kept per run (cond/uncond orders, regional chunks)
+
+
+@dataclass(frozen=True)
+class GatePlan:
+    """The gate of every layer for one run, decided on the host once.
+
+    Per layer, a Python float when the schedule is constant there (so a dead branch is
+    skipped statically), or None when it must be evaluated per step from `table`.
+    """
+
+    schedule: GateSchedule
+    table: GateTable
+    constants: tuple[Optional[float], ...]
+    sigma_grid: torch.Tensor
+    progress_grid: torch.Tensor
+    windowed: bool
+
+    def to(self, device: torch.device) -> GatePlan:
+        return replace(self, table=self.table.to(device), sigma_grid=self.sigma_grid.to(device),
+                       progress_grid=self.progress_grid.to(device))
+
+
+@dataclass
+class CallState:
+    """What the layer patches of one model call read: K/V, gates, strength and mask per layer."""
+
+    kv: tuple[LayerKV, ...]
+    gates: tuple[Any, ...]  # float or 0-d tensor per layer
+    strength: Any  # float or 0-d tensor (0 outside start_at/end_at)
+    mask: Optional[torch.Tensor]  # [B, 1, H, W] over the latent, or None
+    masks_by_tokens: dict[int, torch.Tensor]
+
+    def mask_for(self, tokens: int, original_shape: list[int]) -> Optional[torch.Tensor]:
+        """The attention mask resized to a layer's token grid: [B, N, 1], cached per call."""
+        if self.mask is None:
+            return None
+        if tokens not in self.masks_by_tokens:
+            height, width = original_shape[-2:]
+            scale = (height * width / tokens) ** 0.5
+            size = (round(height / scale), round(width / scale))
+            resized = torch.nn.functional.interpolate(self.mask, size=size, mode="bilinear")
+            self.masks_by_tokens[tokens] = resized.flatten(1).unsqueeze(-1)
+        return self.masks_by_tokens[tokens]
+
+
+class FlexIPPatch:
+    """Shared state of one FlexIPApply: subject tokens, gate plan and the per-run K/V cache.
+
+    Immutable apart from the run cache, which is keyed by the batch layout (cond uuids,
+    cond/uncond order, rows, dtype, device) and cleared when the sampling run ends.
+    `clone()` deep-copies model_options; `__deepcopy__` returns self so clones share weights.
+    """
+
+    def __init__(self, subject: EncodedSubject, layers: tuple[LayerSpec, ...], strength: float,
+                 gate: GatePlan, mask: Optional[torch.Tensor]) -> None:
+        self.subject = subject
+        self.flexip = subject.flexip
+        self.layers = layers
+        self.strength = strength
+        self.gate = gate
+        self.mask = mask
+        self.options_key = f"flexip_{id(self)}"
+        self._run_cache: dict[tuple, tuple[LayerKV, ...]] = {}
+
+    # ComfyUI model-management protocol -------------------------------------------------
+    def models(self) -> list:
+        return [self.flexip.patcher]
+
+    def to(self, device_or_dtype: Any) -> FlexIPPatch:
+        # dtype casts are ignored: K/V are built in the UNet's compute dtype per run
+        if isinstance(device_or_dtype, torch.device):
+            self.gate = self.gate.to(device_or_dtype)
+            self.mask = None if self.mask is None else self.mask.to(device_or_dtype)
+            self._run_cache.clear()
+        return self
+
+    def __deepcopy__(self, memo: dict) -> FlexIPPatch:
+        return self
+
+    # Wrappers ----------------------------------------------------------------------------
+    def outer_sample_wrapper(self, executor: Callable, *args, **kwargs):
+        """Bounds the K/V cache to one sampling run."""
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            self._run_cache.clear()
+
+    def diffusion_model_wrapper(self, executor: Callable, x: torch.Tensor, timesteps, context: torch.Tensor,
+                                y=None, control=None, transformer_options: dict = {}, **kwargs):
+        """Once per model call: prepare what every layer patch of this call reads."""
+        options = dict(transformer_options)
+        options[self.options_key] = self._call_state(x, context, options)
+        return executor(x, timesteps, context, y, control, options, **kwargs)
+
+    # Per call ----------------------------------------------------------------------------
+    def _call_state(self, x: torch.Tensor, context: torch.Tensor, options: dict) -> CallState:
+        order = tuple(options.get("cond_or_uncond", (0,)))
+        uuids = tuple(str(u) for u in options.get("uuids", ()))
+        key = (uuids, order, x.shape[0], context.shape[1], context.dtype, context.device)
+        kv = self._run_cache.get(key)
+        if kv is None:
+            if len(self._run_cache) >= _RUN_CACHE_LIMIT:
+                self._run_cache.pop(next(iter(self._run_cache)))
+            kv = self._run_cache[key] = self._layer_kv(order, x.shape[0], context)
+        gates, strength = self._gates(options, context)
+        return CallState(kv, gates, strength, self._mask_rows(x, len(order)), {})
+
+    def _mask_rows(self, x: torch.Tensor, chunks: int) -> Optional[torch.Tensor]:
+        """The attention mask per batch item: one mask for all, or one per latent in the batch."""
+        if self.mask is None:
+            return None
+        mask = self.mask.to(device=x.device, dtype=x.dtype)
+        if mask.shape[0] == 1:
+            return mask
+        if mask.shape[0] * chunks != x.shape[0]:
+            raise FlexIPError(
+                f"FlexIPApply attn_mask has {mask.shape[0]} masks but the latent batch has "
+                f"{x.shape[0] // chunks} images: give one mask, or one per latent.")
+        return mask.repeat(chunks, 1, 1, 1)
+
+    @torch.no_grad()
+    def _layer_kv(self, order: tuple[int, ...], batch: int, context: torch.Tensor) -> tuple[LayerKV, ...]:
+        """Adapter K/V of every layer for this batch layout (cond/uncond chunks in `order`)."""
+        adapter = self.flexip.loaded()
+        param = next(adapter.parameters())
+        rows = batch // len(order)
+        pick = torch.tensor(order, device=param.device).repeat_interleave(rows)  # subject row per item
+        clip = self.subject.clip_embeds.to(param.device, param.dtype)[pick]
+        preservation = self.subject.preservation_tokens.to(param.device, param.dtype)[pick]
+        personalization = adapter.personalization_tokens(context.to(param.device, param.dtype), clip)
+        out = []
+        for spec in self.layers:
+            kv = adapter.layer_kv(spec.key, preservation, personalization)
+            kv = _cast_kv(kv, context.dtype, context.device)
+            out.append(join_branches(kv) if self.flexip.config.gate_mode == "token" else kv)
+        return tuple(out)
+
+    def _gates(self, options: dict, context: torch.Tensor) -> tuple[tuple[Any, ...], Any]:
+        plan = self.gate
+        need_progress = plan.windowed or any(g is None for g in plan.constants)
+        if not need_progress:
+            return plan.constants, self.strength
+        sigma = options["sigmas"].reshape(-1)[:1].float()
+        progress = progress_from_sigma(sigma, plan.sigma_grid, plan.progress_grid)[0]
+        strength: Any = self.strength
+        if plan.windowed:
+            strength = (window_at(plan.schedule, progress) * self.strength).to(context.dtype)
+        gates: tuple[Any, ...] = plan.constants
+        if any(g is None for g in plan.constants):
+            live = gates_at(plan.table, progress).to(context.dtype)
+            gates = tuple(live[i] if g is None else g for i, g in enumerate(plan.constants))
+        return gates, strength
+
+
+def _cast_kv(kv: LayerKV, dtype: torch.dtype, device: torch.device) -> LayerKV:
+    def cast(branch):
+        if branch is None:
+            return None
+        return type(branch)(branch.key.to(device, dtype), branch.value.to(device, dtype))
+    return LayerKV(cast(kv.preservation), cast(kv.personalization))
+
+
+class LayerPatch:
+    """The attn2 replace patch of one layer; chains the patch it replaced (never drops it)."""
+
+    def __init__(self, state: FlexIPPatch, index: int, previous: Optional[Callable]) -> None:
+        self.state = state
+        self.index = index
+        self.previous = previous
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        if self.previous is not None:
+            out = self.previous(q, k, v, extra_options)
+        else:
+            out = comfy_attention.optimized_attention(
+                q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
+                transformer_options=extra_options)
+        call: Optional[CallState] = extra_options.get(self.state.options_key)
+        if call is None:  # a model call that bypassed the wrapper: behave like the base model
+            return out
+        term = adapter_attention(
+            split_heads(q, extra_options["n_heads"]), call.kv[self.index], call.strength, call.gates[self.index],
+            self.state.flexip.config.gate_mode, attention=_comfy_attention(extra_options),
+            attn_precision=extra_options.get("attn_precision"))
+        if term is None:
+            return out
+        mask = call.mask_for(q.shape[1], extra_options["original_shape"])
+        if mask is None:
+            return out + merge_heads(term)
+        return torch.addcmul(out, merge_heads(term), mask)
+
+    def models(self) -> list:
+        previous = getattr(self.previous, "models", None)
+        return self.state.models() + (previous() if previous else [])
+
+    def to(self, device_or_dtype: Any) -> LayerPatch:
+        self.state.to(device_or_dtype)
+        if hasattr(self.previous, "to"):
+            self.previous = self.previous.to(device_or_dtype)
+        return self
+
+    def __deepcopy__(self, memo: dict) -> LayerPatch:
+        return LayerPatch(self.state, self.index, copy.deepcopy(self.previous, memo))
+
+
+def _comfy_attention(extra_options: dict) -> Callable:
+    """ComfyUI's selected attention with this call's overrides (sage, flash, a user's override)."""
+    def attend(q, k, v, heads, **kwargs):
+        return comfy_attention.optimized_attention(q, k, v, heads, transformer_options=extra_options, **kwargs)
+    return attend
+
+
+def install(model, state: FlexIPPatch) -> None:
+    """Register `state` on a cloned ModelPatcher: wrappers plus one attn2 patch per layer."""
+    replace = model.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
+    for index, spec in enumerate(state.layers):
+        block, block_id, transformer_index = parse_layer_key(spec.key)
+        previous = replace.get((block, block_id, transformer_index)) or replace.get((block, block_id))
+        model.set_model_attn2_replace(LayerPatch(state, index, previous), block, block_id, transformer_index)
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
+                               state.diffusion_model_wrapper)
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY,
+                               state.outer_sample_wrapper)

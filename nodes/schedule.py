@@ -1,0 +1,64 @@
+"""FlexIPGateSchedule: γ (the preservation share) over sampling progress, per block if wanted."""
+
+from __future__ import annotations
+
+from ..flexip_model.errors import FlexIPError
+from ..flexip_model.gate import INTERPOLATIONS, BlockOverride, GateSchedule, parse_keyframes, validate_schedule
+
+_KEYFRAMES_HELP = "'progress:gamma' pairs, e.g. '0:1.0, 0.6:0.2' (progress 0 = first step, 1 = last), or one number."
+
+
+class FlexIPGateSchedule:
+    DESCRIPTION = ("How much identity (γ = 1, preservation) versus editability (γ = 0, personalization) "
+                   "at each point of sampling, optionally different per UNet block.")
+    CATEGORY = "FlexIP"
+    RETURN_TYPES = ("FLEXIP_GATE",)
+    RETURN_NAMES = ("gate",)
+    OUTPUT_TOOLTIPS = ("The gate schedule; connect it to FlexIPApply's gate input (it replaces preservation).",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        override = {"default": "", "tooltip": f"Optional override for these blocks: {_KEYFRAMES_HELP} Empty = use keyframes."}
+        return {
+            "required": {
+                "keyframes": ("STRING", {"default": "0:1.0, 0.5:0.5, 1:0.2", "multiline": True,
+                                         "tooltip": f"γ over sampling progress: {_KEYFRAMES_HELP}"}),
+                "interpolation": (INTERPOLATIONS, {"default": "linear",
+                                                   "tooltip": "Between keyframes: linear, cosine ease, or step (hold)."}),
+            },
+            "optional": {
+                "input_blocks": ("STRING", override),
+                "middle_block": ("STRING", override),
+                "output_blocks": ("STRING", override),
+                "layer_indices": ("STRING", {"default": "", "tooltip": (
+                    "Optional comma-separated cross-attention layer indices (0 = first input layer) that get "
+                    "layer_keyframes instead.")}),
+                "layer_keyframes": ("STRING", {"default": "", "tooltip": f"Keyframes for layer_indices: {_KEYFRAMES_HELP}"}),
+            },
+        }
+
+    def build(self, keyframes: str, interpolation: str, input_blocks: str = "", middle_block: str = "",
+              output_blocks: str = "", layer_indices: str = "", layer_keyframes: str = "") -> tuple[GateSchedule]:
+        overrides = []
+        by_block = {"input": ("input_blocks", input_blocks), "middle": ("middle_block", middle_block),
+                    "output": ("output_blocks", output_blocks)}
+        for block, (name, text) in by_block.items():
+            if text.strip():
+                overrides.append(BlockOverride(parse_keyframes(text, f"FlexIPGateSchedule {name}"), blocks=(block,)))
+        if layer_indices.strip():
+            overrides.append(BlockOverride(
+                parse_keyframes(layer_keyframes, "FlexIPGateSchedule layer_keyframes"),
+                layer_indices=_indices(layer_indices)))
+        schedule = GateSchedule(parse_keyframes(keyframes, "FlexIPGateSchedule keyframes"), interpolation,
+                                overrides=tuple(overrides))
+        validate_schedule(schedule, "FlexIPGateSchedule")
+        return (schedule,)
+
+
+def _indices(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError:
+        raise FlexIPError(
+            f"FlexIPGateSchedule layer_indices {text!r} is not a list of integers: write e.g. '0, 1, 5'.") from None
