@@ -1,0 +1,45 @@
+"""FlexIP as plain torch: adapters, the gated attention, the gate schedule and the checkpoint format.
+
+Never imports ComfyUI; imported both as `flexip_model` and as `<pack>.flexip_model`.
+"""
+
+from . import checkpoint
+from .adapter import FlexIPAdapter
+from .attention import (
+    AttentionFn,
+    BranchKV,
+    JointKV,
+    LayerKV,
+    adapter_attention,
+    gated_attention,
+    join_branches,
+    merge_heads,
+    sdpa_attention,
+    split_heads,
+)
+from .config import FlexIPConfig, LayerSpec, config_for, default_layers, layer_key, parse_layer_key
+from .errors import FlexIPError
+from .gate import (
+    BlockOverride,
+    GateSchedule,
+    GateTable,
+    constant_schedule,
+    gate_table,
+    gates_at,
+    parse_keyframes,
+    progress_from_sigma,
+    static_gate_range,
+    validate_schedule,
+    window_at,
+)
+from .personalization import PersonalizationAdapter
+from .preservation import PreservationAdapter
+from .projections import LayerProjections
+
+__all__ = [
+    "AttentionFn", "BlockOverride", "BranchKV", "FlexIPAdapter", "FlexIPConfig", "FlexIPError", "GateSchedule",
+    "GateTable", "JointKV", "LayerKV", "LayerProjections", "LayerSpec", "PersonalizationAdapter",
+    "PreservationAdapter", "adapter_attention", "config_for", "constant_schedule", "default_layers", "gate_table",
+    "gated_attention", "gates_at", "join_branches", "layer_key", "merge_heads", "parse_keyframes", "parse_layer_key",
+    "progress_from_sigma", "sdpa_attention", "split_heads", "static_gate_range", "validate_schedule", "window_at",
+]

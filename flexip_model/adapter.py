@@ -1,0 +1,80 @@
+"""FlexIPAdapter: both adapters plus the per-layer projections, the unit a checkpoint holds."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .attention import BranchKV, LayerKV, join_branches, split_heads
+from .config import FlexIPConfig
+from .personalization import PersonalizationAdapter
+from .preservation import PreservationAdapter
+from .projections import KVProjection, LayerProjections
+
+
+class FlexIPAdapter(nn.Module):
+    """Everything FlexIP trains; the UNet, VAE, text and image encoders stay frozen outside it."""
+
+    def __init__(self, config: FlexIPConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.preservation = PreservationAdapter(config)
+        self.personalization = PersonalizationAdapter(config)
+        self.layers = LayerProjections(config)
+
+    @classmethod
+    def from_config(cls, config: FlexIPConfig) -> FlexIPAdapter:
+        return cls(config)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """All parameters of the adapter (nothing in it is frozen)."""
+        return list(self.parameters())
+
+    def preservation_tokens(self, clip_embeds: Tensor, dino_tokens: Tensor) -> Tensor:
+        """CLIP [CLS] [B, C] and DINOv2 tokens [B, T, Dd] -> T_pres [B, Tp, d]."""
+        return self.preservation(clip_embeds, dino_tokens)
+
+    def personalization_tokens(self, context: Tensor, clip_embeds: Tensor) -> Tensor:
+        """Text context [B, L, d] and CLIP [CLS] [B, C] -> Y [B, L, d]."""
+        return self.personalization(context, clip_embeds)
+
+    def layer_kv(
+        self, key: str, preservation_tokens: Optional[Tensor], personalization_tokens: Optional[Tensor]
+    ) -> LayerKV:
+        """Head-split K/V [B, H, T, dh] of layer `key` for both branches (None where tokens are None).
+
+        Call once per run or model call, never per layer call: the tokens do not depend on the step.
+        """
+        heads = self.config.layer(key).heads
+        branches = self.layers[key]
+        token_mode = self.config.gate_mode == "token"
+
+        def project(projection: KVProjection, tokens: Optional[Tensor]) -> Optional[BranchKV]:
+            if tokens is None:
+                return None
+            return BranchKV(split_heads(projection.to_k(tokens), heads), split_heads(projection.to_v(tokens), heads))
+
+        kv = LayerKV(
+            preservation=project(branches["joint" if token_mode else "pres"], preservation_tokens),
+            personalization=project(branches["joint" if token_mode else "pers"], personalization_tokens),
+        )
+        return join_branches(kv) if token_mode else kv
+
+    def layer_kvs(
+        self, preservation_tokens: Optional[Tensor], personalization_tokens: Optional[Tensor]
+    ) -> dict[str, LayerKV]:
+        """`layer_kv` for every layer of the config, keyed by layer key."""
+        return {key: self.layer_kv(key, preservation_tokens, personalization_tokens) for key in self.config.layer_keys}
+
+
+def parameter_counts(config: FlexIPConfig) -> dict[str, int]:
+    """Parameters per part (preservation, personalization, layers) and in total, counted without allocating."""
+    with torch.device("meta"):
+        adapter = FlexIPAdapter(config)
+    counts = {name: sum(p.numel() for p in getattr(adapter, name).parameters())
+              for name in ("preservation", "personalization", "layers")}
+    counts["total"] = sum(counts.values())
+    return counts

@@ -1,0 +1,175 @@
+"""FlexIP checkpoint format v1 (design §4): one .safetensors file, config JSON in the metadata.
+
+The only module of flexip_model that touches files. Everything is validated from the header
+before a single tensor is read, and every failure is one sentence naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from .adapter import FlexIPAdapter
+from .config import FlexIPConfig
+from .errors import FlexIPError
+
+METADATA_KEY = "flexip"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+PathLike = Union[str, os.PathLike]
+
+
+def _refuse_pickle(path: Path) -> None:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise FlexIPError(
+            f"{path.name} is a pickle file, which can run code when loaded: convert it to .safetensors "
+            "with a safetensors tool or re-export the adapter."
+        )
+
+
+def _read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[tuple[int, ...], str]]]:
+    """Metadata and {name: (shape, dtype)} from the header only; no tensor data is read."""
+    _refuse_pickle(path)
+    if not path.is_file():
+        raise FlexIPError(f"{path.name} was not found at {path.parent}: check the file name and folder.")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {}
+            for name in handle.keys():
+                view = handle.get_slice(name)
+                tensors[name] = (tuple(view.get_shape()), view.get_dtype())
+    except SafetensorError:
+        raise FlexIPError(
+            f"{path.name} is truncated or not a safetensors file: download or export it again."
+        ) from None
+    except OSError as error:
+        raise FlexIPError(f"{path.name} cannot be read ({error.strerror}): check the file's permissions.") from None
+    return metadata, tensors
+
+
+def _expected_shapes(config: FlexIPConfig) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):  # shapes only, no memory
+        adapter = FlexIPAdapter.from_config(config)
+    return {name: tuple(tensor.shape) for name, tensor in adapter.state_dict().items()}
+
+
+def _few(names: list[str]) -> str:
+    shown = ", ".join(sorted(names)[:3])
+    return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def read_config(path: PathLike) -> FlexIPConfig:
+    """The config stored in the file's metadata (validated on its own, tensors not checked)."""
+    path = Path(path)
+    metadata, _ = _read_header(path)
+    if METADATA_KEY not in metadata:
+        raise FlexIPError(
+            f"{path.name} has no FlexIP config in its metadata, so it is not a FlexIP adapter: "
+            "pick a file made by FlexIP (python -m flexip_model inspect FILE checks one)."
+        )
+    return FlexIPConfig.from_json(metadata[METADATA_KEY], path.name)
+
+
+def validate(path: PathLike) -> FlexIPConfig:
+    """Check the whole file against its config from the header alone; returns the config."""
+    path = Path(path)
+    config = read_config(path)
+    _, tensors = _read_header(path)
+    expected = _expected_shapes(config)
+    missing = [name for name in expected if name not in tensors]
+    extra = [name for name in tensors if name not in expected]
+    if missing:
+        raise FlexIPError(
+            f"{path.name} lacks {len(missing)} tensors its config needs ({_few(missing)}): the file is incomplete, export it again."
+        )
+    if extra:
+        raise FlexIPError(
+            f"{path.name} has {len(extra)} tensors its config does not describe ({_few(extra)}): "
+            "the file and its config disagree, export it again."
+        )
+    for name, shape in expected.items():
+        actual, dtype = tensors[name]
+        if actual != shape:
+            raise FlexIPError(
+                f"{path.name} has {name} of shape {list(actual)} but its config needs {list(shape)}: "
+                "the file and its config disagree, export it again."
+            )
+        if dtype not in FLOAT_DTYPES:
+            raise FlexIPError(
+                f"{path.name} stores {name} as {dtype}, not a float type: export it as float16, bfloat16 or float32."
+            )
+    return config
+
+
+def save(path: PathLike, adapter: FlexIPAdapter) -> None:
+    """Write `adapter` as a FlexIP v1 file (tensors in their current dtype, moved to CPU)."""
+    path = Path(path)
+    _refuse_pickle(path)
+    tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in adapter.state_dict().items()}
+    save_file(tensors, str(path), metadata={METADATA_KEY: adapter.config.to_json()})
+
+
+def load(path: PathLike, device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = None) -> FlexIPAdapter:
+    """Validate, then load the adapter onto `device` (optionally cast to `dtype`), in eval mode."""
+    config = validate(path)
+    tensors = load_file(str(path), device=str(device))
+    if dtype is not None:
+        tensors = {name: tensor.to(dtype) for name, tensor in tensors.items()}
+    with torch.device("meta"):
+        adapter = FlexIPAdapter.from_config(config)
+    adapter.load_state_dict(tensors, strict=True, assign=True)
+    return adapter.eval()
+
+
+_BLOCK_ORDER = {"input": 0, "middle": 1, "output": 2}
+_ATTN2_PREFIXES = ("model.diffusion_model.", "")  # full checkpoint, or a UNet-only LDM file
+
+
+def _attn2_layer(name: str) -> Optional[tuple[str, str, int, int]]:
+    """'...input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight' -> (stem, 'input', 1, 0); None otherwise."""
+    suffix = ".attn2.to_k.weight"
+    if not name.endswith(suffix):
+        return None
+    for prefix in _ATTN2_PREFIXES:
+        if not name.startswith(prefix):
+            continue
+        parts = name[len(prefix):-len(suffix)].split(".")
+        # input_blocks.<id>.<sub>.transformer_blocks.<j> | middle_block.<sub>.transformer_blocks.<j>
+        if len(parts) == 5 and parts[0] in ("input_blocks", "output_blocks") and parts[3] == "transformer_blocks":
+            block_id, index = parts[1], parts[4]
+        elif len(parts) == 4 and parts[0] == "middle_block" and parts[2] == "transformer_blocks":
+            block_id, index = "0", parts[3]
+        else:
+            continue
+        if block_id.isdigit() and index.isdigit():
+            return name[: -len(".to_k.weight")], parts[0].split("_")[0], int(block_id), int(index)
+    return None
+
+
+def read_unet_cross_attention(path: PathLike) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each attn2 layer's (to_k, to_v) weights [inner, d] from an SD checkpoint, keyed like
+    'input_1_0' and in ComfyUI's order; only these tensors are read."""
+    path = Path(path)
+    _, tensors = _read_header(path)
+    found = sorted(
+        (layer for layer in map(_attn2_layer, tensors) if layer is not None),
+        key=lambda layer: (_BLOCK_ORDER[layer[1]], layer[2], layer[3]),
+    )
+    if not found:
+        raise FlexIPError(
+            f"{path.name} has no UNet cross-attention weights (model.diffusion_model...attn2.to_k.weight): "
+            "pass an SD1.5 or SDXL checkpoint in the original (LDM) layout."
+        )
+    weights = {}
+    with safe_open(str(path), framework="pt") as handle:
+        for stem, block, block_id, index in found:
+            weights[f"{block}_{block_id}_{index}"] = (
+                handle.get_tensor(f"{stem}.to_k.weight"), handle.get_tensor(f"{stem}.to_v.weight")
+            )
+    return weights

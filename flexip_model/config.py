@@ -1,0 +1,267 @@
+"""Checkpoint config: the single source of sizes, and the UNet layer lists per base."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass
+
+from .errors import FlexIPError
+
+FORMAT_VERSION = 1
+BLOCKS = ("input", "middle", "output")
+GATE_MODES = ("output", "token")
+_KEY_PATTERN = re.compile(r"^(input|middle|output)_(\d+)_(\d+)$")
+
+
+def layer_key(block: str, block_id: int, index: int) -> str:
+    """Key of one attn2 layer, e.g. ("input", 1, 0) -> "input_1_0" (ComfyUI's replace key joined)."""
+    return f"{block}_{block_id}_{index}"
+
+
+def parse_layer_key(key: str) -> tuple[str, int, int]:
+    """Inverse of `layer_key`: "output_11_0" -> ("output", 11, 0)."""
+    match = _KEY_PATTERN.match(key) if isinstance(key, str) else None
+    if match is None:
+        raise FlexIPError(
+            f"layer key {key!r} is malformed: use '<input|middle|output>_<id>_<index>', e.g. 'input_1_0'."
+        )
+    return match.group(1), int(match.group(2)), int(match.group(3))
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One UNet cross-attention layer: its key, its attention inner width and head count."""
+
+    key: str
+    inner_dim: int
+    heads: int
+
+    @property
+    def block(self) -> str:
+        return parse_layer_key(self.key)[0]
+
+
+@dataclass(frozen=True)
+class _UNetShape:
+    """The architecture constants from which the attn2 layer list follows."""
+
+    model_channels: int
+    channel_mult: tuple[int, ...]
+    num_res_blocks: int
+    transformer_depth: tuple[int, ...]  # per level, for input and output blocks
+    middle_depth: int
+    num_heads: int = -1  # fixed head count (SD1.5) ...
+    head_channels: int = -1  # ... or fixed channels per head (SDXL)
+
+    def heads_for(self, channels: int) -> int:
+        return self.num_heads if self.num_heads > 0 else channels // self.head_channels
+
+
+_UNETS = {
+    "sd15": _UNetShape(320, (1, 2, 4, 4), 2, (1, 1, 1, 0), 1, num_heads=8),
+    "sdxl": _UNetShape(320, (1, 2, 4), 2, (0, 2, 10), 10, head_channels=64),
+}
+_CONTEXT_DIMS = {"sd15": 768, "sdxl": 2048}
+BASES = tuple(_UNETS)
+
+
+def _check_base(base: str) -> None:
+    if base not in _UNETS:
+        raise FlexIPError(f"base {base!r} is unknown: use one of {', '.join(BASES)}.")
+
+
+def default_layers(base: str) -> tuple[LayerSpec, ...]:
+    """All attn2 layers of the standard UNet of `base`, in ComfyUI's order (input, middle, output)."""
+    _check_base(base)
+    unet = _UNETS[base]
+    layers: list[LayerSpec] = []
+
+    def add(block: str, block_id: int, channels: int, depth: int) -> None:
+        for index in range(depth):
+            layers.append(LayerSpec(layer_key(block, block_id, index), channels, unet.heads_for(channels)))
+
+    block_id = 0  # input block 0 is conv_in
+    for level, mult in enumerate(unet.channel_mult):
+        for _ in range(unet.num_res_blocks):
+            block_id += 1
+            add("input", block_id, unet.model_channels * mult, unet.transformer_depth[level])
+        block_id += 1  # downsample (the last level has none, but nothing follows it)
+    add("middle", 0, unet.model_channels * unet.channel_mult[-1], unet.middle_depth)
+    block_id = 0
+    for level in reversed(range(len(unet.channel_mult))):
+        channels = unet.model_channels * unet.channel_mult[level]
+        for _ in range(unet.num_res_blocks + 1):
+            add("output", block_id, channels, unet.transformer_depth[level])
+            block_id += 1
+    return tuple(layers)
+
+
+@dataclass(frozen=True)
+class FlexIPConfig:
+    """Every size of a FlexIP adapter; stored as JSON in the checkpoint (design §4)."""
+
+    format_version: int = FORMAT_VERSION
+    base: str = "sd15"
+    context_dim: int = 768
+    clip_embed_dim: int = 1024
+    dino_dim: int = 1024
+    dino_resolution: int = 224
+    preservation_width: int = 768
+    preservation_heads: int = 12
+    num_queries: int = 16
+    query_depth: int = 4
+    cls_tokens: int = 4
+    cls_depth: int = 2
+    personalization_kv_tokens: int = 4
+    personalization_depth: int = 2
+    personalization_heads: int = 12
+    ffn_mult: int = 4
+    gate_mode: str = "output"
+    layers: tuple[LayerSpec, ...] = ()
+
+    @property
+    def preservation_token_count(self) -> int:
+        """Tokens per reference image out of the preservation adapter (CLS branch + queries)."""
+        return self.cls_tokens + self.num_queries
+
+    @property
+    def layer_keys(self) -> tuple[str, ...]:
+        return tuple(layer.key for layer in self.layers)
+
+    def layer(self, key: str) -> LayerSpec:
+        """The LayerSpec of `key`; FlexIPError if this adapter has no such layer."""
+        for spec in self.layers:
+            if spec.key == key:
+                return spec
+        raise FlexIPError(f"layer {key!r} is not part of this FlexIP adapter: use one of its config's layer keys.")
+
+    def validate(self, source: str = "FlexIP config") -> None:
+        """Check internal consistency; FlexIPError naming `source` on the first problem."""
+        if self.format_version != FORMAT_VERSION:
+            raise FlexIPError(
+                f"{source} has format version {self.format_version}, this FlexIP reads version "
+                f"{FORMAT_VERSION}: update ComfyUI-FlexIP or re-export the file."
+            )
+        _check_base(self.base)
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type == "int" and value <= 0:
+                raise FlexIPError(f"{source} has {field.name}={value}: it must be a positive integer.")
+        if self.gate_mode not in GATE_MODES:
+            raise FlexIPError(f"{source} has gate_mode {self.gate_mode!r}: use 'output' or 'token'.")
+        for width, heads, name in (
+            (self.preservation_width, self.preservation_heads, "preservation_width"),
+            (self.context_dim, self.personalization_heads, "context_dim"),
+        ):
+            if width % heads:
+                raise FlexIPError(f"{source} has {name}={width} not divisible by {heads} heads: fix the head count.")
+        if self.dino_resolution % 14:
+            raise FlexIPError(
+                f"{source} has dino_resolution={self.dino_resolution}: use a multiple of DINOv2's 14 px patch, e.g. 224."
+            )
+        if not self.layers:
+            raise FlexIPError(f"{source} lists no UNet layers: build the config with config_for(base).")
+        seen: set[str] = set()
+        for spec in self.layers:
+            if not isinstance(spec.key, str) or not _KEY_PATTERN.match(spec.key):
+                raise FlexIPError(
+                    f"{source} has layer key {spec.key!r}, which is malformed: "
+                    "use '<input|middle|output>_<id>_<index>', e.g. 'input_1_0'."
+                )
+            if spec.key in seen:
+                raise FlexIPError(f"{source} lists layer {spec.key} twice: keep each layer key once.")
+            seen.add(spec.key)
+            if spec.inner_dim <= 0 or spec.heads <= 0 or spec.inner_dim % spec.heads:
+                raise FlexIPError(
+                    f"{source} has layer {spec.key} with inner_dim {spec.inner_dim} and {spec.heads} heads: "
+                    "inner_dim must be a positive multiple of heads."
+                )
+
+    def to_json(self) -> str:
+        """The JSON stored in the checkpoint's `__metadata__["flexip"]`."""
+        data = dataclasses.asdict(self)
+        data["layers"] = [dataclasses.asdict(spec) for spec in self.layers]
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> FlexIPConfig:
+        """Parse and validate a config; every error names `source` (usually the file name)."""
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError):
+            raise FlexIPError(f"{source} has an unreadable FlexIP config (not JSON): re-export the file.") from None
+        if not isinstance(data, dict):
+            raise FlexIPError(f"{source} has a FlexIP config that is not a JSON object: re-export the file.")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise FlexIPError(
+                f"{source} has FlexIP format version {version!r}, this FlexIP reads version {FORMAT_VERSION}: "
+                "update ComfyUI-FlexIP or re-export the file."
+            )
+        fields = {field.name: field for field in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        missing = sorted(set(fields) - set(data))
+        if unknown or missing:
+            what = f"unknown fields {unknown}" if unknown else f"missing fields {missing}"
+            raise FlexIPError(f"{source} has a FlexIP config with {what}: re-export the file with this version.")
+        values = {}
+        for name, field in fields.items():
+            if name == "layers":
+                values[name] = _layers_from_json(data[name], source)
+            else:
+                values[name] = _typed(data[name], field.type, f"{source} field {name}")
+        config = cls(**values)
+        config.validate(source)
+        return config
+
+
+def _typed(value: object, type_name: str, where: str) -> object:
+    expected = int if type_name == "int" else str
+    # bool is an int subclass in Python; a JSON true is never a valid size
+    if not isinstance(value, expected) or isinstance(value, bool):
+        raise FlexIPError(f"{where} is {value!r}, expected {'an integer' if expected is int else 'a string'}: re-export the file.")
+    return value
+
+
+def _layers_from_json(items: object, source: str) -> tuple[LayerSpec, ...]:
+    if not isinstance(items, list):
+        raise FlexIPError(f"{source} has a FlexIP config whose 'layers' is not a list: re-export the file.")
+    layers = []
+    for number, item in enumerate(items):
+        where = f"{source} layer #{number}"
+        if not isinstance(item, dict) or set(item) != {"key", "inner_dim", "heads"}:
+            raise FlexIPError(f"{where} is not an object with key, inner_dim and heads: re-export the file.")
+        layers.append(LayerSpec(
+            key=_typed(item["key"], "str", f"{where} key"),
+            inner_dim=_typed(item["inner_dim"], "int", f"{where} inner_dim"),
+            heads=_typed(item["heads"], "int", f"{where} heads"),
+        ))
+    return tuple(layers)
+
+
+_TINY = dict(
+    preservation_width=64, preservation_heads=2, num_queries=4, query_depth=1, cls_tokens=2, cls_depth=1,
+    personalization_kv_tokens=2, personalization_depth=1, personalization_heads=2,
+)
+
+
+def config_for(base: str, layers: tuple[LayerSpec, ...] | None = None, tiny: bool = False) -> FlexIPConfig:
+    """Default config for `base` ("sd15" | "sdxl"); `tiny` shrinks widths and depths for tests.
+
+    Personalization heads are d / 64 (12 for SD1.5, 32 for SDXL) so the head width stays 64.
+    """
+    _check_base(base)
+    context_dim = _CONTEXT_DIMS[base]
+    overrides: dict[str, object] = dict(personalization_heads=context_dim // 64)
+    if tiny:
+        overrides.update(_TINY)
+    config = FlexIPConfig(
+        base=base,
+        context_dim=context_dim,
+        layers=tuple(layers) if layers is not None else default_layers(base),
+        **overrides,
+    )
+    config.validate(f"the {base} config")
+    return config

@@ -1,0 +1,54 @@
+"""Per-layer K/V projections of the adapter tokens (the new trainable cross-attention, design §2)."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from .config import FlexIPConfig
+from .errors import FlexIPError
+
+
+class KVProjection(nn.Module):
+    """Bias-free to_k / to_v, d -> inner_dim, like the UNet's own attn2."""
+
+    def __init__(self, context_dim: int, inner_dim: int) -> None:
+        super().__init__()
+        self.to_k = nn.Linear(context_dim, inner_dim, bias=False)
+        self.to_v = nn.Linear(context_dim, inner_dim, bias=False)
+
+
+def _branch_names(gate_mode: str) -> tuple[str, ...]:
+    # output mode has one projection pair per adapter; token mode projects the joint sequence
+    return ("pres", "pers") if gate_mode == "output" else ("joint",)
+
+
+class LayerProjections(nn.ModuleDict):
+    """Keyed by layer key; state-dict names `<key>.{pres,pers}.{to_k,to_v}.weight` (or `<key>.joint...`)."""
+
+    def __init__(self, config: FlexIPConfig) -> None:
+        super().__init__({
+            spec.key: nn.ModuleDict({
+                name: KVProjection(config.context_dim, spec.inner_dim) for name in _branch_names(config.gate_mode)
+            })
+            for spec in config.layers
+        })
+
+    @torch.no_grad()
+    def init_from_base(self, base: Mapping[str, tuple[Tensor, Tensor]]) -> None:
+        """Copy each layer's frozen base to_k / to_v weights [inner, d] into all its projections."""
+        for key, branches in self.items():
+            if key not in base:
+                raise FlexIPError(
+                    f"the base weights have no to_k/to_v for layer {key}: pass the attn2 weights of every adapter layer."
+                )
+            for projection in branches.values():
+                for linear, weight in zip((projection.to_k, projection.to_v), base[key]):
+                    if tuple(weight.shape) != tuple(linear.weight.shape):
+                        raise FlexIPError(
+                            f"the base weight for layer {key} has shape {tuple(weight.shape)}, the adapter expects "
+                            f"{tuple(linear.weight.shape)}: use the UNet this adapter's config was made for."
+                        )
+                    linear.weight.copy_(weight)

@@ -1,0 +1,44 @@
+"""Shared test helpers: an independent attention reference and dispatch-level op recorders."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+HOST_SYNC_OPS = ("aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.equal")
+
+
+def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Single head, written from the definition: softmax(q·kᵀ/√dh)·v in float64. q [N, dh], k/v [T, dh]."""
+    q, k, v = q.double(), k.double(), v.double()
+    scores = q @ k.T / math.sqrt(q.shape[-1])
+    weights = torch.exp(scores - scores.max(dim=-1, keepdim=True).values)
+    weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights @ v
+
+
+class OpRecorder(TorchDispatchMode):
+    """Records every aten op that reaches the dispatcher; raises on ops that read a tensor on the host."""
+
+    def __init__(self, forbid_host_sync: bool = False) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+        self.forbid_host_sync = forbid_host_sync
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func)
+        self.ops.append(name)
+        if self.forbid_host_sync and name.startswith(HOST_SYNC_OPS):
+            raise AssertionError(f"host sync: {name}")
+        return func(*args, **(kwargs or {}))
+
+
+def assert_one_sentence(message: str, *mentions: str) -> None:
+    """A user-facing error: one line, one sentence ending in '.', naming what it must name."""
+    assert "\n" not in message and message.endswith("."), message
+    assert re.search(r"[.!?]\s+[A-Z]", message) is None, f"more than one sentence: {message}"
+    for mention in mentions:
+        assert mention in message, f"{mention!r} not in: {message}"
