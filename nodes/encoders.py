@@ -47,7 +47,7 @@ def check_dino(dino, hidden_dim: int, adapter_name: str) -> None:
     if not isinstance(model, Dinov2Model):
         raise FlexIPError(
             "FlexIPEncodeSubject's dino input is not a DINOv2 encoder: load a DINOv2-L file "
-            "(e.g. dinov2-large model.safetensors) with Load CLIP Vision.")
+            "(the model.safetensors of dinov2-large) with Load CLIP Vision.")
     width = model.layernorm.weight.shape[0]
     if width != hidden_dim:
         raise FlexIPError(
