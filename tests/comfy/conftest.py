@@ -1,0 +1,66 @@
+"""In-process ComfyUI for the comfy layer: the host on sys.path, CPU forced, tiny models.
+
+The import happens when this conftest loads, before test modules are collected, so test
+modules may `import comfy.*` at the top. `comfy.cli_args.args.cpu` is set before
+`comfy.model_management` is first imported (it reads the flag once); ComfyUI's folders
+(models/, output/, ...) point at .cache/inprocess-comfy, never at the host.
+"""
+from __future__ import annotations
+
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures import ComfyHostMissing, import_comfy, import_pack
+
+try:
+    COMFYUI_HOST = import_comfy(cpu=True)
+except ComfyHostMissing as error:
+    raise pytest.UsageError(str(error)) from None
+
+SD15 = namedtuple("SD15", "model clip vae")
+
+
+@pytest.fixture(scope="session")
+def flexip_pack(repo_root: Path):
+    """The pack's top-level module (NODE_CLASS_MAPPINGS ...), imported as `comfyui_flexip`."""
+    try:
+        return import_pack(repo_root, "comfyui_flexip")
+    except FileNotFoundError as error:
+        pytest.fail(str(error), pytrace=False)
+
+
+@pytest.fixture
+def tiny_unet():
+    """A fresh ModelPatcher of the tiny seeded SD1.5-shaped BaseModel (see tests.fixtures.tiny)."""
+    from tests.fixtures import tiny_unet_patcher
+
+    return tiny_unet_patcher()
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_vision():
+    """Tiny CLIP ViT/14 ClipVisionModel (64-d image_embeds, 257 tokens); do not modify it."""
+    from tests.fixtures import tiny_clip_vision as build
+
+    return build()
+
+
+@pytest.fixture(scope="session")
+def tiny_dino():
+    """Tiny DINOv2 ClipVisionModel (64 wide, 518 px position table); do not modify it."""
+    from tests.fixtures import tiny_dino as build
+
+    return build()
+
+
+@pytest.fixture(scope="session")
+def sd15():
+    """(model, clip, vae) of the generated SD1.5 checkpoint, loaded by comfy.sd like CheckpointLoaderSimple."""
+    import comfy.sd
+
+    from tests.fixtures import sd15_checkpoint
+
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(sd15_checkpoint()))
+    return SD15(model, clip, vae)
