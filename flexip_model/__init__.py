@@ -17,7 +17,7 @@ from .attention import (
     sdpa_attention,
     split_heads,
 )
-from .config import FlexIPConfig, LayerSpec, config_for, default_layers, layer_key, parse_layer_key
+from .config import FlexIPConfig, LayerSpec, config_for, context_dim_for, default_layers, layer_key, parse_layer_key
 from .errors import FlexIPError
 from .gate import (
     BlockOverride,
@@ -37,9 +37,10 @@ from .preservation import PreservationAdapter
 from .projections import LayerProjections
 
 __all__ = [
-    "AttentionFn", "BlockOverride", "BranchKV", "FlexIPAdapter", "FlexIPConfig", "FlexIPError", "GateSchedule",
-    "GateTable", "JointKV", "LayerKV", "LayerProjections", "LayerSpec", "PersonalizationAdapter",
-    "PreservationAdapter", "adapter_attention", "config_for", "constant_schedule", "default_layers", "gate_table",
-    "gated_attention", "gates_at", "join_branches", "layer_key", "merge_heads", "parse_keyframes", "parse_layer_key",
-    "progress_from_sigma", "sdpa_attention", "split_heads", "static_gate_range", "validate_schedule", "window_at",
+    "AttentionFn", "BlockOverride", "BranchKV", "FlexIPAdapter", "FlexIPConfig", "FlexIPError",
+    "GateSchedule", "GateTable", "JointKV", "LayerKV", "LayerProjections", "LayerSpec",
+    "PersonalizationAdapter", "PreservationAdapter", "adapter_attention", "config_for", "context_dim_for",
+    "constant_schedule", "default_layers", "gate_table", "gated_attention", "gates_at", "join_branches",
+    "layer_key", "merge_heads", "parse_keyframes", "parse_layer_key", "progress_from_sigma", "sdpa_attention",
+    "split_heads", "static_gate_range", "validate_schedule", "window_at",
 ]

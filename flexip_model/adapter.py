@@ -27,6 +27,7 @@ class FlexIPAdapter(nn.Module):
 
     @classmethod
     def from_config(cls, config: FlexIPConfig) -> FlexIPAdapter:
+        """A randomly initialised adapter of the sizes in `config`."""
         return cls(config)
 
     def trainable_parameters(self) -> list[nn.Parameter]:

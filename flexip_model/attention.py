@@ -45,12 +45,13 @@ def sdpa_attention(
     attn_precision: Optional[torch.dtype] = None,
     skip_reshape: bool = False,
     skip_output_reshape: bool = False,
+    **kwargs: object,
 ) -> Tensor:
     """Pure-torch attention with ComfyUI's `optimized_attention` contract.
 
     Inputs are [B, T, H*dh], or [B, H, T, dh] with `skip_reshape`; the output is [B, N, H*dh],
     or [B, H, N, dh] with `skip_output_reshape`. `mask` is additive (or bool) and broadcastable
-    to [B, H, N, T].
+    to [B, H, N, T]. Extra keyword arguments (ComfyUI's transformer_options) are ignored.
     """
     if not skip_reshape:
         q, k, v = split_heads(q, heads), split_heads(k, heads), split_heads(v, heads)

@@ -6,8 +6,10 @@ before a single tensor is read, and every failure is one sentence naming the fil
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
+from types import MappingProxyType
 from typing import Optional, Union
 
 import torch
@@ -22,6 +24,7 @@ METADATA_KEY = "flexip"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 PathLike = Union[str, os.PathLike]
+logger = logging.getLogger(__name__)
 
 
 def _refuse_pickle(path: Path) -> None:
@@ -86,7 +89,8 @@ def validate(path: PathLike) -> FlexIPConfig:
     extra = [name for name in tensors if name not in expected]
     if missing:
         raise FlexIPError(
-            f"{path.name} lacks {len(missing)} tensors its config needs ({_few(missing)}): the file is incomplete, export it again."
+            f"{path.name} lacks {len(missing)} tensors its config needs ({_few(missing)}): "
+            "the file is incomplete, export it again."
         )
     if extra:
         raise FlexIPError(
@@ -115,7 +119,9 @@ def save(path: PathLike, adapter: FlexIPAdapter) -> None:
     save_file(tensors, str(path), metadata={METADATA_KEY: adapter.config.to_json()})
 
 
-def load(path: PathLike, device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = None) -> FlexIPAdapter:
+def load(
+    path: PathLike, device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = None
+) -> FlexIPAdapter:
     """Validate, then load the adapter onto `device` (optionally cast to `dtype`), in eval mode."""
     config = validate(path)
     tensors = load_file(str(path), device=str(device))
@@ -124,10 +130,12 @@ def load(path: PathLike, device: Union[str, torch.device] = "cpu", dtype: Option
     with torch.device("meta"):
         adapter = FlexIPAdapter.from_config(config)
     adapter.load_state_dict(tensors, strict=True, assign=True)
+    logger.info("loaded FlexIP %s: %s, %d layers, gate_mode %s", Path(path).name, config.base, len(config.layers),
+                config.gate_mode)
     return adapter.eval()
 
 
-_BLOCK_ORDER = {"input": 0, "middle": 1, "output": 2}
+_BLOCK_ORDER = MappingProxyType({"input": 0, "middle": 1, "output": 2})
 _ATTN2_PREFIXES = ("model.diffusion_model.", "")  # full checkpoint, or a UNet-only LDM file
 
 
@@ -161,6 +169,12 @@ def read_unet_cross_attention(path: PathLike) -> dict[str, tuple[torch.Tensor, t
         (layer for layer in map(_attn2_layer, tensors) if layer is not None),
         key=lambda layer: (_BLOCK_ORDER[layer[1]], layer[2], layer[3]),
     )
+    for stem, *_ in found:
+        if f"{stem}.to_v.weight" not in tensors:
+            raise FlexIPError(
+                f"{path.name} has {stem}.to_k.weight but no matching to_v: "
+                "the checkpoint is incomplete, use a complete one."
+            )
     if not found:
         raise FlexIPError(
             f"{path.name} has no UNet cross-attention weights (model.diffusion_model...attn2.to_k.weight): "

@@ -11,7 +11,7 @@ import torch
 
 from . import checkpoint
 from .adapter import FlexIPAdapter, parameter_counts
-from .config import BASES, GATE_MODES, FlexIPConfig, LayerSpec, config_for
+from .config import BASES, GATE_MODES, FlexIPConfig, LayerSpec, config_for, context_dim_for
 from .errors import FlexIPError
 
 
@@ -31,8 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _layers_from(base: str, weights: dict[str, tuple[torch.Tensor, torch.Tensor]], source: str) -> tuple[LayerSpec, ...]:
-    context_dim = config_for(base, tiny=True).context_dim
+def _layers_from(
+    base: str, weights: dict[str, tuple[torch.Tensor, torch.Tensor]], source: str
+) -> tuple[LayerSpec, ...]:
+    context_dim = context_dim_for(base)
     layers = []
     for key, (to_k, _) in weights.items():
         inner, width = to_k.shape

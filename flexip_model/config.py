@@ -6,6 +6,7 @@ import dataclasses
 import json
 import re
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from .errors import FlexIPError
 
@@ -40,6 +41,7 @@ class LayerSpec:
 
     @property
     def block(self) -> str:
+        """"input", "middle" or "output"."""
         return parse_layer_key(self.key)[0]
 
 
@@ -59,17 +61,23 @@ class _UNetShape:
         return self.num_heads if self.num_heads > 0 else channels // self.head_channels
 
 
-_UNETS = {
+_UNETS = MappingProxyType({
     "sd15": _UNetShape(320, (1, 2, 4, 4), 2, (1, 1, 1, 0), 1, num_heads=8),
     "sdxl": _UNetShape(320, (1, 2, 4), 2, (0, 2, 10), 10, head_channels=64),
-}
-_CONTEXT_DIMS = {"sd15": 768, "sdxl": 2048}
+})
+_CONTEXT_DIMS = MappingProxyType({"sd15": 768, "sdxl": 2048})
 BASES = tuple(_UNETS)
 
 
 def _check_base(base: str) -> None:
     if base not in _UNETS:
         raise FlexIPError(f"base {base!r} is unknown: use one of {', '.join(BASES)}.")
+
+
+def context_dim_for(base: str) -> int:
+    """The UNet cross-attention width d of `base`: 768 (SD1.5) or 2048 (SDXL)."""
+    _check_base(base)
+    return _CONTEXT_DIMS[base]
 
 
 def default_layers(base: str) -> tuple[LayerSpec, ...]:
@@ -128,6 +136,7 @@ class FlexIPConfig:
 
     @property
     def layer_keys(self) -> tuple[str, ...]:
+        """The UNet layer keys, in order."""
         return tuple(layer.key for layer in self.layers)
 
     def layer(self, key: str) -> LayerSpec:
@@ -144,7 +153,8 @@ class FlexIPConfig:
                 f"{source} has format version {self.format_version}, this FlexIP reads version "
                 f"{FORMAT_VERSION}: update ComfyUI-FlexIP or re-export the file."
             )
-        _check_base(self.base)
+        if self.base not in BASES:
+            raise FlexIPError(f"{source} has base {self.base!r}: use one of {', '.join(BASES)}.")
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if field.type == "int" and value <= 0:
@@ -159,7 +169,8 @@ class FlexIPConfig:
                 raise FlexIPError(f"{source} has {name}={width} not divisible by {heads} heads: fix the head count.")
         if self.dino_resolution % 14:
             raise FlexIPError(
-                f"{source} has dino_resolution={self.dino_resolution}: use a multiple of DINOv2's 14 px patch, e.g. 224."
+                f"{source} has dino_resolution={self.dino_resolution}: "
+                "use a multiple of DINOv2's 14 px patch, e.g. 224."
             )
         if not self.layers:
             raise FlexIPError(f"{source} lists no UNet layers: build the config with config_for(base).")
@@ -221,7 +232,8 @@ def _typed(value: object, type_name: str, where: str) -> object:
     expected = int if type_name == "int" else str
     # bool is an int subclass in Python; a JSON true is never a valid size
     if not isinstance(value, expected) or isinstance(value, bool):
-        raise FlexIPError(f"{where} is {value!r}, expected {'an integer' if expected is int else 'a string'}: re-export the file.")
+        kind = "an integer" if expected is int else "a string"
+        raise FlexIPError(f"{where} is {value!r}, expected {kind}: re-export the file.")
     return value
 
 
@@ -241,10 +253,10 @@ def _layers_from_json(items: object, source: str) -> tuple[LayerSpec, ...]:
     return tuple(layers)
 
 
-_TINY = dict(
+_TINY = MappingProxyType(dict(
     preservation_width=64, preservation_heads=2, num_queries=4, query_depth=1, cls_tokens=2, cls_depth=1,
     personalization_kv_tokens=2, personalization_depth=1, personalization_heads=2,
-)
+))
 
 
 def config_for(base: str, layers: tuple[LayerSpec, ...] | None = None, tiny: bool = False) -> FlexIPConfig:
@@ -252,8 +264,7 @@ def config_for(base: str, layers: tuple[LayerSpec, ...] | None = None, tiny: boo
 
     Personalization heads are d / 64 (12 for SD1.5, 32 for SDXL) so the head width stays 64.
     """
-    _check_base(base)
-    context_dim = _CONTEXT_DIMS[base]
+    context_dim = context_dim_for(base)
     overrides: dict[str, object] = dict(personalization_heads=context_dim // 64)
     if tiny:
         overrides.update(_TINY)

@@ -61,7 +61,9 @@ def validate_schedule(schedule: GateSchedule, source: str) -> None:
     """FlexIPError naming `source` if the schedule is inconsistent."""
     _check_keyframes(schedule.keyframes, source)
     if schedule.interpolation not in INTERPOLATIONS:
-        raise FlexIPError(f"{source} has interpolation {schedule.interpolation!r}: use one of {', '.join(INTERPOLATIONS)}.")
+        raise FlexIPError(
+            f"{source} has interpolation {schedule.interpolation!r}: use one of {', '.join(INTERPOLATIONS)}."
+        )
     if not 0.0 <= schedule.start_at <= schedule.end_at <= 1.0:
         raise FlexIPError(
             f"{source} has start_at {schedule.start_at} and end_at {schedule.end_at}: use 0 <= start_at <= end_at <= 1."
@@ -129,6 +131,7 @@ class GateTable:
     interpolation: str
 
     def to(self, device: torch.device | str) -> GateTable:
+        """The same table on `device` (do it once per run, not per step)."""
         return GateTable(self.positions.to(device), self.values.to(device), self.interpolation)
 
 

@@ -42,7 +42,8 @@ class LayerProjections(nn.ModuleDict):
         for key, branches in self.items():
             if key not in base:
                 raise FlexIPError(
-                    f"the base weights have no to_k/to_v for layer {key}: pass the attn2 weights of every adapter layer."
+                    f"the base weights have no to_k/to_v for layer {key}: "
+                    "pass the attn2 weights of every adapter layer."
                 )
             for projection in branches.values():
                 for linear, weight in zip((projection.to_k, projection.to_v), base[key]):

@@ -19,7 +19,8 @@ def _layer_kv() -> LayerKV:
     generator = torch.Generator().manual_seed(0)
 
     def branch(tokens: int) -> BranchKV:
-        return BranchKV(torch.randn(B, H, tokens, DH, generator=generator), torch.randn(B, H, tokens, DH, generator=generator))
+        key, value = torch.randn(2, B, H, tokens, DH, generator=generator)
+        return BranchKV(key, value)
 
     # token mode's concatenation is made once per run by FlexIPAdapter.layer_kv, as here
     return join_branches(LayerKV(branch(5), branch(7)))
@@ -27,7 +28,7 @@ def _layer_kv() -> LayerKV:
 
 CASES = {
     "output, float gate": ("output", 0.8, 0.3),
-    "output, per-item gate": ("output", torch.tensor([1.0, 0.5]).view(B, 1, 1, 1), torch.tensor([0.0, 1.0]).view(B, 1, 1, 1)),
+    "output, per-item gate": ("output", torch.tensor([1.0, 0.5]).view(B, 1, 1, 1), torch.tensor([0.0, 1.0])),
     "token, float gate": ("token", 0.8, 0.3),
     "token, per-item gate": ("token", 0.8, torch.tensor([0.0, 0.6]).view(B, 1, 1, 1)),
 }

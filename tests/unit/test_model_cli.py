@@ -64,7 +64,8 @@ def test_init_from_sdxl_checkpoint_takes_its_layers_and_kv_weights(tmp_path, cap
     base = tmp_path / "sdxl_base.safetensors"
     source = _sd_checkpoint(base, SDXL_ATTN2, 2048)
     out = tmp_path / "sdxl_tiny.safetensors"
-    argv = ["init", "--base", "sdxl", "--tiny", "--gate-mode", "token", "--layers-from", str(base), "--seed", "2", "--out", str(out)]
+    argv = ["init", "--base", "sdxl", "--tiny", "--gate-mode", "token", "--layers-from", str(base),
+            "--seed", "2", "--out", str(out)]
     assert _run(argv, capsys)[0] == 0
     config = checkpoint.validate(out)
     # ComfyUI's order (input, middle, output), SDXL's 64-channel heads
@@ -74,7 +75,8 @@ def test_init_from_sdxl_checkpoint_takes_its_layers_and_kv_weights(tmp_path, cap
     tensors = load_file(str(out))
     for stem, key, _ in SDXL_ATTN2:
         for name in ("to_k", "to_v"):
-            assert torch.equal(tensors[f"layers.{key}.joint.{name}.weight"], source[f"{PREFIX}{stem}.attn2.{name}.weight"].float())
+            expected = source[f"{PREFIX}{stem}.attn2.{name}.weight"].float()
+            assert torch.equal(tensors[f"layers.{key}.joint.{name}.weight"], expected)
     code, text, _ = _run(["inspect", str(out)], capsys)
     assert code == 0 and "base: sdxl" in text and "layers (3):" in text
 
@@ -85,19 +87,22 @@ def test_init_is_deterministic_per_seed(tmp_path, capsys):
     files = {}
     for name, seed in (("a", 5), ("b", 5), ("c", 6)):
         files[name] = tmp_path / f"{name}.safetensors"
-        argv = ["init", "--base", "sd15", "--tiny", "--layers-from", str(base), "--seed", str(seed), "--out", str(files[name])]
+        argv = ["init", "--base", "sd15", "--tiny", "--layers-from", str(base), "--seed", str(seed),
+                "--out", str(files[name])]
         assert _run(argv, capsys)[0] == 0
     a, b, c = (load_file(str(files[name])) for name in "abc")
     assert all(torch.equal(a[name], b[name]) for name in a)
     assert not torch.equal(a["preservation.queries"], c["preservation.queries"])
-    assert torch.equal(a["layers.middle_0_0.pers.to_v.weight"], source[f"{PREFIX}middle_block.1.transformer_blocks.0.attn2.to_v.weight"].float())
-    assert [spec.key for spec in checkpoint.read_config(files["a"]).layers] == ["input_1_0", "middle_0_0", "output_11_0"]
+    middle_v = source[f"{PREFIX}middle_block.1.transformer_blocks.0.attn2.to_v.weight"].float()
+    assert torch.equal(a["layers.middle_0_0.pers.to_v.weight"], middle_v)
+    assert checkpoint.read_config(files["a"]).layer_keys == ("input_1_0", "middle_0_0", "output_11_0")
 
 
 def test_layers_from_a_file_without_unet_attention_is_a_clear_error(tmp_path, capsys):
     base = tmp_path / "vae_only.safetensors"
     save_file({"first_stage_model.decoder.conv_in.weight": torch.zeros(4, 4)}, str(base))
-    code, _, err = _run(["init", "--base", "sd15", "--layers-from", str(base), "--out", str(tmp_path / "x.safetensors")], capsys)
+    argv = ["init", "--base", "sd15", "--layers-from", str(base), "--out", str(tmp_path / "x.safetensors")]
+    code, _, err = _run(argv, capsys)
     assert code == 1
     assert_one_sentence(err.strip(), "vae_only.safetensors", "cross-attention")
 
@@ -105,7 +110,8 @@ def test_layers_from_a_file_without_unet_attention_is_a_clear_error(tmp_path, ca
 def test_layers_from_a_checkpoint_of_the_other_base_is_a_clear_error(tmp_path, capsys):
     base = tmp_path / "sd15_base.safetensors"
     _sd_checkpoint(base, SD15_ATTN2, 768)
-    code, _, err = _run(["init", "--base", "sdxl", "--layers-from", str(base), "--out", str(tmp_path / "x.safetensors")], capsys)
+    argv = ["init", "--base", "sdxl", "--layers-from", str(base), "--out", str(tmp_path / "x.safetensors")]
+    code, _, err = _run(argv, capsys)
     assert code == 1
     assert_one_sentence(err.strip(), "sd15_base.safetensors", "--base")
 

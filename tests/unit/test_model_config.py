@@ -20,7 +20,8 @@ def test_sd15_has_the_16_standard_cross_attention_layers():
         [f"input_{i}_0" for i in (1, 2, 4, 5, 7, 8)] + ["middle_0_0"] + [f"output_{i}_0" for i in range(3, 12)]
     )
     widths = {spec.key: spec.inner_dim for spec in layers}
-    assert (widths["input_1_0"], widths["input_4_0"], widths["middle_0_0"], widths["output_11_0"]) == (320, 640, 1280, 320)
+    picked = ("input_1_0", "input_4_0", "middle_0_0", "output_11_0")
+    assert [widths[key] for key in picked] == [320, 640, 1280, 320]
     assert all(spec.heads == 8 for spec in layers)
 
 
@@ -67,6 +68,7 @@ def _json_with(**changes) -> str:
     (_json_with(context_dim="768"), ["context_dim"]),
     (_json_with(num_queries=True), ["num_queries"]),
     (_json_with(gate_mode="mixed"), ["gate_mode"]),
+    (_json_with(base="sd3"), ["base 'sd3'"]),
     (_json_with(preservation_heads=5), ["preservation_width"]),
     (_json_with(surprise=1), ["unknown fields", "surprise"]),
     (_json_with(layers=[{"key": "input_1_0", "inner_dim": 320, "heads": 8}] * 2), ["input_1_0 twice"]),

@@ -60,7 +60,7 @@ def test_overrides_apply_by_block_and_by_index_and_later_ones_win():
     expected = [0.7] + [0.3] * 5 + [0.7] + [0.2] * 9  # index 6 is the middle layer, overridden by index
     torch.testing.assert_close(gammas, torch.tensor(expected), atol=ATOL, rtol=0)
     ranges = static_gate_range(schedule, LAYERS)
-    assert ranges["input_1_0"] == (0.5, 0.9) and ranges["input_2_0"] == (0.0, 1.0) and ranges["output_3_0"] == (0.2, 0.2)
+    assert (ranges["input_1_0"], ranges["input_2_0"], ranges["output_3_0"]) == ((0.5, 0.9), (0.0, 1.0), (0.2, 0.2))
 
 
 def test_window_is_one_inside_start_and_end_only():
