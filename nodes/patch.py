@@ -8,7 +8,8 @@ evaluates the gate schedule on the device; the layer patches only read what it p
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+import logging
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
 
 import torch
@@ -22,6 +23,7 @@ from ..flexip_model.errors import FlexIPError
 from ..flexip_model.gate import GateSchedule, GateTable, gates_at, progress_from_sigma, window_at
 from .bundles import EncodedSubject
 
+logger = logging.getLogger(__name__)
 WRAPPER_KEY = "flexip"
 _RUN_CACHE_LIMIT = 8  # batch layouts kept per run (cond/uncond orders, regional chunks)
 
@@ -54,7 +56,8 @@ class CallState:
     gates: tuple[Any, ...]  # float or 0-d tensor per layer
     strength: Any  # float or 0-d tensor (0 outside start_at/end_at)
     mask: Optional[torch.Tensor]  # [B, 1, H, W] over the latent, or None
-    masks_by_tokens: dict[int, torch.Tensor]
+    masks_by_tokens: dict[int, torch.Tensor] = field(default_factory=dict)
+    layers_run: set[int] = field(default_factory=set)  # for the end-of-run log line
 
     def mask_for(self, tokens: int, original_shape: list[int]) -> Optional[torch.Tensor]:
         """The attention mask resized to a layer's token grid: [B, N, 1], cached per call."""
@@ -87,6 +90,8 @@ class FlexIPPatch:
         self.mask = mask
         self.options_key = f"flexip_{id(self)}"
         self._run_cache: dict[tuple, tuple[LayerKV, ...]] = {}
+        self._run_layers: set[int] = set()
+        self._run_calls = 0
 
     # ComfyUI model-management protocol -------------------------------------------------
     def models(self) -> list:
@@ -105,18 +110,25 @@ class FlexIPPatch:
 
     # Wrappers ----------------------------------------------------------------------------
     def outer_sample_wrapper(self, executor: Callable, *args, **kwargs):
-        """Bounds the K/V cache to one sampling run."""
+        """Bounds the K/V cache to one sampling run and reports which layers the subject reached."""
         try:
             return executor(*args, **kwargs)
         finally:
+            logger.info("FlexIP (%s): %d of %d cross-attention layers patched, %d model calls.",
+                        self.flexip.name, len(self._run_layers), len(self.layers), self._run_calls)
             self._run_cache.clear()
+            self._run_layers = set()
+            self._run_calls = 0
 
     def diffusion_model_wrapper(self, executor: Callable, x: torch.Tensor, timesteps, context: torch.Tensor,
                                 y=None, control=None, transformer_options: dict = {}, **kwargs):
         """Once per model call: prepare what every layer patch of this call reads."""
         options = dict(transformer_options)
-        options[self.options_key] = self._call_state(x, context, options)
-        return executor(x, timesteps, context, y, control, options, **kwargs)
+        call = options[self.options_key] = self._call_state(x, context, options)
+        out = executor(x, timesteps, context, y, control, options, **kwargs)
+        self._run_layers |= call.layers_run
+        self._run_calls += 1
+        return out
 
     # Per call ----------------------------------------------------------------------------
     def _call_state(self, x: torch.Tensor, context: torch.Tensor, options: dict) -> CallState:
@@ -129,7 +141,7 @@ class FlexIPPatch:
                 self._run_cache.pop(next(iter(self._run_cache)))
             kv = self._run_cache[key] = self._layer_kv(order, x.shape[0], context)
         gates, strength = self._gates(options, context)
-        return CallState(kv, gates, strength, self._mask_rows(x, len(order)), {})
+        return CallState(kv, gates, strength, self._mask_rows(x, len(order)))
 
     def _mask_rows(self, x: torch.Tensor, chunks: int) -> Optional[torch.Tensor]:
         """The attention mask per batch item: one mask for all, or one per latent in the batch."""
@@ -151,9 +163,12 @@ class FlexIPPatch:
         param = next(adapter.parameters())
         rows = batch // len(order)
         pick = torch.tensor(order, device=param.device).repeat_interleave(rows)  # subject row per item
-        clip = self.subject.clip_embeds.to(param.device, param.dtype)[pick]
         preservation = self.subject.preservation_tokens.to(param.device, param.dtype)[pick]
-        personalization = adapter.personalization_tokens(context.to(param.device, param.dtype), clip)
+        if self.subject.personalization_tokens is not None:  # compatibility mode: no text input
+            personalization = self.subject.personalization_tokens.to(param.device, param.dtype)[pick]
+        else:
+            clip = self.subject.clip_embeds.to(param.device, param.dtype)[pick]
+            personalization = adapter.personalization_tokens(context.to(param.device, param.dtype), clip)
         out = []
         for spec in self.layers:
             kv = adapter.layer_kv(spec.key, preservation, personalization)
@@ -204,6 +219,7 @@ class LayerPatch:
         call: Optional[CallState] = extra_options.get(self.state.options_key)
         if call is None:  # a model call that bypassed the wrapper: behave like the base model
             return out
+        call.layers_run.add(self.index)
         term = adapter_attention(
             split_heads(q, extra_options["n_heads"]), call.kv[self.index], call.strength, call.gates[self.index],
             self.state.flexip.config.gate_mode, attention=_comfy_attention(extra_options),
