@@ -132,7 +132,7 @@ class ComfyServer:
         extra_args: Iterable[str] = (),
         startup_timeout: float = 180.0,
     ):
-        self.base_dir = Path(base_dir)
+        self.base_dir = Path(base_dir).absolute()
         self.pack_dir = Path(pack_dir) if pack_dir is not None else None
         self.pack_name = pack_name
         self.models = models
