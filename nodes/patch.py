@@ -34,6 +34,8 @@ class GatePlan:
 
     Per layer, a Python float when the schedule is constant there (so a dead branch is
     skipped statically), or None when it must be evaluated per step from `table`.
+    `sweep` ([N] float32, FlexIPGateSweep) replaces both with one γ per latent batch item;
+    the schedule then only carries the start_at/end_at window.
     """
 
     schedule: GateSchedule
@@ -42,10 +44,12 @@ class GatePlan:
     sigma_grid: torch.Tensor
     progress_grid: torch.Tensor
     windowed: bool
+    sweep: Optional[torch.Tensor] = None
 
     def to(self, device: torch.device) -> GatePlan:
         return replace(self, table=self.table.to(device), sigma_grid=self.sigma_grid.to(device),
-                       progress_grid=self.progress_grid.to(device))
+                       progress_grid=self.progress_grid.to(device),
+                       sweep=None if self.sweep is None else self.sweep.to(device))
 
 
 @dataclass
@@ -53,7 +57,7 @@ class CallState:
     """What the layer patches of one model call read: K/V, gates, strength and mask per layer."""
 
     kv: tuple[LayerKV, ...]
-    gates: tuple[Any, ...]  # float or 0-d tensor per layer
+    gates: tuple[Any, ...]  # float, 0-d tensor, or [B] tensor (a sweep) per layer
     strength: Any  # float or 0-d tensor (0 outside start_at/end_at)
     mask: Optional[torch.Tensor]  # [B, 1, H, W] over the latent, or None
     masks_by_tokens: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -140,7 +144,7 @@ class FlexIPPatch:
             if len(self._run_cache) >= _RUN_CACHE_LIMIT:
                 self._run_cache.pop(next(iter(self._run_cache)))
             kv = self._run_cache[key] = self._layer_kv(order, x.shape[0], context)
-        gates, strength = self._gates(options, context)
+        gates, strength = self._gates(options, context, len(order), x.shape[0])
         return CallState(kv, gates, strength, self._mask_rows(x, len(order)))
 
     def _mask_rows(self, x: torch.Tensor, chunks: int) -> Optional[torch.Tensor]:
@@ -176,21 +180,37 @@ class FlexIPPatch:
             out.append(join_branches(kv) if self.flexip.config.gate_mode == "token" else kv)
         return tuple(out)
 
-    def _gates(self, options: dict, context: torch.Tensor) -> tuple[tuple[Any, ...], Any]:
+    def _gates(self, options: dict, context: torch.Tensor, chunks: int, batch: int) -> tuple[tuple[Any, ...], Any]:
         plan = self.gate
-        need_progress = plan.windowed or any(g is None for g in plan.constants)
+        constants = plan.constants
+        if plan.sweep is not None:
+            constants = (self._item_gates(chunks, batch, context),) * len(constants)
+        need_progress = plan.windowed or any(g is None for g in constants)
         if not need_progress:
-            return plan.constants, self.strength
+            return constants, self.strength
         sigma = options["sigmas"].reshape(-1)[:1].float()
         progress = progress_from_sigma(sigma, plan.sigma_grid, plan.progress_grid)[0]
         strength: Any = self.strength
         if plan.windowed:
             strength = (window_at(plan.schedule, progress) * self.strength).to(context.dtype)
-        gates: tuple[Any, ...] = plan.constants
-        if any(g is None for g in plan.constants):
+        gates: tuple[Any, ...] = constants
+        if any(g is None for g in constants):
             live = gates_at(plan.table, progress).to(context.dtype)
-            gates = tuple(live[i] if g is None else g for i, g in enumerate(plan.constants))
+            gates = tuple(live[i] if g is None else g for i, g in enumerate(constants))
         return gates, strength
+
+    def _item_gates(self, chunks: int, batch: int, context: torch.Tensor) -> torch.Tensor:
+        """γ per row of this call, [batch]: latent item i gets sweep[i] in every cond/uncond chunk.
+
+        The sampler concatenates chunks of batch // chunks rows each, in cond_or_uncond order,
+        and every chunk holds the whole latent batch, so the sweep repeats once per chunk.
+        """
+        sweep = self.gate.sweep
+        if sweep.shape[0] * chunks != batch:
+            raise FlexIPError(
+                f"FlexIPGateSweep has {sweep.shape[0]} gate values but the latent batch has {batch // chunks} "
+                f"images: connect the sweep's latent output to the sampler (or use a batch of {sweep.shape[0]}).")
+        return sweep.to(device=context.device, dtype=context.dtype).repeat(chunks)
 
 
 def _cast_kv(kv: LayerKV, dtype: torch.dtype, device: torch.device) -> LayerKV:
