@@ -1,0 +1,26 @@
+"""Compatibility mode: public IP-Adapter files as FlexIP's two branches (design §6).
+
+Pure torch, no ComfyUI. `load_pair(preservation, personalization, layers)` reads two files,
+detects their variants, matches their layers to the model and returns an `IPAdapterPair`.
+These are IP-Adapter weights blended by the FlexIP gate, not trained FlexIP weights.
+"""
+
+from .checkpoint import load_branch, load_pair, open_file
+from .pair import IPAdapterBranch, IPAdapterPair, IPAdapterPairConfig
+from .projections import ImageProjection, MLPProjection, PerceiverAttention, Resampler
+from .variants import (
+    FEATURES,
+    IPAdapterSpec,
+    describe,
+    encoder_name,
+    family_name,
+    ip_adapter_index,
+    ip_adapter_order,
+    match_layers,
+)
+
+__all__ = [
+    "FEATURES", "IPAdapterBranch", "IPAdapterPair", "IPAdapterPairConfig", "IPAdapterSpec", "ImageProjection",
+    "MLPProjection", "PerceiverAttention", "Resampler", "describe", "encoder_name", "family_name",
+    "ip_adapter_index", "ip_adapter_order", "load_branch", "load_pair", "match_layers", "open_file",
+]

@@ -1,0 +1,157 @@
+"""Compatibility mode: two public IP-Adapter files as FlexIP's two branches under one gate.
+
+Each file keeps its own image projection and its own per-layer K/V projections, so the
+layer equation is FlexIP's output mode (design §2):
+    Z = Attn(Q, K_t, V_t) + s·(γ·Attn(Q, K_pres, V_pres) + (1−γ)·Attn(Q, K_pers, V_pers))
+With γ = 1 this is exactly IP-Adapter's decoupled cross-attention with the preservation
+file at weight s (γ = 0: the personalization file). The personalization branch reads the
+reference image only (no text): its tokens come from its own image projection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..attention import BranchKV, LayerKV, split_heads
+from ..config import LayerSpec
+from ..errors import FlexIPError
+from ..projections import KVProjection
+from .variants import IPAdapterSpec
+
+
+@dataclass(frozen=True)
+class IPAdapterPairConfig:
+    """What the FlexIP nodes read from an adapter config, for a pair of IP-Adapter files.
+
+    `layers` are the model's attn2 layers (keys, widths, heads) the files were matched to.
+    """
+
+    preservation: IPAdapterSpec
+    personalization: IPAdapterSpec
+    layers: tuple[LayerSpec, ...]
+    gate_mode: str = "output"  # each file keeps its own K/V projections: the gate blends outputs
+
+    @property
+    def context_dim(self) -> int:
+        return self.preservation.context_dim
+
+    @property
+    def base(self) -> str:
+        return self.preservation.base
+
+    @property
+    def layer_keys(self) -> tuple[str, ...]:
+        return tuple(layer.key for layer in self.layers)
+
+    def layer(self, key: str) -> LayerSpec:
+        for spec in self.layers:
+            if spec.key == key:
+                return spec
+        raise FlexIPError(f"layer {key!r} is not part of this IP-Adapter pair: use one of the model's layer keys.")
+
+
+class IPAdapterBranch(nn.Module):
+    """One IP-Adapter file: its image projection and its to_k_ip/to_v_ip per model layer.
+
+    State-dict names: `image_proj.*` as in the file, `layers.<layer key>.{to_k,to_v}.weight`.
+    """
+
+    def __init__(self, spec: IPAdapterSpec, layers: tuple[LayerSpec, ...]) -> None:
+        super().__init__()
+        self.spec = spec
+        self.image_proj = spec.image_projection()
+        self.layers = nn.ModuleDict({layer.key: KVProjection(spec.context_dim, layer.inner_dim) for layer in layers})
+
+    @property
+    def feature(self) -> str:
+        """The CLIP output this file was trained on: `image_embeds` or `penultimate_hidden_states`."""
+        return self.spec.feature
+
+    def tokens(self, features: Tensor) -> Tensor:
+        """CLIP features ([B, C] embeds or [B, N, C] hidden states) -> image prompt tokens [B, T, d]."""
+        return self.image_proj(features)
+
+    def subject_tokens(self, features: Mapping[str, Tensor], neutral: Optional[Mapping[str, Tensor]] = None) -> Tensor:
+        """Tokens [N + 1, T, d] of N references plus, last, the unconditional row.
+
+        The unconditional row follows the file's training: base/light files dropped the image
+        as zeros of `image_embeds`, plus and full-face files as the hidden states of an
+        all-zero (normalised) pixel input, which `neutral` must hold for them.
+        """
+        cond = features[self.feature]
+        if self.feature == "image_embeds":
+            uncond = torch.zeros_like(cond[:1])
+        else:
+            if neutral is None or self.feature not in neutral:
+                raise FlexIPError(
+                    f"{self.spec.name} needs the hidden states of the neutral (zero) image for its unconditional "
+                    "tokens: pass them as `neutral`.")
+            uncond = neutral[self.feature].to(cond)
+        return self.tokens(torch.cat([cond, uncond]))
+
+    def kv(self, key: str, tokens: Tensor, heads: int) -> BranchKV:
+        """Head-split K/V [B, H, T, dh] of layer `key` for `tokens` [B, T, d]."""
+        projection = self.layers[key]
+        return BranchKV(split_heads(projection.to_k(tokens), heads), split_heads(projection.to_v(tokens), heads))
+
+
+class IPAdapterPair(nn.Module):
+    """The FLEXIP adapter of compatibility mode: preservation and personalization IP-Adapter files.
+
+    Offers the part of FlexIPAdapter's interface the patch uses (`config`, `layer_kv`); the
+    tokens of both branches are computed once per subject by `subject_tokens`.
+    """
+
+    def __init__(self, preservation: IPAdapterBranch, personalization: IPAdapterBranch,
+                 layers: tuple[LayerSpec, ...]) -> None:
+        super().__init__()
+        if preservation.spec.context_dim != personalization.spec.context_dim:
+            raise FlexIPError(
+                f"{preservation.spec.name} is for context {preservation.spec.context_dim} but "
+                f"{personalization.spec.name} for context {personalization.spec.context_dim}: "
+                "pick two IP-Adapter files of the same base model (both SD1.5 or both SDXL).")
+        self.preservation = preservation
+        self.personalization = personalization
+        self.config = IPAdapterPairConfig(preservation.spec, personalization.spec, tuple(layers))
+
+    @property
+    def branches(self) -> tuple[IPAdapterBranch, IPAdapterBranch]:
+        return self.preservation, self.personalization
+
+    @property
+    def features(self) -> frozenset[str]:
+        """The CLIP outputs the two files read."""
+        return frozenset(branch.feature for branch in self.branches)
+
+    @property
+    def needs_neutral_image(self) -> bool:
+        """Whether a branch takes its unconditional tokens from the neutral image's hidden states."""
+        return any(branch.feature != "image_embeds" for branch in self.branches)
+
+    def subject_tokens(self, features: Mapping[str, Tensor],
+                       neutral: Optional[Mapping[str, Tensor]] = None) -> tuple[Tensor, Tensor]:
+        """(preservation, personalization) tokens, each [N + 1, T, d]: N references, then uncond."""
+        return (self.preservation.subject_tokens(features, neutral),
+                self.personalization.subject_tokens(features, neutral))
+
+    def layer_kv(self, key: str, preservation_tokens: Optional[Tensor],
+                 personalization_tokens: Optional[Tensor]) -> LayerKV:
+        """Head-split K/V [B, H, T, dh] of layer `key`, each file through its own projections.
+
+        Call once per run, never per layer call: the tokens do not depend on the step.
+        """
+        heads = self.config.layer(key).heads
+        return LayerKV(
+            preservation=None if preservation_tokens is None else self.preservation.kv(key, preservation_tokens, heads),
+            personalization=None if personalization_tokens is None
+            else self.personalization.kv(key, personalization_tokens, heads),
+        )
+
+    def layer_kvs(self, preservation_tokens: Optional[Tensor],
+                  personalization_tokens: Optional[Tensor]) -> dict[str, LayerKV]:
+        """`layer_kv` for every matched layer, keyed by layer key."""
+        return {key: self.layer_kv(key, preservation_tokens, personalization_tokens) for key in self.config.layer_keys}
