@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional, Union
 
 import torch
 
@@ -11,22 +12,26 @@ import comfy.model_patcher
 
 from ..flexip_model.adapter import FlexIPAdapter
 from ..flexip_model.config import FlexIPConfig
+from ..flexip_model.ip_adapter import IPAdapterPair, IPAdapterPairConfig
 
 
 @dataclass(frozen=True, eq=False)
 class LoadedFlexIP:
-    """The `FLEXIP` type: adapter weights in a ModelPatcher, so ComfyUI loads and offloads them."""
+    """The `FLEXIP` type: adapter weights in a ModelPatcher, so ComfyUI loads and offloads them.
+
+    `adapter` is a trained FlexIPAdapter, or an IPAdapterPair in compatibility mode (design §6).
+    """
 
     name: str
-    adapter: FlexIPAdapter
+    adapter: Union[FlexIPAdapter, IPAdapterPair]
     patcher: comfy.model_patcher.ModelPatcher
 
     @property
-    def config(self) -> FlexIPConfig:
+    def config(self) -> Union[FlexIPConfig, IPAdapterPairConfig]:
         return self.adapter.config
 
     @classmethod
-    def wrap(cls, name: str, adapter: FlexIPAdapter) -> LoadedFlexIP:
+    def wrap(cls, name: str, adapter: Union[FlexIPAdapter, IPAdapterPair]) -> LoadedFlexIP:
         load_device = comfy.model_management.get_torch_device()
         offload_device = comfy.model_management.unet_offload_device()
         adapter = adapter.to(device=offload_device, dtype=comfy.model_management.unet_dtype(load_device)).eval()
@@ -45,9 +50,12 @@ class EncodedSubject:
 
     preservation_tokens: [2, Tp, d]; clip_embeds: [2, C] (the CLIP [CLS] the personalization
     adapter reads). Kept on the intermediate device; moved to the sampling device per run.
+    personalization_tokens: [2, Ty, d] in compatibility mode, where they do not depend on the
+    text; None for trained FlexIP, which makes them from the text context per run.
     """
 
     flexip: LoadedFlexIP
     preservation_tokens: torch.Tensor
     clip_embeds: torch.Tensor
     image_count: int
+    personalization_tokens: Optional[torch.Tensor] = None

@@ -8,8 +8,10 @@ import torch.nn.functional as F
 import comfy.model_management
 
 from ..flexip_model.errors import FlexIPError
+from ..flexip_model.ip_adapter import IPAdapterPair
 from .bundles import EncodedSubject, LoadedFlexIP
 from .encoders import check_clip, check_dino, clip_image_embeds, dino_tokens
+from .pair_loader import encode_pair_subject
 
 BATCH_MODES = ("average", "concat")
 
@@ -27,7 +29,7 @@ class FlexIPEncodeSubject:
     def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
-                "flexip": ("FLEXIP", {"tooltip": "Adapters from FlexIPLoader."}),
+                "flexip": ("FLEXIP", {"tooltip": "Adapters from FlexIPLoader, or an IP-Adapter pair (compatibility mode)."}),
                 "clip_vision": ("CLIP_VISION", {"tooltip": "CLIP ViT-H/14 from Load CLIP Vision (the file IP-Adapter uses)."}),
                 "image": ("IMAGE", {"tooltip": "The reference image of the subject; a batch gives several views."}),
                 "batch_mode": (BATCH_MODES, {"default": "average", "tooltip": (
@@ -35,13 +37,16 @@ class FlexIPEncodeSubject:
                     "(more tokens, more detail, a little slower).")}),
             },
             "optional": {
-                "dino": ("CLIP_VISION", {"tooltip": "DINOv2-L from Load CLIP Vision (low-level detail features)."}),
+                "dino": ("CLIP_VISION", {"tooltip": (
+                    "DINOv2-L from Load CLIP Vision (low-level detail features); not used by an IP-Adapter pair.")}),
                 "mask": ("MASK", {"tooltip": "Subject mask over the reference: the background is blacked out."}),
             },
         }
 
     def encode(self, flexip: LoadedFlexIP, clip_vision, image: torch.Tensor, batch_mode: str,
                dino=None, mask: torch.Tensor | None = None) -> tuple[EncodedSubject]:
+        if isinstance(flexip.adapter, IPAdapterPair):  # compatibility mode: CLIP only, no DINOv2
+            return (encode_pair_subject(flexip, clip_vision, masked_references(image, mask), batch_mode),)
         config = flexip.config
         check_clip(clip_vision, config.clip_embed_dim, flexip.name)
         check_dino(dino, config.dino_dim, flexip.name)

@@ -1,0 +1,42 @@
+"""Every shipped workflow loads in the real frontend with no missing node and matches its API copy."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.harness.workflows import API, ui_workflows
+
+pytestmark = pytest.mark.ui
+
+TO_PROMPT_JS = """
+const [done] = arguments;
+window.app.graphToPrompt().then((p) => done(JSON.stringify(p.output)), (e) => done('ERROR ' + e));
+"""
+
+FLEXIP_NODES = {"FlexIPLoader", "FlexIPEncodeSubject", "FlexIPGateSchedule", "FlexIPApply"}
+
+
+def test_the_frontend_registers_every_flexip_node(frontend):
+    assert FLEXIP_NODES <= set(frontend.registered_node_types())
+
+
+def test_there_is_an_api_copy_of_every_workflow():
+    assert ui_workflows(), "workflows/ holds no workflow"
+    assert {path.stem for path in ui_workflows()} == {path.stem for path in API.glob("*.json")}
+
+
+@pytest.mark.parametrize("path", ui_workflows(), ids=lambda path: path.stem)
+def test_workflow_loads_with_no_missing_node_and_matches_its_api_copy(frontend, screenshot_dir, path):
+    workflow = json.loads(path.read_text())
+    assert frontend.load_workflow(workflow) == []
+    frontend.screenshot(screenshot_dir / f"workflow_{path.stem}.png")
+    prompt = frontend.driver.execute_async_script(TO_PROMPT_JS)
+    assert not prompt.startswith("ERROR"), prompt
+    expected = json.loads((API / path.name).read_text())
+    assert _comparable(json.loads(prompt)) == _comparable(expected)
+
+
+def _comparable(prompt: dict) -> dict:
+    """class_type and inputs per node id (titles in _meta are presentation only)."""
+    return {node_id: (node["class_type"], node["inputs"]) for node_id, node in prompt.items()}
