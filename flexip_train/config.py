@@ -1,0 +1,276 @@
+"""The training config: a TOML file read into frozen dataclasses, every key checked up front.
+
+Paths in the file are relative to the file itself. See examples/train.toml for every key
+with its default and meaning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from flexip_model.errors import FlexIPError
+
+PRECISIONS = ("bf16", "fp16", "no")
+DEVICES = ("auto", "cuda", "cpu")
+SAVE_DTYPES = ("fp16", "bf16", "fp32")
+ADAPTER_SIZES = ("full", "tiny")
+GATE_MODES = ("output", "token")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The frozen base: a ComfyUI checkpoint and the two image encoders (files from models/)."""
+
+    checkpoint: Path
+    clip_vision: Optional[Path] = None
+    dino: Optional[Path] = None
+    # "module:function" returning the ComfyUI object instead of loading a file (tests, custom builds)
+    unet_factory: str = ""
+    clip_vision_factory: str = ""
+    dino_factory: str = ""
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """What is trained: the FlexIP adapter's size and gate mode, or an existing file to continue from."""
+
+    size: str = "full"
+    gate_mode: str = "output"
+    init_from: Optional[Path] = None
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """How invariant pairs turn the target into a reference the model cannot copy pixel for pixel."""
+
+    flip: float = 0.5
+    scale: tuple[float, float] = (0.5, 1.0)
+    jitter: float = 0.2
+    mask_margin: float = 0.1
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    manifest: Path
+    resolution: int = 512
+    reference_resolution: int = 224
+    invariant_gate: tuple[float, float] = (0.7, 1.0)
+    variant_gate: tuple[float, float] = (0.0, 0.3)
+    text_dropout: float = 0.05
+    image_dropout: float = 0.05
+    both_dropout: float = 0.05
+    num_workers: int = 4
+    augment: AugmentConfig = AugmentConfig()
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Encoder outputs and target latents precomputed once into safetensors shards."""
+
+    enabled: bool = False
+    dir: Optional[Path] = None
+    variants: int = 4
+    shard_size: int = 256
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    seed: int = 0
+    batch_size: int = 4
+    grad_accumulation: int = 1
+    max_steps: int = 10000
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-2
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "bf16"
+    gradient_checkpointing: bool = False
+    ema_decay: float = 0.0
+    device: str = "auto"
+    deterministic: bool = False
+    timeout_minutes: int = 60
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: Path
+    name: str = "flexip_sd15"
+    checkpoint_every: int = 1000
+    keep_last: int = 0
+    save_dtype: str = "fp16"
+    log_every: int = 10
+    eval_every: int = 500
+    eval_pairs: int = 8
+    eval_timesteps: int = 4
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class SamplesConfig:
+    """A grid of images made with the inference nodes every `every` steps (0 = never)."""
+
+    every: int = 0
+    pairs: int = 2
+    gates: tuple[float, ...] = (0.0, 0.5, 1.0)
+    steps: int = 20
+    cfg: float = 5.0
+    sampler: str = "euler"
+    scheduler: str = "normal"
+    negative: str = ""
+    strength: float = 1.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    source: Path
+    model: ModelConfig
+    data: DataConfig
+    output: OutputConfig
+    adapter: AdapterConfig = AdapterConfig()
+    cache: CacheConfig = CacheConfig()
+    train: OptimConfig = OptimConfig()
+    samples: SamplesConfig = SamplesConfig()
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.cache.dir or self.output.dir / "feature_cache"
+
+    def replace(self, section: str, **values: Any) -> TrainConfig:
+        """A copy with some keys of one section changed (CLI overrides, tests)."""
+        return dataclasses.replace(self, **{section: dataclasses.replace(getattr(self, section), **values)})
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read and check a TOML training config; FlexIPError naming the file and key on any problem."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FlexIPError(f"the training config {path} was not found: pass an existing TOML file to --config."
+                          ) from None
+    except tomllib.TOMLDecodeError as error:
+        raise FlexIPError(f"{path.name} is not valid TOML ({error}): fix the syntax.") from None
+    config = _build(TrainConfig, raw, path.name, "", path.resolve().parent, extra={"source": path.resolve()})
+    _validate(config, path.name)
+    return config
+
+
+def _build(cls: type, raw: Any, file: str, section: str, base: Path, extra: Optional[dict] = None) -> Any:
+    """Instantiate dataclass `cls` from a TOML table; `section` is its dotted name ("" at the top)."""
+    label = f"{file} [{section}]" if section else file
+    if not isinstance(raw, dict):
+        raise FlexIPError(f"{label} must be a table: write it as [{section}] followed by its keys.")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in (extra or {})}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise FlexIPError(f"{label} has unknown key {unknown[0]!r}: use one of {', '.join(sorted(fields))}.")
+    values = dict(extra or {})
+    for name, spec in fields.items():
+        required = spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
+        child = f"{section}.{name}" if section else name
+        if name not in raw:
+            if required:
+                what = f"the [{child}] table" if dataclasses.is_dataclass(hints[name]) else f"the key {name!r}"
+                raise FlexIPError(f"{label} lacks {what}: add it (examples/train.toml shows every key).")
+            continue
+        if dataclasses.is_dataclass(hints[name]):
+            values[name] = _build(hints[name], raw[name], file, child, base)
+        else:
+            values[name] = _typed(hints[name], raw[name], f"{label} {name}", base)
+    return cls(**values)
+
+
+def _typed(hint: Any, value: Any, where: str, base: Path) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):  # Optional[X]: "" or absent means None
+        inner = [arg for arg in typing.get_args(hint) if arg is not type(None)][0]
+        return None if value == "" else _typed(inner, value, where, base)
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            raise FlexIPError(f"{where} must be a path in quotes (relative to the config file or absolute).")
+        return (base / Path(value).expanduser()).resolve()
+    if origin is tuple:
+        args = typing.get_args(hint)
+        fixed = args[-1] is not Ellipsis
+        if not isinstance(value, list) or (fixed and len(value) != len(args)) or not value:
+            count = f"a list of {len(args)} numbers" if fixed else "a list of numbers"
+            raise FlexIPError(f"{where} must be {count}, e.g. {list(_example(hint))}.")
+        return tuple(_typed(args[0], item, where, base) for item in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise FlexIPError(f"{where} must be true or false, not {value!r}.")
+        return value
+    if hint is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise FlexIPError(f"{where} must be a whole number, not {value!r}.")
+        return value
+    if hint is float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise FlexIPError(f"{where} must be a number, not {value!r}.")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise FlexIPError(f"{where} must be a string in quotes, not {value!r}.")
+        return value
+    raise TypeError(f"unsupported config type {hint!r}")  # a programming error, not a user's
+
+
+def _example(hint: Any) -> tuple:
+    return (0.7, 1.0) if typing.get_args(hint)[-1] is not Ellipsis else (0.0, 0.5, 1.0)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise FlexIPError(message)
+
+
+def _validate(config: TrainConfig, name: str) -> None:
+    model, data, train, out, cache, samples = (config.model, config.data, config.train, config.output,
+                                               config.cache, config.samples)
+    _check(model.clip_vision is not None or model.clip_vision_factory,
+           f"{name} [model] lacks clip_vision: give the CLIP ViT-H/14 file from models/clip_vision.")
+    _check(model.dino is not None or model.dino_factory,
+           f"{name} [model] lacks dino: give the DINOv2-L file from models/clip_vision.")
+    _check(config.adapter.size in ADAPTER_SIZES, f"{name} [adapter] size must be one of {ADAPTER_SIZES}.")
+    _check(config.adapter.gate_mode in GATE_MODES, f"{name} [adapter] gate_mode must be one of {GATE_MODES}.")
+    _check(data.resolution % 8 == 0 and data.resolution >= 16,
+           f"{name} [data] resolution {data.resolution} must be a multiple of 8 (the VAE's factor), e.g. 512.")
+    _check(data.reference_resolution >= 14, f"{name} [data] reference_resolution must be at least 14 px.")
+    for key in ("invariant_gate", "variant_gate"):
+        low, high = getattr(data, key)
+        _check(0.0 <= low <= high <= 1.0, f"{name} [data] {key} must be [low, high] with 0 <= low <= high <= 1.")
+    dropout = (data.text_dropout, data.image_dropout, data.both_dropout)
+    _check(all(p >= 0 for p in dropout) and sum(dropout) <= 1.0,
+           f"{name} [data] text_dropout + image_dropout + both_dropout must be probabilities summing to at most 1.")
+    _check(data.num_workers >= 0, f"{name} [data] num_workers must be 0 or more.")
+    low, high = data.augment.scale
+    _check(0.0 < low <= high <= 1.0, f"{name} [data.augment] scale must be [low, high] with 0 < low <= high <= 1.")
+    _check(0.0 <= data.augment.flip <= 1.0, f"{name} [data.augment] flip is a probability between 0 and 1.")
+    _check(0.0 <= data.augment.jitter < 1.0, f"{name} [data.augment] jitter must be in [0, 1).")
+    _check(cache.variants >= 1 and cache.shard_size >= 1, f"{name} [cache] variants and shard_size must be at least 1.")
+    for key in ("batch_size", "grad_accumulation", "max_steps", "timeout_minutes"):
+        _check(getattr(train, key) >= 1, f"{name} [train] {key} must be at least 1.")
+    _check(train.learning_rate > 0 and train.weight_decay >= 0 and train.warmup_steps >= 0,
+           f"{name} [train] learning_rate must be positive, weight_decay and warmup_steps 0 or more.")
+    _check(0.0 <= train.ema_decay < 1.0, f"{name} [train] ema_decay must be in [0, 1) (0 turns EMA off).")
+    _check(train.mixed_precision in PRECISIONS, f"{name} [train] mixed_precision must be one of {PRECISIONS}.")
+    _check(train.device in DEVICES, f"{name} [train] device must be one of {DEVICES}.")
+    _check(out.save_dtype in SAVE_DTYPES, f"{name} [output] save_dtype must be one of {SAVE_DTYPES}.")
+    for key in ("checkpoint_every", "log_every", "eval_timesteps"):
+        _check(getattr(out, key) >= 1, f"{name} [output] {key} must be at least 1.")
+    _check(out.eval_every >= 0 and out.eval_pairs >= 0 and out.keep_last >= 0,
+           f"{name} [output] eval_every, eval_pairs and keep_last must be 0 or more.")
+    _check(out.name and "/" not in out.name,
+           f"{name} [output] name must be a plain file name stem, e.g. 'flexip_sd15'.")
+    _check(samples.every >= 0 and samples.pairs >= 1 and samples.steps >= 1 and samples.gates,
+           f"{name} [samples] every must be 0 or more, pairs and steps at least 1, gates non-empty.")
+    _check(all(0.0 <= g <= 1.0 for g in samples.gates), f"{name} [samples] gates must lie in [0, 1].")

@@ -1,0 +1,178 @@
+"""The frozen models (ComfyUI's loaders) and the trainable FlexIP adapter built to fit them."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from flexip_model import checkpoint
+from flexip_model.adapter import FlexIPAdapter
+from flexip_model.config import FlexIPConfig, config_for, layer_key
+from flexip_model.errors import FlexIPError
+
+from .config import AdapterConfig, ModelConfig
+from .host import Pack
+
+log = logging.getLogger(__name__)
+
+_ATTN2 = re.compile(r"^(input_blocks|middle_block|output_blocks)\.(?:(\d+)\.)?\d+\.transformer_blocks\.(\d+)\.attn2$")
+_BLOCKS = {"input_blocks": "input", "middle_block": "middle", "output_blocks": "output"}
+_FAMILIES = {768: "sd15", 2048: "sdxl"}
+
+
+@dataclass(frozen=True)
+class FrozenModels:
+    """Everything that stays frozen: UNet (ModelPatcher), text encoder, VAE, CLIP-H, DINOv2."""
+
+    unet: Any
+    clip: Any
+    vae: Any
+    clip_vision: Any
+    dino: Any
+    base: str
+
+    @property
+    def diffusion_model(self) -> torch.nn.Module:
+        return self.unet.model.diffusion_model
+
+
+@dataclass(frozen=True)
+class Factories:
+    """Builders of a UNet ModelPatcher / CLIP_VISION objects in code instead of files (None = load the file)."""
+
+    unet: Optional[Callable[[], Any]] = None
+    clip_vision: Optional[Callable[[], Any]] = None
+    dino: Optional[Callable[[], Any]] = None
+
+
+def resolve_factories(config: ModelConfig) -> Factories:
+    """Import the "module:function" factories of [model]. Call before `import_comfy`: ComfyUI's folder
+    holds packages (`tests`, `utils`) that would otherwise shadow a project's own."""
+    def resolve(spec: str, key: str) -> Optional[Callable[[], Any]]:
+        if not spec:
+            return None
+        module_name, _, function = spec.partition(":")
+        try:
+            return getattr(importlib.import_module(module_name), function)
+        except (ImportError, AttributeError, ValueError) as error:
+            raise FlexIPError(f"[model] {key} {spec!r} cannot be imported ({error}): write it as "
+                              "'package.module:function', importable from the current folder.") from None
+
+    return Factories(resolve(config.unet_factory, "unet_factory"),
+                     resolve(config.clip_vision_factory, "clip_vision_factory"),
+                     resolve(config.dino_factory, "dino_factory"))
+
+
+def _existing(path: Optional[Path], key: str) -> Path:
+    if path is None or not path.is_file():
+        raise FlexIPError(f"[model] {key} {path} was not found: give the path of the .safetensors file.")
+    return path
+
+
+def _load_encoder(path: Optional[Path], factory: Optional[Callable[[], Any]], key: str) -> Any:
+    if factory is not None:
+        return factory()
+    import comfy.clip_vision
+
+    try:
+        encoder = comfy.clip_vision.load(str(_existing(path, key)))
+    except (RuntimeError, KeyError, ValueError) as error:
+        raise FlexIPError(f"[model] {key} {path.name} is not an image encoder ComfyUI can load ({error}): "
+                          "use the CLIP ViT-H/14 and DINOv2-L files from models/clip_vision.") from None
+    if encoder is None:
+        raise FlexIPError(f"[model] {key} {path.name} is not an image encoder ComfyUI recognises: "
+                          "use the CLIP ViT-H/14 and DINOv2-L files from models/clip_vision.")
+    return encoder
+
+
+def load_frozen(config: ModelConfig, factories: Factories, unet_dtype: Optional[torch.dtype]) -> FrozenModels:
+    """Load the base checkpoint with ComfyUI's own loader (UNet dtype `unet_dtype`, None = ComfyUI's choice)."""
+    import comfy.clip_model
+    import comfy.sd
+    from comfy.image_encoders.dino2 import Dinov2Model
+
+    path = _existing(config.checkpoint, "checkpoint")
+    options = {} if unet_dtype is None else {"dtype": unet_dtype}
+    try:
+        unet, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(path), model_options=options)
+    except RuntimeError as error:
+        reason = str(error).splitlines()[0]
+        raise FlexIPError(f"[model] checkpoint {path.name} is not a model ComfyUI recognises ({reason}): "
+                          "give a full SD1.5 checkpoint (UNet, text encoder and VAE in one file).") from None
+    if clip is None or vae is None:
+        raise FlexIPError(f"[model] checkpoint {path.name} lacks its text encoder or VAE: give a full checkpoint, "
+                          "not a UNet-only file.")
+    if factories.unet is not None:
+        unet = factories.unet()
+    clip_vision = _load_encoder(config.clip_vision, factories.clip_vision, "clip_vision")
+    dino = _load_encoder(config.dino, factories.dino, "dino")
+    if not isinstance(getattr(clip_vision, "model", None), comfy.clip_model.CLIPVisionModelProjection):
+        raise FlexIPError("[model] clip_vision is not a CLIP vision model with a projection: give CLIP ViT-H/14 "
+                          "(the file IP-Adapter uses), and the DINOv2 file as dino.")
+    if not isinstance(getattr(dino, "model", None), Dinov2Model):
+        raise FlexIPError("[model] dino is not a DINOv2 model: give the DINOv2-L file "
+                          "(dinov2-large model.safetensors).")
+    diffusion_model = unet.model.diffusion_model
+    context = cross_attention_weights(diffusion_model)
+    width = next(iter(context.values()))[0].shape[1] if context else None
+    base = _FAMILIES.get(width)
+    if base != "sd15" or getattr(diffusion_model, "num_classes", None) is not None:
+        raise FlexIPError(f"[model] checkpoint {path.name} is not SD1.5 (cross-attention width {width}): the trainer "
+                          "supports SD1.5 checkpoints for now.")
+    unet.model.requires_grad_(False)
+    for encoder in (clip_vision, dino):
+        encoder.model.requires_grad_(False)
+    return FrozenModels(unet=unet, clip=clip, vae=vae, clip_vision=clip_vision, dino=dino, base=base)
+
+
+def cross_attention_weights(diffusion_model: torch.nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each attn2 layer's frozen (to_k, to_v) weights [inner, d], keyed like 'input_1_0'."""
+    weights = {}
+    for name, module in diffusion_model.named_modules():
+        match = _ATTN2.match(name)
+        if match:
+            block = _BLOCKS[match.group(1)]
+            key = layer_key(block, 0 if block == "middle" else int(match.group(2)), int(match.group(3)))
+            weights[key] = (module.to_k.weight, module.to_v.weight)
+    return weights
+
+
+def adapter_config(models: FrozenModels, pack: Pack, adapter: AdapterConfig) -> FlexIPConfig:
+    """The adapter's config from the loaded models: their layers, context width and encoder widths."""
+    layers = pack.layers.layer_specs_of(models.diffusion_model)
+    config = config_for(models.base, layers=layers, tiny=adapter.size == "tiny")
+    config = dataclasses.replace(
+        config,
+        gate_mode=adapter.gate_mode,
+        clip_embed_dim=models.clip_vision.model.visual_projection.out_features,
+        dino_dim=models.dino.model.layernorm.weight.shape[0],
+    )
+    config.validate("the trainer's adapter config")
+    return config
+
+
+def build_adapter(models: FrozenModels, pack: Pack, adapter: AdapterConfig, seed: int) -> FlexIPAdapter:
+    """A new adapter (seeded init, projections copied from the base's to_k/to_v), or the `init_from` file."""
+    config = adapter_config(models, pack, adapter)
+    if adapter.init_from is not None:
+        # sizes and gate mode come from the file; it must fit these models
+        loaded = checkpoint.load(adapter.init_from, dtype=torch.float32)
+        fits = ("layers", "context_dim", "clip_embed_dim", "dino_dim")
+        if any(getattr(loaded.config, key) != getattr(config, key) for key in fits):
+            raise FlexIPError(f"[adapter] init_from {adapter.init_from.name} was made for other models (layers, "
+                              "context or encoder widths differ): start from a file trained on this base and "
+                              "these encoders.")
+        return loaded.train()
+    with torch.random.fork_rng(devices=[]):  # seed locally, leave the process RNG as it was
+        torch.manual_seed(seed)
+        module = FlexIPAdapter(config)
+    module.layers.init_from_base({key: (k.float(), v.float())
+                                  for key, (k, v) in cross_attention_weights(models.diffusion_model).items()})
+    return module.train()

@@ -1,0 +1,334 @@
+"""The training loop: setup, optimizer steps with accumulation, evaluation, logging, checkpoints.
+
+Every random draw of training comes from a generator keyed by (seed, micro-batch position,
+rank) or (seed, epoch, pair): the data order, the augmentation, γ, dropout, timesteps and
+noise depend only on where training is, never on what ran before. Resuming therefore
+reproduces the uninterrupted run exactly (on the deterministic CPU path bit for bit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from flexip_model.errors import FlexIPError
+
+from . import distributed, state
+from .config import TrainConfig
+from .data import PairImageSource, keyed_generator, micro_batch, read_manifest, steps_per_epoch
+from .features import Encoders, FeatureCache, Features, PairDataset, check_cache_complete, collate
+from .host import import_comfy, import_pack
+from .models import build_adapter, load_frozen, resolve_factories
+from .objective import DenoisingLoss, evaluation_inputs, training_inputs
+from .patch import TRAINING_INPUTS, enable_gradient_checkpointing, install_training_patch
+
+log = logging.getLogger(__name__)
+
+LOG_NAME = "log.jsonl"
+_UNET_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    step: int
+    checkpoint: Optional[Path]
+    eval_losses: dict[int, float]
+
+
+class MicroBatches(torch.utils.data.Sampler):
+    """This rank's micro-batches from `start` to `stop`, as lists of (pair index, epoch) keys."""
+
+    def __init__(self, start: int, stop: int, pair_count: int, batch_size: int, topology, seed: int) -> None:
+        self.start, self.stop = start, stop
+        self.args = (pair_count, batch_size, topology.world_size, topology.rank, seed)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for position in range(self.start, self.stop):
+            epoch, indices = micro_batch(position, *self.args)
+            yield [(index, epoch) for index in indices]
+
+
+class EMA:
+    """Exponential moving average of the adapter weights (float32, on the training device)."""
+
+    def __init__(self, module: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.weights = {name: tensor.detach().float().clone() for name, tensor in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> None:
+        current = module.state_dict()
+        names = list(self.weights)
+        torch._foreach_lerp_([self.weights[n] for n in names], [current[n].float() for n in names], 1.0 - self.decay)
+
+
+def _lr_lambda(warmup: int):
+    return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+
+
+def _summary_line(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+class Trainer:
+    """One training run on this rank; `run()` trains to [train] max_steps."""
+
+    def __init__(self, config: TrainConfig, topology: distributed.Topology, resume: Optional[str] = None) -> None:
+        self.config = config
+        train = config.train
+        self.topology = topology
+        self.device = topology.device
+        self.on_gpu = self.device.type == "cuda"
+        if train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.manual_seed(train.seed)  # for anything not drawn from a keyed generator
+
+        pairs, problems = read_manifest(config.data.manifest)
+        if problems:
+            more = f"; {len(problems) - 1} more problems" if len(problems) > 1 else ""
+            raise FlexIPError(f"{problems[0].rstrip('.')}{more} (--check-data lists them all, decoding every image).")
+        steps_per_epoch(len(pairs), train.batch_size, self.topology.world_size)  # enough pairs for one step?
+        self.output = config.output.dir
+        if not resume and state.saved_checkpoints(self.output, config.output.name):
+            raise FlexIPError(f"{self.output} already holds checkpoints of {config.output.name}: pass --resume to "
+                              "continue that run, or set another [output] dir or name.")
+
+        factories = resolve_factories(config.model)
+        import_comfy(cpu=not self.on_gpu)
+        self.pack = import_pack()
+        precision = train.mixed_precision if self.on_gpu else "no"
+        self.autocast = None if precision == "no" else _UNET_DTYPES[precision]
+        self.models = load_frozen(config.model, factories, _UNET_DTYPES[precision])
+        self.adapter = build_adapter(self.models, self.pack, config.adapter, train.seed).to(self.device)
+        self.model, _ = install_training_patch(self.pack, self.models.unet, self.adapter, self.device)
+        if train.gradient_checkpointing:
+            count = enable_gradient_checkpointing(self.models.diffusion_model)
+            log.info("gradient checkpointing on %d UNet blocks", count)
+
+        self.source = PairImageSource(pairs, config.data.resolution, config.data.reference_resolution,
+                                      config.data.augment, train.seed)
+        self.encoders = Encoders(self.models, self.pack, self.adapter.config.dino_resolution)
+        self.cache = self._prepare_cache() if config.cache.enabled else None
+        self.null = self.cache.null() if self.cache else self.encoders.null(config.data.reference_resolution)
+        self.eval_features = self._features(list(range(min(config.output.eval_pairs, len(pairs)))))
+
+        self.loss = DenoisingLoss(self.adapter, self.model, TRAINING_INPUTS, self.autocast)
+        self.forward = self.loss
+        if self.topology.distributed:
+            self.forward = DistributedDataParallel(self.loss, device_ids=[self.device.index] if self.on_gpu else None)
+        self.optimizer = torch.optim.AdamW(self.adapter.parameters(), lr=train.learning_rate, betas=train.betas,
+                                           weight_decay=train.weight_decay)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(train.warmup_steps))
+        self.scaler = torch.amp.GradScaler("cuda") if self.on_gpu and precision == "fp16" else None
+        self.ema = EMA(self.adapter, train.ema_decay) if train.ema_decay > 0 else None
+        self.step = 0
+        self.position = 0  # micro-batches this rank has consumed
+        if resume:
+            self._restore(state.find_resume(resume, self.output, config.output.name))
+
+    # setup ------------------------------------------------------------------------------
+    def _prepare_cache(self) -> FeatureCache:
+        cache = FeatureCache(self.config, self.source, self.adapter.config.dino_resolution)
+        stale = cache.stale()
+        mine = stale[self.topology.rank::self.topology.world_size]  # each shard is written by one rank
+        if stale and self.topology.is_main:
+            log.info("feature cache: building %d of %d shards in %s", len(stale), cache.shard_count + 1,
+                     cache.directory)
+        cache.build(self.encoders, mine, progress=self.topology.is_main)
+        distributed.barrier(self.topology)
+        check_cache_complete(cache)
+        return cache
+
+    def _features(self, indices: list[int]) -> list[Features]:
+        """Canonical (un-augmented) features of `indices`, in batches of [train] batch_size."""
+        dataset = PairDataset(self.source, self.cache, self.config.train.seed, train=False)
+        size = self.config.train.batch_size
+        batches = []
+        for start in range(0, len(indices), size):
+            items = collate([dataset[(index, 0)] for index in indices[start:start + size]])
+            batches.append(items if isinstance(items, Features) else self.encoders.encode(items))
+        return batches
+
+    def _restore(self, path: Path) -> None:
+        saved = state.load_state(path, self.adapter.config)
+        self.adapter.load_state_dict(saved["adapter"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.schedule.load_state_dict(saved["schedule"])
+        if self.scaler is not None and saved["scaler"]:
+            self.scaler.load_state_dict(saved["scaler"])
+        if self.ema is not None and saved["ema"]:
+            self.ema.weights = {name: tensor.to(self.device) for name, tensor in saved["ema"].items()}
+        self.step = saved["step"]
+        # positions are counted over all ranks, so another world size continues after the same samples
+        self.position = saved["position"] // self.topology.world_size
+        if saved["world_size"] != self.topology.world_size:
+            log.warning("resuming with %d ranks from a checkpoint written by %d: the data order changes from here",
+                        self.topology.world_size, saved["world_size"])
+        state.restore_rng(saved["rng"])
+        log.info("resumed from %s at step %d", path.name, self.step)
+
+    # loop -------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        import comfy.model_management
+        from tqdm import tqdm
+
+        config, train, topology = self.config, self.config.train, self.topology
+        total_positions = train.max_steps * train.grad_accumulation
+        if self.step >= train.max_steps:
+            log.info("already at step %d of %d: nothing to train", self.step, train.max_steps)
+            return TrainResult(self.step, None, {})
+        if topology.is_main:
+            self.output.mkdir(parents=True, exist_ok=True)
+        loader = torch.utils.data.DataLoader(
+            PairDataset(self.source, self.cache, train.seed),
+            batch_sampler=MicroBatches(self.position, total_positions, len(self.source), train.batch_size, topology,
+                                       train.seed),
+            collate_fn=collate, num_workers=config.data.num_workers, pin_memory=self.on_gpu)
+        batches = iter(loader)
+        sampling = self.model.model.model_sampling
+        evals: dict[int, float] = {}
+        if self.step == 0 and self.eval_features:
+            evals[0] = self._evaluate()
+        progress = tqdm(total=train.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
+                        disable=not (topology.is_main and config.output.progress))
+        running, count, started = torch.zeros((), device=self.device), 0, time.perf_counter()
+        last_checkpoint = None
+        while self.step < train.max_steps:
+            comfy.model_management.load_models_gpu([self.model], force_full_load=True)
+            for micro in range(train.grad_accumulation):
+                batch = next(batches)
+                features = batch if isinstance(batch, Features) else self.encoders.encode(batch)
+                generator = keyed_generator("step", train.seed, self.position, topology.rank)
+                inputs = training_inputs(features, self.null, config.data, sampling, generator).to(self.device)
+                last = micro == train.grad_accumulation - 1
+                sync = contextlib.nullcontext() if last or not topology.distributed else self.forward.no_sync()
+                with sync:
+                    loss = self.forward(inputs) / train.grad_accumulation
+                    (self.scaler.scale(loss) if self.scaler else loss).backward()
+                running += loss.detach()
+                self.position += 1
+            self._optimizer_step()
+            self.step += 1
+            count += 1
+            progress.update(1)
+            at_end = self.step == train.max_steps
+            if self.step % config.output.log_every == 0 or at_end:
+                mean = float(distributed.all_sum(topology, running)) / (count * topology.world_size)
+                elapsed = time.perf_counter() - started
+                record = {"step": self.step, "loss": mean, "lr": self.schedule.get_last_lr()[0],
+                          "steps_per_s": count / elapsed}
+                if self.on_gpu:
+                    record["max_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+                progress.set_postfix(loss=f"{mean:.4f}")
+                if topology.is_main:
+                    _summary_line(self.output / LOG_NAME, record)
+                running.zero_()
+                count, started = 0, time.perf_counter()
+            eval_due = config.output.eval_every and self.step % config.output.eval_every == 0
+            if self.eval_features and (at_end or eval_due):
+                evals[self.step] = self._evaluate()
+            if config.samples.every and (self.step % config.samples.every == 0 or at_end):
+                self._samples()
+            if at_end or self.step % config.output.checkpoint_every == 0:
+                last_checkpoint = self._checkpoint()
+        progress.close()
+        return TrainResult(self.step, last_checkpoint, evals)
+
+    def _optimizer_step(self) -> None:
+        train = self.config.train
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if train.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.adapter.parameters(), train.max_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.schedule.step()
+        if self.ema is not None:
+            self.ema.update(self.adapter)
+
+    @torch.no_grad()
+    def _evaluate(self) -> float:
+        """The fixed evaluation loss: same pairs, noise and timesteps every time; shared over ranks."""
+        config, topology = self.config, self.topology
+        sampling = self.model.model.model_sampling
+        total = torch.zeros(2, dtype=torch.float64)
+        for number, features in enumerate(self.eval_features):
+            if number % topology.world_size != topology.rank:
+                continue
+            for inputs in evaluation_inputs(features, config.data, sampling, config.train.seed,
+                                            config.output.eval_timesteps):
+                errors = self.loss.per_sample(inputs.to(self.device))
+                total += torch.tensor([float(errors.double().sum()), errors.numel()], dtype=torch.float64)
+        total = distributed.all_sum(topology, total.to(self.device)).cpu()
+        value = float(total[0] / total[1])
+        if topology.is_main:
+            _summary_line(self.output / LOG_NAME, {"step": self.step, "eval_loss": value})
+            log.info("step %d: evaluation loss %.5f", self.step, value)
+        return value
+
+    def _published_weights(self) -> dict[str, torch.Tensor]:
+        return self.ema.weights if self.ema is not None else self.adapter.state_dict()
+
+    def _samples(self) -> None:
+        if not self.topology.is_main:
+            return
+        from .samples import sample_grid
+
+        adapter = state.export_adapter(self.adapter.config, self._published_weights(), torch.float32)
+        indices = list(range(min(self.config.samples.pairs, len(self.source))))
+        path = sample_grid(self.pack, self.models, adapter, self.source, indices, self.config.samples,
+                           self.output / "samples" / f"{self.config.output.name}-{self.step:06d}.png")
+        log.info("step %d: sample grid %s", self.step, path)
+
+    def _checkpoint(self) -> Optional[Path]:
+        topology, output = self.topology, self.config.output
+        digests = distributed.gather_strings(topology, distributed.weights_digest(self.adapter.state_dict()))
+        if len(set(digests)) > 1:
+            log.error("the ranks' adapter weights differ at step %d (digests %s): training is not in sync",
+                      self.step, digests)
+        path = None
+        if topology.is_main:
+            ema = self.ema.weights if self.ema is not None else None
+            payload = {
+                "step": self.step,
+                "position": self.position * topology.world_size,  # micro-batches over all ranks
+                "world_size": topology.world_size,
+                "adapter": {k: v.detach().cpu() for k, v in self.adapter.state_dict().items()},
+                "ema": None if ema is None else {k: v.detach().cpu() for k, v in ema.items()},
+                "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "rng": state.rng_states(),
+                "adapter_config": self.adapter.config.to_json(),
+                "rank_digests": digests,
+            }
+            path = state.save(self.output, output.name, self.step, self.adapter.config, self._published_weights(),
+                              output.save_dtype, payload)
+            state.prune(self.output, output.name, output.keep_last)
+            log.info("step %d: wrote %s", self.step, path)
+        distributed.barrier(topology)
+        return path
+
+def train(config: TrainConfig, resume: Optional[str] = None) -> TrainResult:
+    """Train per `config` (resuming from `resume`: 'latest' or a checkpoint path) and return the summary."""
+    topology = distributed.setup(config.train.device, config.train.timeout_minutes)
+    try:
+        return Trainer(config, topology, resume).run()
+    finally:
+        distributed.teardown()

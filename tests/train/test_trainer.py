@@ -1,0 +1,286 @@
+"""Trainer layer: `python -m flexip_train` (and torchrun) on generated tiny models, CPU, float32.
+
+The CLI runs in subprocesses, one thread each; the in-process tests import ComfyUI on the CPU.
+Shared: one 40-step smoke run (the "straight" run the resume test compares against).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.train.smoke import run_process, smoke_sections, train_cli, write_trained_checkpoint
+from tests.train.synthetic import write_config, write_pairs
+
+pytestmark = pytest.mark.train
+
+STEPS = 40  # the smoke run: ~1 s/step on one loaded CPU core, and a >25 % drop of the fixed eval loss
+
+
+def _state(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _log(output: Path) -> list[dict]:
+    return [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("train")
+    write_pairs(folder / "data")
+    return folder
+
+
+def _config(workspace: Path, name: str, steps: int = STEPS, **changes: dict) -> Path:
+    sections = smoke_sections(workspace / "data" / "pairs.jsonl", workspace / name, workspace / "cache", steps)
+    for section, values in changes.items():
+        sections.setdefault(section, {}).update(values)
+    return write_config(workspace / f"{name}.toml", sections)
+
+
+@pytest.fixture(scope="module")
+def straight_run(workspace: Path) -> Path:
+    """40 steps in one go, checkpoints at 20 and 40, a sample grid at the end."""
+    config = _config(workspace, "straight", output={"checkpoint_every": 20},
+                     samples={"every": STEPS, "pairs": 2, "gates": [0.0, 1.0], "steps": 2})
+    train_cli(config)
+    return workspace / "straight"
+
+
+@pytest.fixture(scope="module")
+def pack():
+    """ComfyUI on the CPU in this process, and the pack imported the way the trainer imports it.
+
+    One thread while these tests run: on a small shared CPU more threads only contend.
+    """
+    from tests.fixtures import import_comfy
+
+    import_comfy()
+    from flexip_train.host import import_pack
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield import_pack()
+    torch.set_num_threads(threads)
+
+
+def test_smoke_training_lowers_the_fixed_evaluation_loss(straight_run: Path):
+    evaluations = {record["step"]: record["eval_loss"] for record in _log(straight_run) if "eval_loss" in record}
+    before, after = evaluations[0], evaluations[STEPS]
+    # the acceptance criterion: same pairs, noise, timesteps and γ before and after
+    assert after <= 0.8 * before, f"evaluation loss {before:.4f} -> {after:.4f}"
+    losses = [record["loss"] for record in _log(straight_run) if "loss" in record]
+    assert len(losses) == STEPS // 5 and all(loss == loss for loss in losses)  # logged every 5 steps, no NaN
+    grid = straight_run / "samples" / f"smoke-{STEPS:06d}.png"
+    from PIL import Image
+
+    with Image.open(grid) as image:  # 2 pairs x (reference + 2 gates) at 64 px
+        assert image.size == (3 * 64, 2 * 64)
+
+
+def test_checkpoint_passes_inspect_and_loads_in_flexip_loader(straight_run: Path, pack, capsys):
+    from flexip_model.cli import main as flexip_model_main  # what `python -m flexip_model` runs
+
+    path = straight_run / f"smoke-{STEPS:06d}.safetensors"
+    assert flexip_model_main(["inspect", str(path)]) == 0
+    assert "valid FlexIP checkpoint" in capsys.readouterr().out
+
+    import folder_paths
+
+    folder_paths.add_model_folder_path("flexip", str(straight_run))
+    (loaded,) = pack.loader.FlexIPLoader().load(path.name)
+    from flexip_model import checkpoint
+
+    assert loaded.config == checkpoint.read_config(path)
+    assert loaded.config.layer_keys == ("input_1_0", "input_3_0", "middle_0_0", "output_0_0", "output_1_0",
+                                        "output_2_0", "output_3_0")  # the tiny UNet's attn2 layers
+
+
+def test_resume_continues_exactly_where_training_stopped(straight_run: Path, workspace: Path):
+    config = _config(workspace, "resumed")
+    train_cli(config, "--max-steps", str(STEPS // 2))
+    train_cli(config, "--resume", "--max-steps", str(STEPS))
+    resumed = _state(workspace / "resumed" / f"smoke-{STEPS:06d}.state.pt")
+    straight = _state(straight_run / f"smoke-{STEPS:06d}.state.pt")
+    assert resumed["step"] == straight["step"] == STEPS
+    assert resumed["position"] == straight["position"] == STEPS
+    # same ops on the same data in the same order on one CPU thread: equal up to float noise
+    for name, tensor in straight["adapter"].items():
+        torch.testing.assert_close(resumed["adapter"][name], tensor, rtol=1e-6, atol=1e-7, msg=name)
+    for key in ("exp_avg", "exp_avg_sq"):
+        for index, entry in straight["optimizer"]["state"].items():
+            torch.testing.assert_close(resumed["optimizer"]["state"][index][key], entry[key], rtol=1e-6, atol=1e-9)
+
+
+def test_torchrun_two_cpu_ranks_stay_identical_and_rank_zero_writes_one_checkpoint(workspace: Path, straight_run: Path):
+    # two ranks with batch 2 see the same 4 pairs per step as one process with batch 4
+    config = _config(workspace, "ddp", steps=4, train={"batch_size": 2})
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "flexip_train", "--config", str(config)]
+    result = run_process(command, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    written = sorted(path.name for path in (workspace / "ddp").glob("*.safetensors"))
+    assert written == ["smoke-000004.safetensors"]
+    state = _state(workspace / "ddp" / "smoke-000004.state.pt")
+    from flexip_train.distributed import weights_digest
+
+    # each rank hashed its own weights after the last step; rank 0 saved its weights beside them
+    assert state["world_size"] == 2
+    assert state["rank_digests"] == [weights_digest(state["adapter"])] * 2
+    assert state["position"] == 8  # 4 steps x 2 ranks, counted over all ranks
+
+
+def test_check_data_lists_every_bad_line(tmp_path: Path, capsys):
+    manifest = write_pairs(tmp_path / "data", count=2)
+    (tmp_path / "data" / "images" / "broken.png").write_bytes(b"not an image at all")
+    good = manifest.read_text().splitlines()
+    faults = [
+        '{"target": "images/0_target.png", "caption": "a red circle", "kind": "invariant"',  # line 3: bad JSON
+        '{"target": "images/missing.png", "caption": "a red circle", "kind": "invariant"}',  # line 4: no file
+        '{"target": "images/broken.png", "caption": "a red circle", "kind": "invariant"}',  # line 5: unreadable
+        '{"target": "images/0_target.png", "caption": "  ", "kind": "invariant"}',  # line 6: empty caption
+        '{"target": "images/0_target.png", "caption": "a red circle", "kind": "invarient"}',  # line 7: bad kind
+    ]
+    manifest.write_text("\n".join(good + faults) + "\n")
+    config = write_config(tmp_path / "train.toml", {
+        "model": {"checkpoint": "base.safetensors", "clip_vision": "h.safetensors", "dino": "d.safetensors"},
+        "data": {"manifest": str(manifest)}, "output": {"dir": str(tmp_path / "out")}})
+    from flexip_train.cli import main
+
+    assert main(["--config", str(config), "--check-data"]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 5, lines
+    expected = {3: "not valid JSON", 4: "was not found", 5: "not a readable image", 6: "empty", 7: "kind 'invarient'"}
+    for line, (number, words) in zip(lines, expected.items()):
+        assert line.startswith(f"pairs.jsonl line {number}") and words in line, line
+    # training refuses the same manifest before loading any model, naming the first bad line
+    assert main(["--config", str(config)]) == 1
+    error = capsys.readouterr().err.strip()
+    # without --check-data images are not decoded up front: 4 of the 5 faults are found at once
+    assert error.startswith("pairs.jsonl line 3 is not valid JSON") and "3 more problems" in error
+    assert "--check-data" in error and error.count("\n") == 0
+
+
+def test_missing_comfyui_is_reported_in_one_sentence_with_exit_2(workspace: Path, tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.setenv("COMFYUI_PATH", str(tmp_path / "no-comfyui"))
+    from flexip_train.cli import main
+
+    assert main(["--config", str(_config(workspace, "nocomfy"))]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "COMFYUI_PATH" in error and "no-comfyui" in error
+
+
+def test_unknown_config_key_is_named(workspace: Path, capsys):
+    from flexip_train.cli import main
+
+    config = _config(workspace, "typo", train={"lr": 0.1})
+
+    assert main(["--config", str(config)]) == 1
+    assert "[train] has unknown key 'lr'" in capsys.readouterr().err
+
+
+def _tiny_models(pack):
+    from flexip_train.models import FrozenModels
+    from tests.fixtures import tiny_clip_vision, tiny_dino, tiny_unet_patcher
+
+    return FrozenModels(tiny_unet_patcher(), None, None, tiny_clip_vision(), tiny_dino(), "sd15")
+
+
+def _call(model, x, sigma, context, **options):
+    from flexip_train.objective import sampler_transformer_options
+
+    transformer_options = sampler_transformer_options(model)
+    transformer_options.update(cond_or_uncond=[0], sigmas=sigma, **options)
+    return model.model.apply_model(x, sigma, c_crossattn=context, transformer_options=transformer_options)
+
+
+def test_training_patch_computes_what_the_inference_nodes_compute(pack):
+    from flexip_train.config import AdapterConfig
+    from flexip_train.features import Encoders
+    from flexip_train.models import build_adapter
+    from flexip_train.patch import TRAINING_INPUTS, SubjectInputs, install_training_patch
+
+    models = _tiny_models(pack)
+    adapter = build_adapter(models, pack, AdapterConfig(size="tiny"), seed=0)
+    generator = torch.Generator().manual_seed(0)
+    reference = torch.rand(1, 64, 64, 3, generator=generator)
+    x, context = torch.randn(1, 4, 8, 8, generator=generator), torch.randn(1, 77, 768, generator=generator)
+    sigma, gate = torch.tensor([3.0]), 0.7
+
+    loaded = pack.bundles.LoadedFlexIP.wrap("trained", copy.deepcopy(adapter))
+    (subject,) = pack.encode.FlexIPEncodeSubject().encode(loaded, models.clip_vision, reference, "average",
+                                                          dino=models.dino)
+    (inference,) = pack.apply.FlexIPApply().apply(models.unet, loaded, subject, 1.0, gate, 0.0, 1.0)
+    expected = _call(inference, x, sigma, context)
+
+    training, _ = install_training_patch(pack, models.unet, adapter, torch.device("cpu"))
+    clip, dino = Encoders(models, pack, adapter.config.dino_resolution).image(reference)
+    actual = _call(training, x, sigma, context, **{TRAINING_INPUTS: SubjectInputs(clip, dino, torch.tensor([gate]))})
+
+    unpatched = _call(models.unet, x, sigma, context)
+    assert (expected - unpatched).abs().max() > 1e-2  # the adapter term is far from negligible
+    # float32, same ops; the per-sample tensor γ vs a Python float γ only reorders roundings
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+    actual.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in adapter.parameters())
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(pack):
+    from flexip_train.config import AdapterConfig
+    from flexip_train.models import build_adapter
+    from flexip_train.objective import DenoisingLoss, ModelInputs
+    from flexip_train.patch import TRAINING_INPUTS, enable_gradient_checkpointing, install_training_patch
+
+    models = _tiny_models(pack)
+    adapter = build_adapter(models, pack, AdapterConfig(size="tiny"), seed=1)
+    model, _ = install_training_patch(pack, models.unet, adapter, torch.device("cpu"))
+    loss = DenoisingLoss(adapter, model, TRAINING_INPUTS, None)
+    g = torch.Generator().manual_seed(1)
+    inputs = ModelInputs(latents=torch.randn(2, 4, 8, 8, generator=g), context=torch.randn(2, 77, 768, generator=g),
+                         clip=torch.randn(2, 64, generator=g), dino=torch.randn(2, 257, 64, generator=g),
+                         gates=torch.tensor([0.9, 0.1]), noise=torch.randn(2, 4, 8, 8, generator=g),
+                         sigmas=torch.tensor([0.5, 8.0]))
+
+    def loss_and_gradients():
+        adapter.zero_grad(set_to_none=True)
+        value = loss(inputs)
+        value.backward()
+        return value.detach(), [p.grad.clone() for p in adapter.parameters()]
+
+    plain, plain_grads = loss_and_gradients()
+    assert enable_gradient_checkpointing(models.diffusion_model) > 0
+    checkpointed, checkpointed_grads = loss_and_gradients()
+    torch.testing.assert_close(checkpointed, plain, rtol=0, atol=0)  # the forward is the same computation
+    for got, want in zip(checkpointed_grads, plain_grads):  # the recomputation may round differently
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_written_checkpoint_fits_the_base_checkpoint(tmp_path: Path):
+    from flexip_model import checkpoint
+    from tests.fixtures import sd15_checkpoint
+
+    path = write_trained_checkpoint(sd15_checkpoint(), tmp_path, steps=1, pairs=2)
+    config = checkpoint.validate(path)
+    assert config.layer_keys == tuple(checkpoint.read_unet_cross_attention(sd15_checkpoint()))
+
+
+def test_example_config_shows_the_defaults():
+    import dataclasses
+
+    from flexip_train.config import TrainConfig, load_config
+    from tests.fixtures import REPO_ROOT
+
+    config = load_config(REPO_ROOT / "examples" / "train.toml")
+    for section in dataclasses.fields(TrainConfig):
+        value = getattr(config, section.name)
+        if not dataclasses.is_dataclass(value):
+            continue
+        for key in dataclasses.fields(value):
+            shown = getattr(value, key.name)
+            if key.default is not dataclasses.MISSING and not isinstance(shown, Path):  # paths are examples
+                assert shown == key.default, f"examples/train.toml [{section.name}] {key.name}"
