@@ -19,7 +19,11 @@ LAYERS = ("unit", "comfy", "server", "ui")
 
 # Frontend settings seeded into the shared server's user/default/comfy.settings.json:
 # no tutorial or template browser over the canvas.
-FRONTEND_SETTINGS = {"Comfy.TutorialCompleted": True}
+FRONTEND_SETTINGS = {
+    "Comfy.TutorialCompleted": True,
+    "Comfy.Minimap.Visible": False,
+    "LiteGraph.Canvas.LowQualityRenderingZoomThreshold": 0.3,  # readable screenshots of whole graphs
+}
 
 
 def layer_of(path: Path) -> str | None:

@@ -14,6 +14,14 @@ const [done] = arguments;
 window.app.graphToPrompt().then((p) => done(JSON.stringify(p.output)), (e) => done('ERROR ' + e));
 """
 
+# Whole graph in view for the screenshot (LiteGraph fits all nodes when none is selected).
+FIT_VIEW_JS = """
+const [done] = arguments;
+window.app.canvas.deselectAll();
+window.app.canvas.fitViewToSelectionAnimated({duration: 1});
+setTimeout(() => { window.app.canvas.setDirty(true, true); done(true); }, 300);
+"""
+
 FLEXIP_NODES = {"FlexIPLoader", "FlexIPEncodeSubject", "FlexIPGateSchedule", "FlexIPApply"}
 
 
@@ -30,6 +38,7 @@ def test_there_is_an_api_copy_of_every_workflow():
 def test_workflow_loads_with_no_missing_node_and_matches_its_api_copy(frontend, screenshot_dir, path):
     workflow = json.loads(path.read_text())
     assert frontend.load_workflow(workflow) == []
+    frontend.driver.execute_async_script(FIT_VIEW_JS)
     frontend.screenshot(screenshot_dir / f"workflow_{path.stem}.png")
     prompt = frontend.driver.execute_async_script(TO_PROMPT_JS)
     assert not prompt.startswith("ERROR"), prompt
