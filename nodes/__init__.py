@@ -2,6 +2,9 @@
 
 from .apply import FlexIPApply
 from .encode import FlexIPEncodeSubject
+from .faces_crop import FlexIPFaceCrop
+from .faces_loader import FlexIPInsightFaceLoader
+from .faces_similarity import FlexIPFaceSimilarity
 from .folders import register_model_folders
 from .loader import FlexIPLoader
 from .pair_loader import FlexIPAdapterPairLoader
@@ -15,6 +18,9 @@ NODE_CLASS_MAPPINGS = {
     "FlexIPEncodeSubject": FlexIPEncodeSubject,
     "FlexIPGateSchedule": FlexIPGateSchedule,
     "FlexIPApply": FlexIPApply,
+    "FlexIPInsightFaceLoader": FlexIPInsightFaceLoader,
+    "FlexIPFaceCrop": FlexIPFaceCrop,
+    "FlexIPFaceSimilarity": FlexIPFaceSimilarity,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -23,4 +29,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FlexIPEncodeSubject": "FlexIP Encode Subject",
     "FlexIPGateSchedule": "FlexIP Gate Schedule",
     "FlexIPApply": "Apply FlexIP",
+    "FlexIPInsightFaceLoader": "FlexIP InsightFace Loader",
+    "FlexIPFaceCrop": "FlexIP Face Crop",
+    "FlexIPFaceSimilarity": "FlexIP Face Similarity (ArcFace)",
 }

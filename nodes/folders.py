@@ -6,11 +6,12 @@ import folder_paths
 
 # Pickle files are listed so that picking one gets the explanation instead of an empty list.
 ADAPTER_EXTENSIONS = {".safetensors", ".bin", ".pt", ".pth", ".ckpt"}
-FOLDERS = {"flexip": ADAPTER_EXTENSIONS, "ipadapter": ADAPTER_EXTENSIONS}
+# insightface: packs live in models/insightface/models/<pack>/ (see faces_packs.py).
+FOLDERS = {"flexip": ADAPTER_EXTENSIONS, "ipadapter": ADAPTER_EXTENSIONS, "insightface": {".onnx"}}
 
 
 def register_model_folders() -> None:
-    """models/flexip (FlexIP adapters) and models/ipadapter (compatibility mode), if absent."""
+    """models/flexip (FlexIP adapters), models/ipadapter (compatibility mode), models/insightface (faces)."""
     for name, extensions in FOLDERS.items():
         default = os.path.join(folder_paths.models_dir, name)
         if name in folder_paths.folder_names_and_paths:
