@@ -11,6 +11,7 @@ from ..flexip_model.errors import FlexIPError
 from ..flexip_model.ip_adapter import IPAdapterPair
 from .bundles import EncodedSubject, LoadedFlexIP
 from .encoders import check_clip, check_dino, clip_image_embeds, dino_tokens
+from .faces_crop import crop_for_encoding
 from .pair_loader import encode_pair_subject
 
 BATCH_MODES = ("average", "concat")
@@ -40,11 +41,16 @@ class FlexIPEncodeSubject:
                 "dino": ("CLIP_VISION", {"tooltip": (
                     "DINOv2-L from Load CLIP Vision (low-level detail features); not used by an IP-Adapter pair.")}),
                 "mask": ("MASK", {"tooltip": "Subject mask over the reference: the background is blacked out."}),
+                "insightface": ("INSIGHTFACE", {"tooltip": (
+                    "Optional face models: each reference is first cropped to its largest face, aligned as "
+                    "FlexIP Face Crop does by default (use that node for other choices).")}),
             },
         }
 
     def encode(self, flexip: LoadedFlexIP, clip_vision, image: torch.Tensor, batch_mode: str,
-               dino=None, mask: torch.Tensor | None = None) -> tuple[EncodedSubject]:
+               dino=None, mask: torch.Tensor | None = None, insightface=None) -> tuple[EncodedSubject]:
+        if insightface is not None:  # faces: the aligned crop replaces the photo, the mask is cropped alike
+            image, mask = crop_for_encoding(insightface, image, mask)
         if isinstance(flexip.adapter, IPAdapterPair):  # compatibility mode: CLIP only, no DINOv2
             return (encode_pair_subject(flexip, clip_vision, masked_references(image, mask), batch_mode),)
         config = flexip.config
