@@ -1,0 +1,82 @@
+"""The face workflow and the face nodes on a real ComfyUI server, with the generated InsightFace pack."""
+from __future__ import annotations
+
+import itertools
+import re
+
+import pytest
+
+from tests.fixtures.adapters import link_adapters
+from tests.fixtures.faces import FACE_PACK_NAME, draw_faces, face_at, link_face_pack
+from tests.harness.server import ExecutionFailed
+from tests.harness.workflows import for_test_models, load_api, nodes_of
+
+pytestmark = pytest.mark.server
+
+FACE_NODES = ("FlexIPInsightFaceLoader", "FlexIPFaceCrop", "FlexIPFaceSimilarity")
+_seeds = itertools.count(2000)  # identical prompts are served from cache: every run gets a new seed
+
+
+def _png(image):
+    from PIL import Image
+
+    return Image.fromarray((image[0].numpy() * 255).round().astype("uint8"))
+
+
+@pytest.fixture(scope="module")
+def server(comfy_server):
+    models = comfy_server.base_dir / "models"
+    link_adapters(models)
+    link_face_pack(models)  # models/insightface/models/flexip_test_faces/
+    return comfy_server
+
+
+@pytest.fixture(scope="module")
+def face_photo(server):
+    return server.upload_image(_png(draw_faces(160, 160, [face_at(80, 76, 64)])), "flexip_face_test.png")
+
+
+@pytest.fixture(scope="module")
+def empty_photo(server):
+    return server.upload_image(_png(draw_faces(160, 160, [])), "flexip_no_face_test.png")
+
+
+def face_workflow(image: str) -> dict:
+    prompt = for_test_models(load_api("flexip_face_sd15"), next(_seeds), image)
+    prompt[nodes_of(prompt, "FlexIPInsightFaceLoader")[0]]["inputs"]["pack"] = FACE_PACK_NAME
+    return prompt
+
+
+def test_the_face_nodes_are_registered_under_flexip_faces_with_tooltips(server):
+    for name in FACE_NODES:
+        info = server.object_info(name)
+        assert info["category"] == "FlexIP/faces"
+        inputs = {**info["input"]["required"], **info["input"].get("optional", {})}
+        untipped = [key for key, spec in inputs.items() if not (len(spec) > 1 and spec[1].get("tooltip"))]
+        assert not untipped, f"{name} inputs without a tooltip: {untipped}"
+    loader_packs = server.object_info("FlexIPInsightFaceLoader")["input"]["required"]["pack"][0]
+    assert loader_packs[:2] == ["antelopev2", "buffalo_l"] and FACE_PACK_NAME in loader_packs
+    encode_inputs = server.object_info("FlexIPEncodeSubject")["input"]["optional"]
+    assert encode_inputs["insightface"][0] == "INSIGHTFACE" and encode_inputs["insightface"][1]["tooltip"]
+
+
+def test_the_face_workflow_runs_end_to_end(server, face_photo):
+    prompt = face_workflow(face_photo)
+    history = server.run(prompt)
+    outputs = history["outputs"]
+    saved = outputs[nodes_of(prompt, "SaveImage")[0]]["images"]
+    assert len(saved) == 1 and server.images({"outputs": {"0": {"images": saved}}})[0].size == (128, 128)
+    preview = outputs[nodes_of(prompt, "PreviewImage")[0]]["images"]
+    assert server.images({"outputs": {"0": {"images": preview}}})[0].size == (160, 160)  # the photo, boxes drawn
+    (table,) = outputs[nodes_of(prompt, "PreviewAny")[0]]["text"]
+    # the tiny random SD1.5 draws no face, or at most a blob the fixture detector takes for one
+    assert re.search(r"^0\s+(no face \(0\.0\)|-?\d\.\d{4})$", table, re.MULTILINE), table
+    assert "FlexIP faces: loaded InsightFace pack flexip_test_faces" in server.log_text()
+
+
+def test_a_photo_without_a_face_stops_the_workflow_naming_the_image(server, empty_photo):
+    with pytest.raises(ExecutionFailed) as failure:
+        server.run(face_workflow(empty_photo))
+    message = str(failure.value)
+    assert "FlexIPFaceCrop" in message and "no face in image 0 (counting from 0, of 1)" in message
+    assert "FlexIPError" in message
