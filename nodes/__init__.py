@@ -9,6 +9,7 @@ from .folders import register_model_folders
 from .loader import FlexIPLoader
 from .pair_loader import FlexIPAdapterPairLoader
 from .schedule import FlexIPGateSchedule
+from .sweep import FlexIPGateSweep
 
 register_model_folders()
 
@@ -21,6 +22,7 @@ NODE_CLASS_MAPPINGS = {
     "FlexIPInsightFaceLoader": FlexIPInsightFaceLoader,
     "FlexIPFaceCrop": FlexIPFaceCrop,
     "FlexIPFaceSimilarity": FlexIPFaceSimilarity,
+    "FlexIPGateSweep": FlexIPGateSweep,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -32,4 +34,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FlexIPInsightFaceLoader": "FlexIP InsightFace Loader",
     "FlexIPFaceCrop": "FlexIP Face Crop",
     "FlexIPFaceSimilarity": "FlexIP Face Similarity (ArcFace)",
+    "FlexIPGateSweep": "FlexIP Gate Sweep",
 }

@@ -11,6 +11,7 @@ from ..flexip_model.gate import GateSchedule, constant_schedule, gate_table, sta
 from .bundles import EncodedSubject, LoadedFlexIP
 from .layers import context_dim_of, layer_specs_of
 from .patch import FlexIPPatch, GatePlan, install
+from .sweep import GateSweep
 
 _FAMILIES = {768: "SD1.5", 2048: "SDXL"}
 _PROGRESS_POINTS = 1001  # one per discrete timestep of SD-family models
@@ -35,30 +36,37 @@ class FlexIPApply:
                                        "tooltip": "Overall strength s of the subject; 0 leaves the model unchanged."}),
                 "preservation": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
                     "Gate γ: 1 locks identity (preservation adapter), 0 favours editing (personalization "
-                    "adapter). Ignored when a gate schedule is connected.")}),
+                    "adapter). Ignored when a gate schedule or sweep is connected.")}),
                 "start_at": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001,
                                        "tooltip": "Sampling progress at which the subject starts to act."}),
                 "end_at": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001,
                                      "tooltip": "Sampling progress after which the subject stops acting."}),
             },
             "optional": {
-                "gate": ("FLEXIP_GATE", {"tooltip": "A FlexIPGateSchedule; replaces preservation with γ per step and block."}),
+                "gate": ("FLEXIP_GATE", {"tooltip": (
+                    "A FlexIPGateSchedule (γ per step and block) or a FlexIPGateSweep (one γ per latent batch "
+                    "item); replaces preservation.")}),
                 "attn_mask": ("MASK", {"tooltip": "Where in the image the subject acts (white = on)."}),
             },
         }
 
     def apply(self, model, flexip: LoadedFlexIP, subject: EncodedSubject, strength: float, preservation: float,
-              start_at: float, end_at: float, gate: GateSchedule | None = None,
+              start_at: float, end_at: float, gate: GateSchedule | GateSweep | None = None,
               attn_mask: torch.Tensor | None = None) -> tuple:
         if subject.flexip is not flexip:
             raise FlexIPError(
                 f"FlexIPApply's subject was encoded with {subject.flexip.name} but the flexip input is "
                 f"{flexip.name}: encode the subject with the same FlexIPLoader output.")
         layers = _matching_layers(model, flexip)
-        schedule = dataclasses.replace(gate or constant_schedule(preservation), start_at=start_at, end_at=end_at)
+        sweep = gate if isinstance(gate, GateSweep) else None
+        schedule = gate if isinstance(gate, GateSchedule) else constant_schedule(preservation)
+        schedule = dataclasses.replace(schedule, start_at=start_at, end_at=end_at)
         validate_schedule(schedule, "FlexIPApply")
+        plan = _gate_plan(model, schedule, layers)
+        if sweep is not None:  # γ per batch item; the schedule still carries start_at/end_at
+            plan = dataclasses.replace(plan, sweep=torch.tensor(sweep.gammas, dtype=torch.float32))
         patched = model.clone()
-        install(patched, FlexIPPatch(subject, layers, float(strength), _gate_plan(model, schedule, layers), _mask(attn_mask)))
+        install(patched, FlexIPPatch(subject, layers, float(strength), plan, _mask(attn_mask)))
         return (patched,)
 
 

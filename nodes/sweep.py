@@ -1,0 +1,114 @@
+"""FlexIPGateSweep: one γ per latent batch item, so one sampler run renders the whole trade-off."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from ..flexip_model.errors import FlexIPError
+
+MODES = ("list", "range")
+MAX_GATES = 64  # RepeatLatentBatch's limit; a larger sweep belongs in several runs
+
+
+@dataclass(frozen=True)
+class GateSweep:
+    """A `FLEXIP_GATE` variant: latent batch item i gets γ = gammas[i] for the whole run."""
+
+    gammas: tuple[float, ...]
+
+
+class FlexIPGateSweep:
+    DESCRIPTION = ("A sweep of the gate γ over a latent batch: item i of the batch gets the i-th value, so one "
+                   "KSampler run renders identity (γ = 1) to editability (γ = 0) side by side.")
+    CATEGORY = "FlexIP/sweep"
+    RETURN_TYPES = ("FLEXIP_GATE", "FLOAT", "LATENT")
+    RETURN_NAMES = ("gate", "gammas", "latent")
+    OUTPUT_IS_LIST = (False, True, False)
+    OUTPUT_TOOLTIPS = (
+        "Connect to FlexIPApply's gate input (it replaces preservation).",
+        "The γ values as a list, for FlexIPTradeoffPlot's x axis.",
+        "The input latent repeated once per γ; connect it to the sampler so the batch matches the sweep.",
+    )
+    FUNCTION = "sweep"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "latent": ("LATENT", {"tooltip": "One latent (Empty Latent Image with batch_size 1, or an encoded image)."}),
+                "mode": (MODES, {"default": "list", "tooltip": (
+                    "list: the γ values written in values; range: count values evenly from start to stop.")}),
+                "values": ("STRING", {"default": "0, 0.25, 0.5, 0.75, 1", "tooltip": (
+                    "mode list: γ values in [0, 1], comma or newline separated (1 = identity, 0 = editability).")}),
+                "start": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                    "tooltip": "mode range: the first γ."}),
+                "stop": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                   "tooltip": "mode range: the last γ (included)."}),
+                "count": ("INT", {"default": 5, "min": 1, "max": MAX_GATES,
+                                  "tooltip": "mode range: how many γ values (and images)."}),
+                "same_noise": ("BOOLEAN", {"default": True, "tooltip": (
+                    "On: every image starts from the same noise, so only γ differs between them. "
+                    "Off: each image gets its own noise, as in a normal batch.")}),
+            },
+        }
+
+    def sweep(self, latent: dict, mode: str, values: str, start: float, stop: float, count: int,
+              same_noise: bool) -> tuple:
+        gammas = parse_gammas(values) if mode == "list" else range_gammas(start, stop, count)
+        return (GateSweep(gammas), list(gammas), repeated_latent(latent, len(gammas), same_noise))
+
+
+def parse_gammas(text: str) -> tuple[float, ...]:
+    """Widget text "0, 0.25, 0.5" (comma or newline separated) -> γ values, each in [0, 1]."""
+    gammas = []
+    for item in (part.strip() for part in re.split(r"[,\n]", text or "")):
+        if not item:
+            continue
+        try:
+            gamma = float(item)
+        except ValueError:
+            gamma = math.nan
+        if not 0.0 <= gamma <= 1.0:  # also false for nan
+            raise FlexIPError(
+                f"FlexIPGateSweep values has {item!r}, which is not a γ in [0, 1]: write e.g. '0, 0.25, 0.5, 0.75, 1'.")
+        gammas.append(gamma)
+    if not gammas:
+        raise FlexIPError("FlexIPGateSweep values is empty: write at least one γ, e.g. '0, 0.5, 1'.")
+    if len(gammas) > MAX_GATES:
+        raise FlexIPError(f"FlexIPGateSweep values has {len(gammas)} γ values: use at most {MAX_GATES} per run.")
+    return tuple(gammas)
+
+
+def range_gammas(start: float, stop: float, count: int) -> tuple[float, ...]:
+    """`count` γ values evenly spaced from `start` to `stop`, both included (one value: `start`)."""
+    if not (0.0 <= start <= 1.0 and 0.0 <= stop <= 1.0 and 1 <= count <= MAX_GATES):
+        raise FlexIPError(
+            f"FlexIPGateSweep range {start}..{stop} x {count} is invalid: start and stop lie in [0, 1], "
+            f"count in 1..{MAX_GATES}.")
+    if count == 1:
+        return (float(start),)
+    step = (stop - start) / (count - 1)
+    return tuple(round(start + i * step, 6) for i in range(count))
+
+
+def repeated_latent(latent: dict, count: int, same_noise: bool) -> dict:
+    """LATENT of batch 1 -> batch `count`; with `same_noise`, every item keeps the input's noise index.
+
+    ComfyUI draws a batch's noise per `batch_index` (comfy.sample.prepare_noise), so equal
+    indices give equal noise; without them item i gets its own noise, as in a normal batch.
+    """
+    samples = latent["samples"]
+    if samples.shape[0] != 1:
+        raise FlexIPError(
+            f"FlexIPGateSweep's latent has a batch of {samples.shape[0]}: give one latent (Empty Latent Image "
+            "with batch_size 1); the sweep makes one image per γ.")
+    out = dict(latent)  # a single noise_mask applies to every item as it is
+    out["samples"] = samples.repeat((count,) + (1,) * (samples.ndim - 1))
+    first = latent.get("batch_index", [0])[0]
+    if same_noise:
+        out["batch_index"] = [first] * count
+    elif "batch_index" in latent:
+        out["batch_index"] = [first + i for i in range(count)]
+    return out
