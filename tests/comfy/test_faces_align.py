@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-pytestmark = pytest.mark.comfy
+pytestmark = [pytest.mark.comfy,
+              pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")]  # insightface's skimage call
 
 
 @pytest.fixture(scope="module")
