@@ -8,7 +8,9 @@ from .faces_similarity import FlexIPFaceSimilarity
 from .folders import register_model_folders
 from .loader import FlexIPLoader
 from .pair_loader import FlexIPAdapterPairLoader
+from .plot import FlexIPTradeoffPlot
 from .schedule import FlexIPGateSchedule
+from .similarity import FlexIPSubjectSimilarity
 from .sweep import FlexIPGateSweep
 
 register_model_folders()
@@ -23,6 +25,8 @@ NODE_CLASS_MAPPINGS = {
     "FlexIPFaceCrop": FlexIPFaceCrop,
     "FlexIPFaceSimilarity": FlexIPFaceSimilarity,
     "FlexIPGateSweep": FlexIPGateSweep,
+    "FlexIPSubjectSimilarity": FlexIPSubjectSimilarity,
+    "FlexIPTradeoffPlot": FlexIPTradeoffPlot,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -35,4 +39,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FlexIPFaceCrop": "FlexIP Face Crop",
     "FlexIPFaceSimilarity": "FlexIP Face Similarity (ArcFace)",
     "FlexIPGateSweep": "FlexIP Gate Sweep",
+    "FlexIPSubjectSimilarity": "FlexIP Subject Similarity (CLIP-I, DINO-I)",
+    "FlexIPTradeoffPlot": "FlexIP Trade-off Plot",
 }

@@ -1,0 +1,83 @@
+"""FlexIPSubjectSimilarity: CLIP-I and DINO-I of generated images against the reference (the paper's metrics)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import comfy.clip_model
+from comfy.image_encoders.dino2 import Dinov2Model
+
+from ..flexip_model.errors import FlexIPError
+from .encoders import clip_image_embeds, dino_tokens
+
+DINO_RESOLUTION = 224  # DINO-I as usually reported: the [CLS] of a 224 px centre crop
+
+
+class FlexIPSubjectSimilarity:
+    DESCRIPTION = ("How much each generated image looks like the subject: CLIP-I (cosine of CLIP image "
+                   "embeddings) and DINO-I (cosine of DINOv2 [CLS] features), the identity metrics of the "
+                   "FlexIP paper. 1.0 = the same image.")
+    CATEGORY = "FlexIP/evaluation"
+    RETURN_TYPES = ("FLOAT", "FLOAT", "STRING")
+    RETURN_NAMES = ("clip_i", "dino_i", "table")
+    OUTPUT_IS_LIST = (True, True, False)
+    OUTPUT_TOOLTIPS = ("CLIP-I per generated image, as a list in batch order.",
+                       "DINO-I per generated image, as a list in batch order.",
+                       "Both metrics as a text table with their means; connect to Preview as Text.")
+    FUNCTION = "measure"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "clip_vision": ("CLIP_VISION", {"tooltip": "CLIP ViT-H/14 from Load CLIP Vision (for CLIP-I)."}),
+                "dino": ("CLIP_VISION", {"tooltip": "DINOv2-L from Load CLIP Vision (for DINO-I)."}),
+                "reference": ("IMAGE", {"tooltip": (
+                    "The subject's reference image(s); with several, each score is the mean over them.")}),
+                "images": ("IMAGE", {"tooltip": "The generated images to score (a batch gives one score each)."}),
+            },
+        }
+
+    def measure(self, clip_vision, dino, reference: torch.Tensor, images: torch.Tensor) -> tuple[list, list, str]:
+        _check_encoders(clip_vision, dino)
+        for name, batch in (("reference", reference), ("images", images)):
+            if batch.shape[0] == 0:
+                raise FlexIPError(f"FlexIPSubjectSimilarity's {name} batch is empty: connect at least one image.")
+        reference, images = reference[..., :3], images[..., :3]
+        clip_i = mean_cosine(clip_image_embeds(clip_vision, images), clip_image_embeds(clip_vision, reference))
+        dino_i = mean_cosine(dino_tokens(dino, images, DINO_RESOLUTION)[:, 0],
+                             dino_tokens(dino, reference, DINO_RESOLUTION)[:, 0])
+        clip_i, dino_i = clip_i.tolist(), dino_i.tolist()
+        return clip_i, dino_i, similarity_table(clip_i, dino_i)
+
+
+def similarity_table(clip_i: list[float], dino_i: list[float]) -> str:
+    """One line per image and a mean line: `image  CLIP-I  DINO-I`."""
+    lines = ["image  CLIP-I  DINO-I"]
+    lines += [f"{index:<5}  {clip:.4f}  {dino:.4f}" for index, (clip, dino) in enumerate(zip(clip_i, dino_i))]
+    lines.append(f"{'mean':<5}  {sum(clip_i) / len(clip_i):.4f}  {sum(dino_i) / len(dino_i):.4f}")
+    return "\n".join(lines)
+
+
+def mean_cosine(generated: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """[N, C] and [R, C] -> [N]: each generated row's cosine similarity, averaged over the references."""
+    generated = F.normalize(generated.float(), dim=-1)
+    reference = F.normalize(reference.float().to(generated.device), dim=-1)
+    return (generated @ reference.T).mean(dim=1).clamp(-1.0, 1.0)
+
+
+def _check_encoders(clip_vision, dino) -> None:
+    clip_model, dino_model = getattr(clip_vision, "model", None), getattr(dino, "model", None)
+    if isinstance(clip_model, Dinov2Model) and isinstance(dino_model, comfy.clip_model.CLIPVisionModelProjection):
+        raise FlexIPError(
+            "FlexIPSubjectSimilarity's clip_vision and dino inputs are swapped: connect CLIP ViT-H/14 to "
+            "clip_vision and DINOv2 to dino.")
+    if not isinstance(clip_model, comfy.clip_model.CLIPVisionModelProjection):
+        raise FlexIPError(
+            "FlexIPSubjectSimilarity's clip_vision input is not a CLIP vision model: load CLIP ViT-H/14 "
+            "with Load CLIP Vision.")
+    if not isinstance(dino_model, Dinov2Model):
+        raise FlexIPError(
+            "FlexIPSubjectSimilarity's dino input is not a DINOv2 encoder: load DINOv2-L (the "
+            "model.safetensors of dinov2-large) with Load CLIP Vision.")
