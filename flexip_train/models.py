@@ -101,7 +101,8 @@ def load_frozen(config: ModelConfig, factories: Factories, unet_dtype: Optional[
     path = _existing(config.checkpoint, "checkpoint")
     options = {} if unet_dtype is None else {"dtype": unet_dtype}
     try:
-        unet, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(path), model_options=options)
+        unet, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
+            str(path), output_model=factories.unet is None, model_options=options)
     except RuntimeError as error:
         reason = str(error).splitlines()[0]
         raise FlexIPError(f"[model] checkpoint {path.name} is not a model ComfyUI recognises ({reason}): "

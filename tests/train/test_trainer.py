@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -118,8 +119,8 @@ def test_resume_continues_exactly_where_training_stopped(straight_run: Path, wor
 
 
 def test_torchrun_two_cpu_ranks_stay_identical_and_rank_zero_writes_one_checkpoint(workspace: Path, straight_run: Path):
-    # two ranks with batch 2 see the same 4 pairs per step as one process with batch 4
-    config = _config(workspace, "ddp", steps=4, train={"batch_size": 2})
+    # 2 ranks x batch 1 x 2 accumulated micro-batches: the gradient sync is skipped on the first one
+    config = _config(workspace, "ddp", steps=4, train={"batch_size": 1, "grad_accumulation": 2})
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "flexip_train", "--config", str(config)]
     result = run_process(command, timeout=300)
@@ -132,7 +133,34 @@ def test_torchrun_two_cpu_ranks_stay_identical_and_rank_zero_writes_one_checkpoi
     # each rank hashed its own weights after the last step; rank 0 saved its weights beside them
     assert state["world_size"] == 2
     assert state["rank_digests"] == [weights_digest(state["adapter"])] * 2
-    assert state["position"] == 8  # 4 steps x 2 ranks, counted over all ranks
+    assert state["position"] == 16  # 4 steps x 2 micro-batches x 2 ranks
+
+
+def test_feature_cache_is_reused_and_rebuilt_only_where_inputs_changed(straight_run: Path, workspace: Path):
+    from flexip_train.config import load_config
+    from flexip_train.data import PairImageSource, read_manifest
+    from flexip_train.features import FeatureCache
+
+    def stale(config_path: Path, shard_size: int = 256) -> list:
+        config = load_config(config_path).replace("cache", shard_size=shard_size)
+        pairs, problems = read_manifest(config.data.manifest)
+        assert not problems
+        source = PairImageSource(pairs, config.data.resolution, config.data.reference_resolution,
+                                 config.data.augment, config.train.seed)
+        return FeatureCache(config, source, dino_resolution=224).stale()
+
+    assert stale(workspace / "straight.toml") == []  # what the smoke run built is current
+    data = workspace / "data"
+    lines = [json.loads(line) for line in (data / "pairs.jsonl").read_text().splitlines()]
+    lines[0]["caption"] = "a red circle, seen again"
+    shutil.copyfile(data / lines[5]["target"], data / "images" / "5_target_copy.png")
+    lines[5]["target"] = "images/5_target_copy.png"  # same pixels, another file: rebuilt too
+    (data / "changed.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    changed = _config(workspace, "changed", data={"manifest": str(data / "changed.jsonl")})
+    assert stale(changed) == [0]  # the one shard; the null conditions (empty prompt, black image) stay
+    assert stale(changed, shard_size=4) == [0, 1]  # another layout: new shard files
+    resized = _config(workspace, "resized", data={"resolution": 32})
+    assert stale(resized) == [None, 0]  # a setting every shard depends on
 
 
 def test_check_data_lists_every_bad_line(tmp_path: Path, capsys):
