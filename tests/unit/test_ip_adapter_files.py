@@ -130,8 +130,9 @@ def test_file_whose_layer_widths_do_not_fit_the_model_is_refused(tmp_path):
 
 @pytest.mark.parametrize("suffix", [".bin", ".safetensors"])
 def test_face_id_files_are_refused(tmp_path, suffix):
-    path = build_ip_adapter(tmp_path / f"ip-adapter-faceid_sd15{suffix}", "ip-adapter-faceid_sd15")
-    assert_one_sentence(_error(lambda: load_branch(path, default_layers("sd15"), 768)),
+    path = build_ip_adapter(tmp_path / f"ip-adapter-faceid_sd15{suffix}", "ip-adapter-faceid_sd15",
+                            layer_widths=(320,) * 4)
+    assert_one_sentence(_error(lambda: load_branch(path, FOUR_LAYERS, 768)),
                         f"ip-adapter-faceid_sd15{suffix}", "FaceID", "InsightFace")
 
 
