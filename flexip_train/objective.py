@@ -7,6 +7,7 @@ parameterisation (ε for SD1.5, v for v-prediction models), computed through Com
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -130,8 +131,9 @@ class DenoisingLoss(torch.nn.Module):
         options = dict(self.transformer_options)
         options.update(sigmas=inputs.sigmas, cond_or_uncond=[0],
                        **{self.inputs_key: SubjectInputs(inputs.clip, inputs.dino, inputs.gates)})
-        device = inputs.latents.device
-        with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+        autocast = contextlib.nullcontext() if self.autocast_dtype is None else torch.autocast(
+            inputs.latents.device.type, dtype=self.autocast_dtype)
+        with autocast:
             denoised = base.apply_model(noisy, inputs.sigmas, c_crossattn=inputs.context, transformer_options=options)
         return prediction_error(sampling, inputs.sigmas, denoised, inputs.latents)
 

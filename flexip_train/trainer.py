@@ -127,7 +127,9 @@ class Trainer:
         self.loss = DenoisingLoss(self.adapter, self.model, TRAINING_INPUTS, self.autocast)
         self.forward = self.loss
         if self.topology.distributed:
-            self.forward = DistributedDataParallel(self.loss, device_ids=[self.device.index] if self.on_gpu else None)
+            # gradients live in DDP's buckets: no second copy of them
+            self.forward = DistributedDataParallel(self.loss, device_ids=[self.device.index] if self.on_gpu else None,
+                                                   gradient_as_bucket_view=True)
         self.optimizer = torch.optim.AdamW(self.adapter.parameters(), lr=train.learning_rate, betas=train.betas,
                                            weight_decay=train.weight_decay)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(train.warmup_steps))
@@ -181,7 +183,6 @@ class Trainer:
 
     # loop -------------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        import comfy.model_management
         from tqdm import tqdm
 
         config, train, topology = self.config, self.config.train, self.topology
@@ -206,7 +207,7 @@ class Trainer:
         running, count, started = torch.zeros((), device=self.device), 0, time.perf_counter()
         last_checkpoint = None
         while self.step < train.max_steps:
-            comfy.model_management.load_models_gpu([self.model], force_full_load=True)
+            self._load_unet()
             for micro in range(train.grad_accumulation):
                 batch = next(batches)
                 features = batch if isinstance(batch, Features) else self.encoders.encode(batch)
@@ -246,6 +247,12 @@ class Trainer:
         progress.close()
         return TrainResult(self.step, last_checkpoint, evals)
 
+    def _load_unet(self) -> None:
+        """The UNet fully on the training device (again, if sampling or encoding moved it)."""
+        import comfy.model_management
+
+        comfy.model_management.load_models_gpu([self.model], force_full_load=True)
+
     def _optimizer_step(self) -> None:
         train = self.config.train
         if self.scaler is not None:
@@ -266,6 +273,7 @@ class Trainer:
     def _evaluate(self) -> float:
         """The fixed evaluation loss: same pairs, noise and timesteps every time; shared over ranks."""
         config, topology = self.config, self.topology
+        self._load_unet()
         sampling = self.model.model.model_sampling
         total = torch.zeros(2, dtype=torch.float64)
         for number, features in enumerate(self.eval_features):
