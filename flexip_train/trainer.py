@@ -207,10 +207,10 @@ class Trainer:
         running, count, started = torch.zeros((), device=self.device), 0, time.perf_counter()
         last_checkpoint = None
         while self.step < train.max_steps:
-            self._load_unet()
             for micro in range(train.grad_accumulation):
                 batch = next(batches)
                 features = batch if isinstance(batch, Features) else self.encoders.encode(batch)
+                self._load_unet()  # after encoding: loading the encoders may have pushed the UNet out
                 generator = keyed_generator("step", train.seed, self.position, topology.rank)
                 inputs = training_inputs(features, self.null, config.data, sampling, generator).to(self.device)
                 last = micro == train.grad_accumulation - 1
