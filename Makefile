@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export COMFYUI_PATH ?= $(CURDIR)/.cache/comfyui
 
-.PHONY: setup test test-unit test-comfy test-server test-ui demo bench clean
+.PHONY: setup test test-unit test-comfy test-train test-server test-ui demo bench clean
 
 setup:
 	bash tools/setup.sh
@@ -10,7 +10,7 @@ setup:
 test: setup
 	$(PY) -m pytest tests
 
-test-unit test-comfy test-server test-ui: setup
+test-unit test-comfy test-train test-server test-ui: setup
 	$(PY) -m pytest tests -m $(subst test-,,$@)
 
 demo: setup

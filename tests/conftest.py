@@ -1,6 +1,6 @@
 """Layer markers by folder, the repository paths, and the one ComfyUI server a session shares.
 
-tests/unit -> unit, tests/comfy -> comfy, tests/server -> server, tests/ui -> ui, so
+tests/unit -> unit, tests/comfy -> comfy, tests/train -> train, tests/server -> server, tests/ui -> ui, so
 `pytest -m comfy` (make test-comfy) selects a layer. When `-m` names only layers, the
 other layers' folders are not even collected (their conftests import ComfyUI or start
 processes).
@@ -15,7 +15,7 @@ import pytest
 from tests.fixtures import CACHE_DIR, REPO_ROOT, ComfyHostMissing, comfyui_path as resolve_comfyui_path
 
 TESTS_DIR = Path(__file__).resolve().parent
-LAYERS = ("unit", "comfy", "server", "ui")
+LAYERS = ("unit", "comfy", "train", "server", "ui")
 
 # Frontend settings seeded into the shared server's user/default/comfy.settings.json:
 # no tutorial or template browser over the canvas.
