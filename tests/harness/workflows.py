@@ -16,6 +16,8 @@ TEST_MODEL_NAMES = {
     "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors": "clip_vision_h.safetensors",
     "dinov2-large.safetensors": "dinov2_large.safetensors",
     "flexip_sd15.safetensors": "flexip_test_sd15.safetensors",
+    "sd_xl_base_1.0.safetensors": "flexip_test_sdxl.safetensors",
+    "flexip_sdxl.safetensors": "flexip_test_sdxl.safetensors",
 }
 
 
