@@ -15,9 +15,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from PIL import Image, ImageDraw  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from tests.fixtures.adapters import link_adapters  # noqa: E402
+from tests.fixtures.images import drawn_subject  # noqa: E402
 from tests.harness.server import ComfyServer  # noqa: E402
 from tests.harness.workflows import for_test_models, load_api  # noqa: E402
 
@@ -46,11 +47,7 @@ def subject_image() -> Image.Image:
     """FLEXIP_SUBJECT (a path) or a drawn subject: a red disc and a blue square on grey."""
     if os.environ.get("FLEXIP_SUBJECT"):
         return Image.open(os.environ["FLEXIP_SUBJECT"]).convert("RGB")
-    image = Image.new("RGB", (256, 256), (128, 128, 128))
-    draw = ImageDraw.Draw(image)
-    draw.ellipse((30, 30, 160, 160), fill=(220, 30, 30))
-    draw.rectangle((130, 130, 230, 230), fill=(30, 30, 220))
-    return image
+    return drawn_subject(256)
 
 
 def real_prompt(models: Path, image: str) -> dict:

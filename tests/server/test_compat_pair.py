@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
 
+from tests.fixtures.images import drawn_subject
 from tests.fixtures.ip_adapter_files import build_ip_adapter
 from tests.harness.server import PACK_NAME, ComfyServer, ExecutionFailed
 from tests.harness.workflows import for_test_models, load_api, nodes_of
@@ -47,11 +47,8 @@ def server(tmp_path_factory, comfyui_path):
 
 @pytest.fixture(scope="module")
 def subject(server):
-    image = Image.new("RGB", (96, 96), (128, 128, 128))
-    draw = ImageDraw.Draw(image)
-    draw.ellipse((10, 10, 60, 60), fill=(220, 30, 30))
-    draw.rectangle((50, 50, 86, 86), fill=(30, 30, 220))
-    return server.upload_image(image, "flexip_compat_subject.png")
+    """The drawn subject (tests.fixtures.images), uploaded to the server's input/."""
+    return server.upload_image(drawn_subject(), "flexip_compat_subject.png")
 
 
 def compat(subject, seed=SEED, **apply_inputs):

@@ -7,11 +7,11 @@ import re
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
 from safetensors import safe_open
 
 from tests.fixtures.adapters import FLEXIP_SD15_NAME, FLEXIP_TEST_SDXL_NAME, link_adapters
 from tests.fixtures.files import link_sdxl_checkpoint, sdxl_checkpoint
+from tests.fixtures.images import drawn_subject
 from tests.harness.server import ExecutionFailed
 from tests.harness.workflows import for_test_models, load_api, nodes_of
 
@@ -32,11 +32,8 @@ def server(comfy_server):
 
 @pytest.fixture(scope="module")
 def subject(server):
-    image = Image.new("RGB", (96, 96), (128, 128, 128))
-    draw = ImageDraw.Draw(image)
-    draw.ellipse((10, 10, 60, 60), fill=(220, 30, 30))
-    draw.rectangle((50, 50, 86, 86), fill=(30, 30, 220))
-    return server.upload_image(image, "flexip_subject_sdxl_test.png")
+    """The drawn subject (tests.fixtures.images), uploaded to the server's input/."""
+    return server.upload_image(drawn_subject(), "flexip_subject_sdxl_test.png")
 
 
 def sdxl(subject, **apply_inputs):

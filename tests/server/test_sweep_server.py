@@ -7,9 +7,10 @@ import re
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from tests.fixtures.adapters import link_adapters
+from tests.fixtures.images import drawn_subject
 from tests.harness.workflows import TEST_MODEL_NAMES, for_test_models, load_api, nodes_of
 
 pytestmark = pytest.mark.server
@@ -26,12 +27,8 @@ def server(comfy_server):
 
 @pytest.fixture(scope="module")
 def subject(server):
-    """A drawn subject (a red disc and a blue square on grey), uploaded to the server's input/."""
-    image = Image.new("RGB", (96, 96), (128, 128, 128))
-    draw = ImageDraw.Draw(image)
-    draw.ellipse((10, 10, 60, 60), fill=(220, 30, 30))
-    draw.rectangle((50, 50, 86, 86), fill=(30, 30, 220))
-    return server.upload_image(image, "flexip_sweep_subject_test.png")
+    """The drawn subject (tests.fixtures.images), uploaded to the server's input/."""
+    return server.upload_image(drawn_subject(), "flexip_sweep_subject_test.png")
 
 
 def output_images(server, history, node_id) -> list[Image.Image]:
