@@ -1,9 +1,10 @@
 """From pixels and captions to model inputs, live or through the on-disk feature cache.
 
 Features of one pair: the target latent (the model's latent space, after `process_latent_in`),
-the text context from the checkpoint's text encoder, and the reference's CLIP [CLS] embedding
-and DINOv2 tokens. The cache stores them in safetensors shards, one shard per `shard_size`
-pairs; every shard carries a fingerprint of its inputs and is rebuilt when they change.
+the text context and pooled text embedding from the checkpoint's text encoder (SDXL's UNet
+reads the pooled one), and the reference's CLIP [CLS] embedding and DINOv2 tokens. The cache
+stores them in safetensors shards, one shard per `shard_size` pairs; every shard carries a
+fingerprint of its inputs and is rebuilt when they change.
 """
 
 from __future__ import annotations
@@ -29,17 +30,19 @@ from .models import FrozenModels
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: pooled text embeddings
 CACHE_DTYPE = torch.float16
 
 
 @dataclass(frozen=True)
 class NullConditions:
-    """What condition dropout substitutes: the empty prompt's context [L, d], the black reference's features."""
+    """What condition dropout substitutes: the empty prompt's context [L, d] and pooled embedding [P],
+    the black reference's features."""
 
     context: torch.Tensor
     clip: torch.Tensor
     dino: torch.Tensor
+    pooled: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class Features:
     contexts: tuple[torch.Tensor, ...]  # each [L, d]
     clip: torch.Tensor  # [B, C]
     dino: torch.Tensor  # [B, T, D]
+    pooled: torch.Tensor  # [B, P] pooled text embeddings
 
 
 class Encoders:
@@ -69,10 +73,11 @@ class Encoders:
         return self.models.unet.model.process_latent_in(raw).float().cpu()
 
     @torch.no_grad()
-    def context(self, caption: str) -> torch.Tensor:
-        """Caption -> text context [77·k, d] (the CLIPTextEncode node's output)."""
+    def text(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Caption -> (text context [77·k, d], pooled embedding [P]): the CLIPTextEncode node's output."""
         clip = self.models.clip
-        return clip.encode_from_tokens(clip.tokenize(caption)).float().cpu()[0]
+        context, pooled = clip.encode_from_tokens(clip.tokenize(caption), return_pooled=True)
+        return context.float().cpu()[0], pooled.float().cpu()[0]
 
     @torch.no_grad()
     def image(self, references: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,14 +90,17 @@ class Encoders:
     def null(self, reference_resolution: int) -> NullConditions:
         """Empty prompt and black reference (never zeros: the encoders never saw them)."""
         clip, dino = self.image(torch.zeros(1, reference_resolution, reference_resolution, 3))
-        return NullConditions(self.context(""), clip[0], dino[0])
+        context, pooled = self.text("")
+        return NullConditions(context, clip[0], dino[0], pooled)
 
     def encode(self, items: list[PairImages]) -> Features:
         latents = self.latents(torch.stack([item.target for item in items]))
         clip, dino = self.image(torch.stack([item.reference for item in items]))
+        texts = [self.text(item.caption) for item in items]
         return Features(
             indices=tuple(item.index for item in items), kinds=tuple(item.kind for item in items), latents=latents,
-            contexts=tuple(self.context(item.caption) for item in items), clip=clip, dino=dino)
+            contexts=tuple(context for context, _ in texts), clip=clip, dino=dino,
+            pooled=torch.stack([pooled for _, pooled in texts]))
 
 
 def _file_stamp(path: Optional[Path]) -> object:
@@ -185,7 +193,7 @@ class FeatureCache:
     def _encode_null(self, encoders: Encoders) -> dict[str, torch.Tensor]:
         null = encoders.null(self.source.reference_resolution)
         return {"context": null.context.to(CACHE_DTYPE), "clip": null.clip.to(CACHE_DTYPE),
-                "dino": null.dino.to(CACHE_DTYPE).contiguous()}
+                "dino": null.dino.to(CACHE_DTYPE).contiguous(), "pooled": null.pooled.to(CACHE_DTYPE)}
 
     def _encode_shard(self, encoders: Encoders, shard: int) -> dict[str, torch.Tensor]:
         tensors = {}
@@ -194,7 +202,7 @@ class FeatureCache:
             variants = [CANONICAL] + (list(range(1, self.variants + 1)) if pair.kind == "invariant" else [])
             clip, dino = encoders.image(torch.stack([self.source.reference(index, v) for v in variants]))
             tensors[f"{index}.latent"] = encoders.latents(self.source.target(index)[None])[0]
-            tensors[f"{index}.context"] = encoders.context(pair.caption)
+            tensors[f"{index}.context"], tensors[f"{index}.pooled"] = encoders.text(pair.caption)
             tensors[f"{index}.clip"] = clip
             tensors[f"{index}.dino"] = dino
         return {name: tensor.to(CACHE_DTYPE).contiguous() for name, tensor in tensors.items()}
@@ -206,7 +214,7 @@ class FeatureCache:
 
     def null(self) -> NullConditions:
         with safe_open(str(self.null_path), framework="pt") as handle:
-            return NullConditions(*(handle.get_tensor(name).float() for name in ("context", "clip", "dino")))
+            return NullConditions(*(handle.get_tensor(name).float() for name in ("context", "clip", "dino", "pooled")))
 
     def item(self, index: int, variant: int) -> dict:
         """One pair's cached features; `variant` picks the reference (0 = canonical)."""
@@ -217,6 +225,7 @@ class FeatureCache:
             "index": index, "kind": pair.kind,
             "latent": handle.get_tensor(f"{index}.latent").float(),
             "context": handle.get_tensor(f"{index}.context").float(),
+            "pooled": handle.get_tensor(f"{index}.pooled").float(),
             "clip": handle.get_slice(f"{index}.clip")[row].float(),
             "dino": handle.get_slice(f"{index}.dino")[row].float(),
         }
@@ -255,7 +264,8 @@ def collate(items: list) -> object:
         indices=tuple(item["index"] for item in items), kinds=tuple(item["kind"] for item in items),
         latents=torch.stack([item["latent"] for item in items]),
         contexts=tuple(item["context"] for item in items),
-        clip=torch.stack([item["clip"] for item in items]), dino=torch.stack([item["dino"] for item in items]))
+        clip=torch.stack([item["clip"] for item in items]), dino=torch.stack([item["dino"] for item in items]),
+        pooled=torch.stack([item["pooled"] for item in items]))
 
 
 def check_cache_complete(cache: FeatureCache) -> None:

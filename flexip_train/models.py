@@ -95,6 +95,7 @@ def _load_encoder(path: Optional[Path], factory: Optional[Callable[[], Any]], ke
 def load_frozen(config: ModelConfig, factories: Factories, unet_dtype: Optional[torch.dtype]) -> FrozenModels:
     """Load the base checkpoint with ComfyUI's own loader (UNet dtype `unet_dtype`, None = ComfyUI's choice)."""
     import comfy.clip_model
+    import comfy.model_base
     import comfy.sd
     from comfy.image_encoders.dino2 import Dinov2Model
 
@@ -106,7 +107,7 @@ def load_frozen(config: ModelConfig, factories: Factories, unet_dtype: Optional[
     except RuntimeError as error:
         reason = str(error).splitlines()[0]
         raise FlexIPError(f"[model] checkpoint {path.name} is not a model ComfyUI recognises ({reason}): "
-                          "give a full SD1.5 checkpoint (UNet, text encoder and VAE in one file).") from None
+                          "give a full SD1.5 or SDXL checkpoint (UNet, text encoder and VAE in one file).") from None
     if clip is None or vae is None:
         raise FlexIPError(f"[model] checkpoint {path.name} lacks its text encoder or VAE: give a full checkpoint, "
                           "not a UNet-only file.")
@@ -124,9 +125,13 @@ def load_frozen(config: ModelConfig, factories: Factories, unet_dtype: Optional[
     context = cross_attention_weights(diffusion_model)
     width = next(iter(context.values()))[0].shape[1] if context else None
     base = _FAMILIES.get(width)
-    if base != "sd15" or getattr(diffusion_model, "num_classes", None) is not None:
-        raise FlexIPError(f"[model] checkpoint {path.name} is not SD1.5 (cross-attention width {width}): the trainer "
-                          "supports SD1.5 checkpoints for now.")
+    # each family's extra UNet input: none for SD1.5; for SDXL model_base.SDXL's pooled-text and
+    # size/crop vector, which objective.model_conditions has the model build
+    is_sdxl = isinstance(unet.model, comfy.model_base.SDXL)
+    sd15 = base == "sd15" and not is_sdxl and getattr(diffusion_model, "num_classes", None) is None
+    if not (sd15 or (base == "sdxl" and is_sdxl)):
+        raise FlexIPError(f"[model] checkpoint {path.name} is neither SD1.5 nor SDXL (cross-attention width {width}): "
+                          "the trainer supports SD1.5 and SDXL checkpoints.")
     unet.model.requires_grad_(False)
     for encoder in (clip_vision, dino):
         encoder.model.requires_grad_(False)

@@ -3,12 +3,15 @@
 The loss is the MSE of the UNet's raw prediction against its target in the model's own
 parameterisation (ε for SD1.5, v for v-prediction models), computed through ComfyUI's
 `model_sampling` so that whatever the checkpoint's prediction type is, it is respected.
+The UNet's conditioning inputs come from the model's own `extra_conds` (SDXL: the pooled text
+embedding and size/crop embeddings as the `y` vector), as in ComfyUI's sampler.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -27,9 +30,12 @@ class ModelInputs:
     gates: torch.Tensor  # [B]
     noise: torch.Tensor  # [B, 4, h, w]
     sigmas: torch.Tensor  # [B]
+    pooled: Optional[torch.Tensor] = None  # [B, P] pooled text embeddings; required by SDXL
 
     def to(self, device: torch.device) -> ModelInputs:
-        return ModelInputs(*(getattr(self, name).to(device, non_blocking=True) for name in self.__dataclass_fields__))
+        def move(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+            return None if tensor is None else tensor.to(device, non_blocking=True)
+        return ModelInputs(*(move(getattr(self, name)) for name in self.__dataclass_fields__))
 
 
 def stack_contexts(contexts: list[torch.Tensor]) -> torch.Tensor:
@@ -60,12 +66,13 @@ def training_inputs(features: Features, null: NullConditions, data: DataConfig, 
         draw < data.text_dropout + data.image_dropout + data.both_dropout)
     text_off, image_off = text_off | both_off, image_off | both_off
     contexts = [null.context if off else context for context, off in zip(features.contexts, text_off.tolist())]
+    pooled = torch.where(text_off[:, None], null.pooled[None], features.pooled)
     clip = torch.where(image_off[:, None], null.clip[None], features.clip)
     dino = torch.where(image_off[:, None, None], null.dino[None], features.dino)
     steps = torch.randint(len(sampling.sigmas), (batch,), generator=generator)
     noise = torch.randn(features.latents.shape, generator=generator)
     return ModelInputs(features.latents, stack_contexts(contexts), clip, dino, gates, noise,
-                       sampling.sigmas.cpu()[steps])
+                       sampling.sigmas.cpu()[steps], pooled)
 
 
 def evaluation_inputs(features: Features, data: DataConfig, sampling, seed: int, timesteps: int) -> list[ModelInputs]:
@@ -80,7 +87,7 @@ def evaluation_inputs(features: Features, data: DataConfig, sampling, seed: int,
     context, gates = stack_contexts(list(features.contexts)), (low + high) / 2
     batch, sigmas = len(features.indices), sampling.sigmas.cpu()
     return [ModelInputs(features.latents, context, features.clip, features.dino, gates,
-                        noises[i].expand(batch, *shape).clone(), sigmas[steps[i]].repeat(batch))
+                        noises[i].expand(batch, *shape).clone(), sigmas[steps[i]].repeat(batch), features.pooled)
             for i in range(timesteps)]
 
 
@@ -95,6 +102,19 @@ def prediction_error(sampling, sigmas: torch.Tensor, denoised: torch.Tensor, lat
     zeros = torch.zeros_like(ones)
     slope = sampling.calculate_denoised(sigmas, ones, zeros) - sampling.calculate_denoised(sigmas, zeros, zeros)
     return ((denoised.float() - latents.float()) / slope).pow(2).mean(dim=tuple(range(1, latents.ndim)))
+
+
+def model_conditions(model, inputs: ModelInputs) -> dict[str, torch.Tensor]:
+    """The UNet's condition inputs (c_crossattn; for SDXL also y), made by the model's own `extra_conds`.
+
+    SDXL's size conditioning treats each target as an uncropped image of its training size:
+    original and target size = the pixel size, crop (0, 0), what CLIPTextEncodeSDXL gives such an image.
+    """
+    height, width = (8 * side for side in inputs.latents.shape[-2:])  # the VAE's factor
+    conds = model.extra_conds(cross_attn=inputs.context, pooled_output=inputs.pooled, device=inputs.latents.device,
+                              width=width, height=height, crop_w=0, crop_h=0, target_width=width,
+                              target_height=height)
+    return {name: cond.cond for name, cond in conds.items()}
 
 
 def sampler_transformer_options(model) -> dict:
@@ -131,10 +151,11 @@ class DenoisingLoss(torch.nn.Module):
         options = dict(self.transformer_options)
         options.update(sigmas=inputs.sigmas, cond_or_uncond=[0],
                        **{self.inputs_key: SubjectInputs(inputs.clip, inputs.dino, inputs.gates)})
+        conditions = model_conditions(base, inputs)
         autocast = contextlib.nullcontext() if self.autocast_dtype is None else torch.autocast(
             inputs.latents.device.type, dtype=self.autocast_dtype)
         with autocast:
-            denoised = base.apply_model(noisy, inputs.sigmas, c_crossattn=inputs.context, transformer_options=options)
+            denoised = base.apply_model(noisy, inputs.sigmas, transformer_options=options, **conditions)
         return prediction_error(sampling, inputs.sigmas, denoised, inputs.latents)
 
     def forward(self, inputs: ModelInputs) -> torch.Tensor:

@@ -1,0 +1,91 @@
+"""Trainer layer, SDXL: the generated SDXL checkpoint's text encoders (CLIP-L + bigG) and TAESD-XL,
+its own UNet or a tiny SDXL UNet, tiny image encoders, CPU, float32.
+
+SDXL's UNet also reads a `y` vector (bigG pooled text + size/crop embeddings); the trainer has
+ComfyUI's `model_base.SDXL.extra_conds` build it, as the sampler does.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.fixtures import sdxl_checkpoint
+from tests.train.smoke import TINY_FACTORIES, smoke_sections, train_cli, write_trained_checkpoint
+from tests.train.synthetic import write_config, write_pairs
+
+pytestmark = pytest.mark.train
+
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def pack():
+    from tests.fixtures import import_comfy
+
+    import_comfy()
+    from flexip_train.host import import_pack
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield import_pack()
+    torch.set_num_threads(threads)
+
+
+def test_sdxl_smoke_run_with_the_feature_cache_writes_a_valid_sdxl_file(tmp_path: Path):
+    from flexip_model import checkpoint
+
+    sections = smoke_sections(write_pairs(tmp_path / "data"), tmp_path / "out", tmp_path / "cache", STEPS)
+    sections["model"] = {"checkpoint": str(sdxl_checkpoint()), **TINY_FACTORIES,
+                         "unet_factory": "tests.fixtures.tiny_sdxl:tiny_sdxl_unet_patcher"}
+    sections["output"]["name"] = "smoke_sdxl"
+    train_cli(write_config(tmp_path / "sdxl.toml", sections), timeout=900)
+
+    config = checkpoint.validate(tmp_path / "out" / f"smoke_sdxl-{STEPS:06d}.safetensors")
+    assert (config.base, config.context_dim, len(config.layers)) == ("sdxl", 2048, 70)  # tiny SDXL: all 70 layers
+    records = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r] + [r["eval_loss"] for r in records if "eval_loss" in r]
+    assert len(losses) == 3 and all(loss == loss and loss < float("inf") for loss in losses)  # 1 log, 2 evals
+
+
+def test_sdxl_run_on_the_checkpoints_own_unet_writes_a_file_for_that_unet(tmp_path: Path):
+    from flexip_model import checkpoint
+
+    path = write_trained_checkpoint(sdxl_checkpoint(), tmp_path, steps=1, pairs=2)  # live encoding, no cache
+    config = checkpoint.validate(path)
+    base = checkpoint.read_unet_cross_attention(sdxl_checkpoint())
+    assert config.base == "sdxl" and config.layer_keys == tuple(base)  # the 31 layers of the generated UNet
+    assert all(config.layer(key).inner_dim == to_k.shape[0] for key, (to_k, _) in base.items())
+
+
+def test_sdxl_unet_gets_the_pooled_text_and_size_embeddings_comfyui_builds(pack):
+    from flexip_train.objective import ModelInputs, model_conditions
+    from tests.fixtures.tiny_sdxl import tiny_sdxl_unet_patcher
+
+    base = tiny_sdxl_unet_patcher().model
+    g = torch.Generator().manual_seed(0)
+    inputs = ModelInputs(latents=torch.randn(2, 4, 8, 8, generator=g), context=torch.randn(2, 77, 2048, generator=g),
+                         clip=torch.randn(2, 64, generator=g), dino=torch.randn(2, 257, 64, generator=g),
+                         gates=torch.tensor([0.9, 0.1]), noise=torch.randn(2, 4, 8, 8, generator=g),
+                         sigmas=torch.tensor([0.5, 8.0]), pooled=torch.randn(2, 1280, generator=g))
+    conditions = model_conditions(base, inputs)
+    assert set(conditions) == {"c_crossattn", "y"}
+    assert torch.equal(conditions["c_crossattn"], inputs.context)
+    # 64 px targets, uncropped: what CLIPTextEncodeSDXL gives with width = height = target size = 64, crop 0
+    expected = base.encode_adm(pooled_output=inputs.pooled, width=64, height=64, crop_w=0, crop_h=0,
+                               target_width=64, target_height=64)
+    assert conditions["y"].shape == (2, 2816) and torch.equal(conditions["y"], expected)
+
+
+def test_sd15_unet_gets_only_the_text_context(pack):
+    from flexip_train.objective import ModelInputs, model_conditions
+    from tests.fixtures.tiny import tiny_unet_patcher
+
+    g = torch.Generator().manual_seed(0)
+    inputs = ModelInputs(latents=torch.randn(1, 4, 8, 8, generator=g), context=torch.randn(1, 77, 768, generator=g),
+                         clip=torch.randn(1, 64, generator=g), dino=torch.randn(1, 257, 64, generator=g),
+                         gates=torch.tensor([0.5]), noise=torch.randn(1, 4, 8, 8, generator=g),
+                         sigmas=torch.tensor([1.0]), pooled=torch.randn(1, 768, generator=g))
+    assert set(model_conditions(tiny_unet_patcher().model, inputs)) == {"c_crossattn"}
