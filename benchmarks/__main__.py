@@ -1,0 +1,217 @@
+"""`python -m benchmarks` (`make bench`): what FlexIP costs on a full-size SD1.5 step, as JSON lines.
+
+Order: deterministic figures (ops, FLOPs) first, then memory, the server re-run, and last the
+timed figures, which get whatever is left of `--budget` (at least one A-B-B-A round).
+Progress goes to stderr; stdout holds only the JSON lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+import torch
+
+from . import counting, host, memory, timing
+from .report import Figure, Report
+
+logger = logging.getLogger("benchmarks")
+
+GAMMA = 0.5
+
+
+def parse(argv) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cpu (fp32, default) or cuda (fp16; needs a GPU)")
+    parser.add_argument("--budget", type=float, default=540.0,
+                        help="seconds for the whole run; the timed rounds use what is left (default 540)")
+    parser.add_argument("--max-rounds", type=int, default=5, help="most A-B-B-A rounds of the timed figures")
+    parser.add_argument("--no-server", action="store_true", help="skip encode_cache_rerun (starts a ComfyUI server)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    return parser.parse_args(argv)
+
+
+def build_configs(pack, base) -> tuple[dict, dict]:
+    """Patched models by figure name, all through FlexIPApply, and what built them."""
+    output_flexip = host.flexip_adapter(pack, base, "output", seed=1)
+    token_flexip = host.flexip_adapter(pack, base, "token", seed=2)
+    pair = host.ip_adapter_pair(pack, base, seed=4)
+    subject = host.random_subject(pack, output_flexip, seed=3)
+    configs = {
+        "flexip": host.apply_flexip(pack, base, output_flexip, subject, GAMMA),
+        "token_mode": host.apply_flexip(pack, base, token_flexip, host.random_subject(pack, token_flexip, seed=3), GAMMA),
+        "gamma1": host.apply_flexip(pack, base, output_flexip, subject, 1.0),
+        # compatibility mode at γ = 1: plain IP-Adapter plus, the peer of issue 9's figure 3
+        "ipadapter": host.apply_flexip(pack, base, pair, host.random_subject(pack, pair, seed=5), 1.0),
+    }
+    return configs, dict(flexip=output_flexip, subject=subject)
+
+
+def deterministic_figures(report: Report, base, configs: dict, layers: int, device, dtype) -> None:
+    import comfy.model_management
+
+    # load UNet and adapters for real first: a load inside FakeTensorMode would move fake weights
+    comfy.model_management.load_models_gpu(list(configs.values()), force_full_load=True)
+    big = host.StepInputs.make(host.LATENT, device=device, dtype=dtype)
+    small = host.StepInputs.make(8, device=device, dtype=dtype)
+    base_cost = counting.step_cost(base, big)
+    costs = {name: counting.run_costs(patched, big) for name, patched in configs.items()}
+    first, steady = costs["flexip"]
+    added = steady.minus(base_cost)
+
+    # the fake 64×64 count must equal a real forward's (ops do not depend on the latent size)
+    real_added = counting.run_costs(configs["flexip"], small, fake=False)[1].minus(
+        counting.step_cost(base, small, fake=False))
+    check = "equal" if real_added.ops == added.ops else f"DIFFERENT ({real_added.op_count})"
+    report.add(Figure(
+        "added_ops_per_step_sd15_512", added.op_count, "aten ops", "<= 256 (<= 16 per layer)",
+        added.op_count <= 256,
+        f"{added.op_count / layers:g} per layer over {layers} layers: {counting.per_layer(added.ops, layers)}; "
+        f"steady state, γ={GAMMA}, output mode; counted on fake tensors at 64×64, real 8×8 forward {check}; "
+        f"IPAdapter_plus adds 750 (issue 9)"))
+    ratio = steady.flop_count / base_cost.flop_count
+    report.add(Figure(
+        "added_flops_ratio_sd15_512", ratio, "FLOPs with/without", "<= 1.007", ratio <= 1.007,
+        f"{base_cost.flop_count / 1e9:.1f} GFLOP unpatched, +{added.flop_count / 1e9:.2f} GFLOP; analytic floor ≈ 1.0055"))
+    first_added = first.minus(steady)
+    report.add(Figure(
+        "first_call_extra_sd15_512", round(first_added.flop_count / 1e9, 3), "GFLOP", "report",
+        note=f"{first_added.op_count} extra aten ops, once per sampling run: personalization adapter "
+             f"and K/V of {layers} layers × 2 branches, cached by batch layout"))
+    for name, figure in (("token_mode", "added_ops_per_step_sd15_512_token_mode"),
+                         ("gamma1", "added_ops_per_step_sd15_512_gamma1"),
+                         ("ipadapter", "ipadapter_added_ops_per_step_sd15_512")):
+        other = costs[name][1].minus(base_cost)
+        report.add(Figure(
+            figure, other.op_count, "aten ops", "report",
+            note=f"+{other.flop_count / 1e9:.2f} GFLOP (FlexIP γ={GAMMA}: {added.flop_count / other.flop_count:.1f}×), "
+                 f"FLOP ratio {costs[name][1].flop_count / base_cost.flop_count:.5f}; per layer: "
+                 f"{counting.per_layer(other.ops, layers)}"))
+
+
+def memory_figures(report: Report, pack, base, configs: dict, made: dict) -> None:
+    adapter_bytes = host.module_bytes(made["flexip"].adapter)
+    growth, clones = memory.clone_growth(configs["flexip"])
+    shared = memory.shared_adapter(configs["flexip"], clones)
+    fraction = growth / adapter_bytes
+    report.add(Figure(
+        "clone_memory_growth", fraction, "of adapter size", "< 0.05", fraction < 0.05 and shared,
+        f"RSS +{growth / 2**20:.1f} MiB for 10 clones, adapter {adapter_bytes / 2**20:.0f} MiB; "
+        f"clones share the adapter module: {shared}"))
+    del clones
+    offload = memory.adapter_offload(pack, base, made["flexip"], made["subject"])
+    met = (offload.adapter_loaded_while_sampling and offload.adapter_left_on_load_device == 0
+           and offload.unet_left_on_load_device == 0 and offload.run_cache_bytes == 0)
+    same = offload.load_device == offload.offload_device
+    report.add(Figure(
+        "adapter_vram_offload", offload.adapter_left_on_load_device, "bytes on load device", "0", met,
+        f"adapter ({offload.adapter_bytes / 2**20:.0f} MiB) loaded beside the UNet while sampling: "
+        f"{offload.adapter_loaded_while_sampling} ({offload.adapter_loaded_bytes_while_sampling / 2**20:.0f} MiB "
+        f"counted loaded); after free_memory(2^60): adapter {offload.adapter_left_on_load_device} B, "
+        f"UNet {offload.unet_left_on_load_device} B, run K/V cache {offload.run_cache_bytes} B left"
+        + ("; load and offload device are both the CPU here, so this checks ComfyUI's accounting "
+           "(what it counts as loaded), not a transfer" if same else "")))
+
+
+def server_figure(report: Report) -> None:
+    from .server_rerun import encode_cache_rerun
+
+    rerun = encode_cache_rerun()
+    report.add(Figure(
+        "encode_cache_rerun", rerun.ratio, "wall second/first", "encoders not re-executed; ratio report",
+        rerun.encoders_cached and rerun.apply_ran,
+        f"{rerun.first_seconds:.1f} s then {rerun.second_seconds:.1f} s with only γ changed (0.3 → 0.7); "
+        f"served from cache: {', '.join(sorted(rerun.cached))}; FlexIPApply re-ran: {rerun.apply_ran}"))
+
+
+def timed_figures(report: Report, base, configs: dict, started_at: float, deadline: float, max_rounds: int,
+                  device, dtype) -> None:
+    import comfy.model_management
+
+    ordered = {"base": base, **configs}
+    comfy.model_management.load_models_gpu(list(ordered.values()), force_full_load=True)
+    big = host.StepInputs.make(host.LATENT, device=device, dtype=dtype)
+    small = host.StepInputs.make(8, device=device, dtype=dtype)
+    seconds = timing.warm_up(ordered, big, small)
+    logger.info("one step takes %.1f s; rounds of %d calls until %.0f s of the budget are used",
+                seconds, 2 * len(ordered), deadline - started_at)
+    result = timing.nested_abba(ordered, big, deadline, max_rounds, on_round=lambda index, took: logger.info(
+        "round %d took %.0f s", index, took))
+    # on a shared CPU the process's CPU time is the steadier measure: it leaves out the time the
+    # process waits for a core (OpenMP threads sleep while they wait, see benchmarks/__init__.py)
+    cpu = device.type == "cpu"
+    unit = "CPU time with/without" if cpu else "time with/without"
+    how = (f"median of {result.rounds} nested A-B-B-A round(s) after warm-up (rounds: {{rounds}}); "
+           f"unpatched step {result.median_seconds('base'):.2f} s wall; {'wall-clock' if cpu else 'CPU-time'} "
+           "ratio {other:.3f}")
+
+    def ratio_figure(name: str, figure: str, target: str, met) -> float:
+        value = result.median_ratio(name, cpu=cpu)
+        rounds = ", ".join(f"{r:.3f}" for r in (result.cpu_ratios if cpu else result.wall_ratios)[name])
+        report.add(Figure(figure, value, unit, target, met(value) if met else None,
+                          how.format(rounds=rounds, other=result.median_ratio(name, cpu=not cpu))))
+        return value
+
+    flexip = ratio_figure("flexip", "unet_step_ratio_sd15_512", "<= 1.10 (aim 1.05)", lambda v: v <= 1.10)
+    ratio_figure("token_mode", "unet_step_ratio_sd15_512_token_mode", "report", None)
+    ratio_figure("gamma1", "unet_step_ratio_sd15_512_gamma1", "report", None)
+    ip = ratio_figure("ipadapter", "ipadapter_step_ratio_sd15_512", "report", None)
+    name, target = "flexip_extra_over_ipadapter_extra", "<= 2"
+    if ip - 1.0 > 0.002:
+        extra = (flexip - 1.0) / (ip - 1.0)
+        report.add(Figure(name, extra, "extra time ratio", target, extra <= 2.0,
+                          "FlexIP's extra time over the unpatched step ÷ IP-Adapter plus's (compatibility mode, γ = 1)"))
+    else:
+        report.add(Figure(name, None, "extra time ratio", target, None,
+                          f"not computed: IP-Adapter plus's extra time ({ip - 1.0:+.4f}) is within noise"))
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    started = time.perf_counter()
+    deadline = started + args.budget
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="bench %(relativeCreated)6.0f ms: %(message)s")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        logger.error("--device cuda: no CUDA device is visible to torch.")
+        return 2
+    pack = host.import_host(args.device)
+    logging.getLogger().setLevel(logging.INFO)  # ComfyUI's import may have changed it
+    logging.getLogger("comfyui_flexip").setLevel(logging.WARNING)  # one line per (bench) sampling run
+    device = torch.device(args.device)
+    dtype = torch.float32 if args.device == "cpu" else torch.float16
+    report = Report()
+
+    logger.info("building the full SD1.5 UNet (860 M parameters) and the adapters")
+    base = host.sd15_patcher(dtype=dtype)
+    configs, made = build_configs(pack, base)
+    layers = len(made["flexip"].config.layers)
+    logger.info("counting ops and FLOPs")
+    deterministic_figures(report, base, configs, layers, device, dtype)
+    logger.info("memory: clones and offload")
+    memory_figures(report, pack, base, configs, made)
+    if args.no_server:
+        report.add(Figure("encode_cache_rerun", None, "wall second/first", "encoders not re-executed; ratio report",
+                          None, "skipped (--no-server)"))
+    else:
+        logger.info("server: the basic workflow, then the same graph with only γ changed")
+        server_figure(report)
+    logger.info("timing (%.0f s of the budget left)", deadline - time.perf_counter())
+    timed_figures(report, base, configs, started, deadline, args.max_rounds, device, dtype)
+    report.add(Figure("sdxl_step_ratio_1024", None, "time with/without", "report", None,
+                      "not measured: SDXL support has not landed in the pack yet, and a 128×128 SDXL step "
+                      "is several TFLOP, minutes per call on this CPU"))
+    summary = report.summary(time.perf_counter() - started, _describe(device))
+    return 1 if args.strict and not summary["met"] else 0
+
+
+def _describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""The measured setup: ComfyUI in-process, a full-size SD1.5 UNet with seeded random weights,
+FlexIP applied through the pack's own FlexIPApply node, and model calls made as the sampler makes them.
+
+Nothing here is a mock: the UNet is `comfy.supported_models.SD15(...).get_model()` (a real
+`BaseModel` in a `ModelPatcher`), the adapter is a full-size `FlexIPAdapter` in a `LoadedFlexIP`,
+and a step is `BaseModel.apply_model` with the transformer_options `comfy.samplers` builds.
+Only the subject is synthetic: an `EncodedSubject` with random tokens stands in for
+FlexIPEncodeSubject, whose encoders (CLIP-H, DINOv2-L) are not part of a UNet step.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tests.fixtures.comfy_host import REPO_ROOT, comfyui_path, import_comfy, import_pack
+from tests.fixtures.weights import key_generator
+
+# The unet_config comfy.model_detection derives from a real SD1.5 checkpoint (16 attn2 layers).
+SD15_UNET = dict(
+    use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
+    adm_in_channels=None, in_channels=4, model_channels=320, num_res_blocks=[2, 2, 2, 2],
+    transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], channel_mult=[1, 2, 4, 4], transformer_depth_middle=1,
+    use_linear_in_transformer=False, context_dim=768, num_heads=8,
+    transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    use_temporal_attention=False, use_temporal_resblock=False,
+)
+LATENT = 64  # 512 px
+BATCH_ORDER = (1, 0)  # uncond then cond, one row each: what KSampler batches at cfg > 1
+TEXT_TOKENS = 77
+
+
+def import_host(device: str = "cpu"):
+    """Import ComfyUI as a library on `device` and this pack as `comfyui_flexip`; returns the pack.
+
+    ComfyUI is told to use PyTorch attention (`--use-pytorch-cross-attention`), the function it
+    selects by itself on NVIDIA GPUs; on a CPU it would otherwise pick sub-quadratic attention,
+    a chunked fallback nobody samples with.
+    """
+    host = str(comfyui_path())
+    if host not in sys.path:
+        sys.path.insert(0, host)
+    if "comfy.model_management" not in sys.modules:
+        import comfy.cli_args
+
+        comfy.cli_args.args.use_pytorch_cross_attention = True
+    import_comfy(cpu=device == "cpu")
+    return import_pack(REPO_ROOT, "comfyui_flexip")
+
+
+def sd15_patcher(seed: int = 0, dtype: torch.dtype = torch.float32):
+    """A ModelPatcher of the full SD1.5 BaseModel (860 M parameters), weights seeded in place."""
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = comfy.supported_models.SD15(dict(SD15_UNET))
+    config.set_inference_dtype(dtype, None)
+    load_device = comfy.model_management.get_torch_device()
+    offload_device = comfy.model_management.unet_offload_device()
+    model = config.get_model({}, "", device=offload_device)
+    seed_module(model.diffusion_model, seed)
+    model.diffusion_model.to(dtype)
+    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+
+
+@torch.no_grad()
+def seed_module(module: torch.nn.Module, seed: int) -> None:
+    """Fill every float parameter and buffer in place, each from its own seeded generator.
+
+    The variances of tests.fixtures.weights: 1/fan_in for matrices and kernels, unit norm
+    weights and zero norm biases, 0.02² for other vectors; so activations stay of order 1
+    through the 25 blocks and timings never meet denormals, infinities or NaNs. Uniform, not
+    normal, draws: three times faster for 860 M values, and dense kernels do not care.
+    """
+    modules = dict(module.named_modules())
+    for key, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+        if not tensor.dtype.is_floating_point:
+            continue
+        owner_name, _, local = key.rpartition(".")
+        owner = modules[owner_name]
+        if isinstance(owner, (torch.nn.GroupNorm, torch.nn.LayerNorm)) or "Norm" in type(owner).__name__:
+            tensor.fill_(1.0 if local == "weight" else 0.0)
+        else:
+            std = tensor[0].numel() ** -0.5 if local == "weight" and tensor.ndim >= 2 else 0.02
+            bound = std * 3.0 ** 0.5  # U(-b, b) has variance b²/3
+            tensor.uniform_(-bound, bound, generator=key_generator(seed, key))
+
+
+def flexip_adapter(pack, patcher, gate_mode: str = "output", seed: int = 0):
+    """A full-size FlexIP adapter (config_for("sd15"), random weights) for the model's 16 layers, as FLEXIP."""
+    fm = pack.flexip_model
+    layers = pack.nodes.layers.layer_specs_of(patcher.model.diffusion_model)
+    config = dataclasses.replace(fm.config_for("sd15"), layers=layers, gate_mode=gate_mode)
+    torch.manual_seed(seed)
+    adapter = fm.FlexIPAdapter(config)
+    return pack.nodes.bundles.LoadedFlexIP.wrap(f"bench_sd15_{gate_mode}.safetensors", adapter)
+
+
+def ip_adapter_pair(pack, patcher, seed: int = 0):
+    """Compatibility mode's FLEXIP: full-size ip-adapter-plus_sd15 (preservation) and ip-adapter_sd15
+    (personalization) branches with random weights, matched to the model's layers as from files."""
+    from tests.fixtures.ip_adapter_files import ip_adapter_shapes
+
+    compat = importlib.import_module(f"{pack.__name__}.flexip_model.ip_adapter")
+    layers = pack.nodes.layers.layer_specs_of(patcher.model.diffusion_model)
+
+    def branch(variant: str):
+        spec = compat.describe(f"{variant}.safetensors", ip_adapter_shapes(variant))
+        compat.match_layers(spec, layers, 768)
+        return compat.IPAdapterBranch(spec, layers)
+
+    torch.manual_seed(seed)
+    pair = compat.IPAdapterPair(branch("ip-adapter-plus_sd15"), branch("ip-adapter_sd15"), layers)
+    return pack.nodes.bundles.LoadedFlexIP.wrap("ip-adapter-plus_sd15 + ip-adapter_sd15", pair)
+
+
+def random_subject(pack, flexip, seed: int = 0):
+    """An EncodedSubject with random tokens in place of FlexIPEncodeSubject's encoder output.
+
+    Rows: subject (cond) and black reference (uncond). For an IP-Adapter pair, both branches'
+    tokens (16 and 4 per image for plus and base) are stored with the subject, as
+    FlexIPEncodeSubject stores them in compatibility mode.
+    """
+    config = flexip.config
+    generator = torch.Generator().manual_seed(seed)
+    if hasattr(config, "preservation_token_count"):
+        preservation = torch.randn(2, config.preservation_token_count, config.context_dim, generator=generator)
+        clip = torch.randn(2, config.clip_embed_dim, generator=generator)
+        return pack.nodes.bundles.EncodedSubject(flexip, preservation, clip, image_count=1)
+    preservation = torch.randn(2, config.preservation.tokens, config.context_dim, generator=generator)
+    personalization = torch.randn(2, config.personalization.tokens, config.context_dim, generator=generator)
+    clip = torch.randn(2, 1024, generator=generator)
+    return pack.nodes.bundles.EncodedSubject(flexip, preservation, clip, image_count=1,
+                                             personalization_tokens=personalization)
+
+
+def apply_flexip(pack, patcher, flexip, subject, preservation: float, strength: float = 1.0):
+    """FlexIPApply.apply, the node's own code path: a patched clone of `patcher`."""
+    node = pack.NODE_CLASS_MAPPINGS["FlexIPApply"]()
+    (patched,) = node.apply(patcher, flexip, subject, strength, preservation, 0.0, 1.0)
+    return patched
+
+
+@dataclass
+class StepInputs:
+    """One sampler step's batch: latent [2, 4, h, w], sigma per chunk, text context [2, 77, 768]."""
+
+    x: torch.Tensor
+    sigma: torch.Tensor
+    context: torch.Tensor
+    order: tuple[int, ...] = BATCH_ORDER
+    uuids: tuple[str, ...] = ("bench-uncond", "bench-cond")
+
+    @classmethod
+    def make(cls, latent: int = LATENT, seed: int = 0, device: Any = "cpu", dtype: torch.dtype = torch.float32):
+        generator = torch.Generator().manual_seed(seed)
+        rows = len(BATCH_ORDER)
+        x = torch.randn(rows, 4, latent, latent, generator=generator)
+        context = torch.randn(rows, TEXT_TOKENS, 768, generator=generator)
+        return cls(x.to(device, dtype), torch.tensor([5.0], device=device), context.to(device, dtype))
+
+
+def transformer_options(patcher, inputs: StepInputs) -> dict:
+    """What comfy.samplers._calc_cond_batch hands the model: the patcher's options, its wrappers, the batch layout."""
+    import comfy.patcher_extension
+
+    options = copy.copy(patcher.model_options["transformer_options"])
+    options["wrappers"] = comfy.patcher_extension.merge_nested_dicts(
+        copy.copy(options.get("wrappers", {})), patcher.wrappers, copy_dict1=False)
+    options["cond_or_uncond"] = list(inputs.order)
+    options["uuids"] = list(inputs.uuids)
+    options["sigmas"] = inputs.sigma
+    return options
+
+
+def model_step(patcher, inputs: StepInputs) -> torch.Tensor:
+    """One denoiser call of a sampling step (cond+uncond batched): BaseModel.apply_model."""
+    sigmas = inputs.sigma.repeat(inputs.x.shape[0])
+    return patcher.model.apply_model(inputs.x, sigmas, c_crossattn=inputs.context,
+                                     transformer_options=transformer_options(patcher, inputs))
+
+
+def flexip_states(patcher) -> set:
+    """The FlexIPPatch objects installed on a patched model (to inspect or clear their run cache)."""
+    replace = patcher.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
+    return {patch.state for patch in replace.values() if hasattr(patch, "state")}
+
+
+def end_run(patcher) -> None:
+    """What the end of a sampling run does to FlexIP (outer_sample_wrapper): drop the per-run K/V cache."""
+    for state in flexip_states(patcher):
+        state.outer_sample_wrapper(lambda: None)
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
