@@ -15,7 +15,7 @@ import dataclasses
 import importlib
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -31,7 +31,17 @@ SD15_UNET = dict(
     transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
     use_temporal_attention=False, use_temporal_resblock=False,
 )
+# SDXL's unet_config as comfy.model_detection derives it (70 attn2 layers).
+SDXL_UNET = dict(
+    use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
+    num_classes="sequential", adm_in_channels=2816, in_channels=4, model_channels=320, num_res_blocks=[2, 2, 2],
+    transformer_depth=[0, 0, 2, 2, 10, 10], channel_mult=[1, 2, 4], transformer_depth_middle=10,
+    use_linear_in_transformer=True, context_dim=2048, num_head_channels=64,
+    transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], use_temporal_attention=False, use_temporal_resblock=False,
+)
+SDXL_ADM = 2816  # pooled bigG text (1280) + 6 size/crop embeddings of 256
 LATENT = 64  # 512 px
+SDXL_LATENT = 128  # 1024 px
 BATCH_ORDER = (1, 0)  # uncond then cond, one row each: what KSampler batches at cfg > 1
 TEXT_TOKENS = 77
 
@@ -93,14 +103,36 @@ def seed_module(module: torch.nn.Module, seed: int) -> None:
             tensor.uniform_(-bound, bound, generator=key_generator(seed, key))
 
 
-def flexip_adapter(pack, patcher, gate_mode: str = "output", seed: int = 0):
-    """A full-size FlexIP adapter (config_for("sd15"), random weights) for the model's 16 layers, as FLEXIP."""
+def sdxl_patcher_unfilled():
+    """A ModelPatcher of the full SDXL BaseModel (2.6 G parameters) whose weights are allocated but
+    never written, so they take address space, not memory: for counting on fake tensors only."""
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = comfy.supported_models.SDXL(dict(SDXL_UNET))
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({}, "", device=comfy.model_management.unet_offload_device())
+    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+def flexip_adapter(pack, patcher, gate_mode: str = "output", seed: int = 0, base: str = "sd15",
+                   unfilled: bool = False):
+    """A full-size FlexIP adapter (config_for(base), random weights) for the model's layers, as FLEXIP.
+
+    `unfilled`: weights allocated but not written, like `sdxl_patcher_unfilled`."""
     fm = pack.flexip_model
     layers = pack.nodes.layers.layer_specs_of(patcher.model.diffusion_model)
-    config = dataclasses.replace(fm.config_for("sd15"), layers=layers, gate_mode=gate_mode)
+    config = dataclasses.replace(fm.config_for(base), layers=layers, gate_mode=gate_mode)
     torch.manual_seed(seed)
-    adapter = fm.FlexIPAdapter(config)
-    return pack.nodes.bundles.LoadedFlexIP.wrap(f"bench_sd15_{gate_mode}.safetensors", adapter)
+    if unfilled:
+        with torch.device("meta"):
+            adapter = fm.FlexIPAdapter(config)
+        adapter = adapter.to_empty(device="cpu")
+    else:
+        adapter = fm.FlexIPAdapter(config)
+    return pack.nodes.bundles.LoadedFlexIP.wrap(f"bench_{base}_{gate_mode}.safetensors", adapter)
 
 
 def ip_adapter_pair(pack, patcher, seed: int = 0):
@@ -150,21 +182,25 @@ def apply_flexip(pack, patcher, flexip, subject, preservation: float, strength: 
 
 @dataclass
 class StepInputs:
-    """One sampler step's batch: latent [2, 4, h, w], sigma per chunk, text context [2, 77, 768]."""
+    """One sampler step's batch: latent [2, 4, h, w], sigma per chunk, text context [2, 77, d],
+    and for SDXL the ADM vector y [2, 2816]."""
 
     x: torch.Tensor
     sigma: torch.Tensor
     context: torch.Tensor
+    y: Optional[torch.Tensor] = None
     order: tuple[int, ...] = BATCH_ORDER
     uuids: tuple[str, ...] = ("bench-uncond", "bench-cond")
 
     @classmethod
-    def make(cls, latent: int = LATENT, seed: int = 0, device: Any = "cpu", dtype: torch.dtype = torch.float32):
+    def make(cls, latent: int = LATENT, seed: int = 0, device: Any = "cpu", dtype: torch.dtype = torch.float32,
+             sdxl: bool = False):
         generator = torch.Generator().manual_seed(seed)
         rows = len(BATCH_ORDER)
         x = torch.randn(rows, 4, latent, latent, generator=generator)
-        context = torch.randn(rows, TEXT_TOKENS, 768, generator=generator)
-        return cls(x.to(device, dtype), torch.tensor([5.0], device=device), context.to(device, dtype))
+        context = torch.randn(rows, TEXT_TOKENS, 2048 if sdxl else 768, generator=generator)
+        y = torch.randn(rows, SDXL_ADM, generator=generator).to(device, dtype) if sdxl else None
+        return cls(x.to(device, dtype), torch.tensor([5.0], device=device), context.to(device, dtype), y)
 
 
 def transformer_options(patcher, inputs: StepInputs) -> dict:
@@ -183,8 +219,9 @@ def transformer_options(patcher, inputs: StepInputs) -> dict:
 def model_step(patcher, inputs: StepInputs) -> torch.Tensor:
     """One denoiser call of a sampling step (cond+uncond batched): BaseModel.apply_model."""
     sigmas = inputs.sigma.repeat(inputs.x.shape[0])
+    extra = {} if inputs.y is None else {"y": inputs.y}
     return patcher.model.apply_model(inputs.x, sigmas, c_crossattn=inputs.context,
-                                     transformer_options=transformer_options(patcher, inputs))
+                                     transformer_options=transformer_options(patcher, inputs), **extra)
 
 
 def flexip_states(patcher) -> set:
