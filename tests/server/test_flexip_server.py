@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from tests.fixtures.adapters import FLEXIP_SD15_STANDARD_NAME, FLEXIP_SDXL_NAME, link_adapters
+from tests.fixtures.adapters import FLEXIP_SD15_NAME, FLEXIP_SD15_STANDARD_NAME, FLEXIP_TEST_SDXL_NAME, link_adapters
 from tests.fixtures.files import CLIP_VISION_H_NAME, DINOV2_LARGE_NAME
 from tests.fixtures.images import drawn_subject
 from tests.harness.server import ExecutionFailed, PromptRejected
@@ -20,7 +20,8 @@ _seeds = itertools.count(1000)  # identical prompts are served from cache: every
 
 @pytest.fixture(scope="module")
 def server(comfy_server):
-    link_adapters(comfy_server.base_dir / "models")
+    # the SDXL file (made for the generated SDXL checkpoint) only for the family-mismatch case
+    link_adapters(comfy_server.base_dir / "models", (FLEXIP_SD15_NAME, FLEXIP_SD15_STANDARD_NAME, FLEXIP_TEST_SDXL_NAME))
     return comfy_server
 
 
@@ -92,7 +93,7 @@ def test_changing_only_the_gate_does_not_re_run_the_encoder(server, subject):
 
 
 def _family_mismatch(prompt):
-    prompt[nodes_of(prompt, "FlexIPLoader")[0]]["inputs"]["adapter_name"] = FLEXIP_SDXL_NAME
+    prompt[nodes_of(prompt, "FlexIPLoader")[0]]["inputs"]["adapter_name"] = FLEXIP_TEST_SDXL_NAME
     return prompt
 
 
@@ -134,7 +135,7 @@ def _malformed_schedule(prompt):
 
 
 BAD_INPUTS = {
-    "adapter for SDXL on an SD1.5 model": (_family_mismatch, "flexip_sdxl.safetensors is an SDXL adapter (context 2048) but the model is SD1.5 (context 768)"),
+    "adapter for SDXL on an SD1.5 model": (_family_mismatch, "flexip_test_sdxl.safetensors is an SDXL adapter (context 2048) but the model is SD1.5 (context 768)"),
     "adapter for other layers": (_layer_mismatch, "has 16 cross-attention layers but the model has 4"),
     "DINOv2 in the clip_vision input": (_dino_in_clip_slot, "clip_vision input got a DINOv2 encoder"),
     "CLIP in the dino input": (_clip_in_dino_slot, "dino input is not a DINOv2 encoder"),

@@ -9,6 +9,7 @@ import copy
 import json
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,10 +32,11 @@ def _log(output: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
+def workspace(tmp_path_factory) -> Iterator[Path]:
     folder = tmp_path_factory.mktemp("train")
     write_pairs(folder / "data")
-    return folder
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)  # ~0.6 GB of checkpoints and states; free it for the next layers
 
 
 def _config(workspace: Path, name: str, steps: int = STEPS, **changes: dict) -> Path:

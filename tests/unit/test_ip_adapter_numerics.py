@@ -7,6 +7,8 @@ written from IP-Adapter's paper and release layout without using flexip_model.
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -50,7 +52,8 @@ def ip_file(tmp_path_factory):
         if name not in built:
             built[name] = build_ip_adapter(folder / f"{name}.safetensors", name, layer_widths=LAYERS[VARIANTS[name]][1])
         return built[name]
-    return get
+    yield get
+    shutil.rmtree(folder, ignore_errors=True)  # ~0.6 GB of full-width image projections
 
 
 def _features(branch, batch=2, seed=0):
