@@ -106,8 +106,27 @@ def default_layers(base: str) -> tuple[LayerSpec, ...]:
     return tuple(layers)
 
 
+class LayerLookup:
+    """`layer_keys` and `layer(key)` over the `layers` of an adapter config (FlexIP or an IP-Adapter pair)."""
+
+    layers: tuple[LayerSpec, ...]
+    _what = "FlexIP adapter"  # named in the error
+
+    @property
+    def layer_keys(self) -> tuple[str, ...]:
+        """The UNet layer keys, in order."""
+        return tuple(layer.key for layer in self.layers)
+
+    def layer(self, key: str) -> LayerSpec:
+        """The LayerSpec of `key`; FlexIPError if this adapter has no such layer."""
+        for spec in self.layers:
+            if spec.key == key:
+                return spec
+        raise FlexIPError(f"layer {key!r} is not part of this {self._what}: use one of the model's layer keys.")
+
+
 @dataclass(frozen=True)
-class FlexIPConfig:
+class FlexIPConfig(LayerLookup):
     """Every size of a FlexIP adapter; stored as JSON in the checkpoint (design §4)."""
 
     format_version: int = FORMAT_VERSION
@@ -133,18 +152,6 @@ class FlexIPConfig:
     def preservation_token_count(self) -> int:
         """Tokens per reference image out of the preservation adapter (CLS branch + queries)."""
         return self.cls_tokens + self.num_queries
-
-    @property
-    def layer_keys(self) -> tuple[str, ...]:
-        """The UNet layer keys, in order."""
-        return tuple(layer.key for layer in self.layers)
-
-    def layer(self, key: str) -> LayerSpec:
-        """The LayerSpec of `key`; FlexIPError if this adapter has no such layer."""
-        for spec in self.layers:
-            if spec.key == key:
-                return spec
-        raise FlexIPError(f"layer {key!r} is not part of this FlexIP adapter: use one of its config's layer keys.")
 
     def validate(self, source: str = "FlexIP config") -> None:
         """Check internal consistency; FlexIPError naming `source` on the first problem."""

@@ -17,14 +17,14 @@ import torch
 from torch import Tensor, nn
 
 from ..attention import BranchKV, LayerKV, split_heads
-from ..config import LayerSpec
+from ..config import LayerLookup, LayerSpec
 from ..errors import FlexIPError
 from ..projections import KVProjection
 from .variants import IPAdapterSpec
 
 
 @dataclass(frozen=True)
-class IPAdapterPairConfig:
+class IPAdapterPairConfig(LayerLookup):
     """What the FlexIP nodes read from an adapter config, for a pair of IP-Adapter files.
 
     `layers` are the model's attn2 layers (keys, widths, heads) the files were matched to.
@@ -34,6 +34,7 @@ class IPAdapterPairConfig:
     personalization: IPAdapterSpec
     layers: tuple[LayerSpec, ...]
     gate_mode: str = "output"  # each file keeps its own K/V projections: the gate blends outputs
+    _what = "IP-Adapter pair"
 
     @property
     def context_dim(self) -> int:
@@ -42,16 +43,6 @@ class IPAdapterPairConfig:
     @property
     def base(self) -> str:
         return self.preservation.base
-
-    @property
-    def layer_keys(self) -> tuple[str, ...]:
-        return tuple(layer.key for layer in self.layers)
-
-    def layer(self, key: str) -> LayerSpec:
-        for spec in self.layers:
-            if spec.key == key:
-                return spec
-        raise FlexIPError(f"layer {key!r} is not part of this IP-Adapter pair: use one of the model's layer keys.")
 
 
 class IPAdapterBranch(nn.Module):
