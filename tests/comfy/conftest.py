@@ -11,6 +11,7 @@ from collections import namedtuple
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.fixtures import ComfyHostMissing, import_comfy, import_pack
 
@@ -29,6 +30,39 @@ def flexip_pack(repo_root: Path):
         return import_pack(repo_root, "comfyui_flexip")
     except FileNotFoundError as error:
         pytest.fail(str(error), pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def world(flexip_pack):
+    """tests/comfy/tiny_world.py's world: tiny UNet and encoders, a random FlexIP adapter, a subject.
+
+    Once per module; a module may override it with a world of its own (test_compat_pair does).
+    """
+    from tests.comfy.tiny_world import tiny_world
+
+    return tiny_world(flexip_pack)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread (use with `pytest.mark.usefixtures`): on a busy 2-core host, 2 spinning
+    OpenMP threads made a tiny-UNet call 30x slower (8 s instead of 0.25 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def insightface(flexip_pack, tmp_path_factory):
+    """The generated face pack loaded by FlexIPInsightFaceLoader (a real insightface FaceAnalysis)."""
+    from tests.fixtures.faces import FACE_PACK_NAME, face_pack, insightface_root
+
+    root = tmp_path_factory.mktemp("insightface")
+    face_pack(root / "models" / FACE_PACK_NAME)
+    with insightface_root(root):
+        (analysis,) = flexip_pack.NODE_CLASS_MAPPINGS["FlexIPInsightFaceLoader"]().load(FACE_PACK_NAME, "CPU")
+    return analysis
 
 
 @pytest.fixture

@@ -7,12 +7,15 @@ The files carry the real tensor names and the real image projections (Resampler 
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.comfy.tiny_world import attn2_patches, node
+from tests.comfy.tiny_world import sample as tiny_sample
 from tests.fixtures import comfyui_path
 from tests.fixtures import ip_adapter_reference as reference
 from tests.fixtures.ip_adapter_files import build_ip_adapter, ip_adapter_file, linear_projection, resampler_projection
@@ -65,14 +68,11 @@ def ipadapter_folder(files, monkeypatch):
 
 @pytest.fixture(scope="module")
 def world(flexip_pack):
+    """This module's world (overrides the conftest's): the tiny UNet and CLIP, an image; no FlexIP file."""
     import comfy.sample  # noqa: F401  (the conftest has set ComfyUI up)
 
     image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(3))
     return dict(pack=flexip_pack, model=tiny_unet_patcher(), clip=tiny_clip_vision(), image=image)
-
-
-def node(pack, name):
-    return pack.NODE_CLASS_MAPPINGS[name]()
 
 
 def load_pair(world, preservation, personalization, model=None):
@@ -86,22 +86,7 @@ def encode(world, flexip, batch_mode="average", image=None):
     return subject
 
 
-def attn2_patches(model):
-    return model.model_options["transformer_options"]["patches_replace"]["attn2"]
-
-
-def conds():
-    generator = torch.Generator().manual_seed(7)
-    return ([[torch.randn(1, 77, 768, generator=generator), {}]], [[torch.randn(1, 77, 768, generator=generator), {}]])
-
-
-def sample(model, seed=0):
-    import comfy.sample
-
-    latent = torch.zeros(1, 4, 8, 8)
-    positive, negative = conds()
-    return comfy.sample.sample(model, comfy.sample.prepare_noise(latent, seed), STEPS, 5.0, "euler", "normal",
-                               positive, negative, latent, disable_pbar=True, seed=seed)
+sample = functools.partial(tiny_sample, steps=STEPS, size=8)
 
 
 @pytest.fixture(scope="module")

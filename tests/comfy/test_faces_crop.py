@@ -8,23 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from tests.fixtures.faces import FACE_PACK_NAME, draw_faces, face_at, face_pack, insightface_root
+from tests.fixtures.faces import draw_faces, face_at
 from tests.fixtures.tiny import tiny_clip_vision, tiny_dino, tiny_unet_patcher
 
 pytestmark = [pytest.mark.comfy,
               pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")]  # insightface's skimage call
 
 BLUE_EYES, GREEN_EYES = (30, 30, 200), (30, 160, 30)
-
-
-@pytest.fixture(scope="module")
-def insightface(flexip_pack, tmp_path_factory):
-    """The generated pack loaded by FlexIPInsightFaceLoader (a real insightface FaceAnalysis)."""
-    root = tmp_path_factory.mktemp("insightface")
-    face_pack(root / "models" / FACE_PACK_NAME)
-    with insightface_root(root):
-        (analysis,) = flexip_pack.NODE_CLASS_MAPPINGS["FlexIPInsightFaceLoader"]().load(FACE_PACK_NAME, "CPU")
-    return analysis
 
 
 @pytest.fixture(scope="module")

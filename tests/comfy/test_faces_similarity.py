@@ -7,21 +7,12 @@ import logging
 import pytest
 import torch
 
-from tests.fixtures.faces import FACE_PACK_NAME, draw_faces, face_at, face_pack, insightface_root
+from tests.fixtures.faces import draw_faces, face_at, face_pack, insightface_root
 
 pytestmark = [pytest.mark.comfy,
               pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")]  # insightface's skimage call
 
 OTHER_PERSON = dict(eyes=(30, 160, 30), mouth=(30, 30, 30), skin=(250, 175, 200))
-
-
-@pytest.fixture(scope="module")
-def insightface(flexip_pack, tmp_path_factory):
-    root = tmp_path_factory.mktemp("insightface")
-    face_pack(root / "models" / FACE_PACK_NAME)
-    with insightface_root(root):
-        (analysis,) = flexip_pack.NODE_CLASS_MAPPINGS["FlexIPInsightFaceLoader"]().load(FACE_PACK_NAME, "CPU")
-    return analysis
 
 
 def measure(flexip_pack, insightface, reference, generated):

@@ -3,70 +3,18 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
+import functools
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from tests.fixtures.tiny import tiny_clip_vision, tiny_dino, tiny_unet_patcher
+from tests.comfy.tiny_world import PatchProbe, apply, attn2_patches, node, sd15_conds
+from tests.comfy.tiny_world import sample as tiny_sample
 
 pytestmark = pytest.mark.comfy
 
 STEPS = 6
-
-
-@pytest.fixture(scope="module")
-def world(flexip_pack):
-    """A tiny UNet, tiny encoders, a matching random FlexIP adapter and an encoded subject."""
-    import comfy.sample  # noqa: F401  (imported here: the conftest sets ComfyUI up first)
-
-    model = tiny_unet_patcher()
-    clip, dino = tiny_clip_vision(), tiny_dino()
-    fm = flexip_pack.flexip_model
-    layers = flexip_pack.nodes.layers.layer_specs_of(model.model.diffusion_model)
-    config = dataclasses.replace(fm.config_for("sd15", tiny=True), layers=layers, clip_embed_dim=64, dino_dim=64)
-    torch.manual_seed(0)
-    adapter = fm.FlexIPAdapter(config)
-    with torch.no_grad():
-        for parameter in adapter.parameters():  # large enough that the adapter visibly moves the image
-            parameter.normal_(0.0, 0.2)
-    flexip = flexip_pack.nodes.bundles.LoadedFlexIP.wrap("tiny_flexip.safetensors", adapter)
-    image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(3))
-    (subject,) = node(flexip_pack, "FlexIPEncodeSubject").encode(flexip, clip, image, "average", dino=dino)
-    return dict(pack=flexip_pack, model=model, flexip=flexip, subject=subject, clip=clip, dino=dino, image=image)
-
-
-def node(pack, name):
-    return pack.NODE_CLASS_MAPPINGS[name]()
-
-
-def apply(world, strength=1.0, preservation=0.5, start_at=0.0, end_at=1.0, gate=None, attn_mask=None, model=None):
-    (patched,) = node(world["pack"], "FlexIPApply").apply(
-        model or world["model"], world["flexip"], world["subject"], strength, preservation, start_at, end_at,
-        gate=gate, attn_mask=attn_mask)
-    return patched
-
-
-def conds():
-    generator = torch.Generator().manual_seed(7)
-    positive = [[torch.randn(1, 77, 768, generator=generator), {}]]
-    negative = [[torch.randn(1, 77, 768, generator=generator), {}]]
-    return positive, negative
-
-
-def sample(model, seed=0, cfg=5.0, batch=1, callback=None):
-    import comfy.sample
-
-    latent = torch.zeros(batch, 4, 16, 16)
-    noise = comfy.sample.prepare_noise(latent, seed)
-    positive, negative = conds()
-    return comfy.sample.sample(model, noise, STEPS, cfg, "euler", "normal", positive, negative, latent,
-                               disable_pbar=True, seed=seed, callback=callback)
-
-
-def attn2_patches(model):
-    return model.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
+sample = functools.partial(tiny_sample, steps=STEPS)
 
 
 def test_apply_patches_every_cross_attention_layer_of_a_clone_only(world):
@@ -82,28 +30,10 @@ def test_every_layer_patch_runs_during_sampling(world):
     patched = apply(world)
     calls = []
     for key, patch in list(attn2_patches(patched).items()):
-        attn2_patches(patched)[key] = _Recording(patch, calls, key)
+        attn2_patches(patched)[key] = PatchProbe(patch, observe=lambda q, options, key=key: calls.append(key))
     sample(patched)
     assert set(calls) == set(attn2_patches(patched))
     assert len(calls) == len(attn2_patches(patched)) * STEPS  # cond+uncond batched: one call per layer per step
-
-
-class _Recording:
-    """Stands in front of a patch and records which layer ran; forwards models()/to()."""
-
-    def __init__(self, inner, calls, key):
-        self.inner, self.calls, self.key = inner, calls, key
-
-    def __call__(self, q, k, v, extra_options):
-        self.calls.append(self.key)
-        return self.inner(q, k, v, extra_options)
-
-    def models(self):
-        return self.inner.models()
-
-    def to(self, device):
-        self.inner = self.inner.to(device)
-        return self
 
 
 def test_strength_zero_equals_unpatched_model_bit_for_bit(world):
@@ -160,7 +90,7 @@ def test_adapter_tokens_follow_cond_or_uncond_order(world):
     patched = apply(world)
     generator = torch.Generator().manual_seed(11)
     x_cond, x_uncond = torch.randn(2, 1, 4, 16, 16, generator=generator)
-    positive, negative = conds()
+    positive, negative = sd15_conds()
     c_pos, c_neg = positive[0][0], negative[0][0]
     with torch.no_grad():
         cond_first = _unet_call(patched, torch.cat([x_cond, x_uncond]), torch.cat([c_pos, c_neg]), [0, 1], ["p", "n"])
@@ -203,43 +133,3 @@ def test_cloning_the_patched_model_ten_times_shares_the_adapter_weights(world):
     adapters = {id(p.state.flexip.adapter) for clone in clones for p in attn2_patches(clone).values()}
     assert adapters == {id(world["flexip"].adapter)}
     assert {id(m) for m in clones[0].model_patches_models()} == {id(world["flexip"].patcher)}
-
-
-class _NoHostSync(TorchDispatchMode):
-    """Fails on any op that copies a tensor value to the host (`.item()`, `bool(t)`, `.tolist()`)."""
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default):
-            raise AssertionError(f"host sync inside the FlexIP patch: {func}")
-        return func(*args, **(kwargs or {}))
-
-
-def test_layer_patches_and_per_call_preparation_do_no_host_sync(world, flexip_pack):
-    schedule = node(flexip_pack, "FlexIPGateSchedule").build("0:1, 1:0", "cosine", output_blocks="0:0.2, 1:0.9")[0]
-    patched = apply(world, gate=schedule, start_at=0.1, end_at=0.9, attn_mask=torch.ones(1, 64, 64))
-    patches = attn2_patches(patched)
-    state = next(iter(patches.values())).state
-    prepare = state._call_state
-    calls = []
-
-    def guarded_prepare(*args):
-        calls.append(1)
-        with _NoHostSync():
-            return prepare(*args)
-    state._call_state = guarded_prepare  # the per-model-call work of the diffusion-model wrapper
-    for key, patch in list(patches.items()):
-        patches[key] = _Guarded(patch)
-    try:
-        sample(patched)  # the first call builds the K/V cache, later ones hit it: both are guarded
-    finally:
-        del state._call_state
-    assert len(calls) == STEPS
-
-
-class _Guarded(_Recording):
-    def __init__(self, inner):
-        super().__init__(inner, [], None)
-
-    def __call__(self, q, k, v, extra_options):
-        with _NoHostSync():
-            return self.inner(q, k, v, extra_options)

@@ -9,10 +9,9 @@ at PyTorch attention, what it selects on NVIDIA GPUs (on a CPU it picks a chunke
 from __future__ import annotations
 
 import pytest
-import torch
 
 from benchmarks import counting, host
-from tests.comfy.test_flexip_apply import apply, world  # noqa: F401 (fixture)
+from tests.comfy.tiny_world import apply
 
 pytestmark = pytest.mark.comfy
 

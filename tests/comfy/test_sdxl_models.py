@@ -15,6 +15,7 @@ import re
 import pytest
 import torch
 
+from tests.comfy.tiny_world import PatchProbe
 from tests.fixtures.tiny import tiny_clip_vision, tiny_dino, tiny_unet_patcher
 from tests.fixtures.tiny_sdxl import SDXL_FAMILY_DEPTHS, tiny_sdxl_unet_patcher
 
@@ -149,24 +150,6 @@ def test_sdxl_inpainting_checkpoint_is_fully_patched_and_strength_zero_is_exact(
     assert torch.equal(sample(apply(flexip_pack, model, flexip, subject, strength=0.0), latent, conds), base)
 
 
-class _BatchSizes:
-    """Stands in front of one attn2 patch and records the batch size of every call."""
-
-    def __init__(self, inner, sizes):
-        self.inner, self.sizes = inner, sizes
-
-    def __call__(self, q, k, v, extra_options):
-        self.sizes.append(q.shape[0])
-        return self.inner(q, k, v, extra_options)
-
-    def models(self):
-        return self.inner.models()
-
-    def to(self, device):
-        self.inner = self.inner.to(device)
-        return self
-
-
 @pytest.fixture(scope="module")
 def sd15_world(flexip_pack, encoders):
     model = tiny_unet_patcher()
@@ -190,7 +173,7 @@ def test_animation_batch_of_latents_gets_the_one_subject_in_every_frame(flexip_p
     replace = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
     sizes = []
     key = next(iter(replace))
-    replace[key] = _BatchSizes(replace[key], sizes)
+    replace[key] = PatchProbe(replace[key], observe=lambda q, options: sizes.append(q.shape[0]))
     # every frame starts from the same noise, so with one subject every frame must come out the same
     latent = torch.zeros(FRAMES, 4, 16, 16)
     noise = comfy.sample.prepare_noise(latent[:1], 0).repeat(FRAMES, 1, 1, 1)

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
+import functools
 import types
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from tests.fixtures.tiny import tiny_clip_vision, tiny_dino, tiny_unet_patcher
+from tests.comfy.host_sync import run_guarded
+from tests.comfy.tiny_world import apply, attn2_patches, node, sd15_conds, tiny_world
+from tests.comfy.tiny_world import sample as tiny_sample
 
-pytestmark = pytest.mark.comfy
+pytestmark = [pytest.mark.comfy, pytest.mark.usefixtures("one_thread")]
 
 STEPS = 4
 SWEEP = "0, 0.5, 1"
@@ -31,50 +32,10 @@ def assert_same(actual, expected, what):
     torch.testing.assert_close(actual, expected, atol=atol, rtol=0, msg=lambda m: f"{what}: {m}")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy 2-core host, 2 spinning OpenMP threads made a tiny-UNet call
-    30x slower (8 s instead of 0.25 s). Both sides of every comparison run under the same setting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def node(pack, name):
-    return pack.NODE_CLASS_MAPPINGS[name]()
-
-
-@pytest.fixture(scope="module")
-def world(flexip_pack):
-    """Tiny UNet and encoders, a random FlexIP adapter (gate_mode output), an encoded subject."""
-    return make_world(flexip_pack, "output")
-
-
 @pytest.fixture(scope="module", params=["output", "token"])
 def each_mode_world(request, world, flexip_pack):
     """`world`, and the same with a token-mode adapter (where a per-item γ masks dead tokens)."""
-    return world if request.param == "output" else make_world(flexip_pack, request.param)
-
-
-def make_world(flexip_pack, gate_mode):
-    import comfy.sample  # noqa: F401  (imported here: the conftest sets ComfyUI up first)
-
-    model = tiny_unet_patcher()
-    fm = flexip_pack.flexip_model
-    layers = flexip_pack.nodes.layers.layer_specs_of(model.model.diffusion_model)
-    config = dataclasses.replace(fm.config_for("sd15", tiny=True), layers=layers, clip_embed_dim=64, dino_dim=64,
-                                 gate_mode=gate_mode)
-    torch.manual_seed(0)
-    adapter = fm.FlexIPAdapter(config)
-    with torch.no_grad():
-        for parameter in adapter.parameters():  # large enough that γ visibly moves the image
-            parameter.normal_(0.0, 0.2)
-    flexip = flexip_pack.nodes.bundles.LoadedFlexIP.wrap(f"tiny_flexip_{gate_mode}.safetensors", adapter)
-    image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(3))
-    (subject,) = node(flexip_pack, "FlexIPEncodeSubject").encode(
-        flexip, tiny_clip_vision(), image, "average", dino=tiny_dino())
-    return dict(pack=flexip_pack, model=model, flexip=flexip, subject=subject)
+    return world if request.param == "output" else tiny_world(flexip_pack, request.param)
 
 
 def sweep(world, values=SWEEP, batch=1, same_noise=False):
@@ -83,31 +44,12 @@ def sweep(world, values=SWEEP, batch=1, same_noise=False):
     return node(world["pack"], "FlexIPGateSweep").sweep(latent, "list", values, 0.0, 1.0, 5, same_noise)
 
 
-def apply(world, preservation=0.5, gate=None, start_at=0.0):
-    (patched,) = node(world["pack"], "FlexIPApply").apply(
-        world["model"], world["flexip"], world["subject"], 1.0, preservation, start_at, 1.0, gate=gate)
-    return patched
-
-
-def conds():
-    generator = torch.Generator().manual_seed(7)
-    return ([[torch.randn(1, 77, 768, generator=generator), {}]],
-            [[torch.randn(1, 77, 768, generator=generator), {}]])
-
-
-def sample(model, batch=3, seed=0, cfg=5.0, batch_index=None):
-    import comfy.sample
-
-    latent = torch.zeros(batch, 4, 16, 16)
-    noise = comfy.sample.prepare_noise(latent, seed, batch_index)
-    positive, negative = conds()
-    return comfy.sample.sample(model, noise, STEPS, cfg, "euler", "normal", positive, negative, latent,
-                               disable_pbar=True, seed=seed)
+sample = functools.partial(tiny_sample, steps=STEPS, batch=len(GAMMAS))
 
 
 def recorded_orders(model):
     """Record cond_or_uncond of every model call of `model`'s FlexIP patch (list, filled while sampling)."""
-    state = next(iter(_attn2(model).values())).state
+    state = next(iter(attn2_patches(model).values())).state
     orders, prepare = [], state._call_state
 
     def recording(x, context, options):
@@ -115,10 +57,6 @@ def recorded_orders(model):
         return prepare(x, context, options)
     state._call_state = recording
     return orders
-
-
-def _attn2(model):
-    return model.model_options["transformer_options"]["patches_replace"]["attn2"]
 
 
 def test_sweep_batch_gives_item_by_item_the_images_of_constant_gate_runs(each_mode_world):
@@ -177,7 +115,7 @@ def test_every_chunk_row_gets_its_latent_items_gate(each_mode_world, order):
     items = len(GAMMAS)
     generator = torch.Generator().manual_seed(11)
     x = torch.randn(len(order) * items, 4, 16, 16, generator=generator)
-    positive, negative = conds()
+    positive, negative = sd15_conds()
     context = torch.cat([(negative if chunk else positive)[0][0].expand(items, -1, -1) for chunk in order])
     with torch.no_grad():
         swept = _unet_call(apply(world, gate=gate), x, context, order)
@@ -217,46 +155,11 @@ def test_sweep_inside_a_start_end_window_runs(world):
     assert (windowed - full).abs().max() > 1e4 * RELATIVE_TOLERANCE * full.abs().max()
 
 
-class _NoHostSync(TorchDispatchMode):
-    """Fails on any op that copies a tensor value to the host (`.item()`, `bool(t)`, `.tolist()`)."""
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default):
-            raise AssertionError(f"host sync inside the FlexIP patch: {func}")
-        return func(*args, **(kwargs or {}))
-
-
 def test_sweep_layer_patches_and_per_call_gates_do_no_host_sync(world):
     gate, _, _ = sweep(world)
     patched = apply(world, gate=gate, start_at=0.1)
-    state = next(iter(_attn2(patched).values())).state
-    prepare, calls = state._call_state, []
-
-    def guarded(*args):
-        calls.append(1)
-        with _NoHostSync():
-            return prepare(*args)
-    state._call_state = guarded
-    for key, patch in list(_attn2(patched).items()):
-        _attn2(patched)[key] = _Guarded(patch)
-    sample(patched)
-    assert len(calls) == STEPS
-
-
-class _Guarded:
-    def __init__(self, inner):
-        self.inner = inner
-
-    def __call__(self, q, k, v, extra_options):
-        with _NoHostSync():
-            return self.inner(q, k, v, extra_options)
-
-    def models(self):
-        return self.inner.models()
-
-    def to(self, device):
-        self.inner = self.inner.to(device)
-        return self
+    preparations, layer_calls = run_guarded(patched, lambda: sample(patched))
+    assert preparations == STEPS and layer_calls > 0
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -10,23 +10,12 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-pytestmark = pytest.mark.comfy
+from tests.comfy.tiny_world import node
+
+pytestmark = [pytest.mark.comfy, pytest.mark.usefixtures("one_thread")]
 
 GAMMAS = [0.0, 0.25, 0.5, 0.75, 1.0]
 COLOURS = [(230, 60, 60), (60, 180, 60), (60, 60, 230), (230, 200, 40), (150, 60, 200)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: 2 spinning OpenMP threads on a busy 2-core host are many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def node(pack, name):
-    return pack.NODE_CLASS_MAPPINGS[name]()
 
 
 def as_image(picture: Image.Image) -> torch.Tensor:
