@@ -21,19 +21,6 @@ pytestmark = pytest.mark.train
 STEPS = 4
 
 
-@pytest.fixture(scope="module")
-def pack():
-    from tests.fixtures import import_comfy
-
-    import_comfy()
-    from flexip_train.host import import_pack
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield import_pack()
-    torch.set_num_threads(threads)
-
-
 def test_sdxl_smoke_run_with_the_feature_cache_writes_a_valid_sdxl_file(tmp_path: Path):
     from flexip_model import checkpoint
 

@@ -55,23 +55,6 @@ def straight_run(workspace: Path) -> Path:
     return workspace / "straight"
 
 
-@pytest.fixture(scope="module")
-def pack():
-    """ComfyUI on the CPU in this process, and the pack imported the way the trainer imports it.
-
-    One thread while these tests run: on a small shared CPU more threads only contend.
-    """
-    from tests.fixtures import import_comfy
-
-    import_comfy()
-    from flexip_train.host import import_pack
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield import_pack()
-    torch.set_num_threads(threads)
-
-
 def test_smoke_training_lowers_the_fixed_evaluation_loss(straight_run: Path):
     evaluations = {record["step"]: record["eval_loss"] for record in _log(straight_run) if "eval_loss" in record}
     before, after = evaluations[0], evaluations[STEPS]
