@@ -346,6 +346,14 @@ class ComfyServer:
             images.append(image)
         return images
 
+    def pixels(self, prompt: dict, timeout: float = 300.0) -> Any:
+        """Run `prompt`, which saves one image, and return it as an int16 array [H, W, 3] (differences stay signed)."""
+        import numpy as np
+
+        images = self.images(self.run(prompt, timeout))
+        assert len(images) == 1, f"the prompt saved {len(images)} images, not one"
+        return np.asarray(images[0], dtype=np.int16)
+
     def upload_image(self, image: Any, name: str | None = None) -> str:
         """POST /upload/image (a path or a PIL image); returns the name a LoadImage node takes."""
         if isinstance(image, (str, Path)):

@@ -48,3 +48,10 @@ def for_test_models(prompt: dict, seed: int, image: str, size: int = 128, steps:
 
 def nodes_of(prompt: dict, class_type: str) -> list[str]:
     return [node_id for node_id, node in prompt.items() if node["class_type"] == class_type]
+
+
+def without_flexip(prompt: dict) -> dict:
+    """The same graph with the KSampler fed by the checkpoint's own model (FlexIP nodes left unused)."""
+    sampler, loader = nodes_of(prompt, "KSampler")[0], nodes_of(prompt, "CheckpointLoaderSimple")[0]
+    prompt[sampler]["inputs"]["model"] = [loader, 0]
+    return prompt

@@ -16,7 +16,7 @@ import pytest
 from tests.fixtures.images import drawn_subject
 from tests.fixtures.ip_adapter_files import build_ip_adapter
 from tests.harness.server import PACK_NAME, ComfyServer, ExecutionFailed
-from tests.harness.workflows import for_test_models, load_api, nodes_of
+from tests.harness.workflows import for_test_models, load_api, nodes_of, without_flexip
 from tests.unit.flexip_unit_helpers import assert_one_sentence
 
 pytestmark = pytest.mark.server
@@ -72,26 +72,17 @@ def plain_ip_adapter(subject, ipadapter_file, weight):
     return prompt
 
 
-def pixels(server, prompt) -> np.ndarray:
-    images = server.images(server.run(prompt, timeout=900))
-    assert len(images) == 1
-    return np.asarray(images[0], dtype=np.int16)
-
-
 @pytest.fixture(scope="module")
 def unpatched(server, subject):
     """The image of the same graph without any adapter (KSampler fed by the checkpoint's model)."""
-    prompt = compat(subject)
-    sampler, loader = nodes_of(prompt, "KSampler")[0], nodes_of(prompt, "CheckpointLoaderSimple")[0]
-    prompt[sampler]["inputs"]["model"] = [loader, 0]
-    return pixels(server, prompt)
+    return server.pixels(without_flexip(compat(subject)), timeout=900)
 
 
 @pytest.mark.parametrize("gate,ipadapter_file", [(1.0, PRESERVATION), (0.0, PERSONALIZATION)],
                          ids=["gate1-is-plain-plus", "gate0-is-plain-base"])
 def test_gate_extreme_renders_the_plain_ip_adapter_image(server, subject, unpatched, gate, ipadapter_file):
-    flexip = pixels(server, compat(subject, strength=STRENGTH, preservation=gate))
-    expected = pixels(server, plain_ip_adapter(subject, ipadapter_file, STRENGTH))
+    flexip = server.pixels(compat(subject, strength=STRENGTH, preservation=gate), timeout=900)
+    expected = server.pixels(plain_ip_adapter(subject, ipadapter_file, STRENGTH), timeout=900)
     # both run in fp32 on the CPU (the reference's attention in float64); after decoding to 8 bits a
     # ~1e-6 relative difference can flip a rounding, never more than one level
     assert np.abs(flexip - expected).max() <= 1

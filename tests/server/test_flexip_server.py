@@ -11,7 +11,7 @@ from tests.fixtures.adapters import FLEXIP_SD15_NAME, FLEXIP_SD15_STANDARD_NAME,
 from tests.fixtures.files import CLIP_VISION_H_NAME, DINOV2_LARGE_NAME
 from tests.fixtures.images import drawn_subject
 from tests.harness.server import ExecutionFailed, PromptRejected
-from tests.harness.workflows import for_test_models, load_api, nodes_of
+from tests.harness.workflows import for_test_models, load_api, nodes_of, without_flexip
 
 pytestmark = pytest.mark.server
 
@@ -38,43 +38,29 @@ def basic(subject, seed=None, **apply_inputs):
     return prompt
 
 
-def pixels(server, prompt) -> np.ndarray:
-    images = server.images(server.run(prompt))
-    assert len(images) == 1
-    return np.asarray(images[0], dtype=np.int16)
-
-
-def without_flexip(prompt):
-    """The same graph with the KSampler fed by the checkpoint's model directly."""
-    sampler = nodes_of(prompt, "KSampler")[0]
-    loader = nodes_of(prompt, "CheckpointLoaderSimple")[0]
-    prompt[sampler]["inputs"]["model"] = [loader, 0]
-    return prompt
-
-
 def test_basic_workflow_patches_every_layer_and_changes_the_image(server, subject):
     seed = next(_seeds)
     before = len(re.findall(r"FlexIP \(flexip_test_sd15.safetensors\): (\d+) of (\d+)", server.log_text()))
-    with_flexip = pixels(server, basic(subject, seed))
+    with_flexip = server.pixels(basic(subject, seed))
     runs = re.findall(r"FlexIP \(flexip_test_sd15.safetensors\): (\d+) of (\d+)", server.log_text())
     assert len(runs) == before + 1
     patched, total = map(int, runs[-1])
     assert patched == total == 4  # the generated checkpoint's UNet: input 1, middle 0, output 0 and 1
-    plain = pixels(server, without_flexip(basic(subject, seed)))
+    plain = server.pixels(without_flexip(basic(subject, seed)))
     assert np.abs(with_flexip - plain).max() > 0
 
 
 def test_preservation_one_and_zero_give_different_images(server, subject):
     seed = next(_seeds)
-    preserve = pixels(server, basic(subject, seed, preservation=1.0))
-    personalize = pixels(server, basic(subject, seed, preservation=0.0))
+    preserve = server.pixels(basic(subject, seed, preservation=1.0))
+    personalize = server.pixels(basic(subject, seed, preservation=0.0))
     assert np.abs(preserve - personalize).max() > 0
 
 
 def test_strength_zero_equals_the_unpatched_image_bit_for_bit(server, subject):
     seed = next(_seeds)
-    assert np.array_equal(pixels(server, basic(subject, seed, strength=0.0)),
-                          pixels(server, without_flexip(basic(subject, seed))))
+    assert np.array_equal(server.pixels(basic(subject, seed, strength=0.0)),
+                          server.pixels(without_flexip(basic(subject, seed))))
 
 
 def test_changing_only_the_gate_does_not_re_run_the_encoder(server, subject):
@@ -152,4 +138,4 @@ def test_bad_input_gets_a_readable_error_and_the_next_prompt_runs(server, subjec
         server.run(break_prompt(basic(subject)))
     assert message in str(error.value)
     assert "Traceback" not in str(error.value).splitlines()[0]
-    assert pixels(server, basic(subject)).shape == (128, 128, 3)
+    assert server.pixels(basic(subject)).shape == (128, 128, 3)

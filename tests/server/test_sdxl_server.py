@@ -13,7 +13,7 @@ from tests.fixtures.adapters import FLEXIP_SD15_NAME, FLEXIP_TEST_SDXL_NAME, lin
 from tests.fixtures.files import link_sdxl_checkpoint, sdxl_checkpoint
 from tests.fixtures.images import drawn_subject
 from tests.harness.server import ExecutionFailed
-from tests.harness.workflows import for_test_models, load_api, nodes_of
+from tests.harness.workflows import for_test_models, load_api, nodes_of, without_flexip
 
 pytestmark = pytest.mark.server
 
@@ -42,22 +42,10 @@ def sdxl(subject, **apply_inputs):
     return prompt
 
 
-def without_flexip(prompt):
-    sampler, loader = nodes_of(prompt, "KSampler")[0], nodes_of(prompt, "CheckpointLoaderSimple")[0]
-    prompt[sampler]["inputs"]["model"] = [loader, 0]
-    return prompt
-
-
-def pixels(server, prompt) -> np.ndarray:
-    images = server.images(server.run(prompt, timeout=600))
-    assert len(images) == 1
-    return np.asarray(images[0], dtype=np.int16)
-
-
 @pytest.fixture(scope="module")
 def unpatched(server, subject) -> np.ndarray:
     """The workflow's image with the KSampler fed by the checkpoint's own model (same seed)."""
-    return pixels(server, without_flexip(sdxl(subject)))
+    return server.pixels(without_flexip(sdxl(subject)), timeout=600)
 
 
 def _checkpoint_cross_attention_count() -> int:
@@ -69,7 +57,7 @@ def _checkpoint_cross_attention_count() -> int:
 
 def test_sdxl_workflow_patches_every_cross_attention_layer_and_changes_the_image(server, subject, unpatched):
     before = len(_PATCHED.findall(server.log_text()))
-    image = pixels(server, sdxl(subject))
+    image = server.pixels(sdxl(subject), timeout=600)
     runs = _PATCHED.findall(server.log_text())
     assert len(runs) == before + 1
     patched, total = map(int, runs[-1])
@@ -80,7 +68,7 @@ def test_sdxl_workflow_patches_every_cross_attention_layer_and_changes_the_image
 
 
 def test_sdxl_strength_zero_equals_the_unpatched_image_bit_for_bit(server, subject, unpatched):
-    assert np.array_equal(pixels(server, sdxl(subject, strength=0.0)), unpatched)
+    assert np.array_equal(server.pixels(sdxl(subject, strength=0.0), timeout=600), unpatched)
 
 
 def test_sd15_adapter_on_the_sdxl_model_gets_one_sentence_naming_both_families(server, subject):
