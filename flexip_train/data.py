@@ -139,13 +139,25 @@ def load_image(path: Path, pair: Pair, mask: bool = False) -> torch.Tensor:
     return data.reshape(size).float() / 255.0
 
 
+def _square_crop(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """(resized height, resized width, crop top, crop left) of fitting an H×W image to size×size."""
+    scale = size / min(height, width)
+    resized_height, resized_width = max(size, round(height * scale)), max(size, round(width * scale))
+    return resized_height, resized_width, (resized_height - size) // 2, (resized_width - size) // 2
+
+
 def fit_square(image: torch.Tensor, size: int) -> torch.Tensor:
     """Resize the short side to `size` and center-crop: [H, W, C] -> [size, size, C]."""
-    height, width = image.shape[:2]
-    scale = size / min(height, width)
-    resized = _resize(image, (max(size, round(height * scale)), max(size, round(width * scale))))
-    top, left = (resized.shape[0] - size) // 2, (resized.shape[1] - size) // 2
+    resized_height, resized_width, top, left = _square_crop(image.shape[0], image.shape[1], size)
+    resized = _resize(image, (resized_height, resized_width))
     return resized[top:top + size, left:left + size]
+
+
+def size_conditions(height: int, width: int, size: int) -> torch.Tensor:
+    """SDXL's size conditioning of an H×W target fitted by `fit_square`: [original height, original
+    width, crop top, crop left] in pixels, the crop offset in the resized image (as SDXL was trained)."""
+    _, _, top, left = _square_crop(height, width, size)
+    return torch.tensor([height, width, top, left], dtype=torch.float32)
 
 
 def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -236,13 +248,15 @@ def keyed_generator(*key: object) -> torch.Generator:
 
 @dataclass(frozen=True)
 class PairImages:
-    """What the encoders need for one pair: target [R, R, 3], reference [r, r, 3], caption."""
+    """What the encoders need for one pair: target [R, R, 3], reference [r, r, 3], caption, and the
+    target's size conditioning [4] (`size_conditions`)."""
 
     index: int
     target: torch.Tensor
     reference: torch.Tensor
     caption: str
     kind: str
+    sizes: torch.Tensor
 
 
 class PairImageSource:
@@ -259,9 +273,11 @@ class PairImageSource:
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def target(self, index: int) -> torch.Tensor:
+    def target(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The target fitted to the training resolution [R, R, 3], and its size conditioning [4]."""
         pair = self.pairs[index]
-        return fit_square(load_image(pair.target, pair), self.resolution)
+        image = load_image(pair.target, pair)
+        return fit_square(image, self.resolution), size_conditions(image.shape[0], image.shape[1], self.resolution)
 
     def reference(self, index: int, variant: int) -> torch.Tensor:
         """Variant CANONICAL is deterministic; other variants of invariant pairs are augmented draws."""
@@ -274,7 +290,8 @@ class PairImageSource:
 
     def load(self, index: int, variant: int) -> PairImages:
         pair = self.pairs[index]
-        return PairImages(index, self.target(index), self.reference(index, variant), pair.caption, pair.kind)
+        target, sizes = self.target(index)
+        return PairImages(index, target, self.reference(index, variant), pair.caption, pair.kind, sizes)
 
 
 def steps_per_epoch(pair_count: int, batch_size: int, world_size: int) -> int:

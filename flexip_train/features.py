@@ -1,8 +1,9 @@
 """From pixels and captions to model inputs, live or through the on-disk feature cache.
 
-Features of one pair: the target latent (the model's latent space, after `process_latent_in`),
-the text context and pooled text embedding from the checkpoint's text encoder (SDXL's UNet
-reads the pooled one), and the reference's CLIP [CLS] embedding and DINOv2 tokens. The cache
+Features of one pair: the target latent (the model's latent space, after `process_latent_in`)
+and its size conditioning (original size, crop offset), the text context and pooled text
+embedding from the checkpoint's text encoder (SDXL's UNet reads the pooled one and the sizes),
+and the reference's CLIP [CLS] embedding and DINOv2 tokens. The cache
 stores them in safetensors shards, one shard per `shard_size` pairs; every shard carries a
 fingerprint of its inputs and is rebuilt when they change.
 """
@@ -30,7 +31,7 @@ from .models import FrozenModels
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # 2: pooled text embeddings
+CACHE_FORMAT = 3  # 2: pooled text embeddings; 3: target size conditioning
 CACHE_DTYPE = torch.float16
 
 
@@ -56,6 +57,7 @@ class Features:
     clip: torch.Tensor  # [B, C]
     dino: torch.Tensor  # [B, T, D]
     pooled: torch.Tensor  # [B, P] pooled text embeddings
+    sizes: torch.Tensor  # [B, 4] original height, width, crop top, left of each target (data.size_conditions)
 
 
 class Encoders:
@@ -100,7 +102,7 @@ class Encoders:
         return Features(
             indices=tuple(item.index for item in items), kinds=tuple(item.kind for item in items), latents=latents,
             contexts=tuple(context for context, _ in texts), clip=clip, dino=dino,
-            pooled=torch.stack([pooled for _, pooled in texts]))
+            pooled=torch.stack([pooled for _, pooled in texts]), sizes=torch.stack([item.sizes for item in items]))
 
 
 def _file_stamp(path: Optional[Path]) -> object:
@@ -196,16 +198,18 @@ class FeatureCache:
                 "dino": null.dino.to(CACHE_DTYPE).contiguous(), "pooled": null.pooled.to(CACHE_DTYPE)}
 
     def _encode_shard(self, encoders: Encoders, shard: int) -> dict[str, torch.Tensor]:
-        tensors = {}
+        tensors, sizes = {}, {}
         for index in self._indices(shard):
             pair = self.source.pairs[index]
             variants = [CANONICAL] + (list(range(1, self.variants + 1)) if pair.kind == "invariant" else [])
             clip, dino = encoders.image(torch.stack([self.source.reference(index, v) for v in variants]))
-            tensors[f"{index}.latent"] = encoders.latents(self.source.target(index)[None])[0]
+            target, sizes[f"{index}.sizes"] = self.source.target(index)
+            tensors[f"{index}.latent"] = encoders.latents(target[None])[0]
             tensors[f"{index}.context"], tensors[f"{index}.pooled"] = encoders.text(pair.caption)
             tensors[f"{index}.clip"] = clip
             tensors[f"{index}.dino"] = dino
-        return {name: tensor.to(CACHE_DTYPE).contiguous() for name, tensor in tensors.items()}
+        # sizes stay float32: pixel counts above 2048 are not exact in float16
+        return {**{name: tensor.to(CACHE_DTYPE).contiguous() for name, tensor in tensors.items()}, **sizes}
 
     def _handle(self, shard: int):
         if shard not in self._handles:  # opened lazily, so each data-loader worker gets its own
@@ -228,6 +232,7 @@ class FeatureCache:
             "pooled": handle.get_tensor(f"{index}.pooled").float(),
             "clip": handle.get_slice(f"{index}.clip")[row].float(),
             "dino": handle.get_slice(f"{index}.dino")[row].float(),
+            "sizes": handle.get_tensor(f"{index}.sizes"),
         }
 
     def __getstate__(self) -> dict:  # data-loader workers reopen the shards themselves
@@ -265,7 +270,7 @@ def collate(items: list) -> object:
         latents=torch.stack([item["latent"] for item in items]),
         contexts=tuple(item["context"] for item in items),
         clip=torch.stack([item["clip"] for item in items]), dino=torch.stack([item["dino"] for item in items]),
-        pooled=torch.stack([item["pooled"] for item in items]))
+        pooled=torch.stack([item["pooled"] for item in items]), sizes=torch.stack([item["sizes"] for item in items]))
 
 
 def check_cache_complete(cache: FeatureCache) -> None:

@@ -4,7 +4,8 @@ The loss is the MSE of the UNet's raw prediction against its target in the model
 parameterisation (ε for SD1.5, v for v-prediction models), computed through ComfyUI's
 `model_sampling` so that whatever the checkpoint's prediction type is, it is respected.
 The UNet's conditioning inputs come from the model's own `extra_conds` (SDXL: the pooled text
-embedding and size/crop embeddings as the `y` vector), as in ComfyUI's sampler.
+embedding and each target's original-size and crop embeddings as the `y` vector), as in
+ComfyUI's sampler.
 """
 
 from __future__ import annotations
@@ -31,11 +32,15 @@ class ModelInputs:
     noise: torch.Tensor  # [B, 4, h, w]
     sigmas: torch.Tensor  # [B]
     pooled: Optional[torch.Tensor] = None  # [B, P] pooled text embeddings; required by SDXL
+    sizes: Optional[torch.Tensor] = None  # [B, 4] original height, width, crop top, left of each target (SDXL)
 
     def to(self, device: torch.device) -> ModelInputs:
-        def move(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-            return None if tensor is None else tensor.to(device, non_blocking=True)
-        return ModelInputs(*(move(getattr(self, name)) for name in self.__dataclass_fields__))
+        def move(name: str) -> Optional[torch.Tensor]:
+            tensor = getattr(self, name)
+            if tensor is None or name == "sizes":  # sizes are plain numbers for the size embedder: stay on the CPU
+                return tensor
+            return tensor.to(device, non_blocking=True)
+        return ModelInputs(*(move(name) for name in self.__dataclass_fields__))
 
 
 def stack_contexts(contexts: list[torch.Tensor]) -> torch.Tensor:
@@ -72,7 +77,7 @@ def training_inputs(features: Features, null: NullConditions, data: DataConfig, 
     steps = torch.randint(len(sampling.sigmas), (batch,), generator=generator)
     noise = torch.randn(features.latents.shape, generator=generator)
     return ModelInputs(features.latents, stack_contexts(contexts), clip, dino, gates, noise,
-                       sampling.sigmas.cpu()[steps], pooled)
+                       sampling.sigmas.cpu()[steps], pooled, features.sizes)
 
 
 def evaluation_inputs(features: Features, data: DataConfig, sampling, seed: int, timesteps: int) -> list[ModelInputs]:
@@ -87,7 +92,8 @@ def evaluation_inputs(features: Features, data: DataConfig, sampling, seed: int,
     context, gates = stack_contexts(list(features.contexts)), (low + high) / 2
     batch, sigmas = len(features.indices), sampling.sigmas.cpu()
     return [ModelInputs(features.latents, context, features.clip, features.dino, gates,
-                        noises[i].expand(batch, *shape).clone(), sigmas[steps[i]].repeat(batch), features.pooled)
+                        noises[i].expand(batch, *shape).clone(), sigmas[steps[i]].repeat(batch), features.pooled,
+                        features.sizes)
             for i in range(timesteps)]
 
 
@@ -107,14 +113,25 @@ def prediction_error(sampling, sigmas: torch.Tensor, denoised: torch.Tensor, lat
 def model_conditions(model, inputs: ModelInputs) -> dict[str, torch.Tensor]:
     """The UNet's condition inputs (c_crossattn; for SDXL also y), made by the model's own `extra_conds`.
 
-    SDXL's size conditioning treats each target as an uncropped image of its training size:
-    original and target size = the pixel size, crop (0, 0), what CLIPTextEncodeSDXL gives such an image.
+    SDXL's size conditioning, as SDXL itself was trained: each target's original size and crop
+    offset (`inputs.sizes`), the target size its pixel size. Without sizes, an uncropped image of
+    the training size, which is what ComfyUI's sampler passes when it generates.
     """
     height, width = (8 * side for side in inputs.latents.shape[-2:])  # the VAE's factor
-    conds = model.extra_conds(cross_attn=inputs.context, pooled_output=inputs.pooled, device=inputs.latents.device,
-                              width=width, height=height, crop_w=0, crop_h=0, target_width=width,
-                              target_height=height)
-    return {name: cond.cond for name, cond in conds.items()}
+
+    def build(rows: slice, original_height: float, original_width: float, top: float, left: float) -> dict:
+        conds = model.extra_conds(
+            cross_attn=inputs.context[rows], pooled_output=None if inputs.pooled is None else inputs.pooled[rows],
+            device=inputs.latents.device, width=original_width, height=original_height, crop_w=left, crop_h=top,
+            target_width=width, target_height=height)
+        return {name: cond.cond for name, cond in conds.items()}
+
+    conditions = build(slice(None), height, width, 0, 0)
+    if inputs.sizes is None or "y" not in conditions:
+        return conditions
+    # y is the only size-dependent input; the model's embedder takes one size per call
+    conditions["y"] = torch.cat([build(slice(i, i + 1), *row)["y"] for i, row in enumerate(inputs.sizes.tolist())])
+    return conditions
 
 
 def sampler_transformer_options(model) -> dict:

@@ -6,6 +6,7 @@ ComfyUI's `model_base.SDXL.extra_conds` build it, as the sampler does.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -64,6 +65,37 @@ def test_sdxl_unet_gets_the_pooled_text_and_size_embeddings_comfyui_builds(pack)
     expected = base.encode_adm(pooled_output=inputs.pooled, width=64, height=64, crop_w=0, crop_h=0,
                                target_width=64, target_height=64)
     assert conditions["y"].shape == (2, 2816) and torch.equal(conditions["y"], expected)
+
+
+def test_size_conditioning_of_a_fitted_target_is_its_original_size_and_crop_offset():
+    from flexip_train.data import size_conditions
+
+    # short side to 32 px: 90×60 becomes 48×32, centre-cropped 8 px from the top; 60×90 8 px from the left
+    assert size_conditions(90, 60, 32).tolist() == [90, 60, 8, 0]
+    assert size_conditions(60, 90, 32).tolist() == [60, 90, 0, 8]
+    assert size_conditions(64, 64, 64).tolist() == [64, 64, 0, 0]
+
+
+def test_sdxl_size_embeddings_are_each_targets_own_original_size_and_crop(pack):
+    """As SDXL itself was trained: every row of y embeds its own target's original size and crop offset."""
+    from flexip_train.objective import ModelInputs, model_conditions
+    from tests.fixtures.tiny_sdxl import tiny_sdxl_unet_patcher
+
+    base = tiny_sdxl_unet_patcher().model
+    g = torch.Generator().manual_seed(0)
+    sizes = [[300, 200, 16, 0], [64, 64, 0, 0]]  # a 300×200 photo fitted to 64 px, and an uncropped 64 px one
+    inputs = ModelInputs(latents=torch.randn(2, 4, 8, 8, generator=g), context=torch.randn(2, 77, 2048, generator=g),
+                         clip=torch.randn(2, 64, generator=g), dino=torch.randn(2, 257, 64, generator=g),
+                         gates=torch.tensor([0.9, 0.1]), noise=torch.randn(2, 4, 8, 8, generator=g),
+                         sigmas=torch.tensor([0.5, 8.0]), pooled=torch.randn(2, 1280, generator=g),
+                         sizes=torch.tensor(sizes, dtype=torch.float32))
+    y = model_conditions(base, inputs)["y"]
+    for row, (height, width, top, left) in enumerate(sizes):
+        expected = base.encode_adm(pooled_output=inputs.pooled[row:row + 1], width=width, height=height,
+                                   crop_w=left, crop_h=top, target_width=64, target_height=64)
+        assert torch.equal(y[row:row + 1], expected), f"row {row}"
+    uncropped = model_conditions(base, dataclasses.replace(inputs, sizes=None))["y"]
+    assert torch.equal(y[1], uncropped[1]) and not torch.equal(y[0], uncropped[0])
 
 
 def test_sd15_unet_gets_only_the_text_context(pack):
