@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.train.smoke import run_process, smoke_sections, train_cli, write_trained_checkpoint
+from tests.train.smoke import run_process, smoke_sections, train_cli, trainer_env, write_trained_checkpoint
 from tests.train.synthetic import write_config, write_pairs
 
 pytestmark = pytest.mark.train
@@ -110,7 +110,8 @@ def test_torchrun_two_cpu_ranks_stay_identical_and_rank_zero_writes_one_checkpoi
     config = _config(workspace, "ddp", steps=4, train={"batch_size": 1, "grad_accumulation": 2})
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "flexip_train", "--config", str(config)]
-    result = run_process(command, timeout=300)
+    # torchrun's own scratch folder (torchelastic_*) inside the workspace, which the module removes
+    result = run_process(command, timeout=300, env=dict(trainer_env(), TMPDIR=str(workspace)))
     assert result.returncode == 0, result.stderr[-4000:]
     written = sorted(path.name for path in (workspace / "ddp").glob("*.safetensors"))
     assert written == ["smoke-000004.safetensors"]
