@@ -73,7 +73,7 @@ def deterministic_figures(report: Report, base, configs: dict, layers: int, devi
         added.op_count <= 256,
         f"{added.op_count / layers:g} per layer over {layers} layers: {counting.per_layer(added.ops, layers)}; "
         f"steady state, γ={GAMMA}, output mode; counted on fake tensors at 64×64, real 8×8 forward {check}; "
-        f"IPAdapter_plus adds 750 (issue 9)"))
+        "ComfyUI_IPAdapter_plus (one plus adapter, PyTorch attention) adds 405 and 15 host reads"))
     ratio = steady.flop_count / base_cost.flop_count
     report.add(Figure(
         "added_flops_ratio_sd15_512", ratio, "FLOPs with/without", "<= 1.007", ratio <= 1.007,
