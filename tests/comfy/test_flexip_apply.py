@@ -120,6 +120,9 @@ def test_gate_switch_mid_run_changes_only_the_steps_after_the_switch(world, flex
     switch_sigma = sampling.percent_to_sigma(0.5)
     first_switched = next(i for i, sigma in enumerate(sigmas[:-1]) if sigma <= switch_sigma)
     assert 0 < first_switched < STEPS
+    # bit-for-bit before the switch by construction: the schedule's tensor γ = 1 computes the
+    # preservation attention on the same tensors as the constant, then adds 0·personalization
+    # (x·1 + y·0 == x in floating point for finite y)
     for step in range(STEPS):
         same = torch.equal(constant[step], switched[step])
         assert same == (step < first_switched), f"step {step}: switch at step {first_switched}"
