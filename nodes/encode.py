@@ -12,6 +12,7 @@ from ..flexip_model.ip_adapter import IPAdapterPair
 from .bundles import EncodedSubject, LoadedFlexIP
 from .encoders import check_clip, check_dino, clip_image_embeds, dino_tokens
 from .faces_crop import crop_for_encoding
+from .faces_runtime import FACE_MODELS_TYPE
 from .pair_loader import encode_pair_subject
 
 BATCH_MODES = ("average", "concat")
@@ -41,7 +42,7 @@ class FlexIPEncodeSubject:
                 "dino": ("CLIP_VISION", {"tooltip": (
                     "DINOv2-L from Load CLIP Vision (low-level detail features); not used by an IP-Adapter pair.")}),
                 "mask": ("MASK", {"tooltip": "Subject mask over the reference: the background is blacked out."}),
-                "insightface": ("INSIGHTFACE", {"tooltip": (
+                "insightface": (FACE_MODELS_TYPE, {"tooltip": (
                     "Optional face models: each reference is first cropped to its largest face, aligned as "
                     "FlexIP Face Crop does by default (use that node for other choices).")}),
             },

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..flexip_model.errors import FlexIPError
-from .faces_runtime import detect_faces, face_embedding, recognition_model
+from .faces_runtime import FACE_MODELS_TYPE, check_face_analysis, detect_faces, face_embedding, recognition_model
 
 log = logging.getLogger(__name__)
 NODE = "FlexIPFaceSimilarity"
@@ -24,6 +24,7 @@ def largest_face_embedding(model, analysis, image: torch.Tensor) -> np.ndarray |
 
 def identity_similarities(analysis, reference: torch.Tensor, generated: torch.Tensor) -> list[float | None]:
     """Cosine between the mean reference identity and the largest face of each generated image (None: no face)."""
+    check_face_analysis(analysis, NODE)
     model = recognition_model(analysis, NODE)
     if reference.shape[0] == 0 or generated.shape[0] == 0:
         raise FlexIPError(f"{NODE} got an empty image batch: connect reference and generated images.")
@@ -75,8 +76,9 @@ class FlexIPFaceSimilarity:
             "reference": ("IMAGE", {"tooltip": (
                 "The reference photo(s) of the person; several are averaged into one identity.")}),
             "generated": ("IMAGE", {"tooltip": "The generated images to score, e.g. from VAE Decode."}),
-            "insightface": ("INSIGHTFACE", {"tooltip": (
-                "Face models from FlexIP InsightFace Loader (the pack must include a recognition model).")}),
+            "insightface": (FACE_MODELS_TYPE, {"tooltip": (
+                "Face models from FlexIP InsightFace Loader, or InstantID's or PuLID's (the pack must include a "
+                "recognition model).")}),
         }}
 
     def measure(self, reference: torch.Tensor, generated: torch.Tensor, insightface) -> tuple[list[float], str]:

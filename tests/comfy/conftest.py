@@ -65,6 +65,21 @@ def insightface(flexip_pack, tmp_path_factory):
     return analysis
 
 
+@pytest.fixture(scope="module")
+def faceanalysis(tmp_path_factory):
+    """The generated face pack as InstantID's and PuLID's loaders make their FACEANALYSIS: insightface's
+    FaceAnalysis with every module of the pack, on the CPU, prepared at 640 px; no FlexIP code involved."""
+    import insightface.app
+
+    from tests.fixtures.faces import FACE_PACK_NAME, face_pack
+
+    root = tmp_path_factory.mktemp("faceanalysis")
+    face_pack(root / "models" / FACE_PACK_NAME)
+    analysis = insightface.app.FaceAnalysis(name=FACE_PACK_NAME, root=str(root), providers=["CPUExecutionProvider"])
+    analysis.prepare(ctx_id=0, det_size=(640, 640))
+    return analysis
+
+
 @pytest.fixture
 def tiny_unet():
     """A fresh ModelPatcher of the tiny seeded SD1.5-shaped BaseModel (see tests.fixtures.tiny)."""
