@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from ..flexip_model.errors import FlexIPError
 from .faces_align import centre_crop_matrix, ellipse_mask, face_crop_matrix, warp
 from .faces_preview import draw_preview
+from .progress import with_progress
 from .faces_runtime import DETECTION_SIZES, FACE_MODELS_TYPE, DetectedFace, check_face_analysis, detect_faces
 
 FACE_CHOICES = ("largest", "by index")
@@ -44,7 +45,7 @@ def crop_faces(analysis, images: torch.Tensor, face: str = "largest", face_index
         raise FlexIPError(f"{node}'s image batch is empty: connect at least one image.")
     check_face_analysis(analysis, node)
     crops, masks, kept, matrices, all_faces, chosen = [], [], [], [], [], []
-    for index, image in enumerate(images):
+    for index, image in enumerate(with_progress(images)):
         faces, _ = detect_faces(analysis, image)
         faces.sort(key=lambda found: ((found.box[0] + found.box[2]) / 2, (found.box[1] + found.box[3]) / 2))
         all_faces.append(faces)
