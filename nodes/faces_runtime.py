@@ -38,7 +38,8 @@ FACE_MODELS_TYPE = "INSIGHTFACE,FACEANALYSIS"
 # most of a 640 px input, and finds them again at a smaller size.
 DETECTION_SIZES = (640, 512, 384, 256)
 _INSTALL = ("install them into ComfyUI's Python environment with `python -m pip install insightface onnxruntime` "
-            "(onnxruntime-gpu instead of onnxruntime for CUDA) and restart ComfyUI")
+            "(for CUDA, then swap in the GPU runtime with `python -m pip uninstall -y onnxruntime onnxruntime-gpu` "
+            "and `python -m pip install onnxruntime-gpu`) and restart ComfyUI")
 
 
 @dataclass(frozen=True, eq=False)
