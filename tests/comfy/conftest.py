@@ -65,6 +65,18 @@ def insightface(flexip_pack, tmp_path_factory):
     return analysis
 
 
+@pytest.fixture
+def progress():
+    """(value, total) of every comfy.utils.ProgressBar update while the test runs, via ComfyUI's global hook."""
+    import comfy.utils
+
+    updates = []
+    saved = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: updates.append((value, total)))
+    yield updates
+    comfy.utils.set_progress_bar_global_hook(saved)
+
+
 @pytest.fixture(scope="module")
 def faceanalysis(tmp_path_factory):
     """The generated face pack as InstantID's and PuLID's loaders make their FACEANALYSIS: insightface's

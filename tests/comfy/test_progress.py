@@ -1,7 +1,8 @@
 """Every per-image loop of the nodes advances ComfyUI's progress bar once per image.
 
 A real comfy.utils.ProgressBar reports to the global hook ComfyUI's server installs (it sends
-the progress to the UI); here the hook records (value, total) for each update.
+the progress to the UI); here the conftest's `progress` hook records (value, total) for each
+update. (Compatibility mode's encoding: tests/comfy/test_compat_pair.py.)
 """
 
 from __future__ import annotations
@@ -14,18 +15,6 @@ from tests.fixtures.faces import draw_faces, face_at
 
 pytestmark = [pytest.mark.comfy, pytest.mark.usefixtures("one_thread"),
               pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")]  # insightface's skimage call
-
-
-@pytest.fixture
-def progress():
-    """(value, total) of every progress update while the test runs."""
-    import comfy.utils
-
-    updates = []
-    saved = comfy.utils.PROGRESS_BAR_HOOK
-    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: updates.append((value, total)))
-    yield updates
-    comfy.utils.set_progress_bar_global_hook(saved)
 
 
 def steps(count: int) -> list[tuple[int, int]]:
