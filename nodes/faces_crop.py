@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from ..flexip_model.errors import FlexIPError
 from .faces_align import centre_crop_matrix, ellipse_mask, face_crop_matrix, warp
 from .faces_preview import draw_preview
-from .progress import with_progress
 from .faces_runtime import DETECTION_SIZES, FACE_MODELS_TYPE, DetectedFace, check_face_analysis, detect_faces
+from .progress import with_progress
 
 FACE_CHOICES = ("largest", "by index")
 NO_FACE_POLICIES = ("error", "use_whole_image", "skip_image")

@@ -112,6 +112,7 @@ def encode_pair_subject(flexip: LoadedFlexIP, clip_vision, references: torch.Ten
     """
     pair: IPAdapterPair = flexip.adapter
     check_pair_encoder(clip_vision, pair)
+
     def clip_features(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         output = clip_vision.encode_image(image, crop=True)
         return output["image_embeds"], output["penultimate_hidden_states"]
