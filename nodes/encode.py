@@ -10,8 +10,9 @@ import comfy.model_management
 from ..flexip_model.errors import FlexIPError
 from ..flexip_model.ip_adapter import IPAdapterPair
 from .bundles import EncodedSubject, LoadedFlexIP
-from .encoders import check_clip, check_dino, clip_image_embeds, dino_tokens
+from .encoders import check_clip, check_dino, clip_image_embeds, dino_tokens, encode_each
 from .faces_crop import crop_for_encoding
+from .faces_runtime import FACE_MODELS_TYPE
 from .pair_loader import encode_pair_subject
 
 BATCH_MODES = ("average", "concat")
@@ -41,7 +42,7 @@ class FlexIPEncodeSubject:
                 "dino": ("CLIP_VISION", {"tooltip": (
                     "DINOv2-L from Load CLIP Vision (low-level detail features); not used by an IP-Adapter pair.")}),
                 "mask": ("MASK", {"tooltip": "Subject mask over the reference: the background is blacked out."}),
-                "insightface": ("INSIGHTFACE", {"tooltip": (
+                "insightface": (FACE_MODELS_TYPE, {"tooltip": (
                     "Optional face models: each reference is first cropped to its largest face, aligned as "
                     "FlexIP Face Crop does by default (use that node for other choices).")}),
             },
@@ -59,8 +60,8 @@ class FlexIPEncodeSubject:
         references = masked_references(image, mask)
         # uncond is a black reference, as the encoders never saw tensors of zeros
         both = torch.cat([references, torch.zeros_like(references[:1])])
-        clip = clip_image_embeds(clip_vision, both)
-        dino_features = dino_tokens(dino, both, config.dino_resolution)
+        clip, dino_features = encode_each(both, lambda one: (
+            clip_image_embeds(clip_vision, one), dino_tokens(dino, one, config.dino_resolution)))
         adapter = flexip.loaded()
         param = next(adapter.parameters())
         with torch.no_grad():

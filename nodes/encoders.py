@@ -8,6 +8,8 @@ interpolated to the smaller grid as DINOv2 itself does.
 
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -17,6 +19,7 @@ import comfy.model_management
 from comfy.image_encoders.dino2 import Dinov2Model
 
 from ..flexip_model.errors import FlexIPError
+from .progress import with_progress
 
 
 def check_clip(clip_vision, embed_dim: int, adapter_name: str) -> None:
@@ -53,6 +56,14 @@ def check_dino(dino, hidden_dim: int, adapter_name: str) -> None:
         raise FlexIPError(
             f"FlexIPEncodeSubject's dino gives {width}-d features but {adapter_name} expects "
             f"{hidden_dim}-d (DINOv2-L): load the DINOv2-L file in dino.")
+
+
+def encode_each(images: Sequence[torch.Tensor],
+                encode: Callable[[torch.Tensor], tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """`encode` (IMAGE [1, H, W, C] -> tensors [1, ...]) of each image [H, W, C] in turn, each output
+    concatenated over the images: one progress step per image, and no result depends on its batch neighbours."""
+    outputs = [encode(image.unsqueeze(0)) for image in with_progress(images)]
+    return tuple(torch.cat(parts) for parts in zip(*outputs))
 
 
 def clip_image_embeds(clip_vision, images: torch.Tensor) -> torch.Tensor:

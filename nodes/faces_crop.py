@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from ..flexip_model.errors import FlexIPError
 from .faces_align import centre_crop_matrix, ellipse_mask, face_crop_matrix, warp
 from .faces_preview import draw_preview
-from .faces_runtime import DETECTION_SIZES, DetectedFace, detect_faces
+from .faces_runtime import DETECTION_SIZES, FACE_MODELS_TYPE, DetectedFace, check_face_analysis, detect_faces
+from .progress import with_progress
 
 FACE_CHOICES = ("largest", "by index")
 NO_FACE_POLICIES = ("error", "use_whole_image", "skip_image")
@@ -42,8 +43,9 @@ def crop_faces(analysis, images: torch.Tensor, face: str = "largest", face_index
     """Detect, choose and align one face per image of IMAGE [N, H, W, C]; `no_face` decides the rest."""
     if images.shape[0] == 0:
         raise FlexIPError(f"{node}'s image batch is empty: connect at least one image.")
+    check_face_analysis(analysis, node)
     crops, masks, kept, matrices, all_faces, chosen = [], [], [], [], [], []
-    for index, image in enumerate(images):
+    for index, image in enumerate(with_progress(images)):
         faces, _ = detect_faces(analysis, image)
         faces.sort(key=lambda found: ((found.box[0] + found.box[2]) / 2, (found.box[1] + found.box[3]) / 2))
         all_faces.append(faces)
@@ -133,7 +135,8 @@ class FlexIPFaceCrop:
     def INPUT_TYPES(cls) -> dict:
         return {"required": {
             "image": ("IMAGE", {"tooltip": "The photo(s) with the face; each image of a batch gets one crop."}),
-            "insightface": ("INSIGHTFACE", {"tooltip": "Face models from FlexIP InsightFace Loader."}),
+            "insightface": (FACE_MODELS_TYPE, {"tooltip": (
+                "Face models from FlexIP InsightFace Loader, or the face analysis loader of InstantID or PuLID.")}),
             "face": (FACE_CHOICES, {"default": "largest", "tooltip": (
                 "Which face to crop when an image has several: the largest, or the one at face_index.")}),
             "face_index": ("INT", {"default": 0, "min": 0, "max": 63, "tooltip": (

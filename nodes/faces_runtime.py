@@ -1,9 +1,10 @@
 """The one place that talks to insightface and ONNX Runtime: import, providers, load, detect, embed.
 
-The `INSIGHTFACE` value is insightface's own prepared `FaceAnalysis` (the object IPAdapter
-plus, InstantID and PuLID pass under the same type name), so loaders and face nodes of
-those packs and of FlexIP can be mixed. Both packages are optional: they are imported
-only when a face node runs, never when the FlexIP pack is imported.
+The `INSIGHTFACE` value is insightface's own `FaceAnalysis`, the object IPAdapter plus passes
+under that type name and InstantID and PuLID pass as `FACEANALYSIS`, so loaders and face nodes
+of those packs and of FlexIP can be mixed. Only `det_model.detect` and the recognition model
+are used, so a pack loaded with more modules or not prepared works too. Both packages are
+optional: they are imported only when a face node runs, never when the FlexIP pack is imported.
 """
 
 from __future__ import annotations
@@ -30,11 +31,15 @@ PROVIDERS = {
     "OpenVINO": "OpenVINOExecutionProvider",
 }
 CPU = PROVIDERS["CPU"]
+# The face nodes' input type: a comma union, which ComfyUI's validate_node_input and the
+# frontend's isValidConnection both split on ",", so links from either loader type validate.
+FACE_MODELS_TYPE = "INSIGHTFACE,FACEANALYSIS"
 # Detection input sizes, tried in turn until a face is found: SCRFD misses faces that fill
 # most of a 640 px input, and finds them again at a smaller size.
 DETECTION_SIZES = (640, 512, 384, 256)
 _INSTALL = ("install them into ComfyUI's Python environment with `python -m pip install insightface onnxruntime` "
-            "(onnxruntime-gpu instead of onnxruntime for CUDA) and restart ComfyUI")
+            "(for CUDA, then swap in the GPU runtime with `python -m pip uninstall -y onnxruntime onnxruntime-gpu` "
+            "and `python -m pip install onnxruntime-gpu`) and restart ComfyUI")
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,6 +101,15 @@ def load_face_analysis(pack: str, folder: Path, choice: str):
     log.info("FlexIP faces: loaded InsightFace pack %s from %s (%s) on %s", pack, folder,
              ", ".join(sorted(analysis.models)), ", ".join(providers))
     return analysis
+
+
+def check_face_analysis(analysis, node: str) -> None:
+    """FlexIPError unless `analysis` is an insightface FaceAnalysis (has a face detector)."""
+    if not callable(getattr(getattr(analysis, "det_model", None), "detect", None)):
+        raise FlexIPError(
+            f"{node}'s insightface input is not an InsightFace FaceAnalysis with a face detector (got "
+            f"{type(analysis).__name__}): connect FlexIP InsightFace Loader or the InsightFace/face analysis "
+            "loader of IPAdapter plus, InstantID or PuLID.")
 
 
 def bgr_pixels(image: torch.Tensor) -> np.ndarray:

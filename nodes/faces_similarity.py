@@ -7,8 +7,11 @@ import logging
 import numpy as np
 import torch
 
+import comfy.utils
+
 from ..flexip_model.errors import FlexIPError
-from .faces_runtime import detect_faces, face_embedding, recognition_model
+from .faces_runtime import FACE_MODELS_TYPE, check_face_analysis, detect_faces, face_embedding, recognition_model
+from .progress import with_progress
 
 log = logging.getLogger(__name__)
 NODE = "FlexIPFaceSimilarity"
@@ -24,11 +27,13 @@ def largest_face_embedding(model, analysis, image: torch.Tensor) -> np.ndarray |
 
 def identity_similarities(analysis, reference: torch.Tensor, generated: torch.Tensor) -> list[float | None]:
     """Cosine between the mean reference identity and the largest face of each generated image (None: no face)."""
+    check_face_analysis(analysis, NODE)
     model = recognition_model(analysis, NODE)
     if reference.shape[0] == 0 or generated.shape[0] == 0:
         raise FlexIPError(f"{NODE} got an empty image batch: connect reference and generated images.")
+    bar = comfy.utils.ProgressBar(reference.shape[0] + generated.shape[0])
     identities = []
-    for index, image in enumerate(reference):
+    for index, image in enumerate(with_progress(reference, bar)):
         embedding = largest_face_embedding(model, analysis, image)
         if embedding is None:
             raise FlexIPError(
@@ -38,7 +43,7 @@ def identity_similarities(analysis, reference: torch.Tensor, generated: torch.Te
     identity = np.mean(identities, axis=0)
     identity /= max(np.linalg.norm(identity), 1e-12)
     similarities = []
-    for image in generated:
+    for image in with_progress(generated, bar):
         embedding = largest_face_embedding(model, analysis, image)
         similarities.append(None if embedding is None else float(np.dot(identity, embedding)))
     return similarities
@@ -75,8 +80,9 @@ class FlexIPFaceSimilarity:
             "reference": ("IMAGE", {"tooltip": (
                 "The reference photo(s) of the person; several are averaged into one identity.")}),
             "generated": ("IMAGE", {"tooltip": "The generated images to score, e.g. from VAE Decode."}),
-            "insightface": ("INSIGHTFACE", {"tooltip": (
-                "Face models from FlexIP InsightFace Loader (the pack must include a recognition model).")}),
+            "insightface": (FACE_MODELS_TYPE, {"tooltip": (
+                "Face models from FlexIP InsightFace Loader, or InstantID's or PuLID's (the pack must include a "
+                "recognition model).")}),
         }}
 
     def measure(self, reference: torch.Tensor, generated: torch.Tensor, insightface) -> tuple[list[float], str]:

@@ -18,6 +18,7 @@ from comfy.image_encoders.dino2 import Dinov2Model
 from ..flexip_model.errors import FlexIPError
 from ..flexip_model.ip_adapter import IPAdapterPair, encoder_name, load_pair
 from .bundles import EncodedSubject, LoadedFlexIP
+from .encoders import encode_each
 from .layers import context_dim_of, layer_specs_of
 
 logger = logging.getLogger(__name__)
@@ -111,8 +112,13 @@ def encode_pair_subject(flexip: LoadedFlexIP, clip_vision, references: torch.Ten
     """
     pair: IPAdapterPair = flexip.adapter
     check_pair_encoder(clip_vision, pair)
-    output = clip_vision.encode_image(references, crop=True)
-    features = {"image_embeds": output["image_embeds"], "penultimate_hidden_states": output["penultimate_hidden_states"]}
+
+    def clip_features(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        output = clip_vision.encode_image(image, crop=True)
+        return output["image_embeds"], output["penultimate_hidden_states"]
+
+    image_embeds, hidden = encode_each(references, clip_features)
+    features = {"image_embeds": image_embeds, "penultimate_hidden_states": hidden}
     neutral = {"penultimate_hidden_states": neutral_hidden_states(clip_vision)} if pair.needs_neutral_image else None
     adapter = flexip.loaded()
     param = next(adapter.parameters())
@@ -123,7 +129,7 @@ def encode_pair_subject(flexip: LoadedFlexIP, clip_vision, references: torch.Ten
     with torch.no_grad():
         preservation, personalization = adapter.subject_tokens(to_adapter(features), to_adapter(neutral))
     device = comfy.model_management.intermediate_device()
-    embeds = output["image_embeds"].to(device).float()
+    embeds = image_embeds.to(device).float()
     return EncodedSubject(
         flexip,
         _subject_rows(preservation, batch_mode).to(device),

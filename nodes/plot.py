@@ -13,6 +13,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..flexip_model.errors import FlexIPError
+from .progress import with_progress
 
 METRIC_SLOTS = 4
 DEFAULT_LABELS = "CLIP-I, DINO-I, face similarity, metric 4"
@@ -134,7 +135,7 @@ def render_contact_sheet(images: torch.Tensor, gammas: list[float], series: dict
     sheet = Image.new("RGB", (gap + columns * (thumbnail + gap), gap + rows * (thumb_height + caption + gap)), "white")
     draw = ImageDraw.Draw(sheet)
     pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-    for index in range(count):
+    for index in with_progress(range(count)):
         left = gap + (index % columns) * (thumbnail + gap)
         top = gap + (index // columns) * (thumb_height + caption + gap)
         picture = Image.fromarray(pixels[index]).resize((thumbnail, thumb_height), Image.LANCZOS)

@@ -9,7 +9,7 @@ import comfy.clip_model
 from comfy.image_encoders.dino2 import Dinov2Model
 
 from ..flexip_model.errors import FlexIPError
-from .encoders import clip_image_embeds, dino_tokens
+from .encoders import clip_image_embeds, dino_tokens, encode_each
 
 DINO_RESOLUTION = 224  # DINO-I as usually reported: the [CLS] of a 224 px centre crop
 
@@ -45,9 +45,11 @@ class FlexIPSubjectSimilarity:
             if batch.shape[0] == 0:
                 raise FlexIPError(f"FlexIPSubjectSimilarity's {name} batch is empty: connect at least one image.")
         reference, images = reference[..., :3], images[..., :3]
-        clip_i = mean_cosine(clip_image_embeds(clip_vision, images), clip_image_embeds(clip_vision, reference))
-        dino_i = mean_cosine(dino_tokens(dino, images, DINO_RESOLUTION)[:, 0],
-                             dino_tokens(dino, reference, DINO_RESOLUTION)[:, 0])
+        clip, dino_cls = encode_each([*images, *reference], lambda one: (
+            clip_image_embeds(clip_vision, one), dino_tokens(dino, one, DINO_RESOLUTION)[:, 0]))
+        count = images.shape[0]
+        clip_i = mean_cosine(clip[:count], clip[count:])
+        dino_i = mean_cosine(dino_cls[:count], dino_cls[count:])
         clip_i, dino_i = clip_i.tolist(), dino_i.tolist()
         return clip_i, dino_i, similarity_table(clip_i, dino_i)
 

@@ -66,6 +66,33 @@ def insightface(flexip_pack, tmp_path_factory):
 
 
 @pytest.fixture
+def progress():
+    """(value, total) of every comfy.utils.ProgressBar update while the test runs, via ComfyUI's global hook."""
+    import comfy.utils
+
+    updates = []
+    saved = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: updates.append((value, total)))
+    yield updates
+    comfy.utils.set_progress_bar_global_hook(saved)
+
+
+@pytest.fixture(scope="module")
+def faceanalysis(tmp_path_factory):
+    """The generated face pack as InstantID's and PuLID's loaders make their FACEANALYSIS: insightface's
+    FaceAnalysis with every module of the pack, on the CPU, prepared at 640 px; no FlexIP code involved."""
+    import insightface.app
+
+    from tests.fixtures.faces import FACE_PACK_NAME, face_pack
+
+    root = tmp_path_factory.mktemp("faceanalysis")
+    face_pack(root / "models" / FACE_PACK_NAME)
+    analysis = insightface.app.FaceAnalysis(name=FACE_PACK_NAME, root=str(root), providers=["CPUExecutionProvider"])
+    analysis.prepare(ctx_id=0, det_size=(640, 640))
+    return analysis
+
+
+@pytest.fixture
 def tiny_unet():
     """A fresh ModelPatcher of the tiny seeded SD1.5-shaped BaseModel (see tests.fixtures.tiny)."""
     from tests.fixtures import tiny_unet_patcher

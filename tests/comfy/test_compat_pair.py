@@ -247,6 +247,12 @@ def test_encode_needs_only_clip_and_stores_both_token_sets(world, ipadapter_fold
     assert concat.image_count == 3
 
 
+def test_encode_advances_the_progress_bar_once_per_reference(world, ipadapter_folder, progress):
+    flexip = load_pair(world, "ip-adapter-plus_sd15.safetensors", "ip-adapter_sd15.safetensors")
+    encode(world, flexip, image=world["image"].expand(3, -1, -1, -1))
+    assert progress == [(1, 3), (2, 3), (3, 3)]
+
+
 def test_loader_refuses_an_sdxl_file_for_an_sd15_model(world, tmp_path, monkeypatch):
     import folder_paths
 

@@ -201,3 +201,17 @@ def test_encode_subject_with_insightface_names_the_reference_without_a_face(flex
     with pytest.raises(flexip_pack.flexip_model.errors.FlexIPError,
                        match=r"FlexIPEncodeSubject found no face in image 1 \(counting from 0, of 3\)"):
         encode(flexip_pack, encoder_parts, batch_with_a_blank_image(), insightface=insightface)
+
+
+def test_a_faceanalysis_from_instantid_or_pulid_crops_like_the_flexip_loader(flexip_pack, insightface, faceanalysis):
+    image = two_faces()
+    theirs, ours = crop(flexip_pack, faceanalysis, image), crop(flexip_pack, insightface, image)
+    for got, expected in zip(theirs, ours):
+        torch.testing.assert_close(got, expected)  # the same ONNX models on the same pixels
+
+
+def test_an_insightface_input_that_is_no_face_analysis_is_a_readable_error(flexip_pack):
+    error = flexip_pack.flexip_model.errors.FlexIPError
+    with pytest.raises(error, match=r"FlexIPFaceCrop's insightface input is not an InsightFace FaceAnalysis .*\(got "
+                                    r"dict\): connect FlexIP InsightFace Loader"):
+        crop(flexip_pack, {"detection": None}, two_faces())

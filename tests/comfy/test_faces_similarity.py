@@ -77,3 +77,10 @@ def test_a_pack_without_recognition_is_an_error_before_any_detection(flexip_pack
         (analysis,) = flexip_pack.NODE_CLASS_MAPPINGS["FlexIPInsightFaceLoader"]().load("detector_only", "CPU")
     with pytest.raises(flexip_pack.flexip_model.errors.FlexIPError, match="needs a face recognition model"):
         measure(flexip_pack, analysis, person(), person())
+
+
+def test_a_faceanalysis_from_instantid_or_pulid_scores_like_the_flexip_loader(flexip_pack, insightface, faceanalysis):
+    generated = torch.cat([person(), person(**OTHER_PERSON)])
+    theirs, _ = measure(flexip_pack, faceanalysis, person(), generated)
+    ours, _ = measure(flexip_pack, insightface, person(), generated)
+    assert theirs == pytest.approx(ours, abs=1e-6)  # the same ONNX models on the same pixels

@@ -97,10 +97,13 @@ def test_adapter_tokens_follow_cond_or_uncond_order(world):
         uncond_first = _unet_call(patched, torch.cat([x_uncond, x_cond]), torch.cat([c_neg, c_pos]), [1, 0], ["n", "p"])
         cond_alone = _unet_call(patched, x_cond, c_pos, [0], ["p"])
         cond_as_uncond = _unet_call(patched, x_cond, c_pos, [1], ["p"])
-    # same rows, same result whatever the order; 1e-5 allows batched-matmul reassociation
-    torch.testing.assert_close(cond_first[0], uncond_first[1], atol=1e-5, rtol=0)
-    torch.testing.assert_close(cond_first[1], uncond_first[0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(cond_first[0], cond_alone[0], atol=1e-5, rtol=0)
+    # same rows, same result whatever the order. A batch of 2 against a batch of 1 changes the
+    # kernels' blocking (measured 3.1e-6 at an output scale of 2.7 on an AMD EPYC, AVX2); 1e-5 of
+    # the scale leaves room for other CPUs and stays far below the 1e-3 effect asserted below
+    atol = 1e-5 * float(cond_first.abs().max())
+    torch.testing.assert_close(cond_first[0], uncond_first[1], atol=atol, rtol=0)
+    torch.testing.assert_close(cond_first[1], uncond_first[0], atol=atol, rtol=0)
+    torch.testing.assert_close(cond_first[0], cond_alone[0], atol=atol, rtol=0)
     # the uncond chunk reads the black reference, so the same input as uncond gives another result
     assert (cond_alone - cond_as_uncond).abs().max() > 1e-3
 
@@ -120,6 +123,9 @@ def test_gate_switch_mid_run_changes_only_the_steps_after_the_switch(world, flex
     switch_sigma = sampling.percent_to_sigma(0.5)
     first_switched = next(i for i, sigma in enumerate(sigmas[:-1]) if sigma <= switch_sigma)
     assert 0 < first_switched < STEPS
+    # bit-for-bit before the switch by construction: the schedule's tensor γ = 1 computes the
+    # preservation attention on the same tensors as the constant, then adds 0·personalization
+    # (x·1 + y·0 == x in floating point for finite y)
     for step in range(STEPS):
         same = torch.equal(constant[step], switched[step])
         assert same == (step < first_switched), f"step {step}: switch at step {first_switched}"

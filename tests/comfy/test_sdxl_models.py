@@ -214,5 +214,8 @@ def test_context_windows_over_the_frames_give_each_frame_what_the_whole_batch_gi
         whole = call(list(range(2 * FRAMES)))
         window = FRAMES // 2  # the first half of the frames, with their uncond rows
         part = call(list(range(window)) + list(range(FRAMES, FRAMES + window)))
-    torch.testing.assert_close(part[:window], whole[:window], atol=1e-5, rtol=0)
-    torch.testing.assert_close(part[window:], whole[FRAMES:FRAMES + window], atol=1e-5, rtol=0)
+    # a batch of 8 rows against 16: kernels may block by batch size (bit-equal on an AMD EPYC with
+    # AVX2, 3e-6 of the scale for 2 rows against 1 elsewhere in this suite); 1e-5 of the scale (~2.8)
+    tolerance = 1e-5 * float(whole.abs().max())
+    torch.testing.assert_close(part[:window], whole[:window], atol=tolerance, rtol=0)
+    torch.testing.assert_close(part[window:], whole[FRAMES:FRAMES + window], atol=tolerance, rtol=0)

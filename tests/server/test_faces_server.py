@@ -57,7 +57,7 @@ def test_the_face_nodes_are_registered_under_flexip_faces_with_tooltips(server):
     loader_packs = server.object_info("FlexIPInsightFaceLoader")["input"]["required"]["pack"][0]
     assert loader_packs[:2] == ["antelopev2", "buffalo_l"] and FACE_PACK_NAME in loader_packs
     encode_inputs = server.object_info("FlexIPEncodeSubject")["input"]["optional"]
-    assert encode_inputs["insightface"][0] == "INSIGHTFACE" and encode_inputs["insightface"][1]["tooltip"]
+    assert encode_inputs["insightface"][0] == "INSIGHTFACE,FACEANALYSIS" and encode_inputs["insightface"][1]["tooltip"]
 
 
 def test_the_face_workflow_runs_end_to_end(server, face_photo):

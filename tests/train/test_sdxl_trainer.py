@@ -95,6 +95,7 @@ def test_sdxl_size_embeddings_are_each_targets_own_original_size_and_crop(pack):
                                    crop_w=left, crop_h=top, target_width=64, target_height=64)
         assert torch.equal(y[row:row + 1], expected), f"row {row}"
     uncropped = model_conditions(base, dataclasses.replace(inputs, sizes=None))["y"]
+    # bit-for-bit by construction: the embedder sees one size per call in both, the pooled row is copied
     assert torch.equal(y[1], uncropped[1]) and not torch.equal(y[0], uncropped[0])
 
 
