@@ -27,20 +27,30 @@ def _number(value: float) -> str:
     return f"{value:g}"
 
 
+def _non_finite(value) -> tuple[int | None, float] | None:
+    """(index in the list or None, the value) of the first non-finite number in `value`, else None."""
+    items = list(enumerate(value)) if isinstance(value, (list, tuple)) else [(None, value)]
+    for index, item in items:
+        if isinstance(item, numbers.Real) and not math.isfinite(item):
+            return index, float(item)
+    return None
+
+
 def check_finite(display_name: str, node_class: type, inputs: dict) -> None:
     """FlexIPError naming the node and the input when a FLOAT input (or an item of a list input) is not finite."""
-    for name, options in _float_inputs(node_class).items():
-        value = inputs.get(name)
-        items = list(enumerate(value)) if isinstance(value, (list, tuple)) else [(None, value)]
-        for index, item in items:
-            if not isinstance(item, numbers.Real) or math.isfinite(item):
-                continue
-            which = name if index is None else f"{name} item {index} (counting from 0)"
-            low, high = options.get("min"), options.get("max")
-            wanted = "a finite number"
-            if low is not None and high is not None:
-                wanted += f" between {_number(low)} and {_number(high)}"
-            raise FlexIPError(f"{display_name}: {which} is {float(item)}: give {wanted}.")
+    found = {name: hit for name, value in inputs.items() if (hit := _non_finite(value)) is not None}
+    if not found:
+        return  # the common case: INPUT_TYPES (which may list model files) is read only on a hit
+    floats = _float_inputs(node_class)
+    for name, (index, value) in found.items():
+        if name not in floats:
+            continue
+        which = name if index is None else f"{name} item {index} (counting from 0)"
+        low, high = floats[name].get("min"), floats[name].get("max")
+        wanted = "a finite number"
+        if low is not None and high is not None:
+            wanted += f" between {_number(low)} and {_number(high)}"
+        raise FlexIPError(f"{display_name}: {which} is {value}: give {wanted}.")
 
 
 def refuse_non_finite_floats(node_classes: dict[str, type], display_names: dict[str, str]) -> None:
