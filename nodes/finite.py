@@ -23,10 +23,6 @@ def _float_inputs(node_class: type) -> dict[str, dict]:
             if spec[0] == "FLOAT"}
 
 
-def _number(value: float) -> str:
-    return f"{value:g}"
-
-
 def _non_finite(value) -> tuple[int | None, float] | None:
     """(index in the list or None, the value) of the first non-finite number in `value`, else None."""
     items = list(enumerate(value)) if isinstance(value, (list, tuple)) else [(None, value)]
@@ -49,7 +45,7 @@ def check_finite(display_name: str, node_class: type, inputs: dict) -> None:
         low, high = floats[name].get("min"), floats[name].get("max")
         wanted = "a finite number"
         if low is not None and high is not None:
-            wanted += f" between {_number(low)} and {_number(high)}"
+            wanted += f" between {low:g} and {high:g}"
         raise FlexIPError(f"{display_name}: {which} is {value}: give {wanted}.")
 
 

@@ -64,10 +64,10 @@ def basic(subject, **apply_inputs) -> dict:
     return prompt
 
 
-def linked(prompt: dict, class_type: str, input_name: str, text: str) -> dict:
-    """`prompt` with `class_type`'s `input_name` fed by a wildcard node that outputs `text`."""
-    prompt["text"] = {"class_type": "FlexIPTestAnyText", "inputs": {"text": text}}
-    prompt[nodes_of(prompt, class_type)[0]]["inputs"][input_name] = ["text", 0]
+def linked(prompt: dict, class_type: str, input_name: str, text: str = "", number: float | None = None) -> dict:
+    """`prompt` with `class_type`'s `input_name` fed by a wildcard node's `text` output, or `number` if given."""
+    prompt["any"] = {"class_type": "FlexIPTestAnyConstants", "inputs": {"text": text, "number": number or 0.0}}
+    prompt[nodes_of(prompt, class_type)[0]]["inputs"][input_name] = ["any", 0 if number is None else 1]
     return prompt
 
 
@@ -95,10 +95,7 @@ def test_a_nan_float_through_the_api_is_refused_naming_the_input(server, subject
 
 def test_an_infinite_float_linked_from_a_wildcard_node_is_refused_naming_the_input(server, subject):
     # ComfyUI's range check refuses -inf typed into end_at, but does not look at linked values
-    prompt = basic(subject)
-    prompt["number"] = {"class_type": "FlexIPTestAnyNumber", "inputs": {"number": -math.inf}}
-    prompt[nodes_of(prompt, "FlexIPApply")[0]]["inputs"]["end_at"] = ["number", 0]
-    node, kind, message = refusal(server, prompt)
+    node, kind, message = refusal(server, linked(basic(subject), "FlexIPApply", "end_at", number=-math.inf))
     assert node == "FlexIPApply" and kind.endswith("FlexIPError")
     assert message == "Apply FlexIP: end_at is -inf: give a finite number between 0 and 1."
     assert_still_serving(server, subject)
