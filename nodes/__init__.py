@@ -5,6 +5,7 @@ from .encode import FlexIPEncodeSubject
 from .faces_crop import FlexIPFaceCrop
 from .faces_loader import FlexIPInsightFaceLoader
 from .faces_similarity import FlexIPFaceSimilarity
+from .finite import refuse_non_finite_floats
 from .folders import register_model_folders
 from .loader import FlexIPLoader
 from .pair_loader import FlexIPAdapterPairLoader
@@ -42,3 +43,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FlexIPSubjectSimilarity": "FlexIP Subject Similarity (CLIP-I, DINO-I)",
     "FlexIPTradeoffPlot": "FlexIP Trade-off Plot",
 }
+
+refuse_non_finite_floats(NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS)

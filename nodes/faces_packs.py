@@ -14,8 +14,10 @@ from pathlib import Path
 import folder_paths
 
 from ..flexip_model.errors import FlexIPError
+from .folders import check_inside, check_name
 
 KNOWN_PACKS = ("antelopev2", "buffalo_l")
+_WHERE = "FlexIPInsightFaceLoader's pack"
 
 
 def insightface_roots() -> list[Path]:
@@ -23,14 +25,19 @@ def insightface_roots() -> list[Path]:
     return [Path(path) for path in folder_paths.get_folder_paths("insightface")]
 
 
-def pack_names() -> list[str]:
-    """The well-known packs first (so shipped workflows validate), then every folder found."""
+def found_packs() -> set[str]:
+    """The pack folders present under every registered root's models/ (their links followed)."""
     found = set()
     for root in insightface_roots():
         packs = root / "models"
         if packs.is_dir():
             found.update(entry.name for entry in packs.iterdir() if entry.is_dir() and not entry.name.startswith("."))
-    return list(KNOWN_PACKS) + sorted(found - set(KNOWN_PACKS))
+    return found
+
+
+def pack_names() -> list[str]:
+    """The well-known packs first (so shipped workflows validate), then every folder found."""
+    return list(KNOWN_PACKS) + sorted(found_packs() - set(KNOWN_PACKS))
 
 
 def _onnx_files(folder: Path) -> list[Path]:
@@ -39,6 +46,7 @@ def _onnx_files(folder: Path) -> list[Path]:
 
 def pack_folder(pack: str) -> Path:
     """The folder of `pack`, holding its .onnx files directly; FlexIPError with the expected path otherwise."""
+    check_name(pack, "insightface", _WHERE, single=True)
     roots = insightface_roots()
     if not roots:
         raise FlexIPError("No insightface model folder is registered with ComfyUI: restart ComfyUI so the "
@@ -49,7 +57,7 @@ def pack_folder(pack: str) -> Path:
         if not folder.is_dir():
             continue
         if _onnx_files(folder):
-            return folder
+            return check_inside(folder, "insightface", _WHERE, found_packs, pack)
         nested = [sub for sub in sorted(folder.iterdir()) if sub.is_dir() and _onnx_files(sub)]
         if nested:
             raise FlexIPError(

@@ -6,6 +6,7 @@ import folder_paths
 
 from ..flexip_model import checkpoint
 from .bundles import LoadedFlexIP
+from .folders import model_file
 
 
 class FlexIPLoader:
@@ -24,5 +25,5 @@ class FlexIPLoader:
         }}
 
     def load(self, adapter_name: str) -> tuple[LoadedFlexIP]:
-        path = folder_paths.get_full_path_or_raise("flexip", adapter_name)
+        path = model_file("flexip", adapter_name, "FlexIPLoader's adapter_name")
         return (LoadedFlexIP.wrap(adapter_name, checkpoint.load(path)),)

@@ -19,6 +19,7 @@ from ..flexip_model.errors import FlexIPError
 from ..flexip_model.ip_adapter import IPAdapterPair, encoder_name, load_pair
 from .bundles import EncodedSubject, LoadedFlexIP
 from .encoders import encode_each
+from .folders import model_file
 from .layers import context_dim_of, layer_specs_of
 
 logger = logging.getLogger(__name__)
@@ -49,11 +50,11 @@ class FlexIPAdapterPairLoader:
         }}
 
     def load(self, model, preservation: str, personalization: str) -> tuple[LoadedFlexIP]:
+        preservation_file = model_file("ipadapter", preservation, "FlexIPAdapterPairLoader's preservation")
+        personalization_file = model_file("ipadapter", personalization, "FlexIPAdapterPairLoader's personalization")
         diffusion_model = model.get_model_object("diffusion_model")
-        pair = load_pair(
-            folder_paths.get_full_path_or_raise("ipadapter", preservation),
-            folder_paths.get_full_path_or_raise("ipadapter", personalization),
-            layer_specs_of(diffusion_model), context_dim_of(diffusion_model))
+        pair = load_pair(preservation_file, personalization_file,
+                         layer_specs_of(diffusion_model), context_dim_of(diffusion_model))
         logger.info("FlexIP compatibility mode: preservation %s, personalization %s, %d layers.",
                     pair.preservation.spec.describe(), pair.personalization.spec.describe(), len(pair.config.layers))
         return (LoadedFlexIP.wrap(f"{preservation} + {personalization}", pair),)

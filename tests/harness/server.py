@@ -289,8 +289,10 @@ class ComfyServer:
 
     def queue(self, prompt: dict) -> str:
         """POST /prompt (API format); returns the prompt id or raises PromptRejected with the reasons."""
+        # written as Python API clients write it: NaN and Infinity go out as such (requests' json= refuses them)
+        body = json.dumps({"prompt": prompt, "client_id": self.client_id})
         response = self._http.post(
-            self.url + "/prompt", json={"prompt": prompt, "client_id": self.client_id}, timeout=60
+            self.url + "/prompt", data=body, headers={"Content-Type": "application/json"}, timeout=60
         )
         if response.status_code != 200:
             try:
