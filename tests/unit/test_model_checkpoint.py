@@ -76,6 +76,9 @@ def _broken(kind: str, valid: Path, folder: Path) -> Path:
     elif kind == "extra_key":
         tensors["layers.input_1_0.extra.weight"] = torch.zeros(2)
         _rewrite(valid, target, tensors)
+    elif kind == "renamed_key":
+        tensors["layers.input_1_0.renamed.weight"] = tensors.pop("layers.input_1_0.pres.to_k.weight")
+        _rewrite(valid, target, tensors)
     elif kind == "no_metadata":
         _rewrite(valid, target, metadata={"format": "pt"})
     elif kind == "integer_tensor":
@@ -90,8 +93,9 @@ def _broken(kind: str, valid: Path, folder: Path) -> Path:
     ("truncated", "truncated"),
     ("wrong_shape", "preservation.queries of shape [1, 5, 64]"),
     ("format_version", "format version 2"),
-    ("missing_key", "layers.input_1_0.pres.to_k.weight"),
-    ("extra_key", "layers.input_1_0.extra.weight"),
+    ("missing_key", "holds 60 tensors but its config describes 61"),  # counted before anything is built
+    ("extra_key", "holds 62 tensors but its config describes 61"),
+    ("renamed_key", "layers.input_1_0.pres.to_k.weight"),
     ("no_metadata", "not a FlexIP adapter"),
     ("integer_tensor", "I32"),
     ("not_safetensors", "not a safetensors file"),
