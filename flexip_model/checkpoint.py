@@ -150,7 +150,7 @@ def _attn2_layer(name: str) -> Optional[tuple[str, str, int, int]]:
             block_id, index = "0", parts[3]
         else:
             continue
-        if block_id.isdigit() and index.isdigit():
+        if block_id.isdigit() and index.isdigit() and len(block_id) + len(index) <= 12:  # int() of a bounded id
             return name[: -len(".to_k.weight")], parts[0].split("_")[0], int(block_id), int(index)
     return None
 

@@ -14,7 +14,7 @@ from .safetensors_header import parse_bounded_json
 FORMAT_VERSION = 1
 BLOCKS = ("input", "middle", "output")
 GATE_MODES = ("output", "token")
-_KEY_PATTERN = re.compile(r"^(input|middle|output)_(\d+)_(\d+)$")
+_KEY_PATTERN = re.compile(r"^(input|middle|output)_(\d{1,6})_(\d{1,6})$")  # ids of real UNets have 1-2 digits
 
 # Every size a model file may choose (its FlexIP config, or an IP-Adapter file's shapes), with the
 # range accepted, checked before anything is allocated or run: a value outside is a damaged or
