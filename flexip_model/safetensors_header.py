@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy
 import torch
 
 from .errors import FlexIPError
@@ -23,7 +23,7 @@ from .errors import FlexIPError
 MAX_HEADER_BYTES = 100_000_000
 # what JSON builds from everything outside string literals (brackets, numbers): ~40 bytes per tensor
 # in real files; 4 MiB fits 100,000 tensors and keeps the parsed header within tens of MB
-MAX_SKELETON_BYTES = 4 * 1024 * 1024
+MAX_STRUCTURE_BYTES = 4 * 1024 * 1024
 # a header is {name: {dtype, shape: [...], data_offsets: [...]}}, depth 3
 MAX_JSON_DEPTH = 8
 # an SDXL checkpoint holds ~2,600 tensors, a FlexIP file at the layer bound ~10,000
@@ -34,8 +34,7 @@ ITEM_SIZES = {
     "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
 }
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_DEPTH_CHUNK = 1 << 20
+_CHUNK = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -54,37 +53,40 @@ class Header:
     tensors: dict[str, TensorInfo]
 
 
-def json_skeleton(text: bytes) -> bytes:
-    """`text` with every string literal emptied: what is left is what JSON nests and counts."""
-    return _STRING.sub(b'""', text)
+def _check_structure(text: bytes, what: str, max_structure: int, max_depth: int) -> None:
+    """Bound what json.loads would build: the bytes outside string literals and the bracket nesting,
+    counted in one vectorised pass that stops at the first bound crossed.
+
+    Escaped backslashes and quotes are blanked first (same length), so every quote left opens or
+    closes a string; the parity of the quotes so far then tells what is inside a string.
+    """
+    plain = numpy.frombuffer(text.replace(b"\\\\", b"__").replace(b'\\"', b"__"), dtype=numpy.uint8)
+    structure, level, quotes = 0, 0, 0
+    for start in range(0, len(plain), _CHUNK):
+        chunk = plain[start:start + _CHUNK]
+        quote = chunk == ord('"')
+        counted = numpy.cumsum(quote, dtype=numpy.int64) + quotes
+        outside = ((counted & 1) == 0) & ~quote
+        opens = ((chunk == ord("[")) | (chunk == ord("{"))) & outside
+        closes = ((chunk == ord("]")) | (chunk == ord("}"))) & outside
+        levels = numpy.cumsum(opens.astype(numpy.int8) - closes.astype(numpy.int8), dtype=numpy.int64) + level
+        structure += int(numpy.count_nonzero(outside))
+        level, quotes = int(levels[-1]), int(counted[-1])
+        if structure > max_structure:
+            raise FlexIPError(
+                f"{what} holds over {max_structure:,} bytes of JSON structure (brackets, numbers) outside "
+                "strings: re-export the file.")
+        if int(levels.max()) > max_depth:
+            raise FlexIPError(f"{what} nests JSON deeper than {max_depth} levels: re-export the file.")
 
 
-def json_depth(skeleton: bytes) -> int:
-    """Deepest bracket nesting of a JSON skeleton (strings emptied), counted in chunks on tensors."""
-    deepest, level = 0, 0
-    for start in range(0, len(skeleton), _DEPTH_CHUNK):
-        chunk = torch.frombuffer(bytearray(skeleton[start:start + _DEPTH_CHUNK]), dtype=torch.uint8)
-        steps = ((chunk == ord("[")) | (chunk == ord("{"))).to(torch.int32) - \
-            ((chunk == ord("]")) | (chunk == ord("}"))).to(torch.int32)
-        levels = steps.cumsum(0) + level
-        deepest = max(deepest, int(levels.max()))
-        level = int(levels[-1])
-    return deepest
-
-
-def parse_bounded_json(text: str | bytes, what: str, max_bytes: int, max_skeleton: int, max_depth: int) -> object:
-    """json.loads after size, skeleton and depth checks, so parsing is bounded in time and memory;
-    `what` starts the error sentence (e.g. "evil.safetensors has a FlexIP config that")."""
+def parse_bounded_json(text: str | bytes, what: str, max_bytes: int, max_structure: int, max_depth: int) -> object:
+    """json.loads after size, structure and depth checks, so parsing is bounded in time and memory;
+    `what` starts the error sentence (e.g. "evil.safetensors's FlexIP config")."""
     raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
     if len(raw) > max_bytes:
         raise FlexIPError(f"{what} is {len(raw):,} bytes, over the {max_bytes:,} accepted: re-export the file.")
-    skeleton = json_skeleton(raw)
-    if len(skeleton) > max_skeleton:
-        raise FlexIPError(
-            f"{what} holds {len(skeleton):,} bytes of JSON structure, over the {max_skeleton:,} accepted: "
-            "re-export the file.")
-    if json_depth(skeleton) > max_depth:
-        raise FlexIPError(f"{what} nests JSON deeper than {max_depth} levels: re-export the file.")
+    _check_structure(raw, what, max_structure, max_depth)
     try:
         return json.loads(raw)
     except (ValueError, RecursionError):  # RecursionError: unbalanced brackets the scan did not see as depth
@@ -132,7 +134,7 @@ def read_header(path: Path) -> Header:
             raw = handle.read(length)
     except OSError as error:
         raise FlexIPError(f"{path.name} cannot be read ({error.strerror}): check the file's permissions.") from None
-    data = parse_bounded_json(raw, f"{path.name}'s safetensors header", MAX_HEADER_BYTES, MAX_SKELETON_BYTES,
+    data = parse_bounded_json(raw, f"{path.name}'s safetensors header", MAX_HEADER_BYTES, MAX_STRUCTURE_BYTES,
                               MAX_JSON_DEPTH)
     if not isinstance(data, dict):
         raise FlexIPError(f"{path.name} has a safetensors header that is not a JSON object: download it again.")
