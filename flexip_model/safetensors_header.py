@@ -98,7 +98,7 @@ def _entry(name: str, entry: object, data_bytes: int, file: str) -> TensorInfo:
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
         raise FlexIPError(f"{where} lacks dtype, shape or data_offsets in the header: download or export it again.")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype not in ITEM_SIZES:
+    if not isinstance(dtype, str) or dtype not in ITEM_SIZES:
         raise FlexIPError(f"{where} has unknown dtype {str(dtype)[:20]!r}: download or export it again.")
     if (not isinstance(shape, list) or len(shape) > MAX_RANK
             or not all(type(size) is int and 0 <= size <= data_bytes for size in shape)):
