@@ -1,4 +1,4 @@
-"""The trainer's .state.pt is untrusted input too: its fields are checked against the run before use."""
+"""The trainer's inputs are untrusted too: the .state.pt is checked against the run, the TOML's sizes are bounded."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from flexip_model import FlexIPAdapter, FlexIPError, LayerSpec, config_for
-from flexip_train import state
+from flexip_train import load_config, state
 from tests.unit.flexip_unit_helpers import assert_one_sentence
 
 pytestmark = pytest.mark.unit
@@ -84,3 +84,37 @@ def test_damaged_state_fields_are_refused_in_one_sentence(tmp_path, kind, mentio
         state.load_state(path, CONFIG)
     assert_one_sentence(str(error.value), "run-000001.state.pt", mention)
 
+
+
+TOML = """
+[model]
+checkpoint = "base.safetensors"
+clip_vision = "clip.safetensors"
+dino = "dino.safetensors"
+[data]
+manifest = "pairs.jsonl"
+{data}
+[output]
+dir = "out"
+[train]
+{train}
+"""
+
+
+@pytest.mark.parametrize("data,train,mention", [
+    ("", "batch_size = 1000000000", "[train] batch_size = 1000000000 is over 4096"),
+    ("resolution = 8000000", "", "[data] resolution = 8000000 is over 4096"),
+    ("num_workers = 100000", "", "[data] num_workers = 100000 is over 256"),
+])
+def test_training_config_sizes_are_bounded(tmp_path, data, train, mention):
+    path = tmp_path / "train.toml"
+    path.write_text(TOML.format(data=data, train=train), encoding="utf-8")
+    with pytest.raises(FlexIPError) as error:
+        load_config(path)
+    assert_one_sentence(str(error.value), "train.toml", mention)
+
+
+def test_training_config_within_bounds_loads(tmp_path):
+    path = tmp_path / "train.toml"
+    path.write_text(TOML.format(data="resolution = 1024", train="batch_size = 64"), encoding="utf-8")
+    assert load_config(path).train.batch_size == 64
