@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from .attention import BranchKV, LayerKV, join_branches, split_heads
-from .config import FlexIPConfig
+from .config import FlexIPConfig, LayerSpec
+from .blocks import PerceiverBlock, PersonalizationBlock
 from .personalization import PersonalizationAdapter
 from .preservation import PreservationAdapter
 from .projections import KVProjection, LayerProjections
@@ -79,3 +81,19 @@ def parameter_counts(config: FlexIPConfig) -> dict[str, int]:
               for name in ("preservation", "personalization", "layers")}
     counts["total"] = sum(counts.values())
     return counts
+
+
+def tensor_count(config: FlexIPConfig) -> int:
+    """How many tensors a checkpoint of `config` holds, from modules of width 1: the count of an
+    untrusted file's config is checked against its header before anything of its sizes is built."""
+    unit = dataclasses.replace(
+        config, context_dim=1, clip_embed_dim=1, dino_dim=1, preservation_width=1, preservation_heads=1,
+        personalization_heads=1, num_queries=1, cls_tokens=1, personalization_kv_tokens=1, ffn_mult=1)
+    shell = dataclasses.replace(unit, query_depth=0, cls_depth=0, personalization_depth=0, layers=())
+    with torch.device("meta"):
+        fixed = len(PreservationAdapter(shell).state_dict()) + len(PersonalizationAdapter(shell).state_dict())
+        perceiver = len(PerceiverBlock(1, 1, 1).state_dict())
+        personalization = len(PersonalizationBlock(1, 1, 1).state_dict())
+        layer = len(LayerProjections(dataclasses.replace(shell, layers=(LayerSpec("input_1_0", 1, 1),))).state_dict())
+    return (fixed + perceiver * (config.query_depth + config.cls_depth)
+            + personalization * config.personalization_depth + layer * len(config.layers))

@@ -13,16 +13,16 @@ from types import MappingProxyType
 from typing import Optional, Union
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .adapter import FlexIPAdapter
+from .adapter import FlexIPAdapter, tensor_count
 from .config import FlexIPConfig
 from .errors import FlexIPError
+from .safetensors_header import FLOAT_DTYPES, Header, check_finite, read_header
 
 METADATA_KEY = "flexip"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 PathLike = Union[str, os.PathLike]
 logger = logging.getLogger(__name__)
 
@@ -35,56 +35,50 @@ def _refuse_pickle(path: Path) -> None:
         )
 
 
-def _read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[tuple[int, ...], str]]]:
-    """Metadata and {name: (shape, dtype)} from the header only; no tensor data is read."""
+def _read_header(path: Path) -> Header:
+    """The checked header (metadata, tensor shapes and dtypes); no tensor data is read."""
     _refuse_pickle(path)
-    if not path.is_file():
-        raise FlexIPError(f"{path.name} was not found at {path.parent}: check the file name and folder.")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {}
-            for name in handle.keys():
-                view = handle.get_slice(name)
-                tensors[name] = (tuple(view.get_shape()), view.get_dtype())
-    except SafetensorError:
-        raise FlexIPError(
-            f"{path.name} is truncated or not a safetensors file: download or export it again."
-        ) from None
-    except OSError as error:
-        raise FlexIPError(f"{path.name} cannot be read ({error.strerror}): check the file's permissions.") from None
-    return metadata, tensors
-
-
-def _expected_shapes(config: FlexIPConfig) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):  # shapes only, no memory
-        adapter = FlexIPAdapter.from_config(config)
-    return {name: tuple(tensor.shape) for name, tensor in adapter.state_dict().items()}
+    return read_header(path)
 
 
 def _few(names: list[str]) -> str:
-    shown = ", ".join(sorted(names)[:3])
+    shown = ", ".join(name[:80] for name in sorted(names)[:3])
     return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def _config_of(path: Path, header: Header) -> FlexIPConfig:
+    if METADATA_KEY not in header.metadata:
+        raise FlexIPError(
+            f"{path.name} has no FlexIP config in its metadata, so it is not a FlexIP adapter: "
+            "pick a file made by FlexIP (python -m flexip_model inspect FILE checks one)."
+        )
+    return FlexIPConfig.from_json(header.metadata[METADATA_KEY], path.name)
 
 
 def read_config(path: PathLike) -> FlexIPConfig:
     """The config stored in the file's metadata (validated on its own, tensors not checked)."""
     path = Path(path)
-    metadata, _ = _read_header(path)
-    if METADATA_KEY not in metadata:
-        raise FlexIPError(
-            f"{path.name} has no FlexIP config in its metadata, so it is not a FlexIP adapter: "
-            "pick a file made by FlexIP (python -m flexip_model inspect FILE checks one)."
-        )
-    return FlexIPConfig.from_json(metadata[METADATA_KEY], path.name)
+    return _config_of(path, _read_header(path))
 
 
 def validate(path: PathLike) -> FlexIPConfig:
-    """Check the whole file against its config from the header alone; returns the config."""
+    """Check the whole file against its config from the header alone; returns the config.
+
+    The config's sizes are bounded (SIZE_BOUNDS) and its tensor count matches the header's before
+    the adapter is built on `meta` for the shapes, so a file cannot choose the work done here.
+    """
     path = Path(path)
-    config = read_config(path)
-    _, tensors = _read_header(path)
-    expected = _expected_shapes(config)
+    header = _read_header(path)
+    config = _config_of(path, header)
+    tensors = header.tensors
+    count = tensor_count(config)
+    if count != len(tensors):
+        raise FlexIPError(
+            f"{path.name} holds {len(tensors)} tensors but its config describes {count}: "
+            "the file and its config disagree, export it again."
+        )
+    with torch.device("meta"):  # shapes only, no memory
+        expected = {name: tuple(t.shape) for name, t in FlexIPAdapter.from_config(config).state_dict().items()}
     missing = [name for name in expected if name not in tensors]
     extra = [name for name in tensors if name not in expected]
     if missing:
@@ -98,7 +92,7 @@ def validate(path: PathLike) -> FlexIPConfig:
             "the file and its config disagree, export it again."
         )
     for name, shape in expected.items():
-        actual, dtype = tensors[name]
+        actual, dtype = tensors[name].shape, tensors[name].dtype
         if actual != shape:
             raise FlexIPError(
                 f"{path.name} has {name} of shape {list(actual)} but its config needs {list(shape)}: "
@@ -125,6 +119,7 @@ def load(
     """Validate, then load the adapter onto `device` (optionally cast to `dtype`), in eval mode."""
     config = validate(path)
     tensors = load_file(str(path), device=str(device))
+    check_finite(tensors, Path(path).name)
     if dtype is not None:
         tensors = {name: tensor.to(dtype) for name, tensor in tensors.items()}
     with torch.device("meta"):
@@ -155,7 +150,7 @@ def _attn2_layer(name: str) -> Optional[tuple[str, str, int, int]]:
             block_id, index = "0", parts[3]
         else:
             continue
-        if block_id.isdigit() and index.isdigit():
+        if block_id.isdigit() and index.isdigit() and len(block_id) + len(index) <= 12:  # int() of a bounded id
             return name[: -len(".to_k.weight")], parts[0].split("_")[0], int(block_id), int(index)
     return None
 
@@ -164,7 +159,7 @@ def read_unet_cross_attention(path: PathLike) -> dict[str, tuple[torch.Tensor, t
     """Each attn2 layer's (to_k, to_v) weights [inner, d] from an SD checkpoint, keyed like
     'input_1_0' and in ComfyUI's order; only these tensors are read."""
     path = Path(path)
-    _, tensors = _read_header(path)
+    tensors = _read_header(path).tensors
     found = sorted(
         (layer for layer in map(_attn2_layer, tensors) if layer is not None),
         key=lambda layer: (_BLOCK_ORDER[layer[1]], layer[2], layer[3]),

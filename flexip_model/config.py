@@ -9,11 +9,67 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from .errors import FlexIPError
+from .safetensors_header import parse_bounded_json
 
 FORMAT_VERSION = 1
 BLOCKS = ("input", "middle", "output")
 GATE_MODES = ("output", "token")
-_KEY_PATTERN = re.compile(r"^(input|middle|output)_(\d+)_(\d+)$")
+_KEY_PATTERN = re.compile(r"^(input|middle|output)_(\d{1,6})_(\d{1,6})$")  # ids of real UNets have 1-2 digits
+
+# Every size a model file may choose (its FlexIP config, or an IP-Adapter file's shapes), with the
+# range accepted, checked before anything is allocated or run: a value outside is a damaged or
+# hostile file, never a real model. Low ends are 1 (tiny test models are real files too); high
+# ends are several times the largest real model, so the work a file can ask for stays bounded.
+SIZE_BOUNDS = MappingProxyType({
+    # widths: SD1.5 768, SDXL 2048, CLIP-L/H/bigG 768/1024/1280, DINOv2-L/g 1024/1536
+    "context_dim": (1, 8192),
+    "clip_embed_dim": (1, 8192),
+    "dino_dim": (1, 8192),
+    "preservation_width": (1, 8192),
+    "inner_dim": (1, 8192),  # a UNet layer's attention width; SDXL's widest is 1280
+    "feature_dim": (1, 8192),  # IP-Adapter: the CLIP output it reads (1024..1664)
+    "resampler_width": (1, 8192),  # IP-Adapter plus: 768 (SD1.5), 1280 (SDXL)
+    # DINOv2 input side in px: 224 by default, 518 native; 1036 px is 74 patches a side
+    "dino_resolution": (14, 1036),
+    # heads: 8..32 in real models
+    "preservation_heads": (1, 128),
+    "personalization_heads": (1, 128),
+    "heads": (1, 128),
+    "resampler_heads": (1, 128),
+    # token counts: 4..16 in real files
+    "num_queries": (1, 1024),
+    "cls_tokens": (1, 256),
+    "personalization_kv_tokens": (1, 256),
+    "tokens": (1, 1024),  # IP-Adapter image tokens (4, or 16 for plus)
+    # depths: 2..4 in real models; each block is a loop step at every run
+    "query_depth": (1, 64),
+    "cls_depth": (1, 64),
+    "personalization_depth": (1, 64),
+    "resampler_depth": (1, 64),
+    "ffn_mult": (1, 16),  # 4 everywhere
+    "resampler_ff_mult": (1, 16),
+    # UNet cross-attention layers: SD1.5 16, SDXL 70
+    "layers": (1, 1024),
+})
+# the config JSON: ~60 bytes per layer, depth 3 ({... "layers": [{...}]})
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_CONFIG_DEPTH = 4
+
+
+def shown(value: object, limit: int = 40) -> str:
+    """repr of a value read from a file, cut to `limit` characters so an error stays one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def check_size(source: str, field: str, value: int, where: str = "", fix: str = "re-export the file") -> None:
+    """FlexIPError (one sentence naming `source`, the field and the accepted range) unless `value`
+    lies in SIZE_BOUNDS[field]; `where` says where the value sits, e.g. "in its FlexIP config"."""
+    low, high = SIZE_BOUNDS[field]
+    if not low <= value <= high:
+        digits = str(value)
+        shown = digits if len(digits) <= 24 else f"{digits[:12]}... ({len(digits)} digits)"
+        raise FlexIPError(f"{source} has {field}={shown}{' ' + where if where else ''}, outside {low}..{high}: {fix}.")
 
 
 def layer_key(block: str, block_id: int, index: int) -> str:
@@ -161,13 +217,12 @@ class FlexIPConfig(LayerLookup):
                 f"{FORMAT_VERSION}: update ComfyUI-FlexIP or re-export the file."
             )
         if self.base not in BASES:
-            raise FlexIPError(f"{source} has base {self.base!r}: use one of {', '.join(BASES)}.")
+            raise FlexIPError(f"{source} has base {shown(self.base)}: use one of {', '.join(BASES)}.")
         for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if field.type == "int" and value <= 0:
-                raise FlexIPError(f"{source} has {field.name}={value}: it must be a positive integer.")
+            if field.name in SIZE_BOUNDS and field.name != "layers":
+                check_size(source, field.name, getattr(self, field.name))
         if self.gate_mode not in GATE_MODES:
-            raise FlexIPError(f"{source} has gate_mode {self.gate_mode!r}: use 'output' or 'token'.")
+            raise FlexIPError(f"{source} has gate_mode {shown(self.gate_mode)}: use 'output' or 'token'.")
         for width, heads, name in (
             (self.preservation_width, self.preservation_heads, "preservation_width"),
             (self.context_dim, self.personalization_heads, "context_dim"),
@@ -181,17 +236,20 @@ class FlexIPConfig(LayerLookup):
             )
         if not self.layers:
             raise FlexIPError(f"{source} lists no UNet layers: build the config with config_for(base).")
+        check_size(source, "layers", len(self.layers))
         seen: set[str] = set()
         for spec in self.layers:
             if not isinstance(spec.key, str) or not _KEY_PATTERN.match(spec.key):
                 raise FlexIPError(
-                    f"{source} has layer key {spec.key!r}, which is malformed: "
+                    f"{source} has layer key {shown(spec.key)}, which is malformed: "
                     "use '<input|middle|output>_<id>_<index>', e.g. 'input_1_0'."
                 )
             if spec.key in seen:
                 raise FlexIPError(f"{source} lists layer {spec.key} twice: keep each layer key once.")
             seen.add(spec.key)
-            if spec.inner_dim <= 0 or spec.heads <= 0 or spec.inner_dim % spec.heads:
+            check_size(f"{source} layer {spec.key}", "inner_dim", spec.inner_dim)
+            check_size(f"{source} layer {spec.key}", "heads", spec.heads)
+            if spec.inner_dim % spec.heads:
                 raise FlexIPError(
                     f"{source} has layer {spec.key} with inner_dim {spec.inner_dim} and {spec.heads} heads: "
                     "inner_dim must be a positive multiple of heads."
@@ -206,16 +264,14 @@ class FlexIPConfig(LayerLookup):
     @classmethod
     def from_json(cls, text: str, source: str) -> FlexIPConfig:
         """Parse and validate a config; every error names `source` (usually the file name)."""
-        try:
-            data = json.loads(text)
-        except (TypeError, ValueError):
-            raise FlexIPError(f"{source} has an unreadable FlexIP config (not JSON): re-export the file.") from None
+        data = parse_bounded_json(text, f"{source}'s FlexIP config", MAX_CONFIG_BYTES, MAX_CONFIG_BYTES,
+                                  MAX_CONFIG_DEPTH)
         if not isinstance(data, dict):
             raise FlexIPError(f"{source} has a FlexIP config that is not a JSON object: re-export the file.")
         version = data.get("format_version")
         if version != FORMAT_VERSION:
             raise FlexIPError(
-                f"{source} has FlexIP format version {version!r}, this FlexIP reads version {FORMAT_VERSION}: "
+                f"{source} has FlexIP format version {shown(version)}, this FlexIP reads version {FORMAT_VERSION}: "
                 "update ComfyUI-FlexIP or re-export the file."
             )
         fields = {field.name: field for field in dataclasses.fields(cls)}
@@ -230,6 +286,8 @@ class FlexIPConfig(LayerLookup):
                 values[name] = _layers_from_json(data[name], source)
             else:
                 values[name] = _typed(data[name], field.type, f"{source} field {name}")
+                if name in SIZE_BOUNDS:  # before anything is built from it
+                    check_size(source, name, values[name], "in its FlexIP config")
         config = cls(**values)
         config.validate(source)
         return config
@@ -240,23 +298,28 @@ def _typed(value: object, type_name: str, where: str) -> object:
     # bool is an int subclass in Python; a JSON true is never a valid size
     if not isinstance(value, expected) or isinstance(value, bool):
         kind = "an integer" if expected is int else "a string"
-        raise FlexIPError(f"{where} is {value!r}, expected {kind}: re-export the file.")
+        raise FlexIPError(f"{where} is {shown(value)}, expected {kind}: re-export the file.")
     return value
 
 
 def _layers_from_json(items: object, source: str) -> tuple[LayerSpec, ...]:
     if not isinstance(items, list):
         raise FlexIPError(f"{source} has a FlexIP config whose 'layers' is not a list: re-export the file.")
+    if items:  # an empty list gets validate's own sentence
+        check_size(source, "layers", len(items), "(layer count) in its FlexIP config")
     layers = []
     for number, item in enumerate(items):
         where = f"{source} layer #{number}"
         if not isinstance(item, dict) or set(item) != {"key", "inner_dim", "heads"}:
             raise FlexIPError(f"{where} is not an object with key, inner_dim and heads: re-export the file.")
-        layers.append(LayerSpec(
+        spec = LayerSpec(
             key=_typed(item["key"], "str", f"{where} key"),
             inner_dim=_typed(item["inner_dim"], "int", f"{where} inner_dim"),
             heads=_typed(item["heads"], "int", f"{where} heads"),
-        ))
+        )
+        check_size(where, "inner_dim", spec.inner_dim, "in its FlexIP config")
+        check_size(where, "heads", spec.heads, "in its FlexIP config")
+        layers.append(spec)
     return tuple(layers)
 
 

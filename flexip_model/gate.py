@@ -15,11 +15,15 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .config import BLOCKS, LayerSpec
+from .config import BLOCKS, LayerSpec, shown
 from .errors import FlexIPError
 
 Keyframes = tuple[tuple[float, float], ...]
 INTERPOLATIONS = ("linear", "cosine", "step")
+# a schedule becomes a [layers, keyframes] table on the device; real schedules have a handful
+MAX_KEYFRAMES = 256
+MAX_SWEEP_GAMMAS = 64  # RepeatLatentBatch's limit; a larger sweep belongs in several runs
+_ITEMS = re.compile(r"[,\n]")
 
 
 @dataclass(frozen=True)
@@ -84,9 +88,17 @@ def constant_schedule(gamma: float, start_at: float = 0.0, end_at: float = 1.0) 
     return schedule
 
 
+def _items(text: str, source: str, limit: int, example: str) -> list[str]:
+    """Comma or newline separated items of widget text, at most `limit` of them."""
+    items = [item.strip() for item in _ITEMS.split(text or "") if item.strip()]
+    if len(items) > limit:
+        raise FlexIPError(f"{source} has {len(items)} items, more than the {limit} accepted: write e.g. '{example}'.")
+    return items
+
+
 def parse_keyframes(text: str, source: str) -> Keyframes:
     """Widget text -> sorted keyframes: "0:1.0, 0.5:0.3, 1:0" (comma or newline separated), or "0.7"."""
-    items = [item.strip() for item in re.split(r"[,\n]", text or "") if item.strip()]
+    items = _items(text, source, MAX_KEYFRAMES, "0:1.0, 0.5:0.3, 1:0")
     if len(items) == 1 and ":" not in items[0]:
         items = [f"0:{items[0]}"]  # a bare number is a constant γ
     keyframes = []
@@ -98,13 +110,29 @@ def parse_keyframes(text: str, source: str) -> Keyframes:
             progress, gamma = math.nan, math.nan
         if math.isnan(progress) or math.isnan(gamma):
             raise FlexIPError(
-                f"{source} has {item!r}, which is not 'progress:gamma': write e.g. '0:1.0, 0.5:0.3, 1:0' or one number."
+                f"{source} has {shown(item)}, which is not 'progress:gamma': write e.g. '0:1.0, 0.5:0.3, 1:0' or one number."
             )
         keyframes.append((progress, gamma))
     keyframes.sort(key=lambda pair: pair[0])
     result = tuple(keyframes)
     _check_keyframes(result, source)
     return result
+
+
+def parse_gammas(text: str, source: str) -> tuple[float, ...]:
+    """Widget text "0, 0.25, 0.5" (comma or newline separated) -> γ values, each in [0, 1] (a gate sweep)."""
+    gammas = []
+    for item in _items(text, source, MAX_SWEEP_GAMMAS, "0, 0.25, 0.5, 0.75, 1"):
+        try:
+            gamma = float(item)
+        except ValueError:
+            gamma = math.nan
+        if not 0.0 <= gamma <= 1.0:  # also false for nan
+            raise FlexIPError(f"{source} has {shown(item)}, which is not a γ in [0, 1]: write e.g. '0, 0.25, 0.5, 0.75, 1'.")
+        gammas.append(gamma)
+    if not gammas:
+        raise FlexIPError(f"{source} is empty: write at least one γ, e.g. '0, 0.5, 1'.")
+    return tuple(gammas)
 
 
 def _layer_keyframes(schedule: GateSchedule, layers: Sequence[LayerSpec]) -> list[Keyframes]:

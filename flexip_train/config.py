@@ -15,12 +15,21 @@ from pathlib import Path
 from typing import Any, Optional
 
 from flexip_model.errors import FlexIPError
+from flexip_model.gate import MAX_SWEEP_GAMMAS
 
 PRECISIONS = ("bf16", "fp16", "no")
 DEVICES = ("auto", "cuda", "cpu")
 SAVE_DTYPES = ("fp16", "bf16", "fp32")
 ADAPTER_SIZES = ("full", "tiny")
 GATE_MODES = ("output", "token")
+# Upper ends of the keys that choose sizes (tensors, processes, files): far above any real run,
+# low enough that a typo (an extra digit or three) is an error, not an out-of-memory crash.
+SIZE_LIMITS = {
+    ("data", "resolution"): 4096, ("data", "reference_resolution"): 4096, ("data", "num_workers"): 256,
+    ("cache", "variants"): 1024, ("cache", "shard_size"): 65536, ("train", "batch_size"): 4096,
+    ("train", "grad_accumulation"): 4096, ("output", "eval_pairs"): 100_000, ("output", "eval_timesteps"): 1000,
+    ("samples", "pairs"): 64, ("samples", "steps"): 1000,
+}
 
 
 @dataclass(frozen=True)
@@ -274,3 +283,7 @@ def _validate(config: TrainConfig, name: str) -> None:
     _check(samples.every >= 0 and samples.pairs >= 1 and samples.steps >= 1 and samples.gates,
            f"{name} [samples] every must be 0 or more, pairs and steps at least 1, gates non-empty.")
     _check(all(0.0 <= g <= 1.0 for g in samples.gates), f"{name} [samples] gates must lie in [0, 1].")
+    _check(len(samples.gates) <= MAX_SWEEP_GAMMAS, f"{name} [samples] gates lists more than {MAX_SWEEP_GAMMAS} values.")
+    for (section, key), high in SIZE_LIMITS.items():
+        value = getattr(getattr(config, section), key)
+        _check(value <= high, f"{name} [{section}] {key} = {value} is over {high}: use a smaller value.")

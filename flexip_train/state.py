@@ -20,6 +20,7 @@ from flexip_model import checkpoint
 from flexip_model.adapter import FlexIPAdapter
 from flexip_model.config import FlexIPConfig
 from flexip_model.errors import FlexIPError
+from flexip_model.safetensors_header import check_finite
 
 STATE_FORMAT = 1
 STATE_SUFFIX = ".state.pt"
@@ -118,15 +119,62 @@ def find_resume(resume: str, directory: Path, name: str) -> Path:
 
 def load_state(path: Path, config: FlexIPConfig) -> dict:
     """Read the trainer state of checkpoint `path` (weights_only: plain data only) and check it fits."""
+    name = state_path(path).name
     try:
         state = torch.load(state_path(path), map_location="cpu", weights_only=True)
     except Exception as error:  # truncated or foreign file: say which and stop
-        raise FlexIPError(f"{state_path(path).name} cannot be read ({type(error).__name__}): resume from an "
-                          "earlier checkpoint.") from None
-    if state.get("format") != STATE_FORMAT:
-        raise FlexIPError(f"{state_path(path).name} has trainer-state format {state.get('format')!r}, this trainer "
-                          f"reads {STATE_FORMAT}: resume with the trainer version that wrote it.")
-    if state["adapter_config"] != config.to_json():
+        raise FlexIPError(f"{name} cannot be read ({type(error).__name__}): resume from an earlier checkpoint.") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise FlexIPError(f"{name} has trainer-state format {str(found)[:40]!r}, this trainer reads {STATE_FORMAT}: "
+                          "resume with the trainer version that wrote it.")
+    if state.get("adapter_config") != config.to_json():
         raise FlexIPError(f"{path.name} was trained with another adapter config (models, sizes or gate mode): resume "
                           "with the same [model] and [adapter] settings.")
+    _check_fields(state, config, name)
     return state
+
+
+def _refuse(name: str, what: str) -> None:
+    raise FlexIPError(f"{name} has {what}: the state file is damaged, resume from an earlier checkpoint.")
+
+
+def _check_weights(weights: object, expected: dict[str, torch.Size], name: str, field: str) -> None:
+    if not isinstance(weights, dict) or set(weights) != set(expected):
+        _refuse(name, f"{field} weights whose names differ from the adapter's")
+    for key, shape in expected.items():
+        tensor = weights[key]
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point() or tensor.shape != shape:
+            _refuse(name, f"{field} weight {key} that is not a float tensor of shape {list(shape)}")
+    check_finite(weights, name)
+
+
+def _check_fields(state: dict, config: FlexIPConfig, name: str) -> None:
+    """Types and sizes of every field against the run's own adapter (built from the trusted config)."""
+    for field, low, high in (("step", 0, 10**12), ("position", 0, 10**15), ("world_size", 1, 1 << 20)):
+        value = state.get(field)
+        if type(value) is not int or not low <= value <= high:
+            _refuse(name, f"{field}={str(value)[:40]}, not a whole number in {low}..{high}")
+    with torch.device("meta"):
+        parameters = [tuple(p.shape) for p in FlexIPAdapter(config).parameters()]
+        expected = {key: t.shape for key, t in FlexIPAdapter(config).state_dict().items()}
+    _check_weights(state.get("adapter"), expected, name, "adapter")
+    if state.get("ema") is not None:
+        _check_weights(state["ema"], expected, name, "EMA")
+    optimizer = state.get("optimizer")
+    if (not isinstance(optimizer, dict) or not isinstance(optimizer.get("state"), dict)
+            or not isinstance(optimizer.get("param_groups"), list)):
+        _refuse(name, "no optimizer state and parameter groups")
+    for index, entry in optimizer["state"].items():
+        if type(index) is not int or not 0 <= index < len(parameters) or not isinstance(entry, dict):
+            _refuse(name, f"optimizer state for parameter {str(index)[:20]} of {len(parameters)}")
+        for key, tensor in entry.items():
+            if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) not in (parameters[index], ()):
+                _refuse(name, f"optimizer {str(key)[:20]} for parameter {index} of the wrong size")
+    if not isinstance(state.get("schedule"), dict) or not isinstance(state.get("scaler"), (dict, type(None))):
+        _refuse(name, "no learning-rate schedule or grad-scaler state")
+    rng = state.get("rng")
+    if (not isinstance(rng, dict) or not isinstance(rng.get("torch"), torch.Tensor) or rng["torch"].numel() > 1 << 16
+            or not isinstance(rng.get("cuda"), list) or not isinstance(rng.get("python"), list)
+            or len(rng["python"]) != 3 or not isinstance(rng["python"][1], list) or len(rng["python"][1]) != 625):
+        _refuse(name, "random-number states that are not those of torch and Python")

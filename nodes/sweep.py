@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass
 
 from ..flexip_model.errors import FlexIPError
+from ..flexip_model.gate import MAX_SWEEP_GAMMAS as MAX_GATES
+from ..flexip_model.gate import parse_gammas as parse_gamma_list
 
 MODES = ("list", "range")
-MAX_GATES = 64  # RepeatLatentBatch's limit; a larger sweep belongs in several runs
 
 
 @dataclass(frozen=True)
@@ -62,23 +61,7 @@ class FlexIPGateSweep:
 
 def parse_gammas(text: str) -> tuple[float, ...]:
     """Widget text "0, 0.25, 0.5" (comma or newline separated) -> γ values, each in [0, 1]."""
-    gammas = []
-    for item in (part.strip() for part in re.split(r"[,\n]", text or "")):
-        if not item:
-            continue
-        try:
-            gamma = float(item)
-        except ValueError:
-            gamma = math.nan
-        if not 0.0 <= gamma <= 1.0:  # also false for nan
-            raise FlexIPError(
-                f"FlexIPGateSweep values has {item!r}, which is not a γ in [0, 1]: write e.g. '0, 0.25, 0.5, 0.75, 1'.")
-        gammas.append(gamma)
-    if not gammas:
-        raise FlexIPError("FlexIPGateSweep values is empty: write at least one γ, e.g. '0, 0.5, 1'.")
-    if len(gammas) > MAX_GATES:
-        raise FlexIPError(f"FlexIPGateSweep values has {len(gammas)} γ values: use at most {MAX_GATES} per run.")
-    return tuple(gammas)
+    return parse_gamma_list(text, "FlexIPGateSweep values")
 
 
 def range_gammas(start: float, stop: float, count: int) -> tuple[float, ...]:

@@ -11,42 +11,57 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from ..config import LayerSpec
 from ..errors import FlexIPError
+from ..safetensors_header import MAX_RANK, MAX_TENSORS, check_finite, read_header, refuse_non_float
 from .pair import IPAdapterBranch, IPAdapterPair
 from .variants import IMAGE_PROJ, IP_LAYERS, IPAdapterSpec, Shape, describe, family_name, ip_adapter_index, match_layers
 
 PathLike = Union[str, os.PathLike]
 TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 _PARTS = (IMAGE_PROJ[:-1], IP_LAYERS[:-1])
-_FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+MAX_BIN_BYTES = 8 * 1024**3  # the largest released IP-Adapter .bin (plus SDXL) is ~1 GB
+# torch.save's archive: data.pkl, version, byteorder, .data/serialization_id and one record per storage
+_ARCHIVE_EXTRA_RECORDS = 16
 
 Reader = Callable[[], dict[str, torch.Tensor]]
 
 
 def _open_safetensors(path: Path) -> tuple[dict[str, Shape], Reader]:
+    header = read_header(path)
+    refuse_non_float(header, path.name, "download the original file again")
+    return {name: info.shape for name, info in header.tensors.items()}, lambda: load_file(str(path))
+
+
+def _check_archive(path: Path) -> None:
+    """Bound a torch .bin before unpickling: its size, its record count, and records stored as they
+    are (torch.save never compresses, so a record cannot expand beyond the file)."""
+    size = path.stat().st_size
+    if size > MAX_BIN_BYTES:
+        raise FlexIPError(f"{path.name} is {size:,} bytes, over the {MAX_BIN_BYTES:,} accepted for an IP-Adapter "
+                          ".bin: use the .safetensors version of this IP-Adapter file.")
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            shapes, dtypes = {}, {}
-            for name in handle.keys():
-                view = handle.get_slice(name)
-                shapes[name], dtypes[name] = tuple(view.get_shape()), view.get_dtype()
-    except SafetensorError:
-        raise FlexIPError(f"{path.name} is truncated or not a safetensors file: download it again.") from None
-    for name, dtype in dtypes.items():
-        if dtype not in _FLOAT_DTYPES:
-            raise FlexIPError(f"{path.name} stores {name} as {dtype}, not a float type: download the original file again.")
-    return shapes, lambda: load_file(str(path))
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):  # also the pre-1.6 torch format, which is not a zip
+        raise FlexIPError(f"{path.name} is damaged or not a torch file: download it again or use its "
+                          ".safetensors version.") from None
+    if len(records) > MAX_TENSORS + _ARCHIVE_EXTRA_RECORDS or any(
+            record.compress_type != zipfile.ZIP_STORED for record in records) or sum(
+            record.file_size for record in records) > size:
+        raise FlexIPError(f"{path.name} holds {len(records):,} records or compressed ones, not a torch.save "
+                          "archive of an IP-Adapter: use the .safetensors version of this IP-Adapter file.")
 
 
 def _open_torch(path: Path) -> tuple[dict[str, Shape], Reader]:
+    _check_archive(path)
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -57,20 +72,23 @@ def _open_torch(path: Path) -> tuple[dict[str, Shape], Reader]:
                 f"{path.name} holds more than tensors and would need full unpickling, which can run code: "
                 "use the .safetensors version of this IP-Adapter file.") from None
         raise FlexIPError(f"{path.name} is damaged or not a torch file: download it again.") from None
-    except (RuntimeError, EOFError, ValueError):
+    except Exception:  # noqa: BLE001  a damaged archive fails in many ways (zip, pickle, storage sizes)
         raise FlexIPError(f"{path.name} is damaged or not a torch file: download it again.") from None
     if not isinstance(data, dict) or set(data) != set(_PARTS):
-        found = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
+        found = sorted(str(key)[:40] for key in data)[:4] if isinstance(data, dict) else type(data).__name__
         raise FlexIPError(
             f"{path.name} holds {found}, not the image_proj and ip_adapter weights of an IP-Adapter file: "
             "pick an IP-Adapter .safetensors or .bin file in models/ipadapter.")
     tensors = {}
     for part in _PARTS:
-        if not isinstance(data[part], dict):
-            raise FlexIPError(f"{path.name} has a {part} that is not a dict of tensors: download the file again.")
+        if not isinstance(data[part], dict) or len(data[part]) > MAX_TENSORS:
+            raise FlexIPError(f"{path.name} has a {part} that is not a dict of at most {MAX_TENSORS:,} tensors: "
+                              "download the file again.")
         for name, tensor in data[part].items():
-            if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
-                raise FlexIPError(f"{path.name} has {part}.{name} that is not a float tensor: download the file again.")
+            if (not isinstance(name, str) or not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point()
+                    or tensor.ndim > MAX_RANK):
+                raise FlexIPError(f"{path.name} has {part}.{str(name)[:80]} that is not a float tensor: "
+                                  "download the file again.")
             tensors[f"{part}.{name}"] = tensor
     return {name: tuple(tensor.shape) for name, tensor in tensors.items()}, lambda: tensors
 
@@ -99,6 +117,7 @@ def _branch(spec: IPAdapterSpec, read: Reader, layers: tuple[LayerSpec, ...], co
     """Match the file's layers to the model's, then read its tensors into an IPAdapterBranch."""
     ordered = match_layers(spec, layers, context_dim)
     tensors = read()
+    check_finite(tensors, spec.name)
     state = {name: tensor for name, tensor in tensors.items() if name.startswith(IMAGE_PROJ)}
     for number, layer in enumerate(ordered):
         for kind in ("k", "v"):

@@ -16,7 +16,7 @@ from typing import Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from ..config import LayerSpec, parse_layer_key
+from ..config import LayerSpec, check_size, parse_layer_key
 from ..errors import FlexIPError
 from .projections import RESAMPLER_HEAD_WIDTH, ImageProjection, MLPProjection, Resampler
 
@@ -32,8 +32,9 @@ _ENCODERS = {
     ("penultimate_hidden_states", 1024): "CLIP ViT-L/14", ("penultimate_hidden_states", 1280): "CLIP ViT-H/14",
     ("penultimate_hidden_states", 1664): "CLIP ViT-bigG/14",
 }
-_LAYER_KEY = re.compile(r"^ip_adapter\.(\d+)\.to_([kv])_ip\.weight$")
+_LAYER_KEY = re.compile(r"^ip_adapter\.(\d{1,6})\.to_([kv])_ip\.weight$")  # SDXL's last is 139
 _BLOCK_ORDER = {"input": 0, "output": 1, "middle": 2}  # diffusers: down, up, mid
+_DAMAGED = "the file is damaged or not an IP-Adapter file, download the original again"
 
 
 def family_name(context_dim: int) -> str:
@@ -120,7 +121,7 @@ def ip_adapter_index(number: int) -> int:
 
 def _few(names: Sequence[str]) -> str:
     names = sorted(names)
-    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return ", ".join(name[:80] for name in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _is_face_id(projection: Mapping[str, Shape], layers: Mapping[str, Shape]) -> bool:
@@ -148,16 +149,20 @@ def _layer_widths(name: str, layers: Mapping[str, Shape]) -> tuple[tuple[int, ..
         raise FlexIPError(
             f"{name} numbers its layers {_few([str(n) for n in numbers])}, not 1, 3, 5, ...: "
             "the file is damaged or not an IP-Adapter file, download it again.")
+    check_size(name, "layers", len(expected), "(cross-attention layers)", _DAMAGED)
     widths, contexts = [], set()
     for number in expected:
         shape = layers.get(f"{number}.to_k_ip.weight")
         if shape is None or len(shape) != 2:
             raise FlexIPError(f"{name} lacks a 2-d ip_adapter.{number}.to_k_ip.weight: the file is damaged, download it again.")
+        check_size(name, "inner_dim", shape[0], f"in ip_adapter.{number}", _DAMAGED)
         widths.append(shape[0])
         contexts.add(shape[1])
     if len(contexts) != 1:
-        raise FlexIPError(f"{name} mixes context widths {sorted(contexts)} across layers: the file is damaged, download it again.")
-    return tuple(widths), contexts.pop()
+        raise FlexIPError(f"{name} mixes context widths {sorted(contexts)[:4]} across layers: the file is damaged, download it again.")
+    context_dim = contexts.pop()
+    check_size(name, "context_dim", context_dim, "in its layers", _DAMAGED)
+    return tuple(widths), context_dim
 
 
 def describe(name: str, shapes: Mapping[str, Shape]) -> IPAdapterSpec:
@@ -175,6 +180,7 @@ def describe(name: str, shapes: Mapping[str, Shape]) -> IPAdapterSpec:
             "mode does not compute: pick a CLIP-based IP-Adapter file (ip-adapter, light, plus, plus-face).")
     widths, context_dim = _layer_widths(name, layers)
     spec = _projection_spec(name, projection, widths, context_dim)
+    _check_sizes(spec)  # before expected_shapes builds modules of these sizes
     expected = spec.expected_shapes()
     missing = [key for key in expected if key not in shapes]
     extra = [key for key in shapes if key not in expected]
@@ -191,6 +197,16 @@ def describe(name: str, shapes: Mapping[str, Shape]) -> IPAdapterSpec:
     return spec
 
 
+def _check_sizes(spec: IPAdapterSpec) -> None:
+    """Every size the file chose, within SIZE_BOUNDS (layers and context were checked as they were read)."""
+    check_size(spec.name, "feature_dim", spec.feature_dim, "in its image projection", _DAMAGED)
+    if spec.projection != "mlp":
+        check_size(spec.name, "tokens", spec.tokens, "in its image projection", _DAMAGED)
+    if spec.projection == "resampler":
+        for field in ("resampler_width", "resampler_heads", "resampler_depth", "resampler_ff_mult"):
+            check_size(spec.name, field, getattr(spec, field), "in its image projection", _DAMAGED)
+
+
 def _projection_spec(name: str, projection: Mapping[str, Shape], widths: tuple[int, ...], context_dim: int) -> IPAdapterSpec:
     common = dict(name=name, context_dim=context_dim, layer_widths=widths)
     if "latents" in projection:
@@ -201,6 +217,7 @@ def _projection_spec(name: str, projection: Mapping[str, Shape], widths: tuple[i
         if len(latents) != 3 or len(proj_in) != 2 or len(query) != 2 or len(feed) != 2 or depth == 0:
             raise FlexIPError(f"{name} has an incomplete resampler (latents, proj_in, layers): the file is damaged, download it again.")
         width = latents[2]
+        check_size(name, "resampler_width", width, "in its image projection", _DAMAGED)  # divides below
         if query[0] % RESAMPLER_HEAD_WIDTH or feed[0] % width:
             raise FlexIPError(f"{name} has a resampler of unknown head or feed-forward size: use an original h94/IP-Adapter file.")
         return IPAdapterSpec(
@@ -214,7 +231,7 @@ def _projection_spec(name: str, projection: Mapping[str, Shape], widths: tuple[i
         return IPAdapterSpec(projection="mlp", feature="penultimate_hidden_states", feature_dim=first[1], **common)
     if "proj.weight" in projection and "norm.weight" in projection:
         proj, norm = projection["proj.weight"], projection["norm.weight"]
-        if len(proj) != 2 or len(norm) != 1 or proj[0] % norm[0]:
+        if len(proj) != 2 or len(norm) != 1 or not norm[0] or proj[0] % norm[0]:
             raise FlexIPError(f"{name} has a token projection of shape {list(proj)}: the file is damaged, download it again.")
         return IPAdapterSpec(projection="linear", feature="image_embeds", feature_dim=proj[1],
                              tokens=proj[0] // norm[0], **common)

@@ -9,29 +9,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from flexip_model import FlexIPAdapter, FlexIPError, LayerSpec, checkpoint, config_for
+from flexip_model import FlexIPError, checkpoint, config_for
+from tests.unit.crafted_files import SMALL_LAYERS, valid_flexip
+from tests.unit.crafted_files import parts as _parts
 from tests.unit.flexip_unit_helpers import assert_one_sentence
 
 pytestmark = pytest.mark.unit
 
-SMALL_LAYERS = (LayerSpec("input_1_0", 64, 2), LayerSpec("output_3_0", 128, 2))
 
 
 @pytest.fixture(scope="module")
 def valid_file(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("flexip") / "valid.safetensors"
-    checkpoint.save(path, FlexIPAdapter(config_for("sd15", layers=SMALL_LAYERS, tiny=True)))
-    return path
-
-
-def _parts(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata()
-    return load_file(str(path)), metadata
+    return valid_flexip(tmp_path_factory.mktemp("flexip") / "valid.safetensors")
 
 
 def test_save_then_load_round_trips_every_tensor_and_the_config(valid_file):
@@ -76,6 +67,9 @@ def _broken(kind: str, valid: Path, folder: Path) -> Path:
     elif kind == "extra_key":
         tensors["layers.input_1_0.extra.weight"] = torch.zeros(2)
         _rewrite(valid, target, tensors)
+    elif kind == "renamed_key":
+        tensors["layers.input_1_0.renamed.weight"] = tensors.pop("layers.input_1_0.pres.to_k.weight")
+        _rewrite(valid, target, tensors)
     elif kind == "no_metadata":
         _rewrite(valid, target, metadata={"format": "pt"})
     elif kind == "integer_tensor":
@@ -90,8 +84,9 @@ def _broken(kind: str, valid: Path, folder: Path) -> Path:
     ("truncated", "truncated"),
     ("wrong_shape", "preservation.queries of shape [1, 5, 64]"),
     ("format_version", "format version 2"),
-    ("missing_key", "layers.input_1_0.pres.to_k.weight"),
-    ("extra_key", "layers.input_1_0.extra.weight"),
+    ("missing_key", "holds 60 tensors but its config describes 61"),  # counted before anything is built
+    ("extra_key", "holds 62 tensors but its config describes 61"),
+    ("renamed_key", "layers.input_1_0.pres.to_k.weight"),
     ("no_metadata", "not a FlexIP adapter"),
     ("integer_tensor", "I32"),
     ("not_safetensors", "not a safetensors file"),
