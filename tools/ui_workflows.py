@@ -1,14 +1,21 @@
-"""Regenerate workflows/*.json (UI format) from workflows/api/*.json with the real frontend.
+"""Regenerate workflows/*.json (UI format) and their template thumbnails from workflows/api/*.json.
 
-The API files are the source: the frontend's own `loadApiJson` builds the graph, LiteGraph
-arranges it in columns, and `graph.serialize()` writes exactly what a user would save. The
-ui test layer checks that each UI file converts back to its API file.
+The API files are the source: the frontend's own `loadApiJson` builds the graph, each loader
+node gets the frontend's model metadata (`properties.models`: name, url, directory) for the
+public files it loads, a workflow that loads a FlexIP file gets a Note saying none is public,
+LiteGraph arranges the graph in columns, and `graph.serialize()` writes exactly what a user
+would save. The whole graph, fitted to the window, becomes `<name>.jpg` beside the file: the
+thumbnail ComfyUI's template browser shows for a custom node's template. The ui test layer
+checks that each UI file converts back to its API file.
 
     .venv/bin/python tools/ui_workflows.py [name ...]
 """
 from __future__ import annotations
 
+import base64
+import io
 import json
+import logging
 import sys
 import tempfile
 import uuid
@@ -19,34 +26,89 @@ sys.path.insert(0, str(REPO))
 
 from tests.harness.browser import Browser  # noqa: E402
 from tests.harness.server import ComfyServer  # noqa: E402
-from tests.harness.workflows import API, WORKFLOWS  # noqa: E402
+from tests.harness.workflows import (  # noqa: E402
+    API, NO_PUBLIC_FLEXIP_NOTE, PUBLIC_MODELS, WORKFLOWS, models_property, nodes_of)
+
+log = logging.getLogger("ui_workflows")
+
+# No tutorial over the canvas; node titles and widgets drawn even when a whole graph is fitted in view.
+SETTINGS = {"Comfy.TutorialCompleted": True, "LiteGraph.Canvas.LowQualityRenderingZoomThreshold": 0.2}
+THUMBNAIL_WIDTH = 512  # the template cards are ~300 px wide; 512 stays sharp on HiDPI and under 100 KB as JPEG
 
 CONVERT_JS = """
-const [api, name, done] = arguments;
+const [api, name, models, note, done] = arguments;
 (async () => {
   window.app.loadApiJson(api, name);
+  for (const node of window.app.graph._nodes) {
+    const used = (node.widgets || []).map((w) => w.value).filter((v) => typeof v === 'string' && v in models);
+    if (used.length) node.properties.models = used.map((v) => models[v]);
+  }
+  if (note) {
+    const node = window.LiteGraph.createNode('Note');
+    node.title = 'FlexIP weights';
+    node.widgets[0].value = note;
+    window.app.graph.add(node);
+  }
   window.app.graph.arrange(60);
   done(JSON.stringify(window.app.graph.serialize()));
 })().catch((error) => done('ERROR ' + String(error && error.stack || error)));
 """
 
+# Whole graph in view (LiteGraph fits all nodes when none is selected), drawn without the info
+# corner; the canvas pixels alone, so no menu, sidebar or banner of the page shows.
+CANVAS_PNG_JS = """
+const [done] = arguments;
+const canvas = window.app.canvas;
+canvas.show_info = false;
+canvas.deselectAll();
+canvas.fitViewToSelectionAnimated({duration: 1});
+setTimeout(() => {
+  canvas.draw(true, true);
+  done(canvas.canvas.toDataURL('image/png'));
+  canvas.show_info = true;
+}, 300);
+"""
+
+
+def thumbnail(browser: Browser) -> bytes:
+    """The graph canvas, cropped to the nodes, as a JPEG THUMBNAIL_WIDTH wide."""
+    from PIL import Image, ImageChops
+
+    data_url = browser.driver.execute_async_script(CANVAS_PNG_JS)
+    image = Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGB")
+    background = Image.new("RGB", image.size, image.getpixel((0, 0)))
+    difference = ImageChops.difference(image, background).convert("L")
+    box = difference.point(lambda level: 255 if level > 24 else 0).getbbox()  # faint grid dots do not count
+    if box is not None:
+        margin = 16
+        image = image.crop((max(box[0] - margin, 0), max(box[1] - margin, 0),
+                            min(box[2] + margin, image.width), min(box[3] + margin, image.height)))
+    image = image.resize((THUMBNAIL_WIDTH, round(image.height * THUMBNAIL_WIDTH / image.width)), Image.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80, optimize=True)
+    return buffer.getvalue()
+
 
 def convert(names: list[str]) -> None:
+    models = {name: models_property(name) for name in PUBLIC_MODELS}
     with tempfile.TemporaryDirectory() as base, \
-            ComfyServer(Path(base), models=False, settings={"Comfy.TutorialCompleted": True}) as server, \
-            Browser() as browser:
+            ComfyServer(Path(base), models=False, settings=SETTINGS) as server, \
+            Browser(window_size=(1600, 1000)) as browser:
         browser.open_frontend(server.url)
         for name in names:
             api = json.loads((API / f"{name}.json").read_text())
-            result = browser.driver.execute_async_script(CONVERT_JS, api, f"{name}.json")
+            note = NO_PUBLIC_FLEXIP_NOTE if nodes_of(api, "FlexIPLoader") else None
+            result = browser.driver.execute_async_script(CONVERT_JS, api, f"{name}.json", models, note)
             if result.startswith("ERROR "):
                 raise SystemExit(f"{name}: the frontend could not load the API workflow: {result[6:]}")
             workflow = json.loads(result)
             workflow["id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"comfyui-flexip/workflows/{name}"))  # stable per file
             target = WORKFLOWS / f"{name}.json"
             target.write_text(json.dumps(workflow, indent=2, ensure_ascii=False) + "\n")
-            print(f"wrote {target.relative_to(REPO)}")
+            (WORKFLOWS / f"{name}.jpg").write_bytes(thumbnail(browser))
+            log.info("wrote %s and its .jpg thumbnail", target.relative_to(REPO))
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     convert(sys.argv[1:] or sorted(path.stem for path in API.glob("*.json")))

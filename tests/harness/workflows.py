@@ -12,13 +12,42 @@ API = WORKFLOWS / "api"
 
 # The file names the shipped workflows use -> the generated fixtures' names in a test models/ tree.
 TEST_MODEL_NAMES = {
-    "v1-5-pruned-emaonly.safetensors": "flexip_test_sd15.safetensors",
+    "v1-5-pruned-emaonly-fp16.safetensors": "flexip_test_sd15.safetensors",
     "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors": "clip_vision_h.safetensors",
     "dinov2-large.safetensors": "dinov2_large.safetensors",
     "flexip_sd15.safetensors": "flexip_test_sd15.safetensors",
     "sd_xl_base_1.0.safetensors": "flexip_test_sdxl.safetensors",
     "flexip_sdxl.safetensors": "flexip_test_sdxl.safetensors",
 }
+
+# The public files the shipped workflows load: name -> (models/ folder, direct download URL). The UI
+# files carry them as the frontend's `properties.models` of each loader node (its missing-models dialog).
+PUBLIC_MODELS = {
+    "v1-5-pruned-emaonly-fp16.safetensors": (
+        "checkpoints",
+        "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/v1-5-pruned-emaonly-fp16.safetensors"),
+    "sd_xl_base_1.0.safetensors": (
+        "checkpoints",
+        "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors"),
+    "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors": (
+        "clip_vision", "https://huggingface.co/h94/IP-Adapter/resolve/main/models/image_encoder/model.safetensors"),
+    "dinov2-large.safetensors": (
+        "clip_vision", "https://huggingface.co/facebook/dinov2-large/resolve/main/model.safetensors"),
+    "ip-adapter-plus_sd15.safetensors": (
+        "ipadapter", "https://huggingface.co/h94/IP-Adapter/resolve/main/models/ip-adapter-plus_sd15.safetensors"),
+    "ip-adapter_sd15.safetensors": (
+        "ipadapter", "https://huggingface.co/h94/IP-Adapter/resolve/main/models/ip-adapter_sd15.safetensors"),
+}
+
+# FlexIP files have no public source; each workflow that loads one says so in a Note.
+NO_PUBLIC_FLEXIP_NOTE = ("No FlexIP weights are public yet: train one with python -m flexip_train (README: Training FlexIP) "
+                         "or use the start-here compatibility workflow (flexip_start_here_sd15).")
+
+
+def models_property(name: str) -> dict:
+    """The frontend's model metadata for one public file: {name, url, directory}."""
+    directory, url = PUBLIC_MODELS[name]
+    return {"name": name, "url": url, "directory": directory}
 
 
 def ui_workflows() -> list[Path]:

@@ -105,3 +105,11 @@ def test_sdxl_file_on_the_sd15_checkpoint_fails_with_one_sentence(server, subjec
     message = next(data["exception_message"] for kind, data in error.value.history["status"]["messages"]
                    if kind == "execution_error")
     assert_one_sentence(message.strip(), "ip-adapter_sdxl_vit-h.safetensors", "SDXL", "SD1.5")
+
+
+def test_start_here_workflow_runs_end_to_end_and_the_adapter_changes_the_image(server, subject, unpatched):
+    # the README's first workflow, as shipped (public file names mapped to the generated ones)
+    prompt = for_test_models(load_api("flexip_start_here_sd15"), SEED, subject, size=64, steps=2)
+    image = server.pixels(prompt, timeout=900)
+    assert image.shape == unpatched.shape
+    assert np.abs(image - unpatched).max() > 1  # the IP-Adapter pair visibly acts (8-bit levels)

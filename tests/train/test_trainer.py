@@ -291,7 +291,7 @@ def test_example_config_shows_the_defaults():
     from flexip_train.config import TrainConfig, load_config
     from tests.fixtures import REPO_ROOT
 
-    config = load_config(REPO_ROOT / "examples" / "train.toml")
+    config = load_config(REPO_ROOT / "flexip_train" / "train.example.toml")
     for section in dataclasses.fields(TrainConfig):
         value = getattr(config, section.name)
         if not dataclasses.is_dataclass(value):
@@ -299,4 +299,4 @@ def test_example_config_shows_the_defaults():
         for key in dataclasses.fields(value):
             shown = getattr(value, key.name)
             if key.default is not dataclasses.MISSING and not isinstance(shown, Path):  # paths are examples
-                assert shown == key.default, f"examples/train.toml [{section.name}] {key.name}"
+                assert shown == key.default, f"flexip_train/train.example.toml [{section.name}] {key.name}"

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.harness.workflows import API, ui_workflows
+from tests.harness.workflows import API, NO_PUBLIC_FLEXIP_NOTE, PUBLIC_MODELS, models_property, ui_workflows
 
 pytestmark = pytest.mark.ui
 
@@ -49,3 +49,28 @@ def test_workflow_loads_with_no_missing_node_and_matches_its_api_copy(frontend, 
 def _comparable(prompt: dict) -> dict:
     """class_type and inputs per node id (titles in _meta are presentation only)."""
     return {node_id: (node["class_type"], node["inputs"]) for node_id, node in prompt.items()}
+
+
+MODEL_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+# The models/ folder each loader reads; the missing-models dialog downloads into `directory`.
+LOADER_FOLDERS = {"CheckpointLoaderSimple": "checkpoints", "CLIPVisionLoader": "clip_vision",
+                  "FlexIPAdapterPairLoader": "ipadapter", "FlexIPLoader": "flexip"}
+
+
+@pytest.mark.parametrize("path", ui_workflows(), ids=lambda path: path.stem)
+def test_every_model_file_has_a_download_link_or_the_workflow_says_no_flexip_weights_are_public(path):
+    workflow = json.loads(path.read_text())
+    notes = [node["widgets_values"][0] for node in workflow["nodes"] if node["type"] == "Note"]
+    for node in workflow["nodes"]:
+        files = [value for value in node.get("widgets_values") or []
+                 if isinstance(value, str) and value.endswith(MODEL_SUFFIXES)]
+        public = [name for name in files if name in PUBLIC_MODELS]
+        # the frontend offers a download only for entries whose name equals a widget value
+        assert node.get("properties", {}).get("models", []) == [models_property(name) for name in public], node["type"]
+        for name in public:
+            assert models_property(name)["directory"] == LOADER_FOLDERS[node["type"]], name
+            assert models_property(name)["url"].startswith("https://huggingface.co/"), name
+            assert "/resolve/main/" in models_property(name)["url"], name  # a direct download, not a page
+        for name in set(files) - set(public):
+            assert node["type"] == "FlexIPLoader", f"{node['type']} loads {name}: neither public nor a FlexIP file"
+            assert NO_PUBLIC_FLEXIP_NOTE in notes, f"{path.name} loads {name} but has no Note saying none is public"
