@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from flexip_model.attention import gated_attention
+from flexip_model.attention import gated_attention, sdpa_attention
 from flexip_model.config import LayerSpec
 from flexip_model.errors import FlexIPError
 from flexip_model.ip_adapter import load_branch, load_pair
@@ -126,8 +126,8 @@ def test_gated_layer_is_ip_adapter_decoupled_cross_attention(pair_case, gate):
         q = torch.randn(1, 64, layer.inner_dim, generator=generator)
         k, v = torch.randn(2, 1, 77, layer.inner_dim, generator=generator)
         with torch.no_grad():
-            out = gated_attention(q, k, v, pair.layer_kv(layer.key, *tokens), layer.heads, strength, gate,
-                                  pair.config.gate_mode)
+            out = gated_attention(q, sdpa_attention(q, k, v, layer.heads), pair.layer_kv(layer.key, *tokens),
+                                  layer.heads, strength, gate, pair.config.gate_mode)
         ip = [reference.ip_weights(w, IP_NUMBER[layer.key]) for w in weights]
         if gate in (0.0, 1.0):
             active = 0 if gate == 1.0 else 1
