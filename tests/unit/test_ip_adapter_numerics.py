@@ -16,9 +16,10 @@ from safetensors.torch import load_file
 from flexip_model.attention import gated_attention, sdpa_attention
 from flexip_model.config import LayerSpec
 from flexip_model.errors import FlexIPError
-from flexip_model.ip_adapter import load_branch, load_pair
+from flexip_model.ip_adapter import load_pair
 from tests.fixtures import ip_adapter_reference as reference
 from tests.fixtures.ip_adapter_files import build_ip_adapter
+from tests.unit.flexip_unit_helpers import load_one_file
 
 pytestmark = pytest.mark.unit
 
@@ -68,7 +69,7 @@ def _features(branch, batch=2, seed=0):
 def test_image_tokens_equal_the_reference_projection(ip_file, name):
     path = ip_file(name)
     layers, _ = LAYERS[VARIANTS[name]]
-    branch = load_branch(path, layers, VARIANTS[name], dtype=torch.float32)
+    branch = load_one_file(path, layers, VARIANTS[name], dtype=torch.float32)
     features = _features(branch, batch=1)
     with torch.no_grad():
         tokens = branch.tokens(features)
@@ -79,7 +80,7 @@ def test_image_tokens_equal_the_reference_projection(ip_file, name):
 
 @pytest.mark.parametrize("name", ["ip-adapter_sd15", "ip-adapter-plus_sdxl_vit-h"])
 def test_unconditional_row_is_made_as_each_file_was_trained(ip_file, name):
-    branch = load_branch(ip_file(name), LAYERS[VARIANTS[name]][0], VARIANTS[name], dtype=torch.float32)
+    branch = load_one_file(ip_file(name), LAYERS[VARIANTS[name]][0], VARIANTS[name], dtype=torch.float32)
     features = {"image_embeds": torch.randn(2, 1024), "penultimate_hidden_states": torch.randn(2, 257, 1280)}
     neutral = {"penultimate_hidden_states": torch.randn(1, 257, 1280)}
     with torch.no_grad():
