@@ -32,10 +32,6 @@ class FlexIPAdapter(nn.Module):
         """A randomly initialised adapter of the sizes in `config`."""
         return cls(config)
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """All parameters of the adapter (nothing in it is frozen)."""
-        return list(self.parameters())
-
     def preservation_tokens(self, clip_embeds: Tensor, dino_tokens: Tensor) -> Tensor:
         """CLIP [CLS] [B, C] and DINOv2 tokens [B, T, Dd] -> T_pres [B, Tp, d]."""
         return self.preservation(clip_embeds, dino_tokens)
@@ -65,12 +61,6 @@ class FlexIPAdapter(nn.Module):
             personalization=project(branches["joint" if token_mode else "pers"], personalization_tokens),
         )
         return join_branches(kv) if token_mode else kv
-
-    def layer_kvs(
-        self, preservation_tokens: Optional[Tensor], personalization_tokens: Optional[Tensor]
-    ) -> dict[str, LayerKV]:
-        """`layer_kv` for every layer of the config, keyed by layer key."""
-        return {key: self.layer_kv(key, preservation_tokens, personalization_tokens) for key in self.config.layer_keys}
 
 
 def parameter_counts(config: FlexIPConfig) -> dict[str, int]:

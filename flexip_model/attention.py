@@ -192,8 +192,7 @@ def adapter_attention(
 
 def gated_attention(
     q: Tensor,
-    text_k: Tensor,
-    text_v: Tensor,
+    text: Tensor,
     kv: LayerKV,
     heads: int,
     strength: Weight,
@@ -203,12 +202,14 @@ def gated_attention(
     attention: AttentionFn = sdpa_attention,
     attn_precision: Optional[torch.dtype] = None,
 ) -> Tensor:
-    """The full layer: text attention plus the adapter term, [B, N, inner].
+    """The full layer Z: the text term plus the adapter term, [B, N, inner].
 
-    `q` is [B, N, inner], `text_k`/`text_v` [B, L, inner]; `mask` [B, N] or [B, N, 1] in [0, 1]
-    weights the adapter term per query token (a latent-grid mask flattened by the caller).
+    `q` is [B, N, inner]; `text` is the text term Attn(Q, K_t, V_t) [B, N, inner], computed by
+    the caller (ComfyUI's attention, or another extension's patch that this one chains).
+    `mask` [B, N] or [B, N, 1] in [0, 1], in q's dtype and device (the caller casts it once per
+    model call, not per layer), weights the adapter term per query token (a latent-grid mask
+    flattened by the caller).
     """
-    text = attention(q, text_k, text_v, heads, attn_precision=attn_precision)
     term = adapter_attention(split_heads(q, heads), kv, strength, gate, gate_mode, attention, attn_precision)
     if term is None:
         return text
@@ -217,4 +218,4 @@ def gated_attention(
         return text + term
     if mask.ndim == 2:
         mask = mask.unsqueeze(-1)
-    return torch.addcmul(text, term, mask.to(device=term.device, dtype=term.dtype))
+    return torch.addcmul(text, term, mask)

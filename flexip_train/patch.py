@@ -4,7 +4,7 @@ Inference (`nodes.patch.FlexIPPatch`) builds the adapter K/V once per sampling r
 gradients, from one encoded subject. Training needs them rebuilt on every model call, with
 gradients, from each sample's own reference and γ. `TrainingPatch` does exactly that and
 nothing else: it is installed with the pack's own `install()`, so every attn2 call runs the
-pack's `LayerPatch` and `adapter_attention`, the code users sample with.
+pack's `LayerPatch` and `gated_attention`, the code users sample with.
 """
 
 from __future__ import annotations

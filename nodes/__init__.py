@@ -16,32 +16,22 @@ from .sweep import FlexIPGateSweep
 
 register_model_folders()
 
-NODE_CLASS_MAPPINGS = {
-    "FlexIPLoader": FlexIPLoader,
-    "FlexIPAdapterPairLoader": FlexIPAdapterPairLoader,
-    "FlexIPEncodeSubject": FlexIPEncodeSubject,
-    "FlexIPGateSchedule": FlexIPGateSchedule,
-    "FlexIPApply": FlexIPApply,
-    "FlexIPInsightFaceLoader": FlexIPInsightFaceLoader,
-    "FlexIPFaceCrop": FlexIPFaceCrop,
-    "FlexIPFaceSimilarity": FlexIPFaceSimilarity,
-    "FlexIPGateSweep": FlexIPGateSweep,
-    "FlexIPSubjectSimilarity": FlexIPSubjectSimilarity,
-    "FlexIPTradeoffPlot": FlexIPTradeoffPlot,
-}
+# Each node once. Its class name is the node id that saved workflows hold: never rename one.
+NODES: tuple[type, ...] = (
+    FlexIPLoader,
+    FlexIPAdapterPairLoader,
+    FlexIPEncodeSubject,
+    FlexIPGateSchedule,
+    FlexIPApply,
+    FlexIPInsightFaceLoader,
+    FlexIPFaceCrop,
+    FlexIPFaceSimilarity,
+    FlexIPGateSweep,
+    FlexIPSubjectSimilarity,
+    FlexIPTradeoffPlot,
+)
 
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "FlexIPLoader": "Load FlexIP Adapters",
-    "FlexIPAdapterPairLoader": "Load IP-Adapter Pair (FlexIP compatibility mode)",
-    "FlexIPEncodeSubject": "FlexIP Encode Subject",
-    "FlexIPGateSchedule": "FlexIP Gate Schedule",
-    "FlexIPApply": "Apply FlexIP",
-    "FlexIPInsightFaceLoader": "FlexIP InsightFace Loader",
-    "FlexIPFaceCrop": "FlexIP Face Crop",
-    "FlexIPFaceSimilarity": "FlexIP Face Similarity (ArcFace)",
-    "FlexIPGateSweep": "FlexIP Gate Sweep",
-    "FlexIPSubjectSimilarity": "FlexIP Subject Similarity (CLIP-I, DINO-I)",
-    "FlexIPTradeoffPlot": "FlexIP Trade-off Plot",
-}
+NODE_CLASS_MAPPINGS = {node.__name__: node for node in NODES}
+NODE_DISPLAY_NAME_MAPPINGS = {node.__name__: node.DISPLAY_NAME for node in NODES}
 
-refuse_non_finite_floats(NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS)
+refuse_non_finite_floats(NODES)

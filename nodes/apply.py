@@ -18,6 +18,7 @@ _PROGRESS_POINTS = 1001  # one per discrete timestep of SD-family models
 
 
 class FlexIPApply:
+    DISPLAY_NAME = "Apply FlexIP"
     DESCRIPTION = "Adds the subject to the model: identity (preservation) and editability (personalization), blended by the gate."
     CATEGORY = "FlexIP"
     RETURN_TYPES = ("MODEL",)

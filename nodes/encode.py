@@ -19,6 +19,7 @@ BATCH_MODES = ("average", "concat")
 
 
 class FlexIPEncodeSubject:
+    DISPLAY_NAME = "FlexIP Encode Subject"
     DESCRIPTION = ("Encodes the subject once: CLIP-H and DINOv2 features of the reference through the "
                    "preservation adapter. Changing gate or strength later does not re-run this node.")
     CATEGORY = "FlexIP"

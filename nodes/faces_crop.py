@@ -116,6 +116,7 @@ def crop_for_encoding(analysis, image: torch.Tensor, mask: torch.Tensor | None):
 
 
 class FlexIPFaceCrop:
+    DISPLAY_NAME = "FlexIP Face Crop"
     DESCRIPTION = ("Finds a face in each image with InsightFace and aligns it (eyes, nose and mouth on ArcFace's "
                    "template) into square crops for FlexIP Encode Subject, with a mask of the face and a preview "
                    "of what was found.")

@@ -7,6 +7,7 @@ from .faces_runtime import PROVIDERS, load_face_analysis
 
 
 class FlexIPInsightFaceLoader:
+    DISPLAY_NAME = "FlexIP InsightFace Loader"
     DESCRIPTION = ("Loads an InsightFace model pack (face detection with landmarks, and ArcFace recognition) from "
                    "models/insightface/models/. Needs the optional packages insightface and onnxruntime.")
     CATEGORY = "FlexIP/faces"

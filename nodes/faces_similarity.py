@@ -62,6 +62,7 @@ def similarity_table(similarities: list[float | None], reference_count: int) -> 
 
 
 class FlexIPFaceSimilarity:
+    DISPLAY_NAME = "FlexIP Face Similarity (ArcFace)"
     DESCRIPTION = ("Measures identity preservation: the ArcFace cosine similarity between the reference face and "
                    "the largest face in each generated image.")
     CATEGORY = "FlexIP/faces"

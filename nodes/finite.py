@@ -11,6 +11,7 @@ import functools
 import inspect
 import math
 import numbers
+from typing import Iterable
 
 from ..flexip_model.errors import FlexIPError
 
@@ -49,12 +50,12 @@ def check_finite(display_name: str, node_class: type, inputs: dict) -> None:
         raise FlexIPError(f"{display_name}: {which} is {value}: give {wanted}.")
 
 
-def refuse_non_finite_floats(node_classes: dict[str, type], display_names: dict[str, str]) -> None:
+def refuse_non_finite_floats(node_classes: Iterable[type]) -> None:
     """Wrap each node class's FUNCTION so that check_finite runs on every call (once per class)."""
-    for key, node_class in node_classes.items():
+    for node_class in node_classes:
         run = getattr(node_class, node_class.FUNCTION)
         if not getattr(run, "checks_finite_floats", False):
-            setattr(node_class, node_class.FUNCTION, _checked(run, node_class, display_names[key]))
+            setattr(node_class, node_class.FUNCTION, _checked(run, node_class, node_class.DISPLAY_NAME))
 
 
 def _checked(run, node_class: type, display_name: str):

@@ -10,6 +10,7 @@ from .folders import model_file
 
 
 class FlexIPLoader:
+    DISPLAY_NAME = "Load FlexIP Adapters"
     DESCRIPTION = "Loads a FlexIP adapter file (preservation + personalization adapters and their per-layer projections)."
     CATEGORY = "FlexIP"
     RETURN_TYPES = ("FLEXIP",)

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 
 class FlexIPAdapterPairLoader:
+    DISPLAY_NAME = "Load IP-Adapter Pair (FlexIP compatibility mode)"
     DESCRIPTION = (
         "Compatibility mode over IP-Adapter weights, not trained FlexIP: loads two public IP-Adapter files "
         "from models/ipadapter as the preservation and personalization branches, and the FlexIP gate blends "

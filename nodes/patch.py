@@ -17,7 +17,7 @@ import torch
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.patcher_extension
 
-from ..flexip_model.attention import LayerKV, adapter_attention, join_branches, merge_heads, split_heads
+from ..flexip_model.attention import LayerKV, gated_attention, join_branches
 from ..flexip_model.config import LayerSpec, parse_layer_key
 from ..flexip_model.errors import FlexIPError
 from ..flexip_model.gate import GateSchedule, GateTable, gates_at, progress_from_sigma, window_at
@@ -240,16 +240,10 @@ class LayerPatch:
         if call is None:  # a model call that bypassed the wrapper: behave like the base model
             return out
         call.layers_run.add(self.index)
-        term = adapter_attention(
-            split_heads(q, extra_options["n_heads"]), call.kv[self.index], call.strength, call.gates[self.index],
-            self.state.flexip.config.gate_mode, attention=_comfy_attention(extra_options),
-            attn_precision=extra_options.get("attn_precision"))
-        if term is None:
-            return out
-        mask = call.mask_for(q.shape[1], extra_options["original_shape"])
-        if mask is None:
-            return out + merge_heads(term)
-        return torch.addcmul(out, merge_heads(term), mask)
+        return gated_attention(
+            q, out, call.kv[self.index], extra_options["n_heads"], call.strength, call.gates[self.index],
+            self.state.flexip.config.gate_mode, mask=call.mask_for(q.shape[1], extra_options["original_shape"]),
+            attention=_comfy_attention(extra_options), attn_precision=extra_options.get("attn_precision"))
 
     def models(self) -> list:
         previous = getattr(self.previous, "models", None)

@@ -23,6 +23,7 @@ _INSTALL = ("FlexIPTradeoffPlot needs matplotlib, an optional dependency of Comf
 
 
 class FlexIPTradeoffPlot:
+    DISPLAY_NAME = "FlexIP Trade-off Plot"
     DESCRIPTION = ("The identity/editability trade-off of a gate sweep: each metric (CLIP-I, DINO-I, face "
                    "similarity, any list of numbers) against γ, and the generated images labelled with their γ.")
     CATEGORY = "FlexIP/sweep"

@@ -9,6 +9,7 @@ _KEYFRAMES_HELP = "'progress:gamma' pairs, e.g. '0:1.0, 0.6:0.2' (progress 0 = f
 
 
 class FlexIPGateSchedule:
+    DISPLAY_NAME = "FlexIP Gate Schedule"
     DESCRIPTION = ("How much identity (γ = 1, preservation) versus editability (γ = 0, personalization) "
                    "at each point of sampling, optionally different per UNet block.")
     CATEGORY = "FlexIP"

@@ -15,6 +15,7 @@ DINO_RESOLUTION = 224  # DINO-I as usually reported: the [CLS] of a 224 px centr
 
 
 class FlexIPSubjectSimilarity:
+    DISPLAY_NAME = "FlexIP Subject Similarity (CLIP-I, DINO-I)"
     DESCRIPTION = ("How much each generated image looks like the subject: CLIP-I (cosine of CLIP image "
                    "embeddings) and DINO-I (cosine of DINOv2 [CLS] features), the identity metrics of the "
                    "FlexIP paper. 1.0 = the same image.")

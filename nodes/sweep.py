@@ -19,6 +19,7 @@ class GateSweep:
 
 
 class FlexIPGateSweep:
+    DISPLAY_NAME = "FlexIP Gate Sweep"
     DESCRIPTION = ("A sweep of the gate γ over a latent batch: item i of the batch gets the i-th value, so one "
                    "KSampler run renders identity (γ = 1) to editability (γ = 0) side by side.")
     CATEGORY = "FlexIP/sweep"

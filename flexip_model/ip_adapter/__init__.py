@@ -5,7 +5,7 @@ detects their variants, matches their layers to the model and returns an `IPAdap
 These are IP-Adapter weights blended by the FlexIP gate, not trained FlexIP weights.
 """
 
-from .checkpoint import load_branch, load_pair, open_file
+from .checkpoint import load_pair, open_file
 from .pair import IPAdapterBranch, IPAdapterPair, IPAdapterPairConfig
 from .projections import ImageProjection, MLPProjection, PerceiverAttention, Resampler
 from .variants import (
@@ -22,5 +22,5 @@ from .variants import (
 __all__ = [
     "FEATURES", "IPAdapterBranch", "IPAdapterPair", "IPAdapterPairConfig", "IPAdapterSpec", "ImageProjection",
     "MLPProjection", "PerceiverAttention", "Resampler", "describe", "encoder_name", "family_name",
-    "ip_adapter_index", "ip_adapter_order", "load_branch", "load_pair", "match_layers", "open_file",
+    "ip_adapter_index", "ip_adapter_order", "load_pair", "match_layers", "open_file",
 ]

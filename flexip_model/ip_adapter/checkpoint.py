@@ -130,13 +130,6 @@ def _branch(spec: IPAdapterSpec, read: Reader, layers: tuple[LayerSpec, ...], co
     return branch.eval()
 
 
-def load_branch(path: PathLike, layers: Sequence[LayerSpec], context_dim: Optional[int] = None,
-                dtype: Optional[torch.dtype] = None) -> IPAdapterBranch:
-    """One IP-Adapter file matched to a model's attn2 `layers` (and its text context width)."""
-    spec, read = _detect(path)
-    return _branch(spec, read, tuple(layers), context_dim, dtype)
-
-
 def load_pair(preservation: PathLike, personalization: PathLike, layers: Sequence[LayerSpec],
               context_dim: Optional[int] = None, dtype: Optional[torch.dtype] = None) -> IPAdapterPair:
     """Two IP-Adapter files as the preservation and personalization branches of one FLEXIP adapter.

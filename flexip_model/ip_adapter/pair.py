@@ -114,11 +114,6 @@ class IPAdapterPair(nn.Module):
         return self.preservation, self.personalization
 
     @property
-    def features(self) -> frozenset[str]:
-        """The CLIP outputs the two files read."""
-        return frozenset(branch.feature for branch in self.branches)
-
-    @property
     def needs_neutral_image(self) -> bool:
         """Whether a branch takes its unconditional tokens from the neutral image's hidden states."""
         return any(branch.feature != "image_embeds" for branch in self.branches)
@@ -141,8 +136,3 @@ class IPAdapterPair(nn.Module):
             personalization=None if personalization_tokens is None
             else self.personalization.kv(key, personalization_tokens, heads),
         )
-
-    def layer_kvs(self, preservation_tokens: Optional[Tensor],
-                  personalization_tokens: Optional[Tensor]) -> dict[str, LayerKV]:
-        """`layer_kv` for every matched layer, keyed by layer key."""
-        return {key: self.layer_kv(key, preservation_tokens, personalization_tokens) for key in self.config.layer_keys}

@@ -1,21 +1,23 @@
-"""Per-step cost of the patch on a real ComfyUI model: few ops per layer, and no K/V work per step.
+"""Per-step cost of the patch on a real ComfyUI model: no adapter K/V work per step.
 
-The same counting as `make bench` (figures A and B of issue 9), on the tiny UNet so it runs
-in seconds: ops that reach the dispatcher in one steady-state model call (the per-run K/V
-cache already built), and FLOPs per aten op by torch.utils.flop_counter. ComfyUI is pointed
-at PyTorch attention, what it selects on NVIDIA GPUs (on a CPU it picks a chunked fallback).
+Structural properties only: what a steady-state model call (the per-run K/V cache already
+built) may touch, and which kinds of FLOPs it adds. Exact op counts move with PyTorch
+releases without any change in behaviour, so they live in the benchmark (`make bench`,
+figure `added_ops_per_step_sd15_512` with its target), not here. Host syncs are checked in
+test_performance_host_sync.py.
 """
 
 from __future__ import annotations
 
 import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from benchmarks import counting, host
 from tests.comfy.tiny_world import apply
 
 pytestmark = pytest.mark.comfy
-
-OPS_PER_LAYER = 16  # issue 9: <= 256 for SD1.5's 16 layers; IPAdapter_plus adds 50 per layer
 
 
 @pytest.fixture
@@ -25,20 +27,46 @@ def pytorch_attention(monkeypatch):
     monkeypatch.setattr(attention, "optimized_attention", attention.attention_pytorch)
 
 
-def _layers(world) -> int:
-    return len(world["pack"].nodes.layers.layer_specs_of(world["model"].model.diffusion_model))
+class ParameterReads(TorchDispatchMode):
+    """Names of the given parameters that any aten op reads (directly, or through a view)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.names = {p.untyped_storage().data_ptr(): name for name, p in module.named_parameters()}
+        self.read: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        for value in tree_flatten((args, kwargs or {}))[0]:
+            if isinstance(value, torch.Tensor):
+                name = self.names.get(value.untyped_storage().data_ptr())
+                if name is not None:
+                    self.read.add(name)
+        return func(*args, **(kwargs or {}))
+
+
+def adapter_reads_per_call(patched, adapter: torch.nn.Module, calls: int) -> list[set[str]]:
+    """The adapter parameters each of `calls` model calls of one sampling run reads."""
+    inputs = host.StepInputs.make(latent=16)
+    host.end_run(patched)
+    reads = []
+    for _ in range(calls):
+        with torch.inference_mode(), ParameterReads(adapter) as recorder:
+            host.model_step(patched, inputs)
+        reads.append(recorder.read)
+    host.end_run(patched)
+    return reads
 
 
 @pytest.mark.parametrize("preservation", [0.5, 1.0])
-def test_steady_state_step_adds_at_most_16_ops_per_layer(world, pytorch_attention, preservation):
+def test_adapter_weights_are_read_in_the_first_call_of_a_run_and_never_again(world, preservation):
+    """K/V projections (and the personalization adapter) run once per sampling run, not per step."""
     patched = apply(world, preservation=preservation)
-    inputs = host.StepInputs.make(latent=16)
-    base = counting.step_cost(world["model"], inputs, fake=False)
-    first, steady = counting.run_costs(patched, inputs, fake=False)
-    added = steady.minus(base)
-    assert 0 < added.op_count <= OPS_PER_LAYER * _layers(world), counting.per_layer(added.ops, _layers(world))
-    # the first call of a run builds the K/V cache; a steady-state call must not repeat that work
-    assert first.op_count > steady.op_count
+    adapter = world["flexip"].loaded()
+    first, *steady = adapter_reads_per_call(patched, adapter, calls=3)
+    projections = {name for name, _ in adapter.named_parameters() if name.startswith("layers.")}
+    # the first call builds the cache: it reads every layer's K/V projection, so the probe works
+    assert projections <= first, sorted(projections - first)[:5]
+    assert steady == [set(), set()], steady
 
 
 def test_steady_state_step_adds_only_attention_flops(world, pytorch_attention):

@@ -65,12 +65,12 @@ SYNCS = {
 @pytest.mark.parametrize("sync", SYNCS)
 def test_guard_fails_when_the_patch_syncs(world, flexip_pack, monkeypatch, sync, mode):
     patch_module = flexip_pack.nodes.patch
-    original = patch_module.adapter_attention
+    original = patch_module.gated_attention
 
-    def syncing_adapter_attention(q_heads, kv, strength, gate, *args, **kwargs):
+    def syncing_gated_attention(q, text, kv, heads, strength, gate, *args, **kwargs):
         SYNCS[sync](gate if isinstance(gate, torch.Tensor) else torch.tensor(gate))
-        return original(q_heads, kv, strength, gate, *args, **kwargs)
+        return original(q, text, kv, heads, strength, gate, *args, **kwargs)
 
-    monkeypatch.setattr(patch_module, "adapter_attention", syncing_adapter_attention)
+    monkeypatch.setattr(patch_module, "gated_attention", syncing_gated_attention)
     with pytest.raises(HostSyncFound):
         guarded_sampling(every_feature(world, flexip_pack), GRAD_MODES[mode])

@@ -1,4 +1,4 @@
-"""Shared test helpers: an independent attention reference and dispatch-level op recorders."""
+"""Shared test helpers: an independent attention reference, dispatch-level op recorders, one-file loading."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import re
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from flexip_model.ip_adapter import IPAdapterBranch, load_pair
 
 HOST_SYNC_OPS = ("aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.equal")
 
@@ -18,6 +20,11 @@ def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     weights = torch.exp(scores - scores.max(dim=-1, keepdim=True).values)
     weights = weights / weights.sum(dim=-1, keepdim=True)
     return weights @ v
+
+
+def load_one_file(path, layers, context_dim=None, dtype=None) -> IPAdapterBranch:
+    """One IP-Adapter file through the loader users run (`load_pair`), as both branches: its branch."""
+    return load_pair(path, path, layers, context_dim, dtype).preservation
 
 
 class OpRecorder(TorchDispatchMode):

@@ -13,14 +13,14 @@ from safetensors.torch import load_file, save_file
 
 from flexip_model.config import LayerSpec, default_layers
 from flexip_model.errors import FlexIPError
-from flexip_model.ip_adapter import describe, ip_adapter_order, load_branch, load_pair, open_file
+from flexip_model.ip_adapter import describe, ip_adapter_order, load_pair, open_file
 from tests.fixtures.ip_adapter_files import (
     build_ip_adapter,
     ip_adapter_file,
     ip_adapter_shapes,
     random_weights,
 )
-from tests.unit.flexip_unit_helpers import assert_one_sentence
+from tests.unit.flexip_unit_helpers import assert_one_sentence, load_one_file
 
 pytestmark = pytest.mark.unit
 
@@ -64,7 +64,7 @@ def test_layer_order_is_diffusers_down_up_mid():
 def test_released_files_are_detected_and_every_layer_lands_on_its_unet_layer(name):
     variant, base, feature, width, tokens = RELEASED[name]
     path = ip_adapter_file(name)
-    branch = load_branch(path, default_layers(base), CONTEXT[base])
+    branch = load_one_file(path, default_layers(base), CONTEXT[base])
     spec = branch.spec
     assert (spec.variant, spec.base, spec.feature, spec.feature_dim, spec.tokens) == (variant, base, feature, width, tokens)
     assert spec.encoder == "CLIP ViT-H/14"
@@ -82,8 +82,8 @@ def test_released_files_are_detected_and_every_layer_lands_on_its_unet_layer(nam
 
 @pytest.mark.parametrize("name", ["ip-adapter_sd15", "ip-adapter-plus_sd15"])
 def test_original_bin_layout_loads_the_same_weights_as_safetensors(name):
-    from_bin = load_branch(ip_adapter_file(name, ".bin"), default_layers("sd15"), 768)
-    from_safetensors = load_branch(ip_adapter_file(name), default_layers("sd15"), 768)
+    from_bin = load_one_file(ip_adapter_file(name, ".bin"), default_layers("sd15"), 768)
+    from_safetensors = load_one_file(ip_adapter_file(name), default_layers("sd15"), 768)
     assert from_bin.spec.describe().replace(".bin", "") == from_safetensors.spec.describe().replace(".safetensors", "")
     bin_state, safetensors_state = from_bin.state_dict(), from_safetensors.state_dict()
     assert bin_state.keys() == safetensors_state.keys()
@@ -103,7 +103,8 @@ def test_pair_is_an_output_mode_flexip_over_the_model_layers():
     pair = load_pair(ip_adapter_file("ip-adapter-plus_sd15"), ip_adapter_file("ip-adapter_sd15"), layers, 768)
     assert pair.config.gate_mode == "output" and pair.config.layers == layers and pair.config.context_dim == 768
     assert pair.preservation.spec.variant == "plus" and pair.personalization.spec.variant == "base"
-    assert pair.needs_neutral_image and pair.features == {"image_embeds", "penultimate_hidden_states"}
+    assert pair.needs_neutral_image
+    assert {branch.feature for branch in pair.branches} == {"image_embeds", "penultimate_hidden_states"}
 
 
 def _error(call) -> str:
@@ -113,18 +114,18 @@ def _error(call) -> str:
 
 
 def test_sdxl_file_for_an_sd15_model_is_refused_from_the_header():
-    message = _error(lambda: load_branch(ip_adapter_file("ip-adapter_sdxl_vit-h"), default_layers("sd15"), 768))
+    message = _error(lambda: load_one_file(ip_adapter_file("ip-adapter_sdxl_vit-h"), default_layers("sd15"), 768))
     assert_one_sentence(message, "ip-adapter_sdxl_vit-h.safetensors", "SDXL", "SD1.5", "context 768")
 
 
 def test_file_for_another_layer_count_is_refused():
-    message = _error(lambda: load_branch(ip_adapter_file("ip-adapter_sd15"), FOUR_LAYERS, 768))
+    message = _error(lambda: load_one_file(ip_adapter_file("ip-adapter_sd15"), FOUR_LAYERS, 768))
     assert_one_sentence(message, "ip-adapter_sd15.safetensors", "16 cross-attention layers", "the model has 4")
 
 
 def test_file_whose_layer_widths_do_not_fit_the_model_is_refused(tmp_path):
     path = build_ip_adapter(tmp_path / "ip-adapter_sd15.safetensors", "ip-adapter_sd15", layer_widths=(320, 320, 640, 320))
-    message = _error(lambda: load_branch(path, FOUR_LAYERS, 768))
+    message = _error(lambda: load_one_file(path, FOUR_LAYERS, 768))
     assert_one_sentence(message, "ip-adapter_sd15.safetensors", "layer 5", "640", "output_1_0", "320")
 
 
@@ -132,7 +133,7 @@ def test_file_whose_layer_widths_do_not_fit_the_model_is_refused(tmp_path):
 def test_face_id_files_are_refused(tmp_path, suffix):
     path = build_ip_adapter(tmp_path / f"ip-adapter-faceid_sd15{suffix}", "ip-adapter-faceid_sd15",
                             layer_widths=(320,) * 4)
-    assert_one_sentence(_error(lambda: load_branch(path, FOUR_LAYERS, 768)),
+    assert_one_sentence(_error(lambda: load_one_file(path, FOUR_LAYERS, 768)),
                         f"ip-adapter-faceid_sd15{suffix}", "FaceID", "InsightFace")
 
 
@@ -156,7 +157,7 @@ def test_bin_that_needs_full_unpickling_is_refused_without_running_it(tmp_path):
     nested = torch.load(str(path), weights_only=True)
     nested["image_proj"]["note"] = _RunsCode()
     torch.save(nested, str(path))
-    message = _error(lambda: load_branch(path, FOUR_LAYERS, 768))
+    message = _error(lambda: load_one_file(path, FOUR_LAYERS, 768))
     assert_one_sentence(message, "ip-adapter_sd15.bin", "unpickling", ".safetensors")
     assert not _RunsCode.ran
 
@@ -188,7 +189,7 @@ def test_damaged_or_foreign_files_are_refused_with_the_tensor_named(tmp_path, da
         tensors = {"preservation.proj_in.weight": torch.zeros(4, 4)}
     path = tmp_path / "ip-adapter_sd15.safetensors"
     save_file(tensors, str(path))
-    assert_one_sentence(_error(lambda: load_branch(path, FOUR_LAYERS, 768)), "ip-adapter_sd15.safetensors", *mentions)
+    assert_one_sentence(_error(lambda: load_one_file(path, FOUR_LAYERS, 768)), "ip-adapter_sd15.safetensors", *mentions)
 
 
 def test_unreadable_files_are_refused(tmp_path):

@@ -13,12 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from flexip_model.attention import gated_attention
+from flexip_model.attention import gated_attention, sdpa_attention
 from flexip_model.config import LayerSpec
 from flexip_model.errors import FlexIPError
-from flexip_model.ip_adapter import load_branch, load_pair
+from flexip_model.ip_adapter import load_pair
 from tests.fixtures import ip_adapter_reference as reference
 from tests.fixtures.ip_adapter_files import build_ip_adapter
+from tests.unit.flexip_unit_helpers import load_one_file
 
 pytestmark = pytest.mark.unit
 
@@ -68,7 +69,7 @@ def _features(branch, batch=2, seed=0):
 def test_image_tokens_equal_the_reference_projection(ip_file, name):
     path = ip_file(name)
     layers, _ = LAYERS[VARIANTS[name]]
-    branch = load_branch(path, layers, VARIANTS[name], dtype=torch.float32)
+    branch = load_one_file(path, layers, VARIANTS[name], dtype=torch.float32)
     features = _features(branch, batch=1)
     with torch.no_grad():
         tokens = branch.tokens(features)
@@ -79,7 +80,7 @@ def test_image_tokens_equal_the_reference_projection(ip_file, name):
 
 @pytest.mark.parametrize("name", ["ip-adapter_sd15", "ip-adapter-plus_sdxl_vit-h"])
 def test_unconditional_row_is_made_as_each_file_was_trained(ip_file, name):
-    branch = load_branch(ip_file(name), LAYERS[VARIANTS[name]][0], VARIANTS[name], dtype=torch.float32)
+    branch = load_one_file(ip_file(name), LAYERS[VARIANTS[name]][0], VARIANTS[name], dtype=torch.float32)
     features = {"image_embeds": torch.randn(2, 1024), "penultimate_hidden_states": torch.randn(2, 257, 1280)}
     neutral = {"penultimate_hidden_states": torch.randn(1, 257, 1280)}
     with torch.no_grad():
@@ -126,8 +127,8 @@ def test_gated_layer_is_ip_adapter_decoupled_cross_attention(pair_case, gate):
         q = torch.randn(1, 64, layer.inner_dim, generator=generator)
         k, v = torch.randn(2, 1, 77, layer.inner_dim, generator=generator)
         with torch.no_grad():
-            out = gated_attention(q, k, v, pair.layer_kv(layer.key, *tokens), layer.heads, strength, gate,
-                                  pair.config.gate_mode)
+            out = gated_attention(q, sdpa_attention(q, k, v, layer.heads), pair.layer_kv(layer.key, *tokens),
+                                  layer.heads, strength, gate, pair.config.gate_mode)
         ip = [reference.ip_weights(w, IP_NUMBER[layer.key]) for w in weights]
         if gate in (0.0, 1.0):
             active = 0 if gate == 1.0 else 1

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flexip_model.attention import BranchKV, LayerKV, adapter_attention, gated_attention, join_branches
+from flexip_model.attention import (
+    BranchKV,
+    LayerKV,
+    adapter_attention,
+    gated_attention,
+    join_branches,
+    sdpa_attention,
+)
 from tests.unit.flexip_unit_helpers import naive_attention
 
 pytestmark = pytest.mark.unit
@@ -126,12 +133,13 @@ def _reference_text(q, k, v) -> torch.Tensor:
     return out
 
 
-def test_strength_zero_returns_text_attention_unchanged(case):
+def test_strength_zero_or_no_adapter_tokens_returns_the_text_term_unchanged(case):
     _, kv = case()
     q, k, v = _text(torch.Generator().manual_seed(1))
-    text_only = gated_attention(q, k, v, LayerKV(None, None), H, 1.0, 0.5)
-    assert torch.equal(gated_attention(q, k, v, kv, H, 0.0, 0.5), text_only)
-    torch.testing.assert_close(text_only.double(), _reference_text(q, k, v), atol=FP32_ATOL, rtol=0)
+    text = sdpa_attention(q, k, v, H)
+    assert gated_attention(q, text, LayerKV(None, None), H, 1.0, 0.5) is text
+    assert gated_attention(q, text, kv, H, 0.0, 0.5) is text
+    torch.testing.assert_close(text.double(), _reference_text(q, k, v), atol=FP32_ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("gate_mode", ["output", "token"])
@@ -142,7 +150,7 @@ def test_gated_attention_adds_masked_adapter_term(case, gate_mode, mask_shape):
     mask = torch.rand(mask_shape, generator=torch.Generator().manual_seed(3))
     mask[0, :3] = 0.0  # latent tokens outside the subject region get no adapter term
     gate = torch.tensor([0.2, 0.9, 0.5])
-    got = gated_attention(q, k, v, kv, H, 0.75, gate, gate_mode, mask=mask)
+    got = gated_attention(q, sdpa_attention(q, k, v, H), kv, H, 0.75, gate, gate_mode, mask=mask)
     q_heads = q.view(B, N, H, DH).transpose(1, 2)
     term = reference_term(q_heads, kv, 0.75, gate, gate_mode).transpose(1, 2).reshape(B, N, INNER)
     expected = _reference_text(q, k, v) + mask.reshape(B, N, 1).double() * term

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from flexip_model import FlexIPError, checkpoint
 from flexip_model.config import SIZE_BOUNDS, LayerSpec
-from flexip_model.ip_adapter import load_branch, open_file
+from flexip_model.ip_adapter import open_file
 from flexip_model.safetensors_header import MAX_TENSORS
 from tests.fixtures.ip_adapter_files import (
     ip_adapter_shapes,
@@ -28,7 +28,7 @@ from tests.fixtures.ip_adapter_files import (
     write_ip_adapter,
 )
 from tests.unit.crafted_files import parts, time_limit, valid_flexip, with_config, write_raw
-from tests.unit.flexip_unit_helpers import assert_one_sentence
+from tests.unit.flexip_unit_helpers import assert_one_sentence, load_one_file
 
 pytestmark = pytest.mark.unit
 
@@ -150,7 +150,7 @@ def test_ip_adapter_resampler_deeper_than_its_bound_is_refused(valid_file, tmp_p
                                projection=resampler_projection(8, 8, width=8, heads=1, depth=65, queries=2))
     path = tmp_path / "deep-plus.safetensors"
     save_file(random_weights(shapes), str(path))
-    message = _refusal(lambda: load_branch(path, _tiny_layers(), 8))
+    message = _refusal(lambda: load_one_file(path, _tiny_layers(), 8))
     assert_one_sentence(message, "deep-plus.safetensors", "resampler_depth=65", "1..64")
 
 
@@ -159,7 +159,7 @@ def test_ip_adapter_with_more_tokens_than_its_bound_is_refused(valid_file, tmp_p
                                projection=linear_projection(4, 2, tokens=2048))
     path = tmp_path / "many-tokens.safetensors"
     save_file(random_weights(shapes), str(path))
-    assert_one_sentence(_refusal(lambda: load_branch(path, _tiny_layers(), 2)), "many-tokens.safetensors",
+    assert_one_sentence(_refusal(lambda: load_one_file(path, _tiny_layers(), 2)), "many-tokens.safetensors",
                         "tokens=2048", "1..1024")
 
 
@@ -169,7 +169,7 @@ def test_ip_adapter_with_nan_weights_is_refused_naming_the_tensor(valid_file, tm
                                                projection=linear_projection(4, 8)))
     tensors["ip_adapter.1.to_v_ip.weight"][2, 2] = math.nan
     path = write_ip_adapter(tmp_path / f"nan{suffix}", tensors)
-    assert_one_sentence(_refusal(lambda: load_branch(path, _tiny_layers(), 8)), f"nan{suffix}",
+    assert_one_sentence(_refusal(lambda: load_one_file(path, _tiny_layers(), 8)), f"nan{suffix}",
                         "ip_adapter.1.to_v_ip.weight", "NaN or infinite")
 
 
@@ -182,7 +182,7 @@ def test_compressed_bin_archive_is_refused_before_unpickling(tmp_path):
         for record in source.infolist():
             target.writestr(record.filename, source.read(record))
     assert_one_sentence(_refusal(lambda: open_file(packed)), "packed.bin", "compressed")
-    assert load_branch(plain, _tiny_layers(), 8) is not None  # the same content, as torch.save wrote it, loads
+    assert load_one_file(plain, _tiny_layers(), 8) is not None  # the same content, as torch.save wrote it, loads
 
 
 def test_config_values_of_the_wrong_json_type_are_refused(valid_file, tmp_path):
