@@ -89,12 +89,11 @@ def _load_encoder(path: Optional[Path], factory: Optional[Callable[[], Any]], ke
     return encoder
 
 
-def load_frozen(config: ModelConfig, factories: Factories, unet_dtype: Optional[torch.dtype], pack: Pack) -> FrozenModels:
+def load_frozen(config: ModelConfig, factories: Factories, unet_dtype: Optional[torch.dtype],
+                pack: Pack) -> FrozenModels:
     """Load the base checkpoint with ComfyUI's own loader (UNet dtype `unet_dtype`, None = ComfyUI's choice)."""
-    import comfy.clip_model
     import comfy.model_base
     import comfy.sd
-    from comfy.image_encoders.dino2 import Dinov2Model
 
     path = _existing(config.checkpoint, "checkpoint")
     options = {} if unet_dtype is None else {"dtype": unet_dtype}
@@ -112,12 +111,9 @@ def load_frozen(config: ModelConfig, factories: Factories, unet_dtype: Optional[
         unet = factories.unet()
     clip_vision = _load_encoder(config.clip_vision, factories.clip_vision, "clip_vision")
     dino = _load_encoder(config.dino, factories.dino, "dino")
-    if not isinstance(getattr(clip_vision, "model", None), comfy.clip_model.CLIPVisionModelProjection):
-        raise FlexIPError("[model] clip_vision is not a CLIP vision model with a projection: give CLIP ViT-H/14 "
-                          "(the file IP-Adapter uses), and the DINOv2 file as dino.")
-    if not isinstance(getattr(dino, "model", None), Dinov2Model):
-        raise FlexIPError("[model] dino is not a DINOv2 model: give the DINOv2-L file "
-                          "(dinov2-large model.safetensors).")
+    pack.encoders.clip_vision_model(clip_vision, "[model] clip_vision",
+                                    "give CLIP ViT-H/14 (the file IP-Adapter uses), and the DINOv2 file as dino")
+    pack.encoders.dino_model(dino, "[model] dino", "give the DINOv2-L file (dinov2-large model.safetensors)")
     diffusion_model = unet.model.diffusion_model
     width = pack.layers.context_dim_of(diffusion_model)
     base = base_of(width)
