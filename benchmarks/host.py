@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 import torch
 
+from flexip_model.vocabulary import context_dim_for
 from tests.fixtures.comfy_host import REPO_ROOT, comfyui_path, import_comfy, import_pack
 from tests.fixtures.weights import key_generator
 
@@ -198,7 +199,7 @@ class StepInputs:
         generator = torch.Generator().manual_seed(seed)
         rows = len(BATCH_ORDER)
         x = torch.randn(rows, 4, latent, latent, generator=generator)
-        context = torch.randn(rows, TEXT_TOKENS, 2048 if sdxl else 768, generator=generator)
+        context = torch.randn(rows, TEXT_TOKENS, context_dim_for("sdxl" if sdxl else "sd15"), generator=generator)
         y = torch.randn(rows, SDXL_ADM, generator=generator).to(device, dtype) if sdxl else None
         return cls(x.to(device, dtype), torch.tensor([5.0], device=device), context.to(device, dtype), y)
 

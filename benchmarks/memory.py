@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from flexip_model.vocabulary import context_dim_for
+
 from . import host
 
 
@@ -94,8 +96,9 @@ def adapter_offload(pack, base, flexip, subject, latent: int = 8, steps: int = 2
         seen["adapter_bytes"] = adapter_patcher.loaded_size()
 
     generator = torch.Generator().manual_seed(5)
-    positive = [[torch.randn(1, host.TEXT_TOKENS, 768, generator=generator), {}]]
-    negative = [[torch.randn(1, host.TEXT_TOKENS, 768, generator=generator), {}]]
+    width = context_dim_for("sd15")
+    positive = [[torch.randn(1, host.TEXT_TOKENS, width, generator=generator), {}]]
+    negative = [[torch.randn(1, host.TEXT_TOKENS, width, generator=generator), {}]]
     latent_image = torch.zeros(1, 4, latent, latent)
     noise = comfy.sample.prepare_noise(latent_image, 0)
     comfy.sample.sample(patched, noise, steps, 5.0, "euler", "normal", positive, negative, latent_image,

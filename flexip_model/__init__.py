@@ -17,7 +17,7 @@ from .attention import (
     sdpa_attention,
     split_heads,
 )
-from .config import FlexIPConfig, LayerSpec, config_for, context_dim_for, default_layers, layer_key, parse_layer_key
+from .config import FlexIPConfig, LayerSpec, config_for, default_layers
 from .errors import FlexIPError
 from .gate import (
     BlockOverride,
@@ -35,6 +35,7 @@ from .gate import (
 from .personalization import PersonalizationAdapter
 from .preservation import PreservationAdapter
 from .projections import LayerProjections
+from .vocabulary import context_dim_for, layer_key, parse_layer_key
 
 __all__ = [
     "AttentionFn", "BlockOverride", "BranchKV", "FlexIPAdapter", "FlexIPConfig", "FlexIPError",

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from types import MappingProxyType
 from typing import Optional, Union
 
 import torch
@@ -20,6 +19,7 @@ from .adapter import FlexIPAdapter, tensor_count
 from .config import FlexIPConfig
 from .errors import FlexIPError
 from .safetensors_header import FLOAT_DTYPES, Header, check_finite, read_header
+from .vocabulary import attn2_layer, comfy_order, layer_key
 
 METADATA_KEY = "flexip"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -130,28 +130,17 @@ def load(
     return adapter.eval()
 
 
-_BLOCK_ORDER = MappingProxyType({"input": 0, "middle": 1, "output": 2})
 _ATTN2_PREFIXES = ("model.diffusion_model.", "")  # full checkpoint, or a UNet-only LDM file
+_TO_K = ".to_k.weight"
 
 
 def _attn2_layer(name: str) -> Optional[tuple[str, str, int, int]]:
     """'...input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight' -> (stem, 'input', 1, 0); None otherwise."""
-    suffix = ".attn2.to_k.weight"
-    if not name.endswith(suffix):
-        return None
+    stem = name[: -len(_TO_K)] if name.endswith(_TO_K) else ""
     for prefix in _ATTN2_PREFIXES:
-        if not name.startswith(prefix):
-            continue
-        parts = name[len(prefix):-len(suffix)].split(".")
-        # input_blocks.<id>.<sub>.transformer_blocks.<j> | middle_block.<sub>.transformer_blocks.<j>
-        if len(parts) == 5 and parts[0] in ("input_blocks", "output_blocks") and parts[3] == "transformer_blocks":
-            block_id, index = parts[1], parts[4]
-        elif len(parts) == 4 and parts[0] == "middle_block" and parts[2] == "transformer_blocks":
-            block_id, index = "0", parts[3]
-        else:
-            continue
-        if block_id.isdigit() and index.isdigit() and len(block_id) + len(index) <= 12:  # int() of a bounded id
-            return name[: -len(".to_k.weight")], parts[0].split("_")[0], int(block_id), int(index)
+        layer = attn2_layer(stem[len(prefix):]) if stem.startswith(prefix) else None
+        if layer is not None:
+            return (stem, *layer)
     return None
 
 
@@ -162,7 +151,7 @@ def read_unet_cross_attention(path: PathLike) -> dict[str, tuple[torch.Tensor, t
     tensors = _read_header(path).tensors
     found = sorted(
         (layer for layer in map(_attn2_layer, tensors) if layer is not None),
-        key=lambda layer: (_BLOCK_ORDER[layer[1]], layer[2], layer[3]),
+        key=lambda layer: comfy_order(layer[1:]),
     )
     for stem, *_ in found:
         if f"{stem}.to_v.weight" not in tensors:
@@ -178,7 +167,7 @@ def read_unet_cross_attention(path: PathLike) -> dict[str, tuple[torch.Tensor, t
     weights = {}
     with safe_open(str(path), framework="pt") as handle:
         for stem, block, block_id, index in found:
-            weights[f"{block}_{block_id}_{index}"] = (
+            weights[layer_key(block, block_id, index)] = (
                 handle.get_tensor(f"{stem}.to_k.weight"), handle.get_tensor(f"{stem}.to_v.weight")
             )
     return weights

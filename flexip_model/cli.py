@@ -11,8 +11,9 @@ import torch
 
 from . import checkpoint
 from .adapter import FlexIPAdapter, parameter_counts
-from .config import BASES, GATE_MODES, FlexIPConfig, LayerSpec, config_for, context_dim_for
+from .config import FlexIPConfig, LayerSpec, config_for
 from .errors import FlexIPError
+from .vocabulary import BASES, GATE_MODES, context_dim_for
 
 
 def _parser() -> argparse.ArgumentParser:

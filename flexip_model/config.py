@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from dataclasses import dataclass
 from types import MappingProxyType
 
 from .errors import FlexIPError
 from .safetensors_header import parse_bounded_json
+from .vocabulary import BASES, GATE_MODES, check_base, context_dim_for, is_layer_key, layer_key, parse_layer_key
 
 FORMAT_VERSION = 1
-BLOCKS = ("input", "middle", "output")
-GATE_MODES = ("output", "token")
-_KEY_PATTERN = re.compile(r"^(input|middle|output)_(\d{1,6})_(\d{1,6})$")  # ids of real UNets have 1-2 digits
 
 # Every size a model file may choose (its FlexIP config, or an IP-Adapter file's shapes), with the
 # range accepted, checked before anything is allocated or run: a value outside is a damaged or
@@ -72,21 +69,6 @@ def check_size(source: str, field: str, value: int, where: str = "", fix: str = 
         raise FlexIPError(f"{source} has {field}={shown}{' ' + where if where else ''}, outside {low}..{high}: {fix}.")
 
 
-def layer_key(block: str, block_id: int, index: int) -> str:
-    """Key of one attn2 layer, e.g. ("input", 1, 0) -> "input_1_0" (ComfyUI's replace key joined)."""
-    return f"{block}_{block_id}_{index}"
-
-
-def parse_layer_key(key: str) -> tuple[str, int, int]:
-    """Inverse of `layer_key`: "output_11_0" -> ("output", 11, 0)."""
-    match = _KEY_PATTERN.match(key) if isinstance(key, str) else None
-    if match is None:
-        raise FlexIPError(
-            f"layer key {key!r} is malformed: use '<input|middle|output>_<id>_<index>', e.g. 'input_1_0'."
-        )
-    return match.group(1), int(match.group(2)), int(match.group(3))
-
-
 @dataclass(frozen=True)
 class LayerSpec:
     """One UNet cross-attention layer: its key, its attention inner width and head count."""
@@ -117,28 +99,15 @@ class _UNetShape:
         return self.num_heads if self.num_heads > 0 else channels // self.head_channels
 
 
-_UNETS = MappingProxyType({
+_UNETS = MappingProxyType({  # one per vocabulary.BASES
     "sd15": _UNetShape(320, (1, 2, 4, 4), 2, (1, 1, 1, 0), 1, num_heads=8),
     "sdxl": _UNetShape(320, (1, 2, 4), 2, (0, 2, 10), 10, head_channels=64),
 })
-_CONTEXT_DIMS = MappingProxyType({"sd15": 768, "sdxl": 2048})
-BASES = tuple(_UNETS)
-
-
-def _check_base(base: str) -> None:
-    if base not in _UNETS:
-        raise FlexIPError(f"base {base!r} is unknown: use one of {', '.join(BASES)}.")
-
-
-def context_dim_for(base: str) -> int:
-    """The UNet cross-attention width d of `base`: 768 (SD1.5) or 2048 (SDXL)."""
-    _check_base(base)
-    return _CONTEXT_DIMS[base]
 
 
 def default_layers(base: str) -> tuple[LayerSpec, ...]:
     """All attn2 layers of the standard UNet of `base`, in ComfyUI's order (input, middle, output)."""
-    _check_base(base)
+    check_base(base)
     unet = _UNETS[base]
     layers: list[LayerSpec] = []
 
@@ -239,7 +208,7 @@ class FlexIPConfig(LayerLookup):
         check_size(source, "layers", len(self.layers))
         seen: set[str] = set()
         for spec in self.layers:
-            if not isinstance(spec.key, str) or not _KEY_PATTERN.match(spec.key):
+            if not is_layer_key(spec.key):
                 raise FlexIPError(
                     f"{source} has layer key {shown(spec.key)}, which is malformed: "
                     "use '<input|middle|output>_<id>_<index>', e.g. 'input_1_0'."

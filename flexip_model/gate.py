@@ -15,8 +15,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .config import BLOCKS, LayerSpec, shown
+from .config import LayerSpec, shown
 from .errors import FlexIPError
+from .vocabulary import BLOCKS
 
 Keyframes = tuple[tuple[float, float], ...]
 INTERPOLATIONS = ("linear", "cosine", "step")

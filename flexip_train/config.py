@@ -16,12 +16,12 @@ from typing import Any, Optional
 
 from flexip_model.errors import FlexIPError
 from flexip_model.gate import MAX_SWEEP_GAMMAS
+from flexip_model.vocabulary import GATE_MODES
 
 PRECISIONS = ("bf16", "fp16", "no")
 DEVICES = ("auto", "cuda", "cpu")
 SAVE_DTYPES = ("fp16", "bf16", "fp32")
 ADAPTER_SIZES = ("full", "tiny")
-GATE_MODES = ("output", "token")
 # Upper ends of the keys that choose sizes (tensors, processes, files): far above any real run,
 # low enough that a typo (an extra digit or three) is an error, not an out-of-memory crash.
 SIZE_LIMITS = {

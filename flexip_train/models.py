@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -14,17 +13,15 @@ import torch
 
 from flexip_model import checkpoint
 from flexip_model.adapter import FlexIPAdapter
-from flexip_model.config import FlexIPConfig, config_for, layer_key
+from flexip_model.config import FlexIPConfig, config_for
 from flexip_model.errors import FlexIPError
+from flexip_model.vocabulary import base_of
 
 from .config import AdapterConfig, ModelConfig
 from .host import Pack
 
 log = logging.getLogger(__name__)
 
-_ATTN2 = re.compile(r"^(input_blocks|middle_block|output_blocks)\.(?:(\d+)\.)?\d+\.transformer_blocks\.(\d+)\.attn2$")
-_BLOCKS = {"input_blocks": "input", "middle_block": "middle", "output_blocks": "output"}
-_FAMILIES = {768: "sd15", 2048: "sdxl"}
 
 
 @dataclass(frozen=True)
@@ -92,12 +89,11 @@ def _load_encoder(path: Optional[Path], factory: Optional[Callable[[], Any]], ke
     return encoder
 
 
-def load_frozen(config: ModelConfig, factories: Factories, unet_dtype: Optional[torch.dtype]) -> FrozenModels:
+def load_frozen(config: ModelConfig, factories: Factories, unet_dtype: Optional[torch.dtype],
+                pack: Pack) -> FrozenModels:
     """Load the base checkpoint with ComfyUI's own loader (UNet dtype `unet_dtype`, None = ComfyUI's choice)."""
-    import comfy.clip_model
     import comfy.model_base
     import comfy.sd
-    from comfy.image_encoders.dino2 import Dinov2Model
 
     path = _existing(config.checkpoint, "checkpoint")
     options = {} if unet_dtype is None else {"dtype": unet_dtype}
@@ -115,16 +111,12 @@ def load_frozen(config: ModelConfig, factories: Factories, unet_dtype: Optional[
         unet = factories.unet()
     clip_vision = _load_encoder(config.clip_vision, factories.clip_vision, "clip_vision")
     dino = _load_encoder(config.dino, factories.dino, "dino")
-    if not isinstance(getattr(clip_vision, "model", None), comfy.clip_model.CLIPVisionModelProjection):
-        raise FlexIPError("[model] clip_vision is not a CLIP vision model with a projection: give CLIP ViT-H/14 "
-                          "(the file IP-Adapter uses), and the DINOv2 file as dino.")
-    if not isinstance(getattr(dino, "model", None), Dinov2Model):
-        raise FlexIPError("[model] dino is not a DINOv2 model: give the DINOv2-L file "
-                          "(dinov2-large model.safetensors).")
+    pack.encoders.clip_vision_model(clip_vision, "[model] clip_vision",
+                                    "give CLIP ViT-H/14 (the file IP-Adapter uses), and the DINOv2 file as dino")
+    pack.encoders.dino_model(dino, "[model] dino", "give the DINOv2-L file (dinov2-large model.safetensors)")
     diffusion_model = unet.model.diffusion_model
-    context = cross_attention_weights(diffusion_model)
-    width = next(iter(context.values()))[0].shape[1] if context else None
-    base = _FAMILIES.get(width)
+    width = pack.layers.context_dim_of(diffusion_model)
+    base = base_of(width)
     # each family's extra UNet input: none for SD1.5; for SDXL model_base.SDXL's pooled-text and
     # size/crop vector, which objective.model_conditions has the model build
     is_sdxl = isinstance(unet.model, comfy.model_base.SDXL)
@@ -138,16 +130,10 @@ def load_frozen(config: ModelConfig, factories: Factories, unet_dtype: Optional[
     return FrozenModels(unet=unet, clip=clip, vae=vae, clip_vision=clip_vision, dino=dino, base=base)
 
 
-def cross_attention_weights(diffusion_model: torch.nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def cross_attention_weights(models: FrozenModels, pack: Pack) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Each attn2 layer's frozen (to_k, to_v) weights [inner, d], keyed like 'input_1_0'."""
-    weights = {}
-    for name, module in diffusion_model.named_modules():
-        match = _ATTN2.match(name)
-        if match:
-            block = _BLOCKS[match.group(1)]
-            key = layer_key(block, 0 if block == "middle" else int(match.group(2)), int(match.group(3)))
-            weights[key] = (module.to_k.weight, module.to_v.weight)
-    return weights
+    return {key: (module.to_k.weight, module.to_v.weight)
+            for key, module in pack.layers.cross_attention_modules(models.diffusion_model)}
 
 
 def adapter_config(models: FrozenModels, pack: Pack, adapter: AdapterConfig) -> FlexIPConfig:
@@ -180,5 +166,5 @@ def build_adapter(models: FrozenModels, pack: Pack, adapter: AdapterConfig, seed
         torch.manual_seed(seed)
         module = FlexIPAdapter(config)
     module.layers.init_from_base({key: (k.float(), v.float())
-                                  for key, (k, v) in cross_attention_weights(models.diffusion_model).items()})
+                                  for key, (k, v) in cross_attention_weights(models, pack).items()})
     return module.train()

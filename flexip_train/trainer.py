@@ -110,7 +110,7 @@ class Trainer:
         self.pack = import_pack()
         precision = train.mixed_precision if self.on_gpu else "no"
         self.autocast = None if precision == "no" else _UNET_DTYPES[precision]
-        self.models = load_frozen(config.model, factories, _UNET_DTYPES[precision])
+        self.models = load_frozen(config.model, factories, _UNET_DTYPES[precision], self.pack)
         self.adapter = build_adapter(self.models, self.pack, config.adapter, train.seed).to(self.device)
         self.model, _ = install_training_patch(self.pack, self.models.unet, self.adapter, self.device)
         if train.gradient_checkpointing:

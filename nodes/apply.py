@@ -8,12 +8,12 @@ import torch
 
 from ..flexip_model.errors import FlexIPError
 from ..flexip_model.gate import GateSchedule, constant_schedule, gate_table, static_gate_range, validate_schedule
+from ..flexip_model.vocabulary import family_name, mask_batch
 from .bundles import EncodedSubject, LoadedFlexIP
 from .layers import context_dim_of, layer_specs_of
 from .patch import FlexIPPatch, GatePlan, install
 from .sweep import GateSweep
 
-_FAMILIES = {768: "SD1.5", 2048: "SDXL"}
 _PROGRESS_POINTS = 1001  # one per discrete timestep of SD-family models
 
 
@@ -67,7 +67,7 @@ class FlexIPApply:
         if sweep is not None:  # γ per batch item; the schedule still carries start_at/end_at
             plan = dataclasses.replace(plan, sweep=torch.tensor(sweep.gammas, dtype=torch.float32))
         patched = model.clone()
-        install(patched, FlexIPPatch(subject, layers, float(strength), plan, _mask(attn_mask)))
+        install(patched, FlexIPPatch(subject, layers, float(strength), plan, None if attn_mask is None else mask_batch(attn_mask).unsqueeze(1)))
         return (patched,)
 
 
@@ -77,8 +77,7 @@ def _matching_layers(model, flexip: LoadedFlexIP):
     config = flexip.config
     context = context_dim_of(diffusion_model)
     if context != config.context_dim:
-        expected = _FAMILIES.get(config.context_dim, f"context {config.context_dim}")
-        actual = _FAMILIES.get(context, f"context {context}")
+        expected, actual = family_name(config.context_dim), family_name(context)
         raise FlexIPError(
             f"{flexip.name} is an {expected} adapter (context {config.context_dim}) but the model is {actual} "
             f"(context {context}): load an {actual} FlexIP file or an {expected} checkpoint.")
@@ -109,11 +108,3 @@ def _gate_plan(model, schedule: GateSchedule, layers) -> GatePlan:
         sigmas = torch.zeros_like(progress)  # never read: every gate is a constant
     return GatePlan(schedule, gate_table(schedule, layers), constants, sigmas, progress, windowed)
 
-
-def _mask(attn_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """MASK [H, W] or [N, H, W] -> [N, 1, H, W] float."""
-    if attn_mask is None:
-        return None
-    if attn_mask.ndim == 2:
-        attn_mask = attn_mask.unsqueeze(0)
-    return attn_mask.unsqueeze(1).float()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 import comfy.model_management
 
 from ..flexip_model.errors import FlexIPError
 from ..flexip_model.ip_adapter import IPAdapterPair
+from ..flexip_model.vocabulary import image_masks
 from .bundles import EncodedSubject, LoadedFlexIP
 from .encoders import check_clip, check_dino, clip_image_embeds, dino_tokens, encode_each
 from .faces_crop import crop_for_encoding
@@ -86,12 +86,5 @@ def masked_references(image: torch.Tensor, mask: torch.Tensor | None) -> torch.T
     image = image[..., :3]
     if mask is None:
         return image
-    if mask.ndim == 2:
-        mask = mask.unsqueeze(0)
-    if mask.shape[0] not in (1, image.shape[0]):
-        raise FlexIPError(
-            f"FlexIPEncodeSubject got {image.shape[0]} images but {mask.shape[0]} masks: give one mask "
-            "for all images or one per image.")
-    if mask.shape[1:] != image.shape[1:3]:
-        mask = F.interpolate(mask.unsqueeze(1), size=image.shape[1:3], mode="bilinear").squeeze(1)
+    mask = image_masks(mask, image.shape[0], image.shape[1:3], "FlexIPEncodeSubject")
     return image * mask.unsqueeze(-1).to(image)

@@ -19,25 +19,45 @@ import comfy.model_management
 from comfy.image_encoders.dino2 import Dinov2Model
 
 from ..flexip_model.errors import FlexIPError
+from ..flexip_model.vocabulary import encoder_name, feature_words
 from .progress import with_progress
+
+
+def clip_vision_model(encoder, where: str, fix: str) -> comfy.clip_model.CLIPVisionModelProjection:
+    """The CLIP vision model with a projection inside the CLIP_VISION `encoder`; FlexIPError naming `where`
+    (a node input or a config key) and `fix` when it is DINOv2 or anything else."""
+    model = getattr(encoder, "model", None)
+    if isinstance(model, Dinov2Model):
+        raise FlexIPError(f"{where} got a DINOv2 encoder: {fix}.")
+    projection = getattr(model, "visual_projection", None)
+    if not isinstance(model, comfy.clip_model.CLIPVisionModelProjection) or projection is None:
+        raise FlexIPError(f"{where} is not a CLIP vision model: {fix}.")
+    return model
+
+
+def dino_model(encoder, where: str, fix: str) -> Dinov2Model:
+    """The DINOv2 model inside the CLIP_VISION `encoder`; FlexIPError naming `where` and `fix` otherwise."""
+    model = getattr(encoder, "model", None)
+    if not isinstance(model, Dinov2Model):
+        raise FlexIPError(f"{where} is not a DINOv2 encoder: {fix}.")
+    return model
+
+
+def check_width(where: str, feature: str, given: int, adapter: str, expected: int, fix: str) -> None:
+    """FlexIPError unless the encoder at `where` gives `feature` at the width `adapter` was trained on."""
+    if given != expected:
+        raise FlexIPError(
+            f"{where} gives {given}-d {feature_words(feature)} ({encoder_name(feature, given)}) but {adapter} "
+            f"expects {expected}-d ({encoder_name(feature, expected)}): {fix}.")
 
 
 def check_clip(clip_vision, embed_dim: int, adapter_name: str) -> None:
     """The `clip_vision` input must be a CLIP vision model with `embed_dim`-d image embeddings."""
-    model = getattr(clip_vision, "model", None)
-    if isinstance(model, Dinov2Model):
-        raise FlexIPError(
-            "FlexIPEncodeSubject's clip_vision input got a DINOv2 encoder: connect CLIP ViT-H/14 "
-            "there and the DINOv2 encoder to the dino input.")
-    projection = getattr(model, "visual_projection", None)
-    if not isinstance(model, comfy.clip_model.CLIPVisionModelProjection) or projection is None:
-        raise FlexIPError(
-            "FlexIPEncodeSubject's clip_vision input is not a CLIP vision model: load CLIP ViT-H/14 "
-            "with Load CLIP Vision.")
-    if projection.out_features != embed_dim:
-        raise FlexIPError(
-            f"FlexIPEncodeSubject's clip_vision gives {projection.out_features}-d image embeddings but "
-            f"{adapter_name} expects {embed_dim}-d (CLIP ViT-H/14): load the CLIP-H file in clip_vision.")
+    model = clip_vision_model(
+        clip_vision, "FlexIPEncodeSubject's clip_vision input",
+        "connect CLIP ViT-H/14 from Load CLIP Vision there and any DINOv2 encoder to the dino input")
+    check_width("FlexIPEncodeSubject's clip_vision", "image_embeds", model.visual_projection.out_features,
+                adapter_name, embed_dim, "load the CLIP-H file in clip_vision")
 
 
 def check_dino(dino, hidden_dim: int, adapter_name: str) -> None:
@@ -46,16 +66,10 @@ def check_dino(dino, hidden_dim: int, adapter_name: str) -> None:
         raise FlexIPError(
             f"{adapter_name} needs DINOv2 features but FlexIPEncodeSubject's dino input is empty: "
             "load DINOv2-L (models/clip_vision) with Load CLIP Vision and connect it.")
-    model = getattr(dino, "model", None)
-    if not isinstance(model, Dinov2Model):
-        raise FlexIPError(
-            "FlexIPEncodeSubject's dino input is not a DINOv2 encoder: load a DINOv2-L file "
-            "(the model.safetensors of dinov2-large) with Load CLIP Vision.")
-    width = model.layernorm.weight.shape[0]
-    if width != hidden_dim:
-        raise FlexIPError(
-            f"FlexIPEncodeSubject's dino gives {width}-d features but {adapter_name} expects "
-            f"{hidden_dim}-d (DINOv2-L): load the DINOv2-L file in dino.")
+    model = dino_model(dino, "FlexIPEncodeSubject's dino input",
+                       "load a DINOv2-L file (the model.safetensors of dinov2-large) with Load CLIP Vision")
+    check_width("FlexIPEncodeSubject's dino", "dino_features", model.layernorm.weight.shape[0], adapter_name,
+                hidden_dim, "load the DINOv2 file the adapter was trained with in dino")
 
 
 def encode_each(images: Sequence[torch.Tensor],

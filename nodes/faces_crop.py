@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..flexip_model.errors import FlexIPError
+from ..flexip_model.vocabulary import image_masks
 from .faces_align import centre_crop_matrix, ellipse_mask, face_crop_matrix, warp
 from .faces_preview import draw_preview
 from .faces_runtime import DETECTION_SIZES, FACE_MODELS_TYPE, DetectedFace, check_face_analysis, detect_faces
@@ -105,13 +105,7 @@ def crop_for_encoding(analysis, image: torch.Tensor, mask: torch.Tensor | None):
     faces = crop_faces(analysis, image, node="FlexIPEncodeSubject")
     if mask is None:
         return faces.crops, None
-    mask = mask.unsqueeze(0) if mask.ndim == 2 else mask
-    if mask.shape[0] not in (1, image.shape[0]):
-        raise FlexIPError(
-            f"FlexIPEncodeSubject got {image.shape[0]} images but {mask.shape[0]} masks: give one mask "
-            "for all images or one per image.")
-    if mask.shape[1:] != image.shape[1:3]:
-        mask = F.interpolate(mask.unsqueeze(1).float(), size=image.shape[1:3], mode="bilinear").squeeze(1)
+    mask = image_masks(mask, image.shape[0], image.shape[1:3], "FlexIPEncodeSubject")
     return faces.crops, crop_like(faces, mask.unsqueeze(-1)).squeeze(-1)
 
 

@@ -10,15 +10,12 @@ import logging
 
 import torch
 
-import comfy.clip_model
 import comfy.model_management
 import folder_paths
-from comfy.image_encoders.dino2 import Dinov2Model
 
-from ..flexip_model.errors import FlexIPError
-from ..flexip_model.ip_adapter import IPAdapterPair, encoder_name, load_pair
+from ..flexip_model.ip_adapter import IPAdapterPair, load_pair
 from .bundles import EncodedSubject, LoadedFlexIP
-from .encoders import encode_each
+from .encoders import check_width, clip_vision_model, encode_each
 from .folders import model_file
 from .layers import context_dim_of, layer_specs_of
 
@@ -63,24 +60,17 @@ class FlexIPAdapterPairLoader:
 
 def check_pair_encoder(clip_vision, pair: IPAdapterPair) -> None:
     """`clip_vision` must give each file the CLIP features it was trained on, at their width."""
-    model = getattr(clip_vision, "model", None)
-    if isinstance(model, Dinov2Model) or not isinstance(model, comfy.clip_model.CLIPVisionModelProjection):
-        raise FlexIPError(
-            "FlexIPEncodeSubject's clip_vision input is not a CLIP vision model: load CLIP ViT-H/14 "
-            "(the file IP-Adapter uses) with Load CLIP Vision and connect it there.")
+    model = clip_vision_model(
+        clip_vision, "FlexIPEncodeSubject's clip_vision input",
+        "load CLIP ViT-H/14 (the file IP-Adapter uses) with Load CLIP Vision and connect it there")
     hidden = model.vision_model.post_layernorm.weight.shape[0]
     projection = getattr(model.visual_projection, "out_features", hidden)
     for branch in pair.branches:
         spec = branch.spec
         given = projection if spec.feature == "image_embeds" else hidden
-        if given == spec.feature_dim:
-            continue
-        what = "image embeddings" if spec.feature == "image_embeds" else "hidden states"
         other = " or use the _vit-h version of this IP-Adapter" if "bigG" in spec.encoder else ""
-        raise FlexIPError(
-            f"{spec.name} needs {spec.feature_dim}-d {what} from {spec.encoder} but FlexIPEncodeSubject's "
-            f"clip_vision gives {given}-d ({encoder_name(spec.feature, given)}): load {spec.encoder} in "
-            f"Load CLIP Vision{other}.")
+        check_width("FlexIPEncodeSubject's clip_vision", spec.feature, given, spec.name, spec.feature_dim,
+                    f"load {spec.encoder} in Load CLIP Vision{other}")
 
 
 @torch.no_grad()

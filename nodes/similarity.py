@@ -9,7 +9,7 @@ import comfy.clip_model
 from comfy.image_encoders.dino2 import Dinov2Model
 
 from ..flexip_model.errors import FlexIPError
-from .encoders import clip_image_embeds, dino_tokens, encode_each
+from .encoders import clip_image_embeds, clip_vision_model, dino_model, dino_tokens, encode_each
 
 DINO_RESOLUTION = 224  # DINO-I as usually reported: the [CLS] of a 224 px centre crop
 
@@ -71,16 +71,13 @@ def mean_cosine(generated: torch.Tensor, reference: torch.Tensor) -> torch.Tenso
 
 
 def _check_encoders(clip_vision, dino) -> None:
-    clip_model, dino_model = getattr(clip_vision, "model", None), getattr(dino, "model", None)
-    if isinstance(clip_model, Dinov2Model) and isinstance(dino_model, comfy.clip_model.CLIPVisionModelProjection):
+    """Both inputs must be the encoders their names say, and not swapped."""
+    clip_model, dino_encoder = getattr(clip_vision, "model", None), getattr(dino, "model", None)
+    if isinstance(clip_model, Dinov2Model) and isinstance(dino_encoder, comfy.clip_model.CLIPVisionModelProjection):
         raise FlexIPError(
             "FlexIPSubjectSimilarity's clip_vision and dino inputs are swapped: connect CLIP ViT-H/14 to "
             "clip_vision and DINOv2 to dino.")
-    if not isinstance(clip_model, comfy.clip_model.CLIPVisionModelProjection):
-        raise FlexIPError(
-            "FlexIPSubjectSimilarity's clip_vision input is not a CLIP vision model: load CLIP ViT-H/14 "
-            "with Load CLIP Vision.")
-    if not isinstance(dino_model, Dinov2Model):
-        raise FlexIPError(
-            "FlexIPSubjectSimilarity's dino input is not a DINOv2 encoder: load DINOv2-L (the "
-            "model.safetensors of dinov2-large) with Load CLIP Vision.")
+    clip_vision_model(clip_vision, "FlexIPSubjectSimilarity's clip_vision input",
+                      "load CLIP ViT-H/14 with Load CLIP Vision and connect it there")
+    dino_model(dino, "FlexIPSubjectSimilarity's dino input",
+               "load DINOv2-L (the model.safetensors of dinov2-large) with Load CLIP Vision")

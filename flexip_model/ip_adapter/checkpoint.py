@@ -21,8 +21,9 @@ from safetensors.torch import load_file
 from ..config import LayerSpec
 from ..errors import FlexIPError
 from ..safetensors_header import MAX_RANK, MAX_TENSORS, check_finite, read_header, refuse_non_float
+from ..vocabulary import family_name
 from .pair import IPAdapterBranch, IPAdapterPair
-from .variants import IMAGE_PROJ, IP_LAYERS, IPAdapterSpec, Shape, describe, family_name, ip_adapter_index, match_layers
+from .variants import IMAGE_PROJ, IP_LAYERS, IPAdapterSpec, Shape, describe, ip_adapter_index, match_layers
 
 PathLike = Union[str, os.PathLike]
 TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")

@@ -16,36 +16,17 @@ from typing import Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from ..config import LayerSpec, check_size, parse_layer_key
+from ..config import LayerSpec, check_size
 from ..errors import FlexIPError
+from ..vocabulary import base_of, encoder_name, family_name, feature_words, parse_layer_key
 from .projections import RESAMPLER_HEAD_WIDTH, ImageProjection, MLPProjection, Resampler
 
 Shape = tuple[int, ...]
 IMAGE_PROJ, IP_LAYERS = "image_proj.", "ip_adapter."
 FEATURES = ("image_embeds", "penultimate_hidden_states")
-_FAMILIES = {768: "SD1.5", 2048: "SDXL"}
-_BASES = {768: "sd15", 2048: "sdxl"}
-# CLIP vision towers by the width of what IP-Adapter reads from them
-_ENCODERS = {
-    ("image_embeds", 768): "CLIP ViT-L/14", ("image_embeds", 1024): "CLIP ViT-H/14",
-    ("image_embeds", 1280): "CLIP ViT-bigG/14",
-    ("penultimate_hidden_states", 1024): "CLIP ViT-L/14", ("penultimate_hidden_states", 1280): "CLIP ViT-H/14",
-    ("penultimate_hidden_states", 1664): "CLIP ViT-bigG/14",
-}
 _LAYER_KEY = re.compile(r"^ip_adapter\.(\d{1,6})\.to_([kv])_ip\.weight$")  # SDXL's last is 139
 _BLOCK_ORDER = {"input": 0, "output": 1, "middle": 2}  # diffusers: down, up, mid
 _DAMAGED = "the file is damaged or not an IP-Adapter file, download the original again"
-
-
-def family_name(context_dim: int) -> str:
-    """'SD1.5', 'SDXL', or 'context <d>' for other UNets."""
-    return _FAMILIES.get(context_dim, f"context {context_dim}")
-
-
-def encoder_name(feature: str, width: int) -> str:
-    """The CLIP vision tower that gives `width`-d `feature`, e.g. 'CLIP ViT-H/14', or a plain description."""
-    what = "image embeddings" if feature == "image_embeds" else "hidden states"
-    return _ENCODERS.get((feature, width), f"a CLIP vision model with {width}-d {what}")
 
 
 @dataclass(frozen=True)
@@ -83,7 +64,7 @@ class IPAdapterSpec:
     @property
     def base(self) -> str:
         """'sd15', 'sdxl', or '' for a UNet of another context width."""
-        return _BASES.get(self.context_dim, "")
+        return base_of(self.context_dim)
 
     @property
     def encoder(self) -> str:
@@ -91,7 +72,7 @@ class IPAdapterSpec:
 
     def describe(self) -> str:
         """e.g. 'ip-adapter-plus_sd15.safetensors (plus, SD1.5, CLIP ViT-H/14 hidden states)'."""
-        what = "image embeddings" if self.feature == "image_embeds" else "hidden states"
+        what = feature_words(self.feature)
         return f"{self.name} ({self.variant}, {family_name(self.context_dim)}, {self.encoder} {what})"
 
     def image_projection(self) -> nn.Module:
