@@ -14,7 +14,7 @@ test-unit test-comfy test-train test-server test-ui: setup
 	$(PY) -m pytest tests -m $(subst test-,,$@)
 
 demo: setup
-	$(PY) tools/demo.py
+	$(PY) -m tools.demo
 
 bench: setup
 	$(PY) -m benchmarks

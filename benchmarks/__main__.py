@@ -35,7 +35,7 @@ def parse(argv) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build_configs(pack, base) -> tuple[dict, dict]:
+def build_configs(pack: host.Pack, base) -> tuple[dict, dict]:
     """Patched models by figure name, all through FlexIPApply, and what built them."""
     output_flexip = host.flexip_adapter(pack, base, "output", seed=1)
     token_flexip = host.flexip_adapter(pack, base, "token", seed=2)
@@ -95,7 +95,7 @@ def deterministic_figures(report: Report, base, configs: dict, layers: int, devi
     return base_cost.flop_count
 
 
-def sdxl_figures(report: Report, pack) -> int:
+def sdxl_figures(report: Report, pack: host.Pack) -> int:
     """SDXL's ops and FLOPs per 128×128 step (report only); returns the unpatched step's FLOPs.
 
     The SDXL UNet and a full-size SDXL FlexIP adapter are built with unwritten weights (address
@@ -121,7 +121,7 @@ def sdxl_figures(report: Report, pack) -> int:
     return base_cost.flop_count
 
 
-def memory_figures(report: Report, pack, base, configs: dict, made: dict) -> None:
+def memory_figures(report: Report, pack: host.Pack, base, configs: dict, made: dict) -> None:
     adapter_bytes = host.module_bytes(made["flexip"].adapter)
     growth, clones = memory.clone_growth(configs["flexip"])
     shared = memory.shared_adapter(configs["flexip"], clones)
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
         return 2
     pack = host.import_host(args.device)
     logging.getLogger().setLevel(logging.INFO)  # ComfyUI's import may have changed it
-    logging.getLogger("comfyui_flexip").setLevel(logging.WARNING)  # one line per (bench) sampling run
+    logging.getLogger(pack.package.__name__).setLevel(logging.WARNING)  # one line per (bench) sampling run
     device = torch.device(args.device)
     dtype = torch.float32 if args.device == "cpu" else torch.float16
     report = Report()

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib
-import sys
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 
+import flexip_model
+import flexip_model.ip_adapter
 from flexip_model.vocabulary import context_dim_for
-from tests.fixtures.comfy_host import REPO_ROOT, comfyui_path, import_comfy, import_pack
-from tests.fixtures.weights import key_generator
+from flexip_train.host import Pack, import_comfy, load_pack
+from tools.fixtures.paths import INPROCESS_BASE
+from tools.fixtures.weights import key_generator
 
 # The unet_config comfy.model_detection derives from a real SD1.5 checkpoint (16 attn2 layers).
 SD15_UNET = dict(
@@ -47,22 +48,15 @@ BATCH_ORDER = (1, 0)  # uncond then cond, one row each: what KSampler batches at
 TEXT_TOKENS = 77
 
 
-def import_host(device: str = "cpu"):
-    """Import ComfyUI as a library on `device` and this pack as `comfyui_flexip`; returns the pack.
+def import_host(device: str = "cpu") -> Pack:
+    """Import ComfyUI as a library on `device` and load this pack; returns the pack.
 
     ComfyUI is told to use PyTorch attention (`--use-pytorch-cross-attention`), the function it
     selects by itself on NVIDIA GPUs; on a CPU it would otherwise pick sub-quadratic attention,
     a chunked fallback nobody samples with.
     """
-    host = str(comfyui_path())
-    if host not in sys.path:
-        sys.path.insert(0, host)
-    if "comfy.model_management" not in sys.modules:
-        import comfy.cli_args
-
-        comfy.cli_args.args.use_pytorch_cross_attention = True
-    import_comfy(cpu=device == "cpu")
-    return import_pack(REPO_ROOT, "comfyui_flexip")
+    import_comfy(cpu=device == "cpu", base_directory=INPROCESS_BASE, use_pytorch_cross_attention=True)
+    return load_pack()
 
 
 def sd15_patcher(seed: int = 0, dtype: torch.dtype = torch.float32):
@@ -85,7 +79,7 @@ def sd15_patcher(seed: int = 0, dtype: torch.dtype = torch.float32):
 def seed_module(module: torch.nn.Module, seed: int) -> None:
     """Fill every float parameter and buffer in place, each from its own seeded generator.
 
-    The variances of tests.fixtures.weights: 1/fan_in for matrices and kernels, unit norm
+    The variances of tools.fixtures.weights: 1/fan_in for matrices and kernels, unit norm
     weights and zero norm biases, 0.02² for other vectors; so activations stay of order 1
     through the 25 blocks and timings never meet denormals, infinities or NaNs. Uniform, not
     normal, draws: three times faster for 860 M values, and dense kernels do not care.
@@ -118,12 +112,12 @@ def sdxl_patcher_unfilled():
                                             offload_device=comfy.model_management.unet_offload_device())
 
 
-def flexip_adapter(pack, patcher, gate_mode: str = "output", seed: int = 0, base: str = "sd15",
+def flexip_adapter(pack: Pack, patcher, gate_mode: str = "output", seed: int = 0, base: str = "sd15",
                    unfilled: bool = False):
     """A full-size FlexIP adapter (config_for(base), random weights) for the model's layers, as FLEXIP.
 
     `unfilled`: weights allocated but not written, like `sdxl_patcher_unfilled`."""
-    fm = pack.flexip_model
+    fm = flexip_model
     layers = pack.nodes.layers.layer_specs_of(patcher.model.diffusion_model)
     config = dataclasses.replace(fm.config_for(base), layers=layers, gate_mode=gate_mode)
     torch.manual_seed(seed)
@@ -136,12 +130,12 @@ def flexip_adapter(pack, patcher, gate_mode: str = "output", seed: int = 0, base
     return pack.nodes.bundles.LoadedFlexIP.wrap(f"bench_{base}_{gate_mode}.safetensors", adapter)
 
 
-def ip_adapter_pair(pack, patcher, seed: int = 0):
+def ip_adapter_pair(pack: Pack, patcher, seed: int = 0):
     """Compatibility mode's FLEXIP: full-size ip-adapter-plus_sd15 (preservation) and ip-adapter_sd15
     (personalization) branches with random weights, matched to the model's layers as from files."""
-    from tests.fixtures.ip_adapter_files import ip_adapter_shapes
+    from tools.fixtures.ip_adapter_files import ip_adapter_shapes
 
-    compat = importlib.import_module(f"{pack.__name__}.flexip_model.ip_adapter")
+    compat = flexip_model.ip_adapter
     layers = pack.nodes.layers.layer_specs_of(patcher.model.diffusion_model)
 
     def branch(variant: str):
@@ -154,7 +148,7 @@ def ip_adapter_pair(pack, patcher, seed: int = 0):
     return pack.nodes.bundles.LoadedFlexIP.wrap("ip-adapter-plus_sd15 + ip-adapter_sd15", pair)
 
 
-def random_subject(pack, flexip, seed: int = 0):
+def random_subject(pack: Pack, flexip, seed: int = 0):
     """An EncodedSubject with random tokens in place of FlexIPEncodeSubject's encoder output.
 
     Rows: subject (cond) and black reference (uncond). For an IP-Adapter pair, both branches'
@@ -174,9 +168,9 @@ def random_subject(pack, flexip, seed: int = 0):
                                              personalization_tokens=personalization)
 
 
-def apply_flexip(pack, patcher, flexip, subject, preservation: float, strength: float = 1.0):
+def apply_flexip(pack: Pack, patcher, flexip, subject, preservation: float, strength: float = 1.0):
     """FlexIPApply.apply, the node's own code path: a patched clone of `patcher`."""
-    node = pack.NODE_CLASS_MAPPINGS["FlexIPApply"]()
+    node = pack.node_classes["FlexIPApply"]()
     (patched,) = node.apply(patcher, flexip, subject, strength, preservation, 0.0, 1.0)
     return patched
 

@@ -81,7 +81,7 @@ def _run_cache_bytes(patched) -> int:
     return total
 
 
-def adapter_offload(pack, base, flexip, subject, latent: int = 8, steps: int = 2) -> Offload:
+def adapter_offload(pack: host.Pack, base, flexip, subject, latent: int = 8, steps: int = 2) -> Offload:
     """Sample `steps` steps of the patched full-size model, then free the load device."""
     import comfy.model_management as mm
     import comfy.sample

@@ -1,7 +1,7 @@
 """`encode_cache_rerun`: a real ComfyUI server runs the shipped basic workflow, then the same graph
 with only the gate (preservation) changed; ComfyUI's cache must serve the encoders.
 
-Uses the test harness (tests/harness/server.py) and the generated, cached fixture models: the
+Uses the test harness (tools/harness/server.py) and the generated, cached fixture models: the
 small generated SD1.5 checkpoint with its FlexIP file, and full-size CLIP-H and DINOv2-L files.
 """
 
@@ -40,9 +40,9 @@ def _subject_image():
 
 
 def encode_cache_rerun(seed: int = 4242) -> Rerun:
-    from tests.fixtures.adapters import link_adapters
-    from tests.harness.server import ComfyServer
-    from tests.harness.workflows import for_test_models, load_api, nodes_of
+    from tools.fixtures.adapters import link_adapters
+    from tools.harness.server import ComfyServer
+    from tools.harness.workflows import for_test_models, load_api, nodes_of
 
     base = Path(tempfile.mkdtemp(prefix="flexip-bench-server-"))
     try:

@@ -84,7 +84,7 @@ class Encoders:
     @torch.no_grad()
     def image(self, references: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """IMAGE [B, r, r, 3] -> (CLIP image_embeds [B, C], DINOv2 tokens [B, T, D]), as FlexIPEncodeSubject does."""
-        encoders = self.pack.encoders
+        encoders = self.pack.nodes.encoders
         clip = encoders.clip_image_embeds(self.models.clip_vision, references)
         dino = encoders.dino_tokens(self.models.dino, references, self.dino_resolution)
         return clip.float().cpu(), dino.float().cpu()

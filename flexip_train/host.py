@@ -1,104 +1,111 @@
-"""ComfyUI as a library, and this pack imported the way ComfyUI imports a custom node.
+"""ComfyUI as a library, and this pack loaded the way ComfyUI loads a custom node.
 
-The trainer must run the very attention code that inference runs, so it imports the pack
-(the repository root, a ComfyUI custom node) as a package and uses its `nodes.patch`.
+The one module through which everything that is not ComfyUI itself (the trainer, the tests,
+the benchmark, the tools) imports ComfyUI and the pack:
+
+- sys.path: ComfyUI's folder goes first, as ComfyUI's own main.py has it, so its top-level
+  modules (`nodes`, `utils`, `app`, ...) win over same-named folders of this repository; the
+  repository root comes after it (it is the working directory of `python -m`, or appended by
+  the pack's `__init__.py` inside ComfyUI) so `flexip_model` and `flexip_train` import as
+  top-level packages in every process, once.
+- The pack is loaded by ComfyUI's own custom-node loader (`nodes.load_custom_node`), so its
+  node layer has the same identity and registration as in a server.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
+import asyncio
 import logging
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any, Optional
 
 from flexip_model.errors import FlexIPError
 
 log = logging.getLogger(__name__)
 
 PACK_ROOT = Path(__file__).resolve().parents[1]
-PACK_MODULE = "comfyui_flexip"  # the package name the pack gets in this process
 DEFAULT_COMFYUI = PACK_ROOT / ".cache" / "comfyui"
 
 
 @dataclass(frozen=True)
 class Pack:
-    """The pack's ComfyUI glue modules the trainer drives."""
+    """The pack as ComfyUI loaded it: the package (NODE_CLASS_MAPPINGS ...) and its node layer."""
 
-    patch: ModuleType
-    layers: ModuleType
-    encoders: ModuleType
-    encode: ModuleType
-    apply: ModuleType
-    bundles: ModuleType
-    loader: ModuleType
+    package: ModuleType
+
+    @property
+    def nodes(self) -> ModuleType:
+        """The `nodes/` package: node classes, the model patch, encoder and folder plumbing."""
+        return self.package.nodes
+
+    @property
+    def node_classes(self) -> dict[str, type]:
+        return self.package.NODE_CLASS_MAPPINGS
+
+    def node(self, name: str) -> Any:
+        """A fresh instance of node class `name`, as the executor makes one per prompt."""
+        return self.node_classes[name]()
 
 
 def comfyui_path() -> Path:
     """ComfyUI's folder: $COMFYUI_PATH, else <repo>/.cache/comfyui; FlexIPError if it is not ComfyUI."""
     configured = os.environ.get("COMFYUI_PATH")
     path = Path(configured).expanduser() if configured else DEFAULT_COMFYUI
-    if not (path / "comfy" / "sd.py").is_file():
+    if not (path / "comfy" / "sd.py").is_file() or not (path / "nodes.py").is_file():
         origin = f"COMFYUI_PATH={configured}" if configured else "the default location (no COMFYUI_PATH set)"
         raise FlexIPError(
-            f"ComfyUI was not found at {path} ({origin}): set COMFYUI_PATH to your ComfyUI folder, "
-            "the one that holds main.py and comfy/.")
+            f"ComfyUI was not found at {path} ({origin}): run `make setup` to extract the pinned ComfyUI "
+            "into .cache/comfyui, or set COMFYUI_PATH to your ComfyUI folder, the one that holds main.py and comfy/.")
     return path.resolve()
 
 
-def import_comfy(cpu: bool) -> Path:
-    """Make `comfy.*` importable and fix ComfyUI's device choice (CPU or the current CUDA device).
+def import_comfy(cpu: bool, base_directory: Optional[Path] = None, **flags: Any) -> Path:
+    """Make `comfy.*` importable and fix ComfyUI's device choice; returns ComfyUI's folder.
 
-    The host goes to the end of sys.path: ComfyUI's own `tests` and `nodes` must not shadow this
-    repository's packages, and nothing in comfy.* imports them. Idempotent; if ComfyUI is already
-    imported in this process (tests), it is used as it is.
+    `base_directory` points folder_paths (models/, input/, output/) away from the host's own
+    folders; `flags` set other command-line options (e.g. use_pytorch_cross_attention=True).
+    model_management reads them once, at its first import, so they only count in a process
+    that has not imported it yet. Idempotent.
     """
-    if "comfy.model_management" in sys.modules:
-        return Path(sys.modules["comfy"].__path__[0]).parent
     host = comfyui_path()
-    if str(host) not in sys.path:
-        sys.path.append(str(host))
-    import comfy.cli_args
+    if str(host) in sys.path:
+        sys.path.remove(str(host))
+    sys.path.insert(0, str(host))
+    if str(PACK_ROOT) not in sys.path:
+        sys.path.append(str(PACK_ROOT))
+    if "comfy.model_management" not in sys.modules:
+        import comfy.cli_args
 
-    comfy.cli_args.args.cpu = cpu
+        comfy.cli_args.args.cpu = cpu
+        for name, value in flags.items():
+            setattr(comfy.cli_args.args, name, value)
+        if base_directory is not None and "folder_paths" not in sys.modules:
+            Path(base_directory).mkdir(parents=True, exist_ok=True)
+            comfy.cli_args.args.base_directory = str(base_directory)
+        log.info("ComfyUI from %s", host)
     import comfy.model_management  # noqa: F401  (reads the device flags once, now)
 
-    log.info("ComfyUI from %s", host)
     return host
 
 
-def _alias_core() -> None:
-    """Let the pack's `..flexip_model` imports resolve to the already imported `flexip_model`.
-
-    One copy of the core in the process: adapters built by the trainer and errors raised by the
-    pack's code are the same classes the trainer uses.
-    """
-    import flexip_model  # noqa: F401
-
-    for name, module in list(sys.modules.items()):
-        if name == "flexip_model" or name.startswith("flexip_model."):
-            sys.modules.setdefault(f"{PACK_MODULE}.{name}", module)
+_loaded: Optional[Pack] = None
 
 
-def import_pack() -> Pack:
-    """Import the repository root as the custom-node package `comfyui_flexip` (after import_comfy)."""
-    if PACK_MODULE not in sys.modules:
-        _alias_core()
-        spec = importlib.util.spec_from_file_location(
-            PACK_MODULE, PACK_ROOT / "__init__.py", submodule_search_locations=[str(PACK_ROOT)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[PACK_MODULE] = module
-        try:
-            spec.loader.exec_module(module)
-        except Exception:
-            del sys.modules[PACK_MODULE]
-            raise
+def load_pack() -> Pack:
+    """Load the repository root with ComfyUI's custom-node loader (after import_comfy); once per process."""
+    global _loaded
+    if _loaded is None:
+        import nodes  # ComfyUI's nodes.py: import_comfy put its folder first on sys.path
 
-    def load(name: str) -> ModuleType:
-        return importlib.import_module(f"{PACK_MODULE}.nodes.{name}")
-
-    return Pack(patch=load("patch"), layers=load("layers"), encoders=load("encoders"), encode=load("encode"),
-                apply=load("apply"), bundles=load("bundles"), loader=load("loader"))
+        root = str(PACK_ROOT)
+        if not asyncio.run(nodes.load_custom_node(root)):
+            raise FlexIPError(
+                f"ComfyUI could not import the pack at {root}: the traceback is in the log above; "
+                "reinstall the pack's requirements (pip install -r requirements.txt).")
+        init = str(PACK_ROOT / "__init__.py")  # found by file: the module name is the loader's choice
+        _loaded = Pack(next(m for m in list(sys.modules.values()) if getattr(m, "__file__", None) == init))
+    return _loaded

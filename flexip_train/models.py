@@ -111,11 +111,11 @@ def load_frozen(config: ModelConfig, factories: Factories, unet_dtype: Optional[
         unet = factories.unet()
     clip_vision = _load_encoder(config.clip_vision, factories.clip_vision, "clip_vision")
     dino = _load_encoder(config.dino, factories.dino, "dino")
-    pack.encoders.clip_vision_model(clip_vision, "[model] clip_vision",
+    pack.nodes.encoders.clip_vision_model(clip_vision, "[model] clip_vision",
                                     "give CLIP ViT-H/14 (the file IP-Adapter uses), and the DINOv2 file as dino")
-    pack.encoders.dino_model(dino, "[model] dino", "give the DINOv2-L file (dinov2-large model.safetensors)")
+    pack.nodes.encoders.dino_model(dino, "[model] dino", "give the DINOv2-L file (dinov2-large model.safetensors)")
     diffusion_model = unet.model.diffusion_model
-    width = pack.layers.context_dim_of(diffusion_model)
+    width = pack.nodes.layers.context_dim_of(diffusion_model)
     base = base_of(width)
     # each family's extra UNet input: none for SD1.5; for SDXL model_base.SDXL's pooled-text and
     # size/crop vector, which objective.model_conditions has the model build
@@ -133,12 +133,12 @@ def load_frozen(config: ModelConfig, factories: Factories, unet_dtype: Optional[
 def cross_attention_weights(models: FrozenModels, pack: Pack) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Each attn2 layer's frozen (to_k, to_v) weights [inner, d], keyed like 'input_1_0'."""
     return {key: (module.to_k.weight, module.to_v.weight)
-            for key, module in pack.layers.cross_attention_modules(models.diffusion_model)}
+            for key, module in pack.nodes.layers.cross_attention_modules(models.diffusion_model)}
 
 
 def adapter_config(models: FrozenModels, pack: Pack, adapter: AdapterConfig) -> FlexIPConfig:
     """The adapter's config from the loaded models: their layers, context width and encoder widths."""
-    layers = pack.layers.layer_specs_of(models.diffusion_model)
+    layers = pack.nodes.layers.layer_specs_of(models.diffusion_model)
     config = config_for(models.base, layers=layers, tiny=adapter.size == "tiny")
     config = dataclasses.replace(
         config,

@@ -46,7 +46,7 @@ class TrainingPatch:
         self.adapter: FlexIPAdapter = flexip.adapter
         self.layers = layers
         self.options_key = f"flexip_train_{id(self)}"
-        self._call_state = pack.patch.CallState
+        self._call_state = pack.nodes.patch.CallState
 
     def models(self) -> list:
         return []
@@ -97,10 +97,10 @@ def install_training_patch(pack: Pack, unet, adapter: FlexIPAdapter, device: tor
     # the trainer places the adapter itself; load and offload device both being the training
     # device keeps ComfyUI's model management from moving it
     patcher = comfy.model_patcher.ModelPatcher(adapter, load_device=device, offload_device=device)
-    flexip = pack.bundles.LoadedFlexIP("the trained adapter", adapter, patcher)
+    flexip = pack.nodes.bundles.LoadedFlexIP("the trained adapter", adapter, patcher)
     model = unet.clone()
-    state = TrainingPatch(pack, flexip, pack.apply._matching_layers(model, flexip))
-    pack.patch.install(model, state)
+    state = TrainingPatch(pack, flexip, pack.nodes.apply._matching_layers(model, flexip))
+    pack.nodes.patch.install(model, state)
     return model, state
 
 

@@ -25,7 +25,7 @@ from . import distributed, state
 from .config import TrainConfig
 from .data import PairImageSource, keyed_generator, micro_batch, read_manifest, steps_per_epoch
 from .features import Encoders, FeatureCache, Features, PairDataset, check_cache_complete, collate
-from .host import import_comfy, import_pack
+from .host import import_comfy, load_pack
 from .models import build_adapter, load_frozen, resolve_factories
 from .objective import DenoisingLoss, evaluation_inputs, training_inputs
 from .patch import TRAINING_INPUTS, enable_gradient_checkpointing, install_training_patch
@@ -107,7 +107,7 @@ class Trainer:
 
         factories = resolve_factories(config.model)
         import_comfy(cpu=not self.on_gpu)
-        self.pack = import_pack()
+        self.pack = load_pack()
         precision = train.mixed_precision if self.on_gpu else "no"
         self.autocast = None if precision == "no" else _UNET_DTYPES[precision]
         self.models = load_frozen(config.model, factories, _UNET_DTYPES[precision], self.pack)

@@ -6,9 +6,9 @@ import dataclasses
 
 import torch
 
-from ..flexip_model.errors import FlexIPError
-from ..flexip_model.gate import GateSchedule, constant_schedule, gate_table, static_gate_range, validate_schedule
-from ..flexip_model.vocabulary import family_name, mask_batch
+from flexip_model.errors import FlexIPError
+from flexip_model.gate import GateSchedule, constant_schedule, gate_table, static_gate_range, validate_schedule
+from flexip_model.vocabulary import family_name, mask_batch
 from .bundles import EncodedSubject, LoadedFlexIP
 from .layers import context_dim_of, layer_specs_of
 from .patch import FlexIPPatch, GatePlan, install

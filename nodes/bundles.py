@@ -10,9 +10,9 @@ import torch
 import comfy.model_management
 import comfy.model_patcher
 
-from ..flexip_model.adapter import FlexIPAdapter
-from ..flexip_model.config import FlexIPConfig
-from ..flexip_model.ip_adapter import IPAdapterPair, IPAdapterPairConfig
+from flexip_model.adapter import FlexIPAdapter
+from flexip_model.config import FlexIPConfig
+from flexip_model.ip_adapter import IPAdapterPair, IPAdapterPairConfig
 
 
 @dataclass(frozen=True, eq=False)

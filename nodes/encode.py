@@ -6,9 +6,9 @@ import torch
 
 import comfy.model_management
 
-from ..flexip_model.errors import FlexIPError
-from ..flexip_model.ip_adapter import IPAdapterPair
-from ..flexip_model.vocabulary import image_masks
+from flexip_model.errors import FlexIPError
+from flexip_model.ip_adapter import IPAdapterPair
+from flexip_model.vocabulary import image_masks
 from .bundles import EncodedSubject, LoadedFlexIP
 from .encoders import check_clip, check_dino, clip_image_embeds, dino_tokens, encode_each
 from .faces_crop import crop_for_encoding

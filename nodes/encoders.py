@@ -18,8 +18,8 @@ import comfy.clip_vision
 import comfy.model_management
 from comfy.image_encoders.dino2 import Dinov2Model
 
-from ..flexip_model.errors import FlexIPError
-from ..flexip_model.vocabulary import encoder_name, feature_words
+from flexip_model.errors import FlexIPError
+from flexip_model.vocabulary import encoder_name, feature_words
 from .progress import with_progress
 
 

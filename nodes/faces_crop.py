@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..flexip_model.errors import FlexIPError
-from ..flexip_model.vocabulary import image_masks
+from flexip_model.errors import FlexIPError
+from flexip_model.vocabulary import image_masks
 from .faces_align import centre_crop_matrix, ellipse_mask, face_crop_matrix, warp
 from .faces_preview import draw_preview
 from .faces_runtime import DETECTION_SIZES, FACE_MODELS_TYPE, DetectedFace, check_face_analysis, detect_faces

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import folder_paths
 
-from ..flexip_model.errors import FlexIPError
+from flexip_model.errors import FlexIPError
 from .folders import check_inside, check_name
 
 KNOWN_PACKS = ("antelopev2", "buffalo_l")

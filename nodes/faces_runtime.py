@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..flexip_model.errors import FlexIPError
+from flexip_model.errors import FlexIPError
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import torch
 
 import comfy.utils
 
-from ..flexip_model.errors import FlexIPError
+from flexip_model.errors import FlexIPError
 from .faces_runtime import FACE_MODELS_TYPE, check_face_analysis, detect_faces, face_embedding, recognition_model
 from .progress import with_progress
 

@@ -13,7 +13,7 @@ import math
 import numbers
 from typing import Iterable
 
-from ..flexip_model.errors import FlexIPError
+from flexip_model.errors import FlexIPError
 
 
 def _float_inputs(node_class: type) -> dict[str, dict]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import folder_paths
 
-from ..flexip_model.errors import FlexIPError
+from flexip_model.errors import FlexIPError
 
 # Pickle files are listed so that picking one gets the explanation instead of an empty list.
 ADAPTER_EXTENSIONS = {".safetensors", ".bin", ".pt", ".pth", ".ckpt"}

@@ -6,8 +6,8 @@ from typing import Iterator
 
 import torch
 
-from ..flexip_model.config import LayerSpec
-from ..flexip_model.vocabulary import attn2_layer, comfy_order, layer_key
+from flexip_model.config import LayerSpec
+from flexip_model.vocabulary import attn2_layer, comfy_order, layer_key
 
 
 def cross_attention_modules(diffusion_model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Module]]:

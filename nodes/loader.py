@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import folder_paths
 
-from ..flexip_model import checkpoint
+from flexip_model import checkpoint
 from .bundles import LoadedFlexIP
 from .folders import model_file
 

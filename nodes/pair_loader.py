@@ -13,7 +13,7 @@ import torch
 import comfy.model_management
 import folder_paths
 
-from ..flexip_model.ip_adapter import IPAdapterPair, load_pair
+from flexip_model.ip_adapter import IPAdapterPair, load_pair
 from .bundles import EncodedSubject, LoadedFlexIP
 from .encoders import check_width, clip_vision_model, encode_each
 from .folders import model_file

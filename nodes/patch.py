@@ -17,11 +17,11 @@ import torch
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.patcher_extension
 
-from ..flexip_model.attention import LayerKV, gated_attention, join_branches
-from ..flexip_model.config import LayerSpec
-from ..flexip_model.errors import FlexIPError
-from ..flexip_model.gate import GateSchedule, GateTable, gates_at, progress_from_sigma, window_at
-from ..flexip_model.vocabulary import parse_layer_key
+from flexip_model.attention import LayerKV, gated_attention, join_branches
+from flexip_model.config import LayerSpec
+from flexip_model.errors import FlexIPError
+from flexip_model.gate import GateSchedule, GateTable, gates_at, progress_from_sigma, window_at
+from flexip_model.vocabulary import parse_layer_key
 from .bundles import EncodedSubject
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from ..flexip_model.errors import FlexIPError
+from flexip_model.errors import FlexIPError
 from .progress import with_progress
 
 METRIC_SLOTS = 4

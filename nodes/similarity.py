@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import comfy.clip_model
 from comfy.image_encoders.dino2 import Dinov2Model
 
-from ..flexip_model.errors import FlexIPError
+from flexip_model.errors import FlexIPError
 from .encoders import clip_image_embeds, clip_vision_model, dino_model, dino_tokens, encode_each
 
 DINO_RESOLUTION = 224  # DINO-I as usually reported: the [CLS] of a 224 px centre crop

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..flexip_model.errors import FlexIPError
-from ..flexip_model.gate import MAX_SWEEP_GAMMAS as MAX_GATES
-from ..flexip_model.gate import parse_gammas as parse_gamma_list
+from flexip_model.errors import FlexIPError
+from flexip_model.gate import MAX_SWEEP_GAMMAS as MAX_GATES
+from flexip_model.gate import parse_gammas as parse_gamma_list
 
 MODES = ("list", "range")
 

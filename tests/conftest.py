@@ -12,7 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures import CACHE_DIR, REPO_ROOT, ComfyHostMissing, comfyui_path as resolve_comfyui_path
+# Shared test helpers import as `tests.<layer>.<module>` from the repo root. ComfyUI has a `tests`
+# package too, and its folder goes first on sys.path once a layer imports ComfyUI
+# (flexip_train.host), so the name is bound to this folder now, before any layer's conftest runs.
+import tests  # noqa: F401
+from flexip_model.errors import FlexIPError
+from tools.fixtures import CACHE_DIR, REPO_ROOT, comfyui_path as resolve_comfyui_path
 
 TESTS_DIR = Path(__file__).resolve().parent
 LAYERS = ("unit", "comfy", "train", "server", "ui")
@@ -79,14 +84,14 @@ def comfyui_path() -> Path:
     """The ComfyUI host: $COMFYUI_PATH, else <repo>/.cache/comfyui."""
     try:
         return resolve_comfyui_path()
-    except ComfyHostMissing as error:
+    except FlexIPError as error:
         pytest.fail(str(error), pytrace=False)
 
 
 @pytest.fixture(scope="session")
 def shared_comfy_server(tmp_path_factory: pytest.TempPathFactory, comfyui_path: Path):
     """One ComfyUI server (pack, generated models, frontend settings) for the server and ui layers."""
-    from tests.harness.server import ComfyServer
+    from tools.harness.server import ComfyServer
 
     base = tmp_path_factory.mktemp("comfy-server")
     with ComfyServer(base, host_path=comfyui_path, settings=FRONTEND_SETTINGS) as server:

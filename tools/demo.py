@@ -13,14 +13,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from tests.fixtures.adapters import link_adapters  # noqa: E402
-from tests.fixtures.images import drawn_subject  # noqa: E402
-from tests.harness.server import ComfyServer  # noqa: E402
-from tests.harness.workflows import for_test_models, load_api  # noqa: E402
+from tools.fixtures.adapters import link_adapters
+from tools.fixtures.images import drawn_subject
+from tools.harness.server import ComfyServer
+from tools.harness.workflows import for_test_models, load_api
 
 OUTPUT = REPO / "output"
 NEEDED = ("checkpoints", "clip_vision", "flexip")

@@ -8,7 +8,7 @@ would save. The whole graph, fitted to the window, becomes `<name>.jpg` beside t
 thumbnail ComfyUI's template browser shows for a custom node's template. The ui test layer
 checks that each UI file converts back to its API file.
 
-    .venv/bin/python tools/ui_workflows.py [name ...]
+    .venv/bin/python -m tools.ui_workflows [name ...]
 """
 from __future__ import annotations
 
@@ -22,11 +22,10 @@ import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from tests.harness.browser import Browser  # noqa: E402
-from tests.harness.server import ComfyServer  # noqa: E402
-from tests.harness.workflows import (  # noqa: E402
+from tools.harness.browser import Browser
+from tools.harness.server import ComfyServer
+from tools.harness.workflows import (
     API, NO_PUBLIC_FLEXIP_NOTE, PUBLIC_MODELS, WORKFLOWS, models_property, nodes_of)
 
 log = logging.getLogger("ui_workflows")

@@ -8,28 +8,26 @@ modules may `import comfy.*` at the top. `comfy.cli_args.args.cpu` is set before
 from __future__ import annotations
 
 from collections import namedtuple
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.fixtures import ComfyHostMissing, import_comfy, import_pack
+from flexip_model.errors import FlexIPError
+from flexip_train.host import Pack, load_pack
+from tools.fixtures import import_inprocess_comfy
 
 try:
-    COMFYUI_HOST = import_comfy(cpu=True)
-except ComfyHostMissing as error:
+    COMFYUI_HOST = import_inprocess_comfy()
+except FlexIPError as error:
     raise pytest.UsageError(str(error)) from None
 
 SD15 = namedtuple("SD15", "model clip vae")
 
 
 @pytest.fixture(scope="session")
-def flexip_pack(repo_root: Path):
-    """The pack's top-level module (NODE_CLASS_MAPPINGS ...), imported as `comfyui_flexip`."""
-    try:
-        return import_pack(repo_root, "comfyui_flexip")
-    except FileNotFoundError as error:
-        pytest.fail(str(error), pytrace=False)
+def flexip_pack() -> Pack:
+    """The pack as ComfyUI's custom-node loader imports it."""
+    return load_pack()
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +54,12 @@ def one_thread():
 @pytest.fixture(scope="module")
 def insightface(flexip_pack, tmp_path_factory):
     """The generated face pack loaded by FlexIPInsightFaceLoader (a real insightface FaceAnalysis)."""
-    from tests.fixtures.faces import FACE_PACK_NAME, face_pack, insightface_root
+    from tools.fixtures.faces import FACE_PACK_NAME, face_pack, insightface_root
 
     root = tmp_path_factory.mktemp("insightface")
     face_pack(root / "models" / FACE_PACK_NAME)
     with insightface_root(root):
-        (analysis,) = flexip_pack.NODE_CLASS_MAPPINGS["FlexIPInsightFaceLoader"]().load(FACE_PACK_NAME, "CPU")
+        (analysis,) = flexip_pack.node_classes["FlexIPInsightFaceLoader"]().load(FACE_PACK_NAME, "CPU")
     return analysis
 
 
@@ -83,7 +81,7 @@ def faceanalysis(tmp_path_factory):
     FaceAnalysis with every module of the pack, on the CPU, prepared at 640 px; no FlexIP code involved."""
     import insightface.app
 
-    from tests.fixtures.faces import FACE_PACK_NAME, face_pack
+    from tools.fixtures.faces import FACE_PACK_NAME, face_pack
 
     root = tmp_path_factory.mktemp("faceanalysis")
     face_pack(root / "models" / FACE_PACK_NAME)
@@ -94,8 +92,8 @@ def faceanalysis(tmp_path_factory):
 
 @pytest.fixture
 def tiny_unet():
-    """A fresh ModelPatcher of the tiny seeded SD1.5-shaped BaseModel (see tests.fixtures.tiny)."""
-    from tests.fixtures import tiny_unet_patcher
+    """A fresh ModelPatcher of the tiny seeded SD1.5-shaped BaseModel (see tools.fixtures.tiny)."""
+    from tools.fixtures import tiny_unet_patcher
 
     return tiny_unet_patcher()
 
@@ -103,7 +101,7 @@ def tiny_unet():
 @pytest.fixture(scope="session")
 def tiny_clip_vision():
     """Tiny CLIP ViT/14 ClipVisionModel (64-d image_embeds, 257 tokens); do not modify it."""
-    from tests.fixtures import tiny_clip_vision as build
+    from tools.fixtures import tiny_clip_vision as build
 
     return build()
 
@@ -111,7 +109,7 @@ def tiny_clip_vision():
 @pytest.fixture(scope="session")
 def tiny_dino():
     """Tiny DINOv2 ClipVisionModel (64 wide, 518 px position table); do not modify it."""
-    from tests.fixtures import tiny_dino as build
+    from tools.fixtures import tiny_dino as build
 
     return build()
 
@@ -121,7 +119,7 @@ def sd15():
     """(model, clip, vae) of the generated SD1.5 checkpoint, loaded by comfy.sd like CheckpointLoaderSimple."""
     import comfy.sd
 
-    from tests.fixtures import sd15_checkpoint
+    from tools.fixtures import sd15_checkpoint
 
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(sd15_checkpoint()))
     return SD15(model, clip, vae)

@@ -14,12 +14,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import flexip_model
 from tests.comfy.tiny_world import attn2_patches, node
 from tests.comfy.tiny_world import sample as tiny_sample
-from tests.fixtures import comfyui_path
-from tests.fixtures import ip_adapter_reference as reference
-from tests.fixtures.ip_adapter_files import build_ip_adapter, ip_adapter_file, linear_projection, resampler_projection
-from tests.fixtures.tiny import tiny_clip_vision, tiny_unet_patcher
+from tools.fixtures import comfyui_path
+from tools.fixtures import ip_adapter_reference as reference
+from tools.fixtures.ip_adapter_files import build_ip_adapter, ip_adapter_file, linear_projection, resampler_projection
+from tools.fixtures.tiny import tiny_clip_vision, tiny_unet_patcher
 from tests.unit.flexip_unit_helpers import assert_one_sentence
 
 pytestmark = pytest.mark.comfy
@@ -261,7 +262,7 @@ def test_loader_refuses_an_sdxl_file_for_an_sd15_model(world, tmp_path, monkeypa
                      layer_widths=TINY_WIDTHS, projection=linear_projection(64, 2048))
     build_ip_adapter(tmp_path / "ip-adapter_sd15.safetensors", "ip-adapter_sd15", layer_widths=TINY_WIDTHS,
                      projection=linear_projection(64, 768))
-    with pytest.raises(world["pack"].flexip_model.FlexIPError) as error:
+    with pytest.raises(flexip_model.FlexIPError) as error:
         load_pair(world, "ip-adapter_sd15.safetensors", "ip-adapter_sdxl_vit-h.safetensors")
     assert_one_sentence(str(error.value), "ip-adapter_sdxl_vit-h.safetensors", "SDXL", "SD1.5")
 
@@ -271,7 +272,7 @@ def test_loader_refuses_a_file_for_another_layer_count(world, monkeypatch):
 
     real = ip_adapter_file("ip-adapter_sd15")  # the full SD1.5 layout: 16 layers, the tiny UNet has 7
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "ipadapter", ([str(real.parent)], {".safetensors"}))
-    with pytest.raises(world["pack"].flexip_model.FlexIPError) as error:
+    with pytest.raises(flexip_model.FlexIPError) as error:
         load_pair(world, real.name, real.name)
     assert_one_sentence(str(error.value), real.name, "16", "7")
 
@@ -281,7 +282,7 @@ def test_loader_refuses_face_id_files(world, tmp_path, monkeypatch):
 
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "ipadapter", ([str(tmp_path)], {".bin"}))
     build_ip_adapter(tmp_path / "ip-adapter-faceid_sd15.bin", "ip-adapter-faceid_sd15", layer_widths=TINY_WIDTHS)
-    with pytest.raises(world["pack"].flexip_model.FlexIPError) as error:
+    with pytest.raises(flexip_model.FlexIPError) as error:
         load_pair(world, "ip-adapter-faceid_sd15.bin", "ip-adapter-faceid_sd15.bin")
     assert_one_sentence(str(error.value), "ip-adapter-faceid_sd15.bin", "FaceID", "InsightFace")
 
@@ -297,23 +298,23 @@ def test_encode_refuses_a_clip_bigg_adapter_with_a_clip_h_encoder(world, tmp_pat
     flexip = load_pair(world, "ip-adapter_sdxl.safetensors", "ip-adapter_sdxl.safetensors")
     # CLIP ViT-H/14 as ComfyUI builds it (weights are not needed: the check fails before encoding)
     clip_h = comfy.clip_vision.ClipVisionModel(str(comfyui_path() / "comfy" / "clip_vision_config_h.json"))
-    with pytest.raises(world["pack"].flexip_model.FlexIPError) as error:
+    with pytest.raises(flexip_model.FlexIPError) as error:
         node(world["pack"], "FlexIPEncodeSubject").encode(flexip, clip_h, world["image"], "average")
     assert_one_sentence(str(error.value), "ip-adapter_sdxl.safetensors", "CLIP ViT-bigG/14", "CLIP ViT-H/14", "_vit-h")
 
 
 def test_encode_refuses_a_dino_model_as_clip_vision(world, ipadapter_folder):
-    from tests.fixtures.tiny import tiny_dino
+    from tools.fixtures.tiny import tiny_dino
 
     flexip = load_pair(world, *PAIRS[0])
-    with pytest.raises(world["pack"].flexip_model.FlexIPError) as error:
+    with pytest.raises(flexip_model.FlexIPError) as error:
         node(world["pack"], "FlexIPEncodeSubject").encode(flexip, tiny_dino(), world["image"], "average")
     assert_one_sentence(str(error.value), "clip_vision", "CLIP ViT-H/14")
 
 
 def test_node_says_it_is_a_compatibility_mode_not_trained_flexip(world):
     pack = world["pack"]
-    assert pack.NODE_DISPLAY_NAME_MAPPINGS["FlexIPAdapterPairLoader"] == "Load IP-Adapter Pair (FlexIP compatibility mode)"
-    description = pack.NODE_CLASS_MAPPINGS["FlexIPAdapterPairLoader"].DESCRIPTION
+    assert pack.package.NODE_DISPLAY_NAME_MAPPINGS["FlexIPAdapterPairLoader"] == "Load IP-Adapter Pair (FlexIP compatibility mode)"
+    description = pack.node_classes["FlexIPAdapterPairLoader"].DESCRIPTION
     assert "Compatibility mode over IP-Adapter weights, not trained FlexIP" in description
-    json.dumps(pack.NODE_CLASS_MAPPINGS["FlexIPAdapterPairLoader"].INPUT_TYPES())  # what /object_info serves
+    json.dumps(pack.node_classes["FlexIPAdapterPairLoader"].INPUT_TYPES())  # what /object_info serves

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.fixtures.faces import draw_faces, face_at
-from tests.fixtures.tiny import tiny_clip_vision, tiny_dino, tiny_unet_patcher
+import flexip_model
+from tools.fixtures.faces import draw_faces, face_at
+from tools.fixtures.tiny import tiny_clip_vision, tiny_dino, tiny_unet_patcher
 
 pytestmark = [pytest.mark.comfy,
               pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")]  # insightface's skimage call
@@ -24,7 +25,7 @@ def crop_module(flexip_pack):
 
 def crop(flexip_pack, insightface, image, face="largest", face_index=0, crop_size=112, crop_scale=1.0,
          no_face="error"):
-    return flexip_pack.NODE_CLASS_MAPPINGS["FlexIPFaceCrop"]().crop(
+    return flexip_pack.node_classes["FlexIPFaceCrop"]().crop(
         image, insightface, face, face_index, crop_size, crop_scale, no_face)
 
 
@@ -75,7 +76,7 @@ def test_face_index_counts_faces_left_to_right(flexip_pack, insightface):
 
 
 def test_a_face_index_past_the_last_face_follows_the_no_face_policy(flexip_pack, insightface):
-    error = flexip_pack.flexip_model.errors.FlexIPError
+    error = flexip_model.errors.FlexIPError
     with pytest.raises(error, match=r"found 2 face\(s\) in image 0 .* but face_index is 2"):
         crop(flexip_pack, insightface, two_faces(), face="by index", face_index=2)
     crops, _, _ = crop(flexip_pack, insightface, two_faces(), face="by index", face_index=2, no_face="use_whole_image")
@@ -99,7 +100,7 @@ def batch_with_a_blank_image():
 
 
 def test_no_face_error_names_the_image_index(flexip_pack, insightface):
-    error = flexip_pack.flexip_model.errors.FlexIPError
+    error = flexip_model.errors.FlexIPError
     with pytest.raises(error, match=r"no face in image 1 \(counting from 0, of 3\) at detection sizes 640, 512"):
         crop(flexip_pack, insightface, batch_with_a_blank_image())
 
@@ -121,7 +122,7 @@ def test_no_face_skip_image_leaves_it_out(flexip_pack, insightface):
 
 
 def test_skip_image_with_no_face_anywhere_is_an_error(flexip_pack, insightface):
-    with pytest.raises(flexip_pack.flexip_model.errors.FlexIPError, match="no face in any of the 2 images"):
+    with pytest.raises(flexip_model.errors.FlexIPError, match="no face in any of the 2 images"):
         crop(flexip_pack, insightface, draw_faces(64, 64, []).repeat(2, 1, 1, 1), no_face="skip_image")
 
 
@@ -157,7 +158,7 @@ def test_the_preview_boxes_every_face_and_marks_the_chosen_one(flexip_pack, insi
 @pytest.fixture(scope="module")
 def encoder_parts(flexip_pack):
     """A tiny FlexIP adapter with the tiny CLIP and DINOv2 encoders (as in test_flexip_inputs)."""
-    fm = flexip_pack.flexip_model
+    fm = flexip_model
     layers = flexip_pack.nodes.layers.layer_specs_of(tiny_unet_patcher().model.diffusion_model)
     config = dataclasses.replace(fm.config_for("sd15", tiny=True), layers=layers, clip_embed_dim=64, dino_dim=64)
     torch.manual_seed(0)
@@ -167,7 +168,7 @@ def encoder_parts(flexip_pack):
 
 def encode(flexip_pack, parts, image, **optional):
     flexip, clip, dino = parts
-    (subject,) = flexip_pack.NODE_CLASS_MAPPINGS["FlexIPEncodeSubject"]().encode(
+    (subject,) = flexip_pack.node_classes["FlexIPEncodeSubject"]().encode(
         flexip, clip, image, "average", dino=dino, **optional)
     return subject.preservation_tokens
 
@@ -198,7 +199,7 @@ def test_encode_subject_crops_a_subject_mask_like_the_image(flexip_pack, insight
 
 
 def test_encode_subject_with_insightface_names_the_reference_without_a_face(flexip_pack, insightface, encoder_parts):
-    with pytest.raises(flexip_pack.flexip_model.errors.FlexIPError,
+    with pytest.raises(flexip_model.errors.FlexIPError,
                        match=r"FlexIPEncodeSubject found no face in image 1 \(counting from 0, of 3\)"):
         encode(flexip_pack, encoder_parts, batch_with_a_blank_image(), insightface=insightface)
 
@@ -211,7 +212,7 @@ def test_a_faceanalysis_from_instantid_or_pulid_crops_like_the_flexip_loader(fle
 
 
 def test_an_insightface_input_that_is_no_face_analysis_is_a_readable_error(flexip_pack):
-    error = flexip_pack.flexip_model.errors.FlexIPError
+    error = flexip_model.errors.FlexIPError
     with pytest.raises(error, match=r"FlexIPFaceCrop's insightface input is not an InsightFace FaceAnalysis .*\(got "
                                     r"dict\): connect FlexIP InsightFace Loader"):
         crop(flexip_pack, {"detection": None}, two_faces())

@@ -32,7 +32,7 @@ def node_table(flexip_pack, monkeypatch):
     import nodes
 
     for name in FACE_NODES:
-        monkeypatch.setitem(nodes.NODE_CLASS_MAPPINGS, name, flexip_pack.NODE_CLASS_MAPPINGS[name])
+        monkeypatch.setitem(nodes.NODE_CLASS_MAPPINGS, name, flexip_pack.node_classes[name])
     for name, output in (("FaceAnalysisLoader", "FACEANALYSIS"), ("InsightFaceLoader", "INSIGHTFACE"),
                          ("OtherModelLoader", "BBOX_DETECTOR"), ("ImageSource", "IMAGE"), ("FlexIPSource", "FLEXIP"),
                          ("ClipVisionSource", "CLIP_VISION")):

@@ -7,7 +7,8 @@ import logging
 import pytest
 import torch
 
-from tests.fixtures.faces import draw_faces, face_at, face_pack, insightface_root
+import flexip_model
+from tools.fixtures.faces import draw_faces, face_at, face_pack, insightface_root
 
 pytestmark = [pytest.mark.comfy,
               pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")]  # insightface's skimage call
@@ -16,7 +17,7 @@ OTHER_PERSON = dict(eyes=(30, 160, 30), mouth=(30, 30, 30), skin=(250, 175, 200)
 
 
 def measure(flexip_pack, insightface, reference, generated):
-    return flexip_pack.NODE_CLASS_MAPPINGS["FlexIPFaceSimilarity"]().measure(reference, generated, insightface)
+    return flexip_pack.node_classes["FlexIPFaceSimilarity"]().measure(reference, generated, insightface)
 
 
 def person(**colours):
@@ -39,7 +40,7 @@ def test_the_same_face_moved_and_scaled_stays_close_and_another_face_scores_lowe
 
 
 def test_the_similarity_output_is_a_float_list_and_the_table_has_a_row_per_image(flexip_pack, insightface):
-    node = flexip_pack.NODE_CLASS_MAPPINGS["FlexIPFaceSimilarity"]
+    node = flexip_pack.node_classes["FlexIPFaceSimilarity"]
     assert node.RETURN_TYPES == ("FLOAT", "STRING") and node.OUTPUT_IS_LIST == (True, False)
     similarity, table = measure(flexip_pack, insightface, person(), torch.cat([person(), person(**OTHER_PERSON)]))
     assert all(isinstance(value, float) for value in similarity) and len(similarity) == 2
@@ -58,7 +59,7 @@ def test_a_generated_image_without_a_face_scores_zero_and_says_so(flexip_pack, i
 
 def test_a_reference_without_a_face_is_an_error_naming_it(flexip_pack, insightface):
     references = torch.cat([person(), draw_faces(192, 160, [])])
-    with pytest.raises(flexip_pack.flexip_model.errors.FlexIPError,
+    with pytest.raises(flexip_model.errors.FlexIPError,
                        match=r"no face in reference image 1 \(counting from 0, of 2\)"):
         measure(flexip_pack, insightface, references, person())
 
@@ -74,8 +75,8 @@ def test_several_references_are_averaged_into_one_identity(flexip_pack, insightf
 def test_a_pack_without_recognition_is_an_error_before_any_detection(flexip_pack, tmp_path):
     face_pack(tmp_path / "models" / "detector_only", recognition=False)
     with insightface_root(tmp_path):
-        (analysis,) = flexip_pack.NODE_CLASS_MAPPINGS["FlexIPInsightFaceLoader"]().load("detector_only", "CPU")
-    with pytest.raises(flexip_pack.flexip_model.errors.FlexIPError, match="needs a face recognition model"):
+        (analysis,) = flexip_pack.node_classes["FlexIPInsightFaceLoader"]().load("detector_only", "CPU")
+    with pytest.raises(flexip_model.errors.FlexIPError, match="needs a face recognition model"):
         measure(flexip_pack, analysis, person(), person())
 
 

@@ -13,14 +13,13 @@ import comfy.supported_models
 import comfy.taesd.taesd
 from comfy.ldm.modules.attention import optimized_attention
 
-from tests.fixtures import (
+from tools.fixtures import (
     CLIP_VISION_H_NAME,
     DINOV2_LARGE_NAME,
     SD15_CHECKPOINT_NAME,
     TINY_UNET_CROSS_ATTENTION,
     clip_vision_h,
     dinov2_large,
-    import_pack,
     model_tree,
 )
 
@@ -147,13 +146,3 @@ def test_model_tree_links_the_generated_files(tmp_path):
                          ("clip_vision", DINOV2_LARGE_NAME)):
         assert (models / folder / name).is_file()
     assert (models / "flexip").is_dir() and (models / "ipadapter").is_dir()
-
-
-def test_import_pack_loads_a_hyphenated_folder_with_relative_imports(tmp_path):
-    pack = tmp_path / "Some-Pack"
-    pack.mkdir()
-    (pack / "helpers.py").write_text("VALUE = 42\n")
-    (pack / "__init__.py").write_text("from .helpers import VALUE\nNODE_CLASS_MAPPINGS = {'N': VALUE}\n")
-    module = import_pack(pack, "flexip_selftest_pack")
-    assert module.NODE_CLASS_MAPPINGS == {"N": 42}
-    assert module.helpers.VALUE == 42

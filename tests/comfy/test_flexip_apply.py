@@ -8,6 +8,7 @@ import functools
 import pytest
 import torch
 
+import flexip_model
 from tests.comfy.tiny_world import PatchProbe, apply, attn2_patches, node, sd15_conds
 from tests.comfy.tiny_world import sample as tiny_sample
 
@@ -20,7 +21,7 @@ sample = functools.partial(tiny_sample, steps=STEPS)
 def test_apply_patches_every_cross_attention_layer_of_a_clone_only(world):
     patched = apply(world)
     layers = world["pack"].nodes.layers.layer_specs_of(world["model"].model.diffusion_model)
-    expected = {world["pack"].flexip_model.parse_layer_key(spec.key) for spec in layers}
+    expected = {flexip_model.parse_layer_key(spec.key) for spec in layers}
     assert set(attn2_patches(patched)) == expected and len(expected) == 7
     assert attn2_patches(world["model"]) == {}
     assert world["model"].wrappers == {}
@@ -66,7 +67,7 @@ def test_existing_attn2_replace_patch_is_chained_and_both_contribute(world, flex
 
     other = world["model"].clone()
     for spec in flexip_pack.nodes.layers.layer_specs_of(other.model.diffusion_model):
-        block, block_id, index = flexip_pack.flexip_model.parse_layer_key(spec.key)
+        block, block_id, index = flexip_model.parse_layer_key(spec.key)
         other.set_model_attn2_replace(other_extension, block, block_id, index)
     other_only = sample(other)
     both = sample(apply(world, model=other))

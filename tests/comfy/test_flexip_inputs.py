@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from tests.fixtures.tiny import tiny_clip_vision, tiny_dino, tiny_unet_patcher
+import flexip_model
+from tools.fixtures.tiny import tiny_clip_vision, tiny_dino, tiny_unet_patcher
 
 pytestmark = pytest.mark.comfy
 
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.comfy
 @pytest.fixture(scope="module")
 def parts(flexip_pack):
     model = tiny_unet_patcher()
-    fm = flexip_pack.flexip_model
+    fm = flexip_model
     layers = flexip_pack.nodes.layers.layer_specs_of(model.model.diffusion_model)
     config = dataclasses.replace(fm.config_for("sd15", tiny=True), layers=layers, clip_embed_dim=64, dino_dim=64)
     torch.manual_seed(0)
@@ -26,7 +27,7 @@ def parts(flexip_pack):
 
 def encode(parts, image, batch_mode="average", mask=None, clip=None, dino="default", flexip=None):
     dino = parts["dino"] if dino == "default" else dino
-    (subject,) = parts["pack"].NODE_CLASS_MAPPINGS["FlexIPEncodeSubject"]().encode(
+    (subject,) = parts["pack"].node_classes["FlexIPEncodeSubject"]().encode(
         flexip or parts["flexip"], clip or parts["clip"], image, batch_mode, dino=dino, mask=mask)
     return subject
 
@@ -35,8 +36,8 @@ def images(count, seed=1):
     return torch.rand(count, 48, 64, 3, generator=torch.Generator().manual_seed(seed))
 
 
-def test_uncond_tokens_come_from_a_black_reference_image(parts):
-    from comfyui_flexip.nodes.encoders import clip_image_embeds, dino_tokens
+def test_uncond_tokens_come_from_a_black_reference_image(parts, flexip_pack):
+    clip_image_embeds, dino_tokens = flexip_pack.nodes.encoders.clip_image_embeds, flexip_pack.nodes.encoders.dino_tokens
 
     subject = encode(parts, images(1))
     black = torch.zeros(1, 48, 64, 3)
@@ -48,10 +49,8 @@ def test_uncond_tokens_come_from_a_black_reference_image(parts):
     torch.testing.assert_close(subject.clip_embeds[1:], clip_image_embeds(parts["clip"], black), atol=1e-5, rtol=1e-5)
 
 
-def test_dino_features_are_read_at_the_configured_resolution(parts):
-    from comfyui_flexip.nodes.encoders import dino_tokens
-
-    tokens = dino_tokens(parts["dino"], images(2), 224)
+def test_dino_features_are_read_at_the_configured_resolution(parts, flexip_pack):
+    tokens = flexip_pack.nodes.encoders.dino_tokens(parts["dino"], images(2), 224)
     assert tokens.shape == (2, 1 + 16 * 16, 64)  # 224 px / 14 px patches, not ComfyUI's 518 px (1370 tokens)
 
 
@@ -102,7 +101,7 @@ def test_encode_rejects_bad_inputs_with_one_clear_sentence(parts, case, message)
 
 
 def _apply(parts, subject, flexip=None, model=None, gate=None, start_at=0.0, end_at=1.0):
-    return parts["pack"].NODE_CLASS_MAPPINGS["FlexIPApply"]().apply(
+    return parts["pack"].node_classes["FlexIPApply"]().apply(
         model or parts["model"], flexip or parts["flexip"], subject, 1.0, 0.5, start_at, end_at, gate=gate)
 
 
@@ -143,6 +142,6 @@ def test_apply_rejects_start_after_end(parts):
     (dict(keyframes="0:1", layer_indices="1,a", layer_keyframes="0.3"), "layer_indices '1,a' is not a list of integers"),
 ])
 def test_malformed_schedule_gets_a_clear_error(parts, inputs, message):
-    schedule = parts["pack"].NODE_CLASS_MAPPINGS["FlexIPGateSchedule"]()
+    schedule = parts["pack"].node_classes["FlexIPGateSchedule"]()
     with pytest.raises(parts["fm"].FlexIPError, match=message):
         schedule.build(interpolation="linear", **inputs)

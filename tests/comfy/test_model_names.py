@@ -12,16 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures import REPO_ROOT, import_pack
-from tests.fixtures.adapters import flexip_sd15
-from tests.fixtures.faces import FACE_PACK_NAME, face_pack, insightface_root
+import flexip_model
+from flexip_train.host import load_pack
+from tools.fixtures.adapters import flexip_sd15
+from tools.fixtures.faces import FACE_PACK_NAME, face_pack, insightface_root
 from tests.unit.flexip_unit_helpers import assert_one_sentence
 
 pytestmark = [pytest.mark.comfy,
               pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")]  # insightface's skimage call
 
-PACK = import_pack(REPO_ROOT, "comfyui_flexip")
-FlexIPError = PACK.flexip_model.errors.FlexIPError
+PACK = load_pack()
+FlexIPError = flexip_model.errors.FlexIPError
 LEAVING = {
     "parent": ("../outside.safetensors", "contains '..'"),
     "deep parent": ("sub/../../../outside.safetensors", "contains '..'"),
@@ -52,7 +53,7 @@ def models(tmp_path, monkeypatch):
 
 
 def run(key: str, **inputs):
-    node_class = PACK.NODE_CLASS_MAPPINGS[key]
+    node_class = PACK.node_classes[key]
     return getattr(node_class(), node_class.FUNCTION)(**inputs)
 
 

@@ -7,11 +7,12 @@ import re
 
 import pytest
 
-from tests.fixtures import REPO_ROOT, import_pack
+from flexip_train.host import load_pack
+from tools.fixtures import REPO_ROOT
 
 pytestmark = pytest.mark.comfy
 
-PACK = import_pack(REPO_ROOT, "comfyui_flexip")
+PACK = load_pack()
 
 
 def shipped_node_types() -> set[str]:
@@ -27,14 +28,14 @@ def shipped_node_types() -> set[str]:
 def test_every_pack_node_type_in_the_shipped_workflows_is_a_declared_node_id():
     used = {name for name in shipped_node_types() if name.startswith("FlexIP")}
     assert used, "no FlexIP node found in workflows/: the workflow reader is wrong"
-    assert used <= set(PACK.NODE_CLASS_MAPPINGS), used - set(PACK.NODE_CLASS_MAPPINGS)
+    assert used <= set(PACK.node_classes), used - set(PACK.node_classes)
 
 
 def test_display_names_come_from_the_node_classes_and_cover_every_node():
-    assert set(PACK.NODE_DISPLAY_NAME_MAPPINGS) == set(PACK.NODE_CLASS_MAPPINGS)
-    for node_id, node_class in PACK.NODE_CLASS_MAPPINGS.items():
+    assert set(PACK.package.NODE_DISPLAY_NAME_MAPPINGS) == set(PACK.node_classes)
+    for node_id, node_class in PACK.node_classes.items():
         assert node_id == node_class.__name__
-        assert PACK.NODE_DISPLAY_NAME_MAPPINGS[node_id] == node_class.DISPLAY_NAME
+        assert PACK.package.NODE_DISPLAY_NAME_MAPPINGS[node_id] == node_class.DISPLAY_NAME
 
 
 def test_readme_names_each_node_by_its_display_name_and_id():
@@ -42,4 +43,4 @@ def test_readme_names_each_node_by_its_display_name_and_id():
     named = dict((node_id, display) for display, node_id in re.findall(r"\*\*([^*]+)\*\* \(`(FlexIP\w+)`\)", readme))
     assert len(named) >= 5, "the README's node table was not found"
     for node_id, display in named.items():
-        assert PACK.NODE_DISPLAY_NAME_MAPPINGS.get(node_id) == display, node_id
+        assert PACK.package.NODE_DISPLAY_NAME_MAPPINGS.get(node_id) == display, node_id

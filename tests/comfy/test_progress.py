@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.comfy.tiny_world import node
-from tests.fixtures.faces import draw_faces, face_at
+from tools.fixtures.faces import draw_faces, face_at
 
 pytestmark = [pytest.mark.comfy, pytest.mark.usefixtures("one_thread"),
               pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")]  # insightface's skimage call

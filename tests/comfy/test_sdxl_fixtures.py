@@ -12,7 +12,7 @@ import comfy.sdxl_clip
 import comfy.supported_models
 import comfy.taesd.taesd
 
-from tests.fixtures import sdxl_checkpoint
+from tools.fixtures import sdxl_checkpoint
 
 pytestmark = pytest.mark.comfy
 

@@ -15,9 +15,10 @@ import re
 import pytest
 import torch
 
+import flexip_model
 from tests.comfy.tiny_world import PatchProbe
-from tests.fixtures.tiny import tiny_clip_vision, tiny_dino, tiny_unet_patcher
-from tests.fixtures.tiny_sdxl import SDXL_FAMILY_DEPTHS, tiny_sdxl_unet_patcher
+from tools.fixtures.tiny import tiny_clip_vision, tiny_dino, tiny_unet_patcher
+from tools.fixtures.tiny_sdxl import SDXL_FAMILY_DEPTHS, tiny_sdxl_unet_patcher
 
 pytestmark = pytest.mark.comfy
 
@@ -38,7 +39,7 @@ def own_cross_attention_count(model) -> int:
 
 def flexip_for(pack, model, name: str, base: str):
     """A random tiny-width adapter whose layers are `model`'s own (what `init --layers-from` makes)."""
-    fm = pack.flexip_model
+    fm = flexip_model
     layers = pack.nodes.layers.layer_specs_of(model.model.diffusion_model)
     config = dataclasses.replace(fm.config_for(base, tiny=True), layers=layers, clip_embed_dim=64, dino_dim=64)
     with torch.random.fork_rng(devices=[]):
@@ -53,12 +54,12 @@ def flexip_for(pack, model, name: str, base: str):
 def subject_for(pack, flexip, encoders):
     image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(3))
     clip, dino = encoders
-    (subject,) = pack.NODE_CLASS_MAPPINGS["FlexIPEncodeSubject"]().encode(flexip, clip, image, "average", dino=dino)
+    (subject,) = pack.node_classes["FlexIPEncodeSubject"]().encode(flexip, clip, image, "average", dino=dino)
     return subject
 
 
 def apply(pack, model, flexip, subject, strength=1.0, preservation=0.5):
-    (patched,) = pack.NODE_CLASS_MAPPINGS["FlexIPApply"]().apply(model, flexip, subject, strength, preservation,
+    (patched,) = pack.node_classes["FlexIPApply"]().apply(model, flexip, subject, strength, preservation,
                                                                  0.0, 1.0)
     return patched
 
@@ -105,7 +106,7 @@ def test_adapter_for_full_sdxl_depths_on_an_ssd1b_model_names_both_layer_counts(
     full = tiny_sdxl_unet_patcher("SDXL")
     flexip = flexip_for(flexip_pack, full, "flexip_sdxl.safetensors", "sdxl")
     subject = subject_for(flexip_pack, flexip, encoders)
-    with pytest.raises(flexip_pack.flexip_model.FlexIPError) as error:
+    with pytest.raises(flexip_model.FlexIPError) as error:
         apply(flexip_pack, tiny_sdxl_unet_patcher("SSD1B"), flexip, subject)
     assert str(error.value) == (
         "flexip_sdxl.safetensors has 70 cross-attention layers but the model has 34: use a FlexIP file made for "
@@ -117,7 +118,7 @@ def sdxl_inpaint():
     """The generated SDXL UNet with 9 input channels, loaded by ComfyUI's checkpoint detection."""
     import comfy.sd
 
-    from tests.fixtures.generate import sdxl_unet_state_dict
+    from tools.fixtures.generate import sdxl_unet_state_dict
 
     model, clip, vae, _ = comfy.sd.load_state_dict_guess_config(
         sdxl_unet_state_dict(in_channels=9), output_vae=False, output_clip=False)

@@ -9,6 +9,7 @@ import types
 import pytest
 import torch
 
+import flexip_model
 from tests.comfy.host_sync import run_guarded
 from tests.comfy.tiny_world import apply, attn2_patches, node, sd15_conds, tiny_world
 from tests.comfy.tiny_world import sample as tiny_sample
@@ -143,7 +144,7 @@ def test_sweep_latent_gives_every_item_the_same_noise(world):
 
 def test_sweep_longer_than_the_latent_batch_is_a_readable_error(world):
     gate, _, _ = sweep(world, "0, 0.25, 0.5, 0.75, 1")
-    with pytest.raises(world["pack"].flexip_model.FlexIPError, match="has 5 gate values but the latent batch has 3 images"):
+    with pytest.raises(flexip_model.FlexIPError, match="has 5 gate values but the latent batch has 3 images"):
         sample(apply(world, gate=gate))
 
 
@@ -185,11 +186,11 @@ def test_sweep_range_mode_spaces_count_values_from_start_to_stop(flexip_pack):
 ])
 def test_bad_sweep_values_are_readable_errors(flexip_pack, text, message):
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
-    with pytest.raises(flexip_pack.flexip_model.FlexIPError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(flexip_model.FlexIPError, match=message.replace("[", r"\[").replace("]", r"\]")):
         node(flexip_pack, "FlexIPGateSweep").sweep(latent, "list", text, 0.0, 1.0, 5, True)
 
 
 def test_sweep_of_a_latent_batch_is_a_readable_error(flexip_pack):
     latent = {"samples": torch.zeros(2, 4, 8, 8)}
-    with pytest.raises(flexip_pack.flexip_model.FlexIPError, match="latent has a batch of 2"):
+    with pytest.raises(flexip_model.FlexIPError, match="latent has a batch of 2"):
         node(flexip_pack, "FlexIPGateSweep").sweep(latent, "list", "0, 1", 0.0, 1.0, 5, True)

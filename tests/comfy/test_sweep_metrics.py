@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import importlib.abc
+import importlib.machinery
 import sys
 
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+import flexip_model
 from tests.comfy.tiny_world import node
 
 pytestmark = [pytest.mark.comfy, pytest.mark.usefixtures("one_thread")]
@@ -74,7 +77,7 @@ def test_each_image_is_scored_alone_and_several_references_are_averaged(flexip_p
 
 
 def test_swapped_encoders_are_a_readable_error(flexip_pack, tiny_clip_vision, tiny_dino):
-    with pytest.raises(flexip_pack.flexip_model.FlexIPError, match="clip_vision and dino inputs are swapped"):
+    with pytest.raises(flexip_model.FlexIPError, match="clip_vision and dino inputs are swapped"):
         node(flexip_pack, "FlexIPSubjectSimilarity").measure(tiny_dino, tiny_clip_vision, subject(), subject())
 
 
@@ -127,18 +130,35 @@ def test_contact_sheet_shows_each_image_in_order_with_a_caption(flexip_pack):
 
 
 def test_metric_with_a_value_per_image_missing_is_a_readable_error(flexip_pack):
-    with pytest.raises(flexip_pack.flexip_model.FlexIPError, match="metric_2 has 4 values but gammas has 5"):
+    with pytest.raises(flexip_model.FlexIPError, match="metric_2 has 4 values but gammas has 5"):
         plot(flexip_pack, {"metric_1": CLIP_I, "metric_2": DINO_I[:4]})
 
 
 def test_images_not_from_this_sweep_are_a_readable_error(flexip_pack):
-    with pytest.raises(flexip_pack.flexip_model.FlexIPError, match="got 3 images but 5 γ values"):
+    with pytest.raises(flexip_model.FlexIPError, match="got 3 images but 5 γ values"):
         plot(flexip_pack, {"metric_1": CLIP_I}, images=sweep_images()[:3])
 
 
+class Hidden(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Makes `import <name>` fail as it does where the package is not installed."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == self.name or fullname.startswith(self.name + "."):
+            return importlib.machinery.ModuleSpec(fullname, self)
+        return None
+
+    def create_module(self, spec):
+        raise ModuleNotFoundError(f"No module named {spec.name!r}")
+
+
 def test_missing_matplotlib_is_a_one_sentence_install_message(flexip_pack, monkeypatch):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # "import matplotlib..." now raises ImportError
-    with pytest.raises(flexip_pack.flexip_model.FlexIPError, match="needs matplotlib.*pip install matplotlib"):
+    for name in [name for name in sys.modules if name == "matplotlib" or name.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)  # restored after the test
+    monkeypatch.setattr(sys, "meta_path", [Hidden("matplotlib"), *sys.meta_path])
+    with pytest.raises(flexip_model.FlexIPError, match="needs matplotlib.*pip install matplotlib"):
         plot(flexip_pack, {"metric_1": CLIP_I})
 
 

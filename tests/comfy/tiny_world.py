@@ -10,12 +10,13 @@ from typing import Any, Callable, ContextManager, Optional
 
 import torch
 
-from tests.fixtures.tiny import tiny_clip_vision, tiny_dino, tiny_unet_patcher
+import flexip_model
+from tools.fixtures.tiny import tiny_clip_vision, tiny_dino, tiny_unet_patcher
 
 
 def node(pack: Any, name: str) -> Any:
     """A new instance of the pack's node `name` (its NODE_CLASS_MAPPINGS id)."""
-    return pack.NODE_CLASS_MAPPINGS[name]()
+    return pack.node_classes[name]()
 
 
 def tiny_world(pack: Any, gate_mode: str = "output") -> dict:
@@ -27,7 +28,7 @@ def tiny_world(pack: Any, gate_mode: str = "output") -> dict:
 
     model = tiny_unet_patcher()
     clip, dino = tiny_clip_vision(), tiny_dino()
-    fm = pack.flexip_model
+    fm = flexip_model
     layers = pack.nodes.layers.layer_specs_of(model.model.diffusion_model)
     config = dataclasses.replace(fm.config_for("sd15", tiny=True), layers=layers, clip_embed_dim=64, dino_dim=64,
                                  gate_mode=gate_mode)

@@ -16,7 +16,7 @@ def start_comfy_server(tmp_path_factory: pytest.TempPathFactory, comfyui_path):
 
     For tests that need a differently configured server (another pack folder, no models).
     """
-    from tests.harness.server import ComfyServer
+    from tools.harness.server import ComfyServer
 
     started = []
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.fixtures.images import drawn_subject
-from tests.fixtures.ip_adapter_files import build_ip_adapter
-from tests.harness.server import PACK_NAME, ComfyServer, ExecutionFailed
-from tests.harness.workflows import for_test_models, load_api, nodes_of, without_flexip
+from tools.fixtures.images import drawn_subject
+from tools.fixtures.ip_adapter_files import build_ip_adapter
+from tools.harness.server import PACK_NAME, ComfyServer, ExecutionFailed
+from tools.harness.workflows import for_test_models, load_api, nodes_of, without_flexip
 from tests.unit.flexip_unit_helpers import assert_one_sentence
 
 pytestmark = pytest.mark.server
@@ -47,7 +47,7 @@ def server(tmp_path_factory, comfyui_path):
 
 @pytest.fixture(scope="module")
 def subject(server):
-    """The drawn subject (tests.fixtures.images), uploaded to the server's input/."""
+    """The drawn subject (tools.fixtures.images), uploaded to the server's input/."""
     return server.upload_image(drawn_subject(), "flexip_compat_subject.png")
 
 

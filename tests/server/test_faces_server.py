@@ -6,10 +6,10 @@ import re
 
 import pytest
 
-from tests.fixtures.adapters import link_adapters
-from tests.fixtures.faces import FACE_PACK_NAME, draw_faces, face_at, link_face_pack
-from tests.harness.server import ExecutionFailed
-from tests.harness.workflows import for_test_models, load_api, nodes_of
+from tools.fixtures.adapters import link_adapters
+from tools.fixtures.faces import FACE_PACK_NAME, draw_faces, face_at, link_face_pack
+from tools.harness.server import ExecutionFailed
+from tools.harness.workflows import for_test_models, load_api, nodes_of
 
 pytestmark = pytest.mark.server
 

@@ -7,11 +7,11 @@ import re
 import numpy as np
 import pytest
 
-from tests.fixtures.adapters import FLEXIP_SD15_NAME, FLEXIP_SD15_STANDARD_NAME, FLEXIP_TEST_SDXL_NAME, link_adapters
-from tests.fixtures.files import CLIP_VISION_H_NAME, DINOV2_LARGE_NAME
-from tests.fixtures.images import drawn_subject
-from tests.harness.server import ExecutionFailed, PromptRejected
-from tests.harness.workflows import for_test_models, load_api, nodes_of, without_flexip
+from tools.fixtures.adapters import FLEXIP_SD15_NAME, FLEXIP_SD15_STANDARD_NAME, FLEXIP_TEST_SDXL_NAME, link_adapters
+from tools.fixtures.files import CLIP_VISION_H_NAME, DINOV2_LARGE_NAME
+from tools.fixtures.images import drawn_subject
+from tools.harness.server import ExecutionFailed, PromptRejected
+from tools.harness.workflows import for_test_models, load_api, nodes_of, without_flexip
 
 pytestmark = pytest.mark.server
 
@@ -27,7 +27,7 @@ def server(comfy_server):
 
 @pytest.fixture(scope="module")
 def subject(server):
-    """The drawn subject (tests.fixtures.images), uploaded to the server's input/."""
+    """The drawn subject (tools.fixtures.images), uploaded to the server's input/."""
     return server.upload_image(drawn_subject(), "flexip_subject_test.png")
 
 

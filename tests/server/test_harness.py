@@ -6,8 +6,8 @@ import shutil
 import pytest
 from PIL import Image
 
-from tests.fixtures import SD15_CHECKPOINT_NAME
-from tests.harness.server import ExecutionFailed, PackImportError, PromptRejected
+from tools.fixtures import SD15_CHECKPOINT_NAME
+from tools.harness.server import ExecutionFailed, PackImportError, PromptRejected
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.adapters import FLEXIP_SD15_NAME, flexip_sd15, link_adapters
-from tests.fixtures.faces import link_face_pack
-from tests.fixtures.images import drawn_subject
-from tests.fixtures.ip_adapter_files import build_ip_adapter
-from tests.harness.server import PACK_NAME, ComfyServer, ExecutionFailed
-from tests.harness.workflows import for_test_models, load_api, nodes_of
+from tools.fixtures.adapters import FLEXIP_SD15_NAME, flexip_sd15, link_adapters
+from tools.fixtures.faces import link_face_pack
+from tools.fixtures.images import drawn_subject
+from tools.fixtures.ip_adapter_files import build_ip_adapter
+from tools.harness.server import PACK_NAME, ComfyServer, ExecutionFailed
+from tools.harness.workflows import for_test_models, load_api, nodes_of
 from tests.unit.flexip_unit_helpers import assert_one_sentence
 
 pytestmark = pytest.mark.server

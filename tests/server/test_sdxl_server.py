@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from tests.fixtures.adapters import FLEXIP_SD15_NAME, FLEXIP_TEST_SDXL_NAME, link_adapters
-from tests.fixtures.files import link_sdxl_checkpoint, sdxl_checkpoint
-from tests.fixtures.images import drawn_subject
-from tests.harness.server import ExecutionFailed
-from tests.harness.workflows import for_test_models, load_api, nodes_of, without_flexip
+from tools.fixtures.adapters import FLEXIP_SD15_NAME, FLEXIP_TEST_SDXL_NAME, link_adapters
+from tools.fixtures.files import link_sdxl_checkpoint, sdxl_checkpoint
+from tools.fixtures.images import drawn_subject
+from tools.harness.server import ExecutionFailed
+from tools.harness.workflows import for_test_models, load_api, nodes_of, without_flexip
 
 pytestmark = pytest.mark.server
 
@@ -32,7 +32,7 @@ def server(comfy_server):
 
 @pytest.fixture(scope="module")
 def subject(server):
-    """The drawn subject (tests.fixtures.images), uploaded to the server's input/."""
+    """The drawn subject (tools.fixtures.images), uploaded to the server's input/."""
     return server.upload_image(drawn_subject(), "flexip_subject_sdxl_test.png")
 
 
@@ -61,7 +61,7 @@ def test_sdxl_workflow_patches_every_cross_attention_layer_and_changes_the_image
     runs = _PATCHED.findall(server.log_text())
     assert len(runs) == before + 1
     patched, total = map(int, runs[-1])
-    # input 4, 5, 7, 8 (2, 2, 10, 10 blocks), middle 0, output 0-5: see tests.fixtures.files.sdxl_checkpoint
+    # input 4, 5, 7, 8 (2, 2, 10, 10 blocks), middle 0, output 0-5: see tools.fixtures.files.sdxl_checkpoint
     assert patched == total == _checkpoint_cross_attention_count() == 31
     assert image.shape == (SIZE, SIZE, 3)
     assert np.abs(image - unpatched).max() > 0

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.fixtures.adapters import link_adapters
-from tests.fixtures.images import drawn_subject
-from tests.harness.workflows import TEST_MODEL_NAMES, for_test_models, load_api, nodes_of
+from tools.fixtures.adapters import link_adapters
+from tools.fixtures.images import drawn_subject
+from tools.harness.workflows import TEST_MODEL_NAMES, for_test_models, load_api, nodes_of
 
 pytestmark = pytest.mark.server
 
@@ -27,7 +27,7 @@ def server(comfy_server):
 
 @pytest.fixture(scope="module")
 def subject(server):
-    """The drawn subject (tests.fixtures.images), uploaded to the server's input/."""
+    """The drawn subject (tools.fixtures.images), uploaded to the server's input/."""
     return server.upload_image(drawn_subject(), "flexip_sweep_subject_test.png")
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.harness.server import PACK_NAME
-from tests.harness.workflows import WORKFLOWS, ui_workflows
+from tools.harness.server import PACK_NAME
+from tools.harness.workflows import WORKFLOWS, ui_workflows
 
 pytestmark = pytest.mark.server
 

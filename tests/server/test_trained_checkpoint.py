@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fixtures import clip_vision_h, dinov2_large, sd15_checkpoint
-from tests.harness.workflows import for_test_models, load_api, nodes_of
+from tools.fixtures import clip_vision_h, dinov2_large, sd15_checkpoint
+from tools.harness.workflows import for_test_models, load_api, nodes_of
 from tests.train.smoke import write_trained_checkpoint
 
 pytestmark = pytest.mark.server

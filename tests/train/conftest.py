@@ -4,19 +4,19 @@ from __future__ import annotations
 import pytest
 import torch
 
+from flexip_train.host import Pack, load_pack
+
 
 @pytest.fixture(scope="module")
-def pack():
-    """ComfyUI on the CPU in this process, and the pack imported the way the trainer imports it.
+def pack() -> Pack:
+    """ComfyUI on the CPU in this process, and the pack loaded the way the trainer loads it.
 
     One thread while these tests run: on a small shared CPU more threads only contend.
     """
-    from tests.fixtures import import_comfy
+    from tools.fixtures import import_inprocess_comfy
 
-    import_comfy()
-    from flexip_train.host import import_pack
-
+    import_inprocess_comfy()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield import_pack()
+    yield load_pack()
     torch.set_num_threads(threads)

@@ -1,7 +1,7 @@
 """The smoke training setup shared by the trainer tests, and a ready-made trained checkpoint.
 
 Smoke config: the generated SD1.5 checkpoint's text encoder and TAESD VAE, the tiny in-process
-UNet and image encoders of tests/fixtures (built through the config's `*_factory` keys), a
+UNet and image encoders of tools/fixtures (built through the config's `*_factory` keys), a
 tiny-size adapter, 8 synthetic pairs at 64 px, the feature cache, CPU, float32.
 
 `write_trained_checkpoint(base_checkpoint, work_dir)` trains a few steps against a given
@@ -15,13 +15,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.fixtures import REPO_ROOT, comfyui_path, sd15_checkpoint
+from tools.fixtures import REPO_ROOT, comfyui_path, sd15_checkpoint
 from tests.train.synthetic import write_config, write_pairs
 
 TINY_FACTORIES = {
-    "unet_factory": "tests.fixtures.tiny:tiny_unet_patcher",
-    "clip_vision_factory": "tests.fixtures.tiny:tiny_clip_vision",
-    "dino_factory": "tests.fixtures.tiny:tiny_dino",
+    "unet_factory": "tools.fixtures.tiny:tiny_unet_patcher",
+    "clip_vision_factory": "tools.fixtures.tiny:tiny_clip_vision",
+    "dino_factory": "tools.fixtures.tiny:tiny_dino",
 }
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.fixtures import sdxl_checkpoint
+from tools.fixtures import sdxl_checkpoint
 from tests.train.smoke import TINY_FACTORIES, smoke_sections, train_cli, write_trained_checkpoint
 from tests.train.synthetic import write_config, write_pairs
 
@@ -27,7 +27,7 @@ def test_sdxl_smoke_run_with_the_feature_cache_writes_a_valid_sdxl_file(tmp_path
 
     sections = smoke_sections(write_pairs(tmp_path / "data"), tmp_path / "out", tmp_path / "cache", STEPS)
     sections["model"] = {"checkpoint": str(sdxl_checkpoint()), **TINY_FACTORIES,
-                         "unet_factory": "tests.fixtures.tiny_sdxl:tiny_sdxl_unet_patcher"}
+                         "unet_factory": "tools.fixtures.tiny_sdxl:tiny_sdxl_unet_patcher"}
     sections["output"]["name"] = "smoke_sdxl"
     train_cli(write_config(tmp_path / "sdxl.toml", sections), timeout=900)
 
@@ -50,7 +50,7 @@ def test_sdxl_run_on_the_checkpoints_own_unet_writes_a_file_for_that_unet(tmp_pa
 
 def test_sdxl_unet_gets_the_pooled_text_and_size_embeddings_comfyui_builds(pack):
     from flexip_train.objective import ModelInputs, model_conditions
-    from tests.fixtures.tiny_sdxl import tiny_sdxl_unet_patcher
+    from tools.fixtures.tiny_sdxl import tiny_sdxl_unet_patcher
 
     base = tiny_sdxl_unet_patcher().model
     g = torch.Generator().manual_seed(0)
@@ -79,7 +79,7 @@ def test_size_conditioning_of_a_fitted_target_is_its_original_size_and_crop_offs
 def test_sdxl_size_embeddings_are_each_targets_own_original_size_and_crop(pack):
     """As SDXL itself was trained: every row of y embeds its own target's original size and crop offset."""
     from flexip_train.objective import ModelInputs, model_conditions
-    from tests.fixtures.tiny_sdxl import tiny_sdxl_unet_patcher
+    from tools.fixtures.tiny_sdxl import tiny_sdxl_unet_patcher
 
     base = tiny_sdxl_unet_patcher().model
     g = torch.Generator().manual_seed(0)
@@ -101,7 +101,7 @@ def test_sdxl_size_embeddings_are_each_targets_own_original_size_and_crop(pack):
 
 def test_sd15_unet_gets_only_the_text_context(pack):
     from flexip_train.objective import ModelInputs, model_conditions
-    from tests.fixtures.tiny import tiny_unet_patcher
+    from tools.fixtures.tiny import tiny_unet_patcher
 
     g = torch.Generator().manual_seed(0)
     inputs = ModelInputs(latents=torch.randn(1, 4, 8, 8, generator=g), context=torch.randn(1, 77, 768, generator=g),

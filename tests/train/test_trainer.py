@@ -79,12 +79,10 @@ def test_checkpoint_passes_inspect_and_loads_in_flexip_loader(straight_run: Path
     import folder_paths
 
     folder_paths.add_model_folder_path("flexip", str(straight_run))
-    (loaded,) = pack.loader.FlexIPLoader().load(path.name)
+    (loaded,) = pack.nodes.loader.FlexIPLoader().load(path.name)
     from flexip_model import checkpoint
 
-    # compared as JSON: the pack's `comfyui_flexip.flexip_model` and the top-level `flexip_model`
-    # are two module copies, so their dataclasses never compare equal
-    assert loaded.config.to_json() == checkpoint.read_config(path).to_json()
+    assert loaded.config == checkpoint.read_config(path)  # one flexip_model in the process: equal dataclasses
     assert loaded.config.layer_keys == ("input_1_0", "input_3_0", "middle_0_0", "output_0_0", "output_1_0",
                                         "output_2_0", "output_3_0")  # the tiny UNet's attn2 layers
 
@@ -202,7 +200,7 @@ def test_unknown_config_key_is_named(workspace: Path, capsys):
 
 def _tiny_models(pack):
     from flexip_train.models import FrozenModels
-    from tests.fixtures import tiny_clip_vision, tiny_dino, tiny_unet_patcher
+    from tools.fixtures import tiny_clip_vision, tiny_dino, tiny_unet_patcher
 
     return FrozenModels(tiny_unet_patcher(), None, None, tiny_clip_vision(), tiny_dino(), "sd15")
 
@@ -228,10 +226,10 @@ def test_training_patch_computes_what_the_inference_nodes_compute(pack):
     x, context = torch.randn(1, 4, 8, 8, generator=generator), torch.randn(1, 77, 768, generator=generator)
     sigma, gate = torch.tensor([3.0]), 0.7
 
-    loaded = pack.bundles.LoadedFlexIP.wrap("trained", copy.deepcopy(adapter))
-    (subject,) = pack.encode.FlexIPEncodeSubject().encode(loaded, models.clip_vision, reference, "average",
+    loaded = pack.nodes.bundles.LoadedFlexIP.wrap("trained", copy.deepcopy(adapter))
+    (subject,) = pack.nodes.encode.FlexIPEncodeSubject().encode(loaded, models.clip_vision, reference, "average",
                                                           dino=models.dino)
-    (inference,) = pack.apply.FlexIPApply().apply(models.unet, loaded, subject, 1.0, gate, 0.0, 1.0)
+    (inference,) = pack.nodes.apply.FlexIPApply().apply(models.unet, loaded, subject, 1.0, gate, 0.0, 1.0)
     expected = _call(inference, x, sigma, context)
 
     training, _ = install_training_patch(pack, models.unet, adapter, torch.device("cpu"))
@@ -278,7 +276,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(pack):
 
 def test_written_checkpoint_fits_the_base_checkpoint(tmp_path: Path):
     from flexip_model import checkpoint
-    from tests.fixtures import sd15_checkpoint
+    from tools.fixtures import sd15_checkpoint
 
     path = write_trained_checkpoint(sd15_checkpoint(), tmp_path, steps=1, pairs=2)
     config = checkpoint.validate(path)
@@ -289,7 +287,7 @@ def test_example_config_shows_the_defaults():
     import dataclasses
 
     from flexip_train.config import TrainConfig, load_config
-    from tests.fixtures import REPO_ROOT
+    from tools.fixtures import REPO_ROOT
 
     config = load_config(REPO_ROOT / "flexip_train" / "train.example.toml")
     for section in dataclasses.fields(TrainConfig):

@@ -14,8 +14,8 @@ def ui_server(shared_comfy_server):
 
 @pytest.fixture(scope="session")
 def browser():
-    """A headless Chromium (tests.harness.browser.Browser), quit and killed by PID at the end."""
-    from tests.harness.browser import Browser
+    """A headless Chromium (tools.harness.browser.Browser), quit and killed by PID at the end."""
+    from tools.harness.browser import Browser
 
     with Browser() as instance:
         yield instance

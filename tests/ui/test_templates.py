@@ -15,8 +15,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.harness.server import PACK_NAME
-from tests.harness.workflows import WORKFLOWS, PUBLIC_MODELS, models_property
+from tools.harness.server import PACK_NAME
+from tools.harness.workflows import WORKFLOWS, PUBLIC_MODELS, models_property
 
 pytestmark = pytest.mark.ui
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.harness.workflows import API, NO_PUBLIC_FLEXIP_NOTE, PUBLIC_MODELS, models_property, ui_workflows
+from tools.harness.workflows import API, NO_PUBLIC_FLEXIP_NOTE, PUBLIC_MODELS, models_property, ui_workflows
 
 pytestmark = pytest.mark.ui
 

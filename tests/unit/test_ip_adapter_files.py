@@ -1,7 +1,7 @@
 """Compatibility mode, file side: real IP-Adapter layouts are parsed, detected and matched to UNet layers.
 
 Files are built with the exact tensor names and shapes of the h94/IP-Adapter releases
-(tests/fixtures/ip_adapter_files.py; at full size they have the releases' byte sizes:
+(tools/fixtures/ip_adapter_files.py; at full size they have the releases' byte sizes:
 ip-adapter_sd15 44.6 MB, ip-adapter-plus_sd15 98.2 MB, ip-adapter_sdxl_vit-h 698 MB).
 """
 
@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from flexip_model.config import LayerSpec, default_layers
 from flexip_model.errors import FlexIPError
 from flexip_model.ip_adapter import describe, ip_adapter_order, load_pair, open_file
-from tests.fixtures.ip_adapter_files import (
+from tools.fixtures.ip_adapter_files import (
     build_ip_adapter,
     ip_adapter_file,
     ip_adapter_shapes,

@@ -1,7 +1,7 @@
 """Compatibility mode, numbers: image projections and the gated layer equal an independent IP-Adapter reference.
 
 Files have each release's real image projection (names, shapes) and a few UNet layers of
-the real widths; the reference (tests/fixtures/ip_adapter_reference.py) is float64 and
+the real widths; the reference (tools/fixtures/ip_adapter_reference.py) is float64 and
 written from IP-Adapter's paper and release layout without using flexip_model.
 """
 
@@ -17,8 +17,8 @@ from flexip_model.attention import gated_attention, sdpa_attention
 from flexip_model.config import LayerSpec
 from flexip_model.errors import FlexIPError
 from flexip_model.ip_adapter import load_pair
-from tests.fixtures import ip_adapter_reference as reference
-from tests.fixtures.ip_adapter_files import build_ip_adapter
+from tools.fixtures import ip_adapter_reference as reference
+from tools.fixtures.ip_adapter_files import build_ip_adapter
 from tests.unit.flexip_unit_helpers import load_one_file
 
 pytestmark = pytest.mark.unit

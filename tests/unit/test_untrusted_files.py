@@ -20,7 +20,7 @@ from flexip_model import FlexIPError, checkpoint
 from flexip_model.config import SIZE_BOUNDS, LayerSpec
 from flexip_model.ip_adapter import open_file
 from flexip_model.safetensors_header import MAX_TENSORS
-from tests.fixtures.ip_adapter_files import (
+from tools.fixtures.ip_adapter_files import (
     ip_adapter_shapes,
     linear_projection,
     random_weights,

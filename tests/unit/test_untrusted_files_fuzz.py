@@ -24,7 +24,7 @@ import torch
 from flexip_model import FlexIPAdapter, FlexIPConfig, FlexIPError, LayerSpec, checkpoint, config_for
 from flexip_model.gate import MAX_KEYFRAMES, MAX_SWEEP_GAMMAS, parse_gammas, parse_keyframes
 from flexip_model.ip_adapter import describe, open_file
-from tests.fixtures.ip_adapter_files import layer_shapes, linear_projection, mlp_projection, resampler_projection
+from tools.fixtures.ip_adapter_files import layer_shapes, linear_projection, mlp_projection, resampler_projection
 from tests.unit.crafted_files import time_limit, write_raw
 
 pytestmark = pytest.mark.unit

@@ -2,7 +2,7 @@
 
 The server-layer compatibility test installs it next to ComfyUI-FlexIP so the same server
 renders the baseline the pair must reproduce at γ = 1 (or γ = 0). It shares no code with the
-pack: the math is tests/fixtures/ip_adapter_reference.py (loaded by path, since the server's
+pack: the math is tools/fixtures/ip_adapter_reference.py (loaded by path, since the server's
 working directory is the ComfyUI host), the layer list is read from the UNet's modules here.
 Never shipped.
 """
@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 import folder_paths
 
-_SOURCE = Path(__file__).resolve().parents[2] / "fixtures" / "ip_adapter_reference.py"
+_SOURCE = Path(__file__).resolve().parents[3] / "tools" / "fixtures" / "ip_adapter_reference.py"
 _spec = importlib.util.spec_from_file_location("flexip_test_ip_adapter_reference", _SOURCE)
 reference = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(reference)

@@ -5,7 +5,7 @@ import copy
 import json
 from pathlib import Path
 
-from tests.fixtures.comfy_host import REPO_ROOT
+from tools.fixtures.paths import REPO_ROOT
 
 WORKFLOWS = REPO_ROOT / "workflows"
 API = WORKFLOWS / "api"

@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 import requests
 
-from tests.fixtures import REPO_ROOT, comfyui_path, model_tree
+from tools.fixtures import REPO_ROOT, comfyui_path, model_tree
 
 PACK_NAME = "ComfyUI-FlexIP"
 LOG_TAIL_LINES = 60
