@@ -31,10 +31,12 @@ class LoadedFlexIP:
         return self.adapter.config
 
     @classmethod
-    def wrap(cls, name: str, adapter: Union[FlexIPAdapter, IPAdapterPair]) -> LoadedFlexIP:
+    def wrap(cls, name: str, adapter: Union[FlexIPAdapter, IPAdapterPair],
+             dtype: Optional[torch.dtype] = None) -> LoadedFlexIP:
+        """`adapter` in a ModelPatcher, in `dtype` (default: the UNet's compute type, unet_compute_dtype)."""
         load_device = comfy.model_management.get_torch_device()
         offload_device = comfy.model_management.unet_offload_device()
-        adapter = adapter.to(device=offload_device, dtype=comfy.model_management.unet_dtype(load_device)).eval()
+        adapter = adapter.to(device=offload_device, dtype=dtype or unet_compute_dtype(load_device)).eval()
         adapter.requires_grad_(False)
         return cls(name, adapter, comfy.model_patcher.ModelPatcher(adapter, load_device, offload_device))
 
@@ -42,6 +44,17 @@ class LoadedFlexIP:
         """The adapter on its load device (ComfyUI decides whether it fits)."""
         comfy.model_management.load_model_gpu(self.patcher)
         return self.adapter
+
+
+def unet_compute_dtype(device: torch.device) -> torch.dtype:
+    """The type ComfyUI's UNet computes in on `device` under its switches, as comfy.sd picks it.
+
+    With fp8 storage (--fp8_e4m3fn-unet) or a type the device is slow in (bf16 on a CPU), ComfyUI
+    keeps the weights in the storage type and casts them per layer to a manual-cast type; the
+    adapter is small next to the UNet and has no such casting layers, so it is kept in that type.
+    """
+    storage = comfy.model_management.unet_dtype(device)
+    return comfy.model_management.unet_manual_cast(storage, device) or storage
 
 
 @dataclass(frozen=True, eq=False)

@@ -19,14 +19,15 @@ def node(pack: Any, name: str) -> Any:
     return pack.node_classes[name]()
 
 
-def tiny_world(pack: Any, gate_mode: str = "output") -> dict:
-    """A tiny UNet, tiny encoders, a random FlexIP adapter of `gate_mode` and the subject it encoded.
+def tiny_world(pack: Any, gate_mode: str = "output", model: Any = None, dtype: Optional[torch.dtype] = None) -> dict:
+    """A tiny UNet (or `model`), tiny encoders, a random FlexIP adapter of `gate_mode` and the subject it encoded.
 
-    The adapter's weights have std 0.2: large enough that the subject and γ visibly move the image.
+    The adapter's weights have std 0.2: large enough that the subject and γ visibly move the image;
+    they are the same seeded values in every world, kept in `dtype` (default: as LoadedFlexIP.wrap picks).
     """
     import comfy.sample  # noqa: F401  (imported here: the conftest sets ComfyUI up first)
 
-    model = tiny_unet_patcher()
+    model = model or tiny_unet_patcher()
     clip, dino = tiny_clip_vision(), tiny_dino()
     fm = flexip_model
     layers = pack.nodes.layers.layer_specs_of(model.model.diffusion_model)
@@ -37,7 +38,7 @@ def tiny_world(pack: Any, gate_mode: str = "output") -> dict:
     with torch.no_grad():
         for parameter in adapter.parameters():
             parameter.normal_(0.0, 0.2)
-    flexip = pack.nodes.bundles.LoadedFlexIP.wrap(f"tiny_flexip_{gate_mode}.safetensors", adapter)
+    flexip = pack.nodes.bundles.LoadedFlexIP.wrap(f"tiny_flexip_{gate_mode}.safetensors", adapter, dtype)
     image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(3))
     (subject,) = node(pack, "FlexIPEncodeSubject").encode(flexip, clip, image, "average", dino=dino)
     return dict(pack=pack, model=model, flexip=flexip, subject=subject, clip=clip, dino=dino, image=image)
