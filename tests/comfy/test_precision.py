@@ -7,9 +7,10 @@ import torch
 
 import comfy.cli_args
 import comfy.sd
+import flexip_model
 from tests.comfy.tiny_world import apply, attn2_patches, sample, sd15_conds, tiny_world
-from tests.fixtures import sd15_checkpoint
-from tests.fixtures.tiny import tiny_unet_patcher
+from tools.fixtures import sd15_checkpoint
+from tools.fixtures.tiny import tiny_unet_patcher
 
 pytestmark = [pytest.mark.comfy, pytest.mark.usefixtures("one_thread")]
 
@@ -71,7 +72,7 @@ def test_adapter_term_of_one_layer_matches_float64_math(flexip_pack, case):
                                                transformer_options=options)
     got = out.double() - text.double()
 
-    fm = flexip_pack.flexip_model
+    fm = flexip_model
     adapter64, subject64 = reference["flexip"].adapter, reference["subject"]
     rows = torch.tensor(options["cond_or_uncond"]).repeat_interleave(q.shape[0] // len(options["cond_or_uncond"]))
     positive, negative = sd15_conds()
@@ -97,5 +98,5 @@ def test_adapter_computes_in_the_type_the_unet_computes_in_under_each_switch(fle
     model = comfy.sd.load_checkpoint_guess_config(str(sd15_checkpoint()), output_vae=False, output_clip=False)[0]
     unet_compute = model.model.manual_cast_dtype or model.model.get_dtype()
     world_adapter = flexip_pack.nodes.bundles.LoadedFlexIP.wrap(
-        "flexip.safetensors", flexip_pack.flexip_model.FlexIPAdapter(flexip_pack.flexip_model.config_for("sd15", tiny=True)))
+        "flexip.safetensors", flexip_model.FlexIPAdapter(flexip_model.config_for("sd15", tiny=True)))
     assert next(world_adapter.adapter.parameters()).dtype == unet_compute

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from flexip_model import checkpoint
-from tests.fixtures.adapters import FLEXIP_SD15_NAME, FLEXIP_TEST_SDXL_NAME, flexip_sd15, link_adapters
-from tests.fixtures.files import link_sdxl_checkpoint
-from tests.fixtures.images import drawn_subject
-from tests.fixtures.ip_adapter_files import build_ip_adapter
-from tests.harness.server import ComfyServer
-from tests.harness.workflows import for_test_models, load_api, nodes_of, without_flexip
+from tools.fixtures.adapters import FLEXIP_SD15_NAME, FLEXIP_TEST_SDXL_NAME, flexip_sd15, link_adapters
+from tools.fixtures.files import link_sdxl_checkpoint
+from tools.fixtures.images import drawn_subject
+from tools.fixtures.ip_adapter_files import build_ip_adapter
+from tools.harness.server import ComfyServer
+from tools.harness.workflows import for_test_models, load_api, nodes_of, without_flexip
 from tests.server.test_compat_pair import CHECKPOINT_WIDTHS, PERSONALIZATION, PRESERVATION
 
 pytestmark = pytest.mark.server
