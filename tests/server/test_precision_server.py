@@ -76,7 +76,7 @@ def assert_real_image(image: np.ndarray) -> None:
 
 @pytest.mark.parametrize("workflow", sorted(WORKFLOWS))
 def test_workflow_gives_a_real_image_that_flexip_changes(server, workflow):
-    image, plain = render(server, workflow), render(server, workflow, unpatched=True)
+    image, plain = render(server, workflow, preservation=1.0), render(server, workflow, unpatched=True)
     assert_real_image(image)
     assert_real_image(plain)
     assert np.abs(image - plain).max() > 0
