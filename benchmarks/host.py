@@ -19,6 +19,7 @@ import torch
 
 import flexip_model
 import flexip_model.ip_adapter
+from flexip_model.subject import SubjectTokens
 from flexip_model.vocabulary import context_dim_for
 from flexip_train.host import Pack, import_comfy, load_pack
 from tools.fixtures.paths import INPROCESS_BASE
@@ -158,14 +159,13 @@ def random_subject(pack: Pack, flexip, seed: int = 0):
     config = flexip.config
     generator = torch.Generator().manual_seed(seed)
     if hasattr(config, "preservation_token_count"):
-        preservation = torch.randn(2, config.preservation_token_count, config.context_dim, generator=generator)
-        clip = torch.randn(2, config.clip_embed_dim, generator=generator)
-        return pack.nodes.bundles.EncodedSubject(flexip, preservation, clip, image_count=1)
-    preservation = torch.randn(2, config.preservation.tokens, config.context_dim, generator=generator)
-    personalization = torch.randn(2, config.personalization.tokens, config.context_dim, generator=generator)
-    clip = torch.randn(2, 1024, generator=generator)
-    return pack.nodes.bundles.EncodedSubject(flexip, preservation, clip, image_count=1,
-                                             personalization_tokens=personalization)
+        tokens = {"preservation": torch.randn(2, config.preservation_token_count, config.context_dim, generator=generator),
+                  "clip_embeds": torch.randn(2, config.clip_embed_dim, generator=generator)}
+    else:
+        tokens = {"preservation": torch.randn(2, config.preservation.tokens, config.context_dim, generator=generator),
+                  "personalization": torch.randn(2, config.personalization.tokens, config.context_dim,
+                                                 generator=generator)}
+    return pack.nodes.bundles.EncodedSubject(flexip, SubjectTokens(tokens), image_count=1)
 
 
 def apply_flexip(pack: Pack, patcher, flexip, subject, preservation: float, strength: float = 1.0):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -14,10 +14,15 @@ from .blocks import PerceiverBlock, PersonalizationBlock
 from .personalization import PersonalizationAdapter
 from .preservation import PreservationAdapter
 from .projections import KVProjection, LayerProjections
+from .subject import FeatureNeed, ImageFeatures, SubjectTokens, subject_rows
 
 
 class FlexIPAdapter(nn.Module):
-    """Everything FlexIP trains; the UNet, VAE, text and image encoders stay frozen outside it."""
+    """Everything FlexIP trains; the UNet, VAE, text and image encoders stay frozen outside it.
+
+    Implements `SubjectAdapter`: the subject keeps its preservation tokens and CLIP [CLS]; the
+    personalization tokens read the text, so `run_kv` makes them per run from the context.
+    """
 
     def __init__(self, config: FlexIPConfig) -> None:
         super().__init__()
@@ -39,6 +44,37 @@ class FlexIPAdapter(nn.Module):
     def personalization_tokens(self, context: Tensor, clip_embeds: Tensor) -> Tensor:
         """Text context [B, L, d] and CLIP [CLS] [B, C] -> Y [B, L, d]."""
         return self.personalization(context, clip_embeds)
+
+    @property
+    def image_features(self) -> ImageFeatures:
+        """CLIP [CLS] and DINOv2 tokens of each reference; uncond is a black reference through both."""
+        config = self.config
+        return ImageFeatures((FeatureNeed("image_embeds", config.clip_embed_dim),
+                              FeatureNeed("dino_features", config.dino_dim)), "black", config.dino_resolution)
+
+    def reference_tokens(self, features: Mapping[str, Tensor]) -> SubjectTokens:
+        """Preservation tokens [B, Tp, d] and the CLIP [CLS] [B, C] of each image, in the adapter's dtype."""
+        param = next(self.parameters())
+        clip = features["image_embeds"].to(param)
+        return SubjectTokens({"preservation": self.preservation_tokens(clip, features["dino_features"].to(param)),
+                              "clip_embeds": clip})
+
+    def encode_subject(self, references: Mapping[str, Tensor], uncond: Mapping[str, Tensor],
+                       batch_mode: str) -> SubjectTokens:
+        """Rows subject, uncond: preservation tokens [2, Tp', d] and the CLIP [CLS] [2, C] in float32."""
+        features = {name: torch.cat([references[name], uncond[name]]) for name in self.image_features.names}
+        tokens = self.reference_tokens(features)
+        # the CLIP [CLS] is averaged in float32, before any cast to the adapter's dtype
+        return SubjectTokens({"preservation": subject_rows(tokens["preservation"], batch_mode),
+                              "clip_embeds": subject_rows(features["image_embeds"].float(), batch_mode)})
+
+    def run_kv(self, subject: SubjectTokens, context: Tensor, pick: Tensor,
+               layers: Sequence[str]) -> tuple[LayerKV, ...]:
+        """K/V of `layers` for a batch; personalization tokens from the text `context` [B, L, d]."""
+        param = next(self.parameters())
+        rows = subject.to(param.device, param.dtype).pick(pick)
+        personalization = self.personalization_tokens(context.to(param.device, param.dtype), rows["clip_embeds"])
+        return tuple(self.layer_kv(key, rows["preservation"], personalization) for key in layers)
 
     def layer_kv(
         self, key: str, preservation_tokens: Optional[Tensor], personalization_tokens: Optional[Tensor]

@@ -160,14 +160,14 @@ class DenoisingLoss(torch.nn.Module):
         self.transformer_options = sampler_transformer_options(model)
 
     def per_sample(self, inputs: ModelInputs) -> torch.Tensor:
-        from .patch import SubjectInputs
+        from .patch import subject_inputs
 
         base = self.model.model
         sampling = base.model_sampling
         noisy = sampling.noise_scaling(inputs.sigmas, inputs.noise, inputs.latents)
         options = dict(self.transformer_options)
         options.update(sigmas=inputs.sigmas, cond_or_uncond=[0],
-                       **{self.inputs_key: SubjectInputs(inputs.clip, inputs.dino, inputs.gates)})
+                       **{self.inputs_key: subject_inputs(inputs.clip, inputs.dino, inputs.gates)})
         conditions = model_conditions(base, inputs)
         autocast = contextlib.nullcontext() if self.autocast_dtype is None else torch.autocast(
             inputs.latents.device.type, dtype=self.autocast_dtype)

@@ -8,9 +8,9 @@ import torch
 
 from flexip_model.errors import FlexIPError
 from flexip_model.gate import GateSchedule, constant_schedule, gate_table, static_gate_range, validate_schedule
-from flexip_model.vocabulary import family_name, mask_batch
+from flexip_model.vocabulary import mask_batch
 from .bundles import EncodedSubject, LoadedFlexIP
-from .layers import context_dim_of, layer_specs_of
+from .layers import matching_layers
 from .patch import FlexIPPatch, GatePlan, install
 from .sweep import GateSweep
 
@@ -58,7 +58,7 @@ class FlexIPApply:
             raise FlexIPError(
                 f"FlexIPApply's subject was encoded with {subject.flexip.name} but the flexip input is "
                 f"{flexip.name}: encode the subject with the same FlexIPLoader output.")
-        layers = _matching_layers(model, flexip)
+        layers = matching_layers(model, flexip)
         sweep = gate if isinstance(gate, GateSweep) else None
         schedule = gate if isinstance(gate, GateSchedule) else constant_schedule(preservation)
         schedule = dataclasses.replace(schedule, start_at=start_at, end_at=end_at)
@@ -69,30 +69,6 @@ class FlexIPApply:
         patched = model.clone()
         install(patched, FlexIPPatch(subject, layers, float(strength), plan, None if attn_mask is None else mask_batch(attn_mask).unsqueeze(1)))
         return (patched,)
-
-
-def _matching_layers(model, flexip: LoadedFlexIP):
-    """The model's attn2 layers, after checking they are the ones the adapter was made for."""
-    diffusion_model = model.get_model_object("diffusion_model")
-    config = flexip.config
-    context = context_dim_of(diffusion_model)
-    if context != config.context_dim:
-        expected, actual = family_name(config.context_dim), family_name(context)
-        raise FlexIPError(
-            f"{flexip.name} is an {expected} adapter (context {config.context_dim}) but the model is {actual} "
-            f"(context {context}): load an {actual} FlexIP file or an {expected} checkpoint.")
-    layers = layer_specs_of(diffusion_model)
-    expected_layers = {spec.key: spec for spec in config.layers}
-    if {spec.key for spec in layers} != set(expected_layers):
-        raise FlexIPError(
-            f"{flexip.name} has {len(config.layers)} cross-attention layers but the model has {len(layers)}: "
-            "use a FlexIP file made for this model's architecture (flexip_model init --layers-from <checkpoint>).")
-    for spec in layers:
-        if expected_layers[spec.key].inner_dim != spec.inner_dim:
-            raise FlexIPError(
-                f"{flexip.name} layer {spec.key} is {expected_layers[spec.key].inner_dim} wide but the model's is "
-                f"{spec.inner_dim}: use a FlexIP file made for this model's architecture.")
-    return tuple(expected_layers[spec.key] for spec in layers)
 
 
 def _gate_plan(model, schedule: GateSchedule, layers) -> GatePlan:

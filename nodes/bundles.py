@@ -3,36 +3,33 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
-
-import torch
+from typing import Optional
 
 import comfy.model_management
 import comfy.model_patcher
+import torch
 
-from flexip_model.adapter import FlexIPAdapter
-from flexip_model.config import FlexIPConfig
-from flexip_model.ip_adapter import IPAdapterPair, IPAdapterPairConfig
+from flexip_model.subject import AdapterConfig, SubjectAdapter, SubjectTokens
 
 
 @dataclass(frozen=True, eq=False)
 class LoadedFlexIP:
     """The `FLEXIP` type: adapter weights in a ModelPatcher, so ComfyUI loads and offloads them.
 
-    `adapter` is a trained FlexIPAdapter, or an IPAdapterPair in compatibility mode (design §6).
+    `adapter` is a trained FlexIPAdapter, or an IPAdapterPair in compatibility mode (design §6):
+    the nodes only call the `SubjectAdapter` contract both implement.
     """
 
     name: str
-    adapter: Union[FlexIPAdapter, IPAdapterPair]
+    adapter: SubjectAdapter
     patcher: comfy.model_patcher.ModelPatcher
 
     @property
-    def config(self) -> Union[FlexIPConfig, IPAdapterPairConfig]:
+    def config(self) -> AdapterConfig:
         return self.adapter.config
 
     @classmethod
-    def wrap(cls, name: str, adapter: Union[FlexIPAdapter, IPAdapterPair],
-             dtype: Optional[torch.dtype] = None) -> LoadedFlexIP:
+    def wrap(cls, name: str, adapter: SubjectAdapter, dtype: Optional[torch.dtype] = None) -> LoadedFlexIP:
         """`adapter` in a ModelPatcher, in `dtype` (default: the UNet's compute type, unet_compute_dtype)."""
         load_device = comfy.model_management.get_torch_device()
         offload_device = comfy.model_management.unet_offload_device()
@@ -40,7 +37,7 @@ class LoadedFlexIP:
         adapter.requires_grad_(False)
         return cls(name, adapter, comfy.model_patcher.ModelPatcher(adapter, load_device, offload_device))
 
-    def loaded(self) -> FlexIPAdapter:
+    def loaded(self) -> SubjectAdapter:
         """The adapter on its load device (ComfyUI decides whether it fits)."""
         comfy.model_management.load_model_gpu(self.patcher)
         return self.adapter
@@ -59,16 +56,11 @@ def unet_compute_dtype(device: torch.device) -> torch.dtype:
 
 @dataclass(frozen=True, eq=False)
 class EncodedSubject:
-    """The `FLEXIP_SUBJECT` type. Row 0 is the subject (cond), row 1 the black reference (uncond).
+    """The `FLEXIP_SUBJECT` type: what the adapter keeps of the subject, rows subject (cond) then uncond.
 
-    preservation_tokens: [2, Tp, d]; clip_embeds: [2, C] (the CLIP [CLS] the personalization
-    adapter reads). Kept on the intermediate device; moved to the sampling device per run.
-    personalization_tokens: [2, Ty, d] in compatibility mode, where they do not depend on the
-    text; None for trained FlexIP, which makes them from the text context per run.
+    `tokens` are kept on the intermediate device and moved to the sampling device per run.
     """
 
     flexip: LoadedFlexIP
-    preservation_tokens: torch.Tensor
-    clip_embeds: torch.Tensor
+    tokens: SubjectTokens
     image_count: int
-    personalization_tokens: Optional[torch.Tensor] = None

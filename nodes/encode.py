@@ -7,15 +7,12 @@ import torch
 import comfy.model_management
 
 from flexip_model.errors import FlexIPError
-from flexip_model.ip_adapter import IPAdapterPair
+from flexip_model.subject import BATCH_MODES
 from flexip_model.vocabulary import image_masks
 from .bundles import EncodedSubject, LoadedFlexIP
-from .encoders import check_clip, check_dino, clip_image_embeds, dino_tokens, encode_each
+from .encoders import check_encoders, reference_features
 from .faces_crop import crop_for_encoding
 from .faces_runtime import FACE_MODELS_TYPE
-from .pair_loader import encode_pair_subject
-
-BATCH_MODES = ("average", "concat")
 
 
 class FlexIPEncodeSubject:
@@ -53,30 +50,13 @@ class FlexIPEncodeSubject:
                dino=None, mask: torch.Tensor | None = None, insightface=None) -> tuple[EncodedSubject]:
         if insightface is not None:  # faces: the aligned crop replaces the photo, the mask is cropped alike
             image, mask = crop_for_encoding(insightface, image, mask)
-        if isinstance(flexip.adapter, IPAdapterPair):  # compatibility mode: CLIP only, no DINOv2
-            return (encode_pair_subject(flexip, clip_vision, masked_references(image, mask), batch_mode),)
-        config = flexip.config
-        check_clip(clip_vision, config.clip_embed_dim, flexip.name)
-        check_dino(dino, config.dino_dim, flexip.name)
+        features = flexip.adapter.image_features
+        check_encoders(features, clip_vision, dino, flexip.name)
         references = masked_references(image, mask)
-        # uncond is a black reference, as the encoders never saw tensors of zeros
-        both = torch.cat([references, torch.zeros_like(references[:1])])
-        clip, dino_features = encode_each(both, lambda one: (
-            clip_image_embeds(clip_vision, one), dino_tokens(dino, one, config.dino_resolution)))
-        adapter = flexip.loaded()
-        param = next(adapter.parameters())
+        rows, uncond = reference_features(features, clip_vision, dino, references)
         with torch.no_grad():
-            tokens = adapter.preservation_tokens(clip.to(param), dino_features.to(param))
-        tokens = tokens.to(comfy.model_management.intermediate_device())
-        subject, black = tokens[:-1], tokens[-1:]
-        if batch_mode == "average":
-            subject = subject.mean(dim=0, keepdim=True)
-        else:  # concat: one longer token list; the black row repeats so both rows stack
-            subject = subject.reshape(1, -1, subject.shape[-1])
-            black = black.repeat(1, len(references), 1)
-        clip = clip.to(comfy.model_management.intermediate_device()).float()
-        embeds = torch.cat([clip[:-1].mean(dim=0, keepdim=True), clip[-1:]])
-        return (EncodedSubject(flexip, torch.cat([subject, black]), embeds, len(references)),)
+            tokens = flexip.loaded().encode_subject(rows, uncond, batch_mode)
+        return (EncodedSubject(flexip, tokens.to(comfy.model_management.intermediate_device()), len(references)),)
 
 
 def masked_references(image: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

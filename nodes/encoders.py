@@ -19,6 +19,7 @@ import comfy.model_management
 from comfy.image_encoders.dino2 import Dinov2Model
 
 from flexip_model.errors import FlexIPError
+from flexip_model.subject import FeatureNeed, ImageFeatures
 from flexip_model.vocabulary import encoder_name, feature_words
 from .progress import with_progress
 
@@ -51,13 +52,24 @@ def check_width(where: str, feature: str, given: int, adapter: str, expected: in
             f"expects {expected}-d ({encoder_name(feature, expected)}): {fix}.")
 
 
-def check_clip(clip_vision, embed_dim: int, adapter_name: str) -> None:
-    """The `clip_vision` input must be a CLIP vision model with `embed_dim`-d image embeddings."""
+def check_encoders(features: ImageFeatures, clip_vision, dino, adapter_name: str) -> None:
+    """The encoders connected to FlexIPEncodeSubject must give every feature the adapter declares."""
+    for need in features.needs:
+        if need.feature == "dino_features":
+            check_dino(dino, need.width, need.file or adapter_name)
+        else:
+            check_clip(clip_vision, need, need.file or adapter_name)
+
+
+def check_clip(clip_vision, need: FeatureNeed, adapter_name: str) -> None:
+    """The `clip_vision` input must be a CLIP vision model giving `need.feature` at `need.width`."""
     model = clip_vision_model(
         clip_vision, "FlexIPEncodeSubject's clip_vision input",
-        "connect CLIP ViT-H/14 from Load CLIP Vision there and any DINOv2 encoder to the dino input")
-    check_width("FlexIPEncodeSubject's clip_vision", "image_embeds", model.visual_projection.out_features,
-                adapter_name, embed_dim, "load the CLIP-H file in clip_vision")
+        "connect CLIP ViT-H/14 from Load CLIP Vision there (and any DINOv2 encoder to the dino input)")
+    hidden = model.vision_model.post_layernorm.weight.shape[0]
+    given = model.visual_projection.out_features if need.feature == "image_embeds" else hidden
+    check_width("FlexIPEncodeSubject's clip_vision", need.feature, given, adapter_name, need.width,
+                f"load {encoder_name(need.feature, need.width)} in Load CLIP Vision{need.hint}")
 
 
 def check_dino(dino, hidden_dim: int, adapter_name: str) -> None:
@@ -70,6 +82,43 @@ def check_dino(dino, hidden_dim: int, adapter_name: str) -> None:
                        "load a DINOv2-L file (the model.safetensors of dinov2-large) with Load CLIP Vision")
     check_width("FlexIPEncodeSubject's dino", "dino_features", model.layernorm.weight.shape[0], adapter_name,
                 hidden_dim, "load the DINOv2 file the adapter was trained with in dino")
+
+
+def reference_features(features: ImageFeatures, clip_vision, dino,
+                       references: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The declared features of IMAGE references [N, H, W, 3] ([N, ...] each) and of the uncond input
+    ([1, ...] each), on the intermediate device."""
+    black = features.uncond == "black"
+    # a black reference, not zeros, as the encoders never saw tensors of zeros
+    images = torch.cat([references, torch.zeros_like(references[:1])]) if black else references
+
+    def encode(image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        clip = {}
+        if any(name != "dino_features" for name in features.names):
+            clip = clip_vision.encode_image(image, crop=True)
+        return tuple(dino_tokens(dino, image, features.dino_resolution) if name == "dino_features" else clip[name]
+                     for name in features.names)
+
+    rows = dict(zip(features.names, encode_each(images, encode)))
+    if black:
+        return {name: row[:-1] for name, row in rows.items()}, {name: row[-1:] for name, row in rows.items()}
+    if features.uncond == "neutral":
+        return rows, {"penultimate_hidden_states": neutral_hidden_states(clip_vision)}
+    return rows, {}
+
+
+@torch.no_grad()
+def neutral_hidden_states(clip_vision) -> torch.Tensor:
+    """Penultimate hidden states [1, N, C] of an all-zero normalised pixel input.
+
+    IP-Adapter-plus was trained to read this as "no image" (its image drop is zeros after CLIP's
+    normalisation, a mean-grey picture), so it makes the unconditional tokens of plus files.
+    """
+    comfy.model_management.load_model_gpu(clip_vision.patcher)
+    size = clip_vision.image_size
+    pixels = torch.zeros(1, 3, size, size, device=clip_vision.load_device)
+    hidden = clip_vision.model(pixel_values=pixels, intermediate_output=-2)[1]
+    return hidden.to(comfy.model_management.intermediate_device())
 
 
 def encode_each(images: Sequence[torch.Tensor],

@@ -7,7 +7,9 @@ from typing import Iterator
 import torch
 
 from flexip_model.config import LayerSpec
-from flexip_model.vocabulary import attn2_layer, comfy_order, layer_key
+from flexip_model.errors import FlexIPError
+from flexip_model.vocabulary import attn2_layer, comfy_order, family_name, layer_key
+from .bundles import LoadedFlexIP
 
 
 def cross_attention_modules(diffusion_model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Module]]:
@@ -32,3 +34,28 @@ def context_dim_of(diffusion_model: torch.nn.Module) -> int | None:
     for _, module in cross_attention_modules(diffusion_model):
         return module.to_k.in_features
     return None
+
+
+def matching_layers(model, flexip: LoadedFlexIP) -> tuple[LayerSpec, ...]:
+    """The adapter's layers in the MODEL's patch order, after checking they are the model's attn2 layers;
+    FlexIPError (before any sampling) otherwise."""
+    diffusion_model = model.get_model_object("diffusion_model")
+    config = flexip.config
+    context = context_dim_of(diffusion_model)
+    if context != config.context_dim:
+        expected, actual = family_name(config.context_dim), family_name(context)
+        raise FlexIPError(
+            f"{flexip.name} is an {expected} adapter (context {config.context_dim}) but the model is {actual} "
+            f"(context {context}): load an {actual} FlexIP file or an {expected} checkpoint.")
+    layers = layer_specs_of(diffusion_model)
+    expected_layers = {spec.key: spec for spec in config.layers}
+    if {spec.key for spec in layers} != set(expected_layers):
+        raise FlexIPError(
+            f"{flexip.name} has {len(config.layers)} cross-attention layers but the model has {len(layers)}: "
+            "use a FlexIP file made for this model's architecture (flexip_model init --layers-from <checkpoint>).")
+    for spec in layers:
+        if expected_layers[spec.key].inner_dim != spec.inner_dim:
+            raise FlexIPError(
+                f"{flexip.name} layer {spec.key} is {expected_layers[spec.key].inner_dim} wide but the model's is "
+                f"{spec.inner_dim}: use a FlexIP file made for this model's architecture.")
+    return tuple(expected_layers[spec.key] for spec in layers)

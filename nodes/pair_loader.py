@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
-import comfy.model_management
 import folder_paths
 
-from flexip_model.ip_adapter import IPAdapterPair, load_pair
-from .bundles import EncodedSubject, LoadedFlexIP
-from .encoders import check_width, clip_vision_model, encode_each
+from flexip_model.ip_adapter import load_pair
+from .bundles import LoadedFlexIP
 from .folders import model_file
 from .layers import context_dim_of, layer_specs_of
 
@@ -56,76 +52,3 @@ class FlexIPAdapterPairLoader:
         logger.info("FlexIP compatibility mode: preservation %s, personalization %s, %d layers.",
                     pair.preservation.spec.describe(), pair.personalization.spec.describe(), len(pair.config.layers))
         return (LoadedFlexIP.wrap(f"{preservation} + {personalization}", pair),)
-
-
-def check_pair_encoder(clip_vision, pair: IPAdapterPair) -> None:
-    """`clip_vision` must give each file the CLIP features it was trained on, at their width."""
-    model = clip_vision_model(
-        clip_vision, "FlexIPEncodeSubject's clip_vision input",
-        "load CLIP ViT-H/14 (the file IP-Adapter uses) with Load CLIP Vision and connect it there")
-    hidden = model.vision_model.post_layernorm.weight.shape[0]
-    projection = getattr(model.visual_projection, "out_features", hidden)
-    for branch in pair.branches:
-        spec = branch.spec
-        given = projection if spec.feature == "image_embeds" else hidden
-        other = " or use the _vit-h version of this IP-Adapter" if "bigG" in spec.encoder else ""
-        check_width("FlexIPEncodeSubject's clip_vision", spec.feature, given, spec.name, spec.feature_dim,
-                    f"load {spec.encoder} in Load CLIP Vision{other}")
-
-
-@torch.no_grad()
-def neutral_hidden_states(clip_vision) -> torch.Tensor:
-    """Penultimate hidden states [1, N, C] of an all-zero normalised pixel input.
-
-    IP-Adapter-plus was trained to read this as "no image" (its image drop is zeros after CLIP's
-    normalisation, a mean-grey picture), so it makes the unconditional tokens of plus files.
-    """
-    comfy.model_management.load_model_gpu(clip_vision.patcher)
-    size = clip_vision.image_size
-    pixels = torch.zeros(1, 3, size, size, device=clip_vision.load_device)
-    hidden = clip_vision.model(pixel_values=pixels, intermediate_output=-2)[1]
-    return hidden.to(comfy.model_management.intermediate_device())
-
-
-def _subject_rows(tokens: torch.Tensor, batch_mode: str) -> torch.Tensor:
-    """[N + 1, T, d] (N references, then uncond) -> [2, T', d]: the subject row, then uncond."""
-    subject, uncond = tokens[:-1], tokens[-1:]
-    if batch_mode == "average":
-        return torch.cat([subject.mean(dim=0, keepdim=True), uncond])
-    # concat: one longer token list; the uncond row repeats so both rows stack
-    return torch.cat([subject.reshape(1, -1, subject.shape[-1]), uncond.repeat(1, subject.shape[0], 1)])
-
-
-def encode_pair_subject(flexip: LoadedFlexIP, clip_vision, references: torch.Tensor, batch_mode: str) -> EncodedSubject:
-    """FlexIPEncodeSubject in compatibility mode: each file's own tokens from CLIP alone.
-
-    `references` is IMAGE [N, H, W, 3] (already masked). Both token sets are text-independent,
-    so the personalization tokens are stored with the subject instead of being made per run.
-    """
-    pair: IPAdapterPair = flexip.adapter
-    check_pair_encoder(clip_vision, pair)
-
-    def clip_features(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        output = clip_vision.encode_image(image, crop=True)
-        return output["image_embeds"], output["penultimate_hidden_states"]
-
-    image_embeds, hidden = encode_each(references, clip_features)
-    features = {"image_embeds": image_embeds, "penultimate_hidden_states": hidden}
-    neutral = {"penultimate_hidden_states": neutral_hidden_states(clip_vision)} if pair.needs_neutral_image else None
-    adapter = flexip.loaded()
-    param = next(adapter.parameters())
-
-    def to_adapter(tensors):
-        return None if tensors is None else {name: t.to(param) for name, t in tensors.items()}
-
-    with torch.no_grad():
-        preservation, personalization = adapter.subject_tokens(to_adapter(features), to_adapter(neutral))
-    device = comfy.model_management.intermediate_device()
-    embeds = image_embeds.to(device).float()
-    return EncodedSubject(
-        flexip,
-        _subject_rows(preservation, batch_mode).to(device),
-        torch.cat([embeds.mean(dim=0, keepdim=True), torch.zeros_like(embeds[:1])]),
-        len(references),
-        personalization_tokens=_subject_rows(personalization, batch_mode).to(device),
-    )

@@ -3,6 +3,8 @@
 One `FlexIPPatch` per FlexIPApply node. A diffusion-model wrapper runs once per model call:
 it fetches (or builds, once per sampling run) the adapter K/V for this batch layout and
 evaluates the gate schedule on the device; the layer patches only read what it prepared.
+The trainer installs a `CallSubjectsPatch` instead: the same wrapper and layer patches, with
+K/V rebuilt per model call, with gradients, from each sample's own reference.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from flexip_model.attention import LayerKV, gated_attention, join_branches
 from flexip_model.config import LayerSpec
 from flexip_model.errors import FlexIPError
 from flexip_model.gate import GateSchedule, GateTable, gates_at, progress_from_sigma, window_at
+from flexip_model.subject import CallSubjects, SubjectAdapter, SubjectTokens
 from flexip_model.vocabulary import parse_layer_key
-from .bundles import EncodedSubject
+from .bundles import EncodedSubject, LoadedFlexIP
 
 logger = logging.getLogger(__name__)
 WRAPPER_KEY = "flexip"
@@ -77,30 +80,84 @@ class CallState:
         return self.masks_by_tokens[tokens]
 
 
-class FlexIPPatch:
-    """Shared state of one FlexIPApply: subject tokens, gate plan and the per-run K/V cache.
+class AttentionPatch:
+    """What `install` hooks into a model: the state every attn2 `LayerPatch` of one install reads.
 
-    Immutable apart from the run cache, which is keyed by the batch layout (cond uuids,
-    cond/uncond order, rows, dtype, device) and cleared when the sampling run ends.
-    `clone()` deep-copies model_options; `__deepcopy__` returns self so clones share weights.
+    Once per model call the diffusion-model wrapper asks `call_state` for the K/V, gates,
+    strength and mask of that call (None: the call runs the base model) and hands it to the
+    layer patches in transformer_options under `options_key`. Subclasses say how it is made.
+    `__deepcopy__` returns self so model clones share the adapter weights.
     """
 
-    def __init__(self, subject: EncodedSubject, layers: tuple[LayerSpec, ...], strength: float,
-                 gate: GatePlan, mask: Optional[torch.Tensor]) -> None:
-        self.subject = subject
-        self.flexip = subject.flexip
+    def __init__(self, flexip: LoadedFlexIP, layers: tuple[LayerSpec, ...]) -> None:
+        self.flexip = flexip
         self.layers = layers
-        self.strength = strength
-        self.gate = gate
-        self.mask = mask
         self.options_key = f"flexip_{id(self)}"
-        self._run_cache: dict[tuple, tuple[LayerKV, ...]] = {}
         self._run_layers: set[int] = set()
         self._run_calls = 0
+
+    def call_state(self, x: torch.Tensor, context: torch.Tensor, options: dict) -> Optional[CallState]:
+        raise NotImplementedError
 
     # ComfyUI model-management protocol -------------------------------------------------
     def models(self) -> list:
         return [self.flexip.patcher]
+
+    def to(self, device_or_dtype: Any) -> AttentionPatch:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> AttentionPatch:
+        return self
+
+    # Wrappers ----------------------------------------------------------------------------
+    def outer_sample_wrapper(self, executor: Callable, *args, **kwargs):
+        """Reports at the end of a sampling run which layers the subject reached."""
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            logger.info("FlexIP (%s): %d of %d cross-attention layers patched, %d model calls.",
+                        self.flexip.name, len(self._run_layers), len(self.layers), self._run_calls)
+            self._run_layers = set()
+            self._run_calls = 0
+
+    def diffusion_model_wrapper(self, executor: Callable, x: torch.Tensor, timesteps, context: torch.Tensor,
+                                y=None, control=None, transformer_options: dict = {}, **kwargs):
+        """Once per model call: prepare what every layer patch of this call reads."""
+        options = dict(transformer_options)
+        call = self.call_state(x, context, options)
+        if call is None:
+            return executor(x, timesteps, context, y, control, options, **kwargs)
+        options[self.options_key] = call
+        out = executor(x, timesteps, context, y, control, options, **kwargs)
+        self._run_layers |= call.layers_run
+        self._run_calls += 1
+        return out
+
+    def _kv(self, adapter: SubjectAdapter, subject: SubjectTokens, context: torch.Tensor,
+            pick: torch.Tensor) -> tuple[LayerKV, ...]:
+        """The adapter's K/V of every layer, in the UNet's compute dtype and device (the context's)."""
+        kv = adapter.run_kv(subject, context, pick, [spec.key for spec in self.layers])
+        token_mode = self.flexip.config.gate_mode == "token"
+        # cast first, then join: token mode's joint K/V is made once, in the compute dtype
+        return tuple(join_branches(layer) if token_mode else layer
+                     for layer in (_cast_kv(layer, context.dtype, context.device) for layer in kv))
+
+
+class FlexIPPatch(AttentionPatch):
+    """Inference: one encoded subject, its gate plan and the per-run K/V cache (FlexIPApply).
+
+    Immutable apart from the run cache, which is keyed by the batch layout (cond uuids,
+    cond/uncond order, rows, dtype, device) and cleared when the sampling run ends.
+    """
+
+    def __init__(self, subject: EncodedSubject, layers: tuple[LayerSpec, ...], strength: float,
+                 gate: GatePlan, mask: Optional[torch.Tensor]) -> None:
+        super().__init__(subject.flexip, layers)
+        self.subject = subject
+        self.strength = strength
+        self.gate = gate
+        self.mask = mask
+        self._run_cache: dict[tuple, tuple[LayerKV, ...]] = {}
 
     def to(self, device_or_dtype: Any) -> FlexIPPatch:
         # dtype casts are ignored: K/V are built in the UNet's compute dtype per run
@@ -110,33 +167,14 @@ class FlexIPPatch:
             self._run_cache.clear()
         return self
 
-    def __deepcopy__(self, memo: dict) -> FlexIPPatch:
-        return self
-
-    # Wrappers ----------------------------------------------------------------------------
     def outer_sample_wrapper(self, executor: Callable, *args, **kwargs):
-        """Bounds the K/V cache to one sampling run and reports which layers the subject reached."""
+        """Bounds the K/V cache to one sampling run."""
         try:
-            return executor(*args, **kwargs)
+            return super().outer_sample_wrapper(executor, *args, **kwargs)
         finally:
-            logger.info("FlexIP (%s): %d of %d cross-attention layers patched, %d model calls.",
-                        self.flexip.name, len(self._run_layers), len(self.layers), self._run_calls)
             self._run_cache.clear()
-            self._run_layers = set()
-            self._run_calls = 0
 
-    def diffusion_model_wrapper(self, executor: Callable, x: torch.Tensor, timesteps, context: torch.Tensor,
-                                y=None, control=None, transformer_options: dict = {}, **kwargs):
-        """Once per model call: prepare what every layer patch of this call reads."""
-        options = dict(transformer_options)
-        call = options[self.options_key] = self._call_state(x, context, options)
-        out = executor(x, timesteps, context, y, control, options, **kwargs)
-        self._run_layers |= call.layers_run
-        self._run_calls += 1
-        return out
-
-    # Per call ----------------------------------------------------------------------------
-    def _call_state(self, x: torch.Tensor, context: torch.Tensor, options: dict) -> CallState:
+    def call_state(self, x: torch.Tensor, context: torch.Tensor, options: dict) -> CallState:
         order = tuple(options.get("cond_or_uncond", (0,)))
         uuids = tuple(str(u) for u in options.get("uuids", ()))
         key = (uuids, order, x.shape[0], context.shape[1], context.dtype, context.device)
@@ -165,21 +203,9 @@ class FlexIPPatch:
     def _layer_kv(self, order: tuple[int, ...], batch: int, context: torch.Tensor) -> tuple[LayerKV, ...]:
         """Adapter K/V of every layer for this batch layout (cond/uncond chunks in `order`)."""
         adapter = self.flexip.loaded()
-        param = next(adapter.parameters())
         rows = batch // len(order)
-        pick = torch.tensor(order, device=param.device).repeat_interleave(rows)  # subject row per item
-        preservation = self.subject.preservation_tokens.to(param.device, param.dtype)[pick]
-        if self.subject.personalization_tokens is not None:  # compatibility mode: no text input
-            personalization = self.subject.personalization_tokens.to(param.device, param.dtype)[pick]
-        else:
-            clip = self.subject.clip_embeds.to(param.device, param.dtype)[pick]
-            personalization = adapter.personalization_tokens(context.to(param.device, param.dtype), clip)
-        out = []
-        for spec in self.layers:
-            kv = adapter.layer_kv(spec.key, preservation, personalization)
-            kv = _cast_kv(kv, context.dtype, context.device)
-            out.append(join_branches(kv) if self.flexip.config.gate_mode == "token" else kv)
-        return tuple(out)
+        pick = torch.tensor(order, device=next(adapter.parameters()).device).repeat_interleave(rows)
+        return self._kv(adapter, self.subject.tokens, context, pick)
 
     def _gates(self, options: dict, context: torch.Tensor, chunks: int, batch: int) -> tuple[tuple[Any, ...], Any]:
         plan = self.gate
@@ -212,6 +238,31 @@ class FlexIPPatch:
                 f"FlexIPGateSweep has {sweep.shape[0]} gate values but the latent batch has {batch // chunks} "
                 f"images: connect the sweep's latent output to the sampler (or use a batch of {sweep.shape[0]}).")
         return sweep.to(device=context.device, dtype=context.dtype).repeat(chunks)
+
+
+class CallSubjectsPatch(AttentionPatch):
+    """K/V rebuilt on every model call, with gradients, from the `CallSubjects` (one reference and
+    one γ per batch item) in transformer_options[inputs_key]: how the trainer runs the very layer
+    code users sample with. Strength s is 1 and γ a [B] tensor, so both branches always run.
+    A model call without CallSubjects runs the base model.
+    """
+
+    def __init__(self, flexip: LoadedFlexIP, layers: tuple[LayerSpec, ...], inputs_key: str) -> None:
+        super().__init__(flexip, layers)
+        self.inputs_key = inputs_key
+
+    def models(self) -> list:
+        return []  # the caller places the adapter itself; ComfyUI must not move it while it trains
+
+    def call_state(self, x: torch.Tensor, context: torch.Tensor, options: dict) -> Optional[CallState]:
+        inputs: Optional[CallSubjects] = options.get(self.inputs_key)
+        if inputs is None:
+            return None
+        adapter = self.flexip.adapter
+        subject = adapter.reference_tokens(inputs.features)
+        pick = torch.arange(x.shape[0], device=next(adapter.parameters()).device)
+        gates = inputs.gates.to(context.device, context.dtype)
+        return CallState(self._kv(adapter, subject, context, pick), (gates,) * len(self.layers), 1.0, None)
 
 
 def _cast_kv(kv: LayerKV, dtype: torch.dtype, device: torch.device) -> LayerKV:

@@ -11,7 +11,7 @@ reference image only (no text): its tokens come from its own image projection.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +20,7 @@ from ..attention import BranchKV, LayerKV, split_heads
 from ..config import LayerLookup, LayerSpec
 from ..errors import FlexIPError
 from ..projections import KVProjection
+from ..subject import FeatureNeed, ImageFeatures, SubjectTokens, subject_rows
 from .variants import IPAdapterSpec
 
 
@@ -93,8 +94,8 @@ class IPAdapterBranch(nn.Module):
 class IPAdapterPair(nn.Module):
     """The FLEXIP adapter of compatibility mode: preservation and personalization IP-Adapter files.
 
-    Offers the part of FlexIPAdapter's interface the patch uses (`config`, `layer_kv`); the
-    tokens of both branches are computed once per subject by `subject_tokens`.
+    Implements `SubjectAdapter`. Both branches read the reference image only, so the subject
+    keeps both token sets and `run_kv` ignores the text context.
     """
 
     def __init__(self, preservation: IPAdapterBranch, personalization: IPAdapterBranch,
@@ -118,11 +119,35 @@ class IPAdapterPair(nn.Module):
         """Whether a branch takes its unconditional tokens from the neutral image's hidden states."""
         return any(branch.feature != "image_embeds" for branch in self.branches)
 
-    def subject_tokens(self, features: Mapping[str, Tensor],
-                       neutral: Optional[Mapping[str, Tensor]] = None) -> tuple[Tensor, Tensor]:
-        """(preservation, personalization) tokens, each [N + 1, T, d]: N references, then uncond."""
-        return (self.preservation.subject_tokens(features, neutral),
-                self.personalization.subject_tokens(features, neutral))
+    @property
+    def image_features(self) -> ImageFeatures:
+        """The CLIP output each file was trained on; no DINOv2. Base files make their own uncond (zeros)."""
+        needs = tuple(FeatureNeed(branch.feature, branch.spec.feature_dim, branch.spec.name,
+                                  " or use the _vit-h version of this IP-Adapter" if "bigG" in branch.spec.encoder else "")
+                      for branch in self.branches)
+        return ImageFeatures(needs, "neutral" if self.needs_neutral_image else None)
+
+    def reference_tokens(self, features: Mapping[str, Tensor]) -> SubjectTokens:
+        """Each file's tokens [B, T, d] of each image's CLIP features, in the adapter's dtype."""
+        param = next(self.parameters())
+        return SubjectTokens({name: branch.tokens(features[branch.feature].to(param))
+                              for name, branch in zip(("preservation", "personalization"), self.branches)})
+
+    def encode_subject(self, references: Mapping[str, Tensor], uncond: Mapping[str, Tensor],
+                       batch_mode: str) -> SubjectTokens:
+        """Rows subject, uncond of both files' tokens; `uncond` holds the neutral hidden states if needed."""
+        param = next(self.parameters())
+        features = {name: tensor.to(param) for name, tensor in references.items()}
+        neutral = {name: tensor.to(param) for name, tensor in uncond.items()}
+        return SubjectTokens({name: subject_rows(branch.subject_tokens(features, neutral), batch_mode)
+                              for name, branch in zip(("preservation", "personalization"), self.branches)})
+
+    def run_kv(self, subject: SubjectTokens, context: Tensor, pick: Tensor,
+               layers: Sequence[str]) -> tuple[LayerKV, ...]:
+        """K/V of `layers` for a batch, each file through its own projections; `context` is not read."""
+        param = next(self.parameters())
+        rows = subject.to(param.device, param.dtype).pick(pick)
+        return tuple(self.layer_kv(key, rows["preservation"], rows["personalization"]) for key in layers)
 
     def layer_kv(self, key: str, preservation_tokens: Optional[Tensor],
                  personalization_tokens: Optional[Tensor]) -> LayerKV:

@@ -71,7 +71,7 @@ def run_guarded(patched: Any, run: Callable[[], Any]) -> tuple[int, int]:
     patch of `patched` under no_host_sync(). Returns (guarded preparations, guarded layer calls)."""
     patches = attn2_patches(patched)
     state = next(iter(patches.values())).state
-    prepare = state._call_state  # the per-model-call work of the diffusion-model wrapper
+    prepare = state.call_state  # the per-model-call work of the diffusion-model wrapper
     preparations, layer_calls = [], []
 
     def guarded_prepare(*args):
@@ -79,11 +79,11 @@ def run_guarded(patched: Any, run: Callable[[], Any]) -> tuple[int, int]:
         with no_host_sync():
             return prepare(*args)
 
-    state._call_state = guarded_prepare
+    state.call_state = guarded_prepare
     for key, patch in list(patches.items()):
         patches[key] = PatchProbe(patch, observe=lambda q, options: layer_calls.append(1), guard=no_host_sync)
     try:
         run()  # the first model call builds the per-run K/V cache, later ones hit it: all guarded
     finally:
-        del state._call_state
+        del state.call_state
     return len(preparations), len(layer_calls)

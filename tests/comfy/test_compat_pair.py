@@ -240,11 +240,11 @@ def test_pair_loader_matches_file_layers_to_model_layers_in_diffusers_order(worl
 def test_encode_needs_only_clip_and_stores_both_token_sets(world, ipadapter_folder):
     flexip = load_pair(world, "ip-adapter-plus_sd15.safetensors", "ip-adapter_sd15.safetensors")
     subject = encode(world, flexip)  # no dino input
-    assert subject.preservation_tokens.shape == (2, 16, 768)  # plus: 16 queries; row 0 subject, row 1 uncond
-    assert subject.personalization_tokens.shape == (2, 4, 768)  # ip-adapter: 4 tokens
+    assert subject.tokens["preservation"].shape == (2, 16, 768)  # plus: 16 queries; row 0 subject, row 1 uncond
+    assert subject.tokens["personalization"].shape == (2, 4, 768)  # ip-adapter: 4 tokens
     images = torch.rand(3, 64, 64, 3, generator=torch.Generator().manual_seed(5))
     concat = encode(world, flexip, "concat", images)
-    assert concat.preservation_tokens.shape == (2, 48, 768) and concat.personalization_tokens.shape == (2, 12, 768)
+    assert concat.tokens["preservation"].shape == (2, 48, 768) and concat.tokens["personalization"].shape == (2, 12, 768)
     assert concat.image_count == 3
 
 

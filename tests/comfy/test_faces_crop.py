@@ -170,7 +170,7 @@ def encode(flexip_pack, parts, image, **optional):
     flexip, clip, dino = parts
     (subject,) = flexip_pack.node_classes["FlexIPEncodeSubject"]().encode(
         flexip, clip, image, "average", dino=dino, **optional)
-    return subject.preservation_tokens
+    return subject.tokens["preservation"]
 
 
 def test_encode_subject_takes_the_crops_and_masks_directly(flexip_pack, insightface, encoder_parts):

@@ -45,8 +45,8 @@ def test_uncond_tokens_come_from_a_black_reference_image(parts, flexip_pack):
         expected = parts["flexip"].adapter.preservation_tokens(
             clip_image_embeds(parts["clip"], black), dino_tokens(parts["dino"], black, parts["config"].dino_resolution))
     # same inputs through the same modules; 1e-5 covers batch-size-dependent matmul blocking
-    torch.testing.assert_close(subject.preservation_tokens[1:], expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(subject.clip_embeds[1:], clip_image_embeds(parts["clip"], black), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(subject.tokens["preservation"][1:], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(subject.tokens["clip_embeds"][1:], clip_image_embeds(parts["clip"], black), atol=1e-5, rtol=1e-5)
 
 
 def test_dino_features_are_read_at_the_configured_resolution(parts, flexip_pack):
@@ -58,8 +58,8 @@ def test_average_keeps_the_token_count_and_concat_multiplies_it(parts):
     count = parts["config"].preservation_token_count
     averaged = encode(parts, images(3), "average")
     concatenated = encode(parts, images(3), "concat")
-    assert averaged.preservation_tokens.shape == (2, count, 768)
-    assert concatenated.preservation_tokens.shape == (2, 3 * count, 768)
+    assert averaged.tokens["preservation"].shape == (2, count, 768)
+    assert concatenated.tokens["preservation"].shape == (2, 3 * count, 768)
     assert averaged.image_count == concatenated.image_count == 3
 
 
@@ -68,7 +68,7 @@ def test_subject_mask_blacks_out_the_background(parts):
     mask = torch.zeros(1, 48, 64)
     masked = encode(parts, image, mask=mask)
     black = encode(parts, torch.zeros_like(image))
-    torch.testing.assert_close(masked.preservation_tokens[0], black.preservation_tokens[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(masked.tokens["preservation"][0], black.tokens["preservation"][0], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("case, message", [

@@ -77,9 +77,9 @@ def test_adapter_term_of_one_layer_matches_float64_math(flexip_pack, case):
     rows = torch.tensor(options["cond_or_uncond"]).repeat_interleave(q.shape[0] // len(options["cond_or_uncond"]))
     positive, negative = sd15_conds()
     context = torch.cat([positive[0][0], negative[0][0]]).double()[rows]
-    personalization = adapter64.personalization_tokens(context, subject64.clip_embeds.double()[rows])
+    personalization = adapter64.personalization_tokens(context, subject64.tokens["clip_embeds"].double()[rows])
     kv = adapter64.layer_kv(fm.vocabulary.layer_key(*options["block"], options["block_index"]),
-                            subject64.preservation_tokens[rows], personalization)
+                            subject64.tokens["preservation"][rows], personalization)
     q64 = fm.attention.split_heads(q.double(), heads)
     blend = GATE * _attention64(q64, kv.preservation.key, kv.preservation.value) + \
         (1 - GATE) * _attention64(q64, kv.personalization.key, kv.personalization.value)

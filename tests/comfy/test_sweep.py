@@ -51,12 +51,12 @@ sample = functools.partial(tiny_sample, steps=STEPS, batch=len(GAMMAS))
 def recorded_orders(model):
     """Record cond_or_uncond of every model call of `model`'s FlexIP patch (list, filled while sampling)."""
     state = next(iter(attn2_patches(model).values())).state
-    orders, prepare = [], state._call_state
+    orders, prepare = [], state.call_state
 
     def recording(x, context, options):
         orders.append(list(options["cond_or_uncond"]))
         return prepare(x, context, options)
-    state._call_state = recording
+    state.call_state = recording
     return orders
 
 

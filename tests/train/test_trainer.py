@@ -217,7 +217,7 @@ def test_training_patch_computes_what_the_inference_nodes_compute(pack):
     from flexip_train.config import AdapterConfig
     from flexip_train.features import Encoders
     from flexip_train.models import build_adapter
-    from flexip_train.patch import TRAINING_INPUTS, SubjectInputs, install_training_patch
+    from flexip_train.patch import TRAINING_INPUTS, install_training_patch, subject_inputs
 
     models = _tiny_models(pack)
     adapter = build_adapter(models, pack, AdapterConfig(size="tiny"), seed=0)
@@ -234,7 +234,7 @@ def test_training_patch_computes_what_the_inference_nodes_compute(pack):
 
     training, _ = install_training_patch(pack, models.unet, adapter, torch.device("cpu"))
     clip, dino = Encoders(models, pack, adapter.config.dino_resolution).image(reference)
-    actual = _call(training, x, sigma, context, **{TRAINING_INPUTS: SubjectInputs(clip, dino, torch.tensor([gate]))})
+    actual = _call(training, x, sigma, context, **{TRAINING_INPUTS: subject_inputs(clip, dino, torch.tensor([gate]))})
 
     unpatched = _call(models.unet, x, sigma, context)
     assert (expected - unpatched).abs().max() > 1e-2  # the adapter term is far from negligible
