@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from flexip_model.errors import FlexIPError
-from flexip_model.gate import MAX_SWEEP_GAMMAS
+from flexip_model.gate_sweep import MAX_SWEEP_GAMMAS
 from flexip_model.vocabulary import GATE_MODES
 
 PRECISIONS = ("bf16", "fp16", "no")
