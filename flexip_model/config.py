@@ -132,15 +132,10 @@ def default_layers(base: str) -> tuple[LayerSpec, ...]:
 
 
 class LayerLookup:
-    """`layer_keys` and `layer(key)` over the `layers` of an adapter config (FlexIP or an IP-Adapter pair)."""
+    """`layer(key)` over the `layers` of an adapter config (FlexIP or an IP-Adapter pair)."""
 
     layers: tuple[LayerSpec, ...]
     _what = "FlexIP adapter"  # named in the error
-
-    @property
-    def layer_keys(self) -> tuple[str, ...]:
-        """The UNet layer keys, in order."""
-        return tuple(layer.key for layer in self.layers)
 
     def layer(self, key: str) -> LayerSpec:
         """The LayerSpec of `key`; FlexIPError if this adapter has no such layer."""

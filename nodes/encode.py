@@ -11,7 +11,7 @@ from ..flexip_model.ip_adapter import IPAdapterPair
 from ..flexip_model.vocabulary import image_masks
 from .bundles import EncodedSubject, LoadedFlexIP
 from .encoders import check_clip, check_dino, clip_image_embeds, dino_tokens, encode_each
-from .faces_crop import crop_for_encoding
+from .faces_cropping import crop_for_encoding
 from .faces_runtime import FACE_MODELS_TYPE
 from .pair_loader import encode_pair_subject
 

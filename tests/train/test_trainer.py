@@ -85,8 +85,9 @@ def test_checkpoint_passes_inspect_and_loads_in_flexip_loader(straight_run: Path
     # compared as JSON: the pack's `comfyui_flexip.flexip_model` and the top-level `flexip_model`
     # are two module copies, so their dataclasses never compare equal
     assert loaded.config.to_json() == checkpoint.read_config(path).to_json()
-    assert loaded.config.layer_keys == ("input_1_0", "input_3_0", "middle_0_0", "output_0_0", "output_1_0",
-                                        "output_2_0", "output_3_0")  # the tiny UNet's attn2 layers
+    keys = tuple(spec.key for spec in loaded.config.layers)
+    assert keys == ("input_1_0", "input_3_0", "middle_0_0", "output_0_0", "output_1_0",
+                    "output_2_0", "output_3_0")  # the tiny UNet's attn2 layers
 
 
 def test_resume_continues_exactly_where_training_stopped(straight_run: Path, workspace: Path):
@@ -282,7 +283,7 @@ def test_written_checkpoint_fits_the_base_checkpoint(tmp_path: Path):
 
     path = write_trained_checkpoint(sd15_checkpoint(), tmp_path, steps=1, pairs=2)
     config = checkpoint.validate(path)
-    assert config.layer_keys == tuple(checkpoint.read_unet_cross_attention(sd15_checkpoint()))
+    assert tuple(spec.key for spec in config.layers) == tuple(checkpoint.read_unet_cross_attention(sd15_checkpoint()))
 
 
 def test_example_config_shows_the_defaults():
