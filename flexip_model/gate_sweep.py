@@ -9,8 +9,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .config import LayerSpec, shown
-from .errors import FlexIPError
+from .config import LayerSpec
+from .errors import FlexIPError, shown
 from .gate import GatePlan, check_window, widget_items
 
 MAX_SWEEP_GAMMAS = 64  # RepeatLatentBatch's limit; a larger sweep belongs in several runs
