@@ -1,6 +1,8 @@
-"""FlexIP as plain torch: adapters, the gated attention, the gate schedule and the checkpoint format.
+"""FlexIP as plain torch: the adapter contract and adapters, the gated attention, the gate (schedule or
+sweep) and the checkpoint format.
 
-Never imports ComfyUI; imported both as `flexip_model` and as `<pack>.flexip_model`.
+Never imports ComfyUI; always imported as the top-level `flexip_model` (the pack's `__init__` puts
+the pack folder on sys.path), so ComfyUI, the trainer, tests and benchmarks share one copy.
 """
 
 from . import checkpoint
@@ -19,7 +21,8 @@ from .attention import (
 )
 from .config import FlexIPConfig, LayerSpec, config_for, default_layers
 from .errors import FlexIPError
-from .gate import (
+from .gate import Gate, GatePlan, LiveGates, progress_from_sigma, window_at
+from .gate_schedule import (
     BlockOverride,
     GateSchedule,
     GateTable,
@@ -27,21 +30,23 @@ from .gate import (
     gate_table,
     gates_at,
     parse_keyframes,
-    progress_from_sigma,
     static_gate_range,
     validate_schedule,
-    window_at,
 )
+from .gate_sweep import GateSweep, ItemGammas, parse_gammas, range_gammas
 from .personalization import PersonalizationAdapter
 from .preservation import PreservationAdapter
 from .projections import LayerProjections
+from .subject import CallSubjects, FeatureNeed, ImageFeatures, SubjectAdapter, SubjectTokens
 from .vocabulary import context_dim_for, layer_key, parse_layer_key
 
 __all__ = [
-    "AttentionFn", "BlockOverride", "BranchKV", "FlexIPAdapter", "FlexIPConfig", "FlexIPError",
-    "GateSchedule", "GateTable", "JointKV", "LayerKV", "LayerProjections", "LayerSpec",
-    "PersonalizationAdapter", "PreservationAdapter", "adapter_attention", "config_for", "context_dim_for",
-    "constant_schedule", "default_layers", "gate_table", "gated_attention", "gates_at", "join_branches",
-    "layer_key", "merge_heads", "parse_keyframes", "parse_layer_key", "progress_from_sigma", "sdpa_attention",
-    "split_heads", "static_gate_range", "validate_schedule", "window_at",
+    "AttentionFn", "BlockOverride", "BranchKV", "CallSubjects", "FeatureNeed", "FlexIPAdapter", "FlexIPConfig",
+    "FlexIPError", "Gate", "GatePlan", "GateSchedule", "GateSweep", "GateTable", "ImageFeatures", "ItemGammas",
+    "JointKV", "LayerKV", "LayerProjections", "LayerSpec", "LiveGates", "PersonalizationAdapter",
+    "PreservationAdapter", "SubjectAdapter", "SubjectTokens", "adapter_attention", "config_for",
+    "constant_schedule", "context_dim_for", "default_layers", "gate_table", "gated_attention", "gates_at",
+    "join_branches", "layer_key", "merge_heads", "parse_gammas", "parse_keyframes", "parse_layer_key",
+    "progress_from_sigma", "range_gammas", "sdpa_attention", "split_heads", "static_gate_range",
+    "validate_schedule", "window_at",
 ]

@@ -7,7 +7,8 @@ import json
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from .errors import FlexIPError
+from .errors import FlexIPError, shown
+from .mapping import Rules, Source, dataclass_from_mapping
 from .safetensors_header import parse_bounded_json
 from .vocabulary import BASES, GATE_MODES, check_base, context_dim_for, is_layer_key, layer_key, parse_layer_key
 
@@ -51,12 +52,6 @@ SIZE_BOUNDS = MappingProxyType({
 # the config JSON: ~60 bytes per layer, depth 3 ({... "layers": [{...}]})
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_CONFIG_DEPTH = 4
-
-
-def shown(value: object, limit: int = 40) -> str:
-    """repr of a value read from a file, cut to `limit` characters so an error stays one short line."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def check_size(source: str, field: str, value: int, where: str = "", fix: str = "re-export the file") -> None:
@@ -132,15 +127,10 @@ def default_layers(base: str) -> tuple[LayerSpec, ...]:
 
 
 class LayerLookup:
-    """`layer_keys` and `layer(key)` over the `layers` of an adapter config (FlexIP or an IP-Adapter pair)."""
+    """`layer(key)` over the `layers` of an adapter config (FlexIP or an IP-Adapter pair)."""
 
     layers: tuple[LayerSpec, ...]
     _what = "FlexIP adapter"  # named in the error
-
-    @property
-    def layer_keys(self) -> tuple[str, ...]:
-        """The UNet layer keys, in order."""
-        return tuple(layer.key for layer in self.layers)
 
     def layer(self, key: str) -> LayerSpec:
         """The LayerSpec of `key`; FlexIPError if this adapter has no such layer."""
@@ -243,53 +233,19 @@ class FlexIPConfig(LayerLookup):
                 f"{source} has FlexIP format version {shown(version)}, this FlexIP reads version {FORMAT_VERSION}: "
                 "update ComfyUI-FlexIP or re-export the file."
             )
-        fields = {field.name: field for field in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(fields))
-        missing = sorted(set(fields) - set(data))
-        if unknown or missing:
-            what = f"unknown fields {unknown}" if unknown else f"missing fields {missing}"
-            raise FlexIPError(f"{source} has a FlexIP config with {what}: re-export the file with this version.")
-        values = {}
-        for name, field in fields.items():
-            if name == "layers":
-                values[name] = _layers_from_json(data[name], source)
-            else:
-                values[name] = _typed(data[name], field.type, f"{source} field {name}")
-                if name in SIZE_BOUNDS:  # before anything is built from it
-                    check_size(source, name, values[name], "in its FlexIP config")
-        config = cls(**values)
+        rules = Rules(require_all=True, check=_bounded)
+        config = dataclass_from_mapping(cls, data, Source(f"{source}'s FlexIP config", "re-export the file"), rules)
         config.validate(source)
         return config
 
 
-def _typed(value: object, type_name: str, where: str) -> object:
-    expected = int if type_name == "int" else str
-    # bool is an int subclass in Python; a JSON true is never a valid size
-    if not isinstance(value, expected) or isinstance(value, bool):
-        kind = "an integer" if expected is int else "a string"
-        raise FlexIPError(f"{where} is {shown(value)}, expected {kind}: re-export the file.")
-    return value
-
-
-def _layers_from_json(items: object, source: str) -> tuple[LayerSpec, ...]:
-    if not isinstance(items, list):
-        raise FlexIPError(f"{source} has a FlexIP config whose 'layers' is not a list: re-export the file.")
-    if items:  # an empty list gets validate's own sentence
-        check_size(source, "layers", len(items), "(layer count) in its FlexIP config")
-    layers = []
-    for number, item in enumerate(items):
-        where = f"{source} layer #{number}"
-        if not isinstance(item, dict) or set(item) != {"key", "inner_dim", "heads"}:
-            raise FlexIPError(f"{where} is not an object with key, inner_dim and heads: re-export the file.")
-        spec = LayerSpec(
-            key=_typed(item["key"], "str", f"{where} key"),
-            inner_dim=_typed(item["inner_dim"], "int", f"{where} inner_dim"),
-            heads=_typed(item["heads"], "int", f"{where} heads"),
-        )
-        check_size(where, "inner_dim", spec.inner_dim, "in its FlexIP config")
-        check_size(where, "heads", spec.heads, "in its FlexIP config")
-        layers.append(spec)
-    return tuple(layers)
+def _bounded(label: str, key: str, value: object) -> None:
+    """Sizes (and the layer count) are bounded as they are read, before anything is built from them."""
+    if isinstance(value, (list, tuple)):
+        if value:  # an empty layer list gets validate's own sentence
+            check_size(label, key, len(value))
+    elif key in SIZE_BOUNDS:
+        check_size(label, key, value)
 
 
 _TINY = MappingProxyType(dict(

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-import types
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from flexip_model.errors import FlexIPError
-from flexip_model.gate import MAX_SWEEP_GAMMAS
+from flexip_model.gate_sweep import MAX_SWEEP_GAMMAS
+from flexip_model.mapping import Rules, Source, dataclass_from_mapping
 from flexip_model.vocabulary import GATE_MODES
 
 PRECISIONS = ("bf16", "fp16", "no")
@@ -167,74 +166,12 @@ def load_config(path: str | Path) -> TrainConfig:
                           ) from None
     except tomllib.TOMLDecodeError as error:
         raise FlexIPError(f"{path.name} is not valid TOML ({error}): fix the syntax.") from None
-    config = _build(TrainConfig, raw, path.name, "", path.resolve().parent, extra={"source": path.resolve()})
+    base = path.resolve().parent
+    rules = Rules(path=lambda text: (base / Path(text).expanduser()).resolve())
+    source = Source(path.name, "see flexip_train/train.example.toml for every key and its type")
+    config = dataclass_from_mapping(TrainConfig, raw, source, rules, given={"source": path.resolve()})
     _validate(config, path.name)
     return config
-
-
-def _build(cls: type, raw: Any, file: str, section: str, base: Path, extra: Optional[dict] = None) -> Any:
-    """Instantiate dataclass `cls` from a TOML table; `section` is its dotted name ("" at the top)."""
-    label = f"{file} [{section}]" if section else file
-    if not isinstance(raw, dict):
-        raise FlexIPError(f"{label} must be a table: write it as [{section}] followed by its keys.")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in (extra or {})}
-    hints = typing.get_type_hints(cls)
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise FlexIPError(f"{label} has unknown key {unknown[0]!r}: use one of {', '.join(sorted(fields))}.")
-    values = dict(extra or {})
-    for name, spec in fields.items():
-        required = spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
-        child = f"{section}.{name}" if section else name
-        if name not in raw:
-            if required:
-                what = f"the [{child}] table" if dataclasses.is_dataclass(hints[name]) else f"the key {name!r}"
-                raise FlexIPError(f"{label} lacks {what}: add it (flexip_train/train.example.toml shows every key).")
-            continue
-        if dataclasses.is_dataclass(hints[name]):
-            values[name] = _build(hints[name], raw[name], file, child, base)
-        else:
-            values[name] = _typed(hints[name], raw[name], f"{label} {name}", base)
-    return cls(**values)
-
-
-def _typed(hint: Any, value: Any, where: str, base: Path) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):  # Optional[X]: "" or absent means None
-        inner = [arg for arg in typing.get_args(hint) if arg is not type(None)][0]
-        return None if value == "" else _typed(inner, value, where, base)
-    if hint is Path:
-        if not isinstance(value, str) or not value:
-            raise FlexIPError(f"{where} must be a path in quotes (relative to the config file or absolute).")
-        return (base / Path(value).expanduser()).resolve()
-    if origin is tuple:
-        args = typing.get_args(hint)
-        fixed = args[-1] is not Ellipsis
-        if not isinstance(value, list) or (fixed and len(value) != len(args)) or not value:
-            count = f"a list of {len(args)} numbers" if fixed else "a list of numbers"
-            raise FlexIPError(f"{where} must be {count}, e.g. {list(_example(hint))}.")
-        return tuple(_typed(args[0], item, where, base) for item in value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise FlexIPError(f"{where} must be true or false, not {value!r}.")
-        return value
-    if hint is int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise FlexIPError(f"{where} must be a whole number, not {value!r}.")
-        return value
-    if hint is float:
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise FlexIPError(f"{where} must be a number, not {value!r}.")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise FlexIPError(f"{where} must be a string in quotes, not {value!r}.")
-        return value
-    raise TypeError(f"unsupported config type {hint!r}")  # a programming error, not a user's
-
-
-def _example(hint: Any) -> tuple:
-    return (0.7, 1.0) if typing.get_args(hint)[-1] is not Ellipsis else (0.0, 0.5, 1.0)
 
 
 def _check(condition: bool, message: str) -> None:

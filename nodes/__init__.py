@@ -1,4 +1,10 @@
-"""ComfyUI glue of FlexIP: node classes, the model patch, encoder and folder plumbing."""
+"""ComfyUI glue of FlexIP: node classes, the model patch, encoder and folder plumbing.
+
+Node modules (one node class each): apply, encode, faces_crop, faces_loader, faces_similarity, loader,
+pair_loader, plot, schedule, similarity, sweep. They import flexip_model and the helper modules only
+(bundles, encoders, faces_align, faces_cropping, faces_packs, faces_preview, faces_runtime, finite,
+folders, layers, patch, progress), never another node module.
+"""
 
 from .apply import FlexIPApply
 from .encode import FlexIPEncodeSubject

@@ -11,7 +11,7 @@ from flexip_model.subject import BATCH_MODES
 from flexip_model.vocabulary import image_masks
 from .bundles import EncodedSubject, LoadedFlexIP
 from .encoders import check_encoders, reference_features
-from .faces_crop import crop_for_encoding
+from .faces_cropping import crop_for_encoding
 from .faces_runtime import FACE_MODELS_TYPE
 
 

@@ -2,7 +2,7 @@
 
 One `FlexIPPatch` per FlexIPApply node. A diffusion-model wrapper runs once per model call:
 it fetches (or builds, once per sampling run) the adapter K/V for this batch layout and
-evaluates the gate schedule on the device; the layer patches only read what it prepared.
+evaluates the gate plan on the device; the layer patches only read what it prepared.
 The trainer installs a `CallSubjectsPatch` instead: the same wrapper and layer patches, with
 K/V rebuilt per model call, with gradients, from each sample's own reference.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
@@ -22,7 +22,7 @@ import comfy.patcher_extension
 from flexip_model.attention import LayerKV, gated_attention, join_branches
 from flexip_model.config import LayerSpec
 from flexip_model.errors import FlexIPError
-from flexip_model.gate import GateSchedule, GateTable, gates_at, progress_from_sigma, window_at
+from flexip_model.gate import GatePlan
 from flexip_model.subject import CallSubjects, SubjectAdapter, SubjectTokens
 from flexip_model.vocabulary import parse_layer_key
 from .bundles import EncodedSubject, LoadedFlexIP
@@ -32,36 +32,12 @@ WRAPPER_KEY = "flexip"
 _RUN_CACHE_LIMIT = 8  # batch layouts kept per run (cond/uncond orders, regional chunks)
 
 
-@dataclass(frozen=True)
-class GatePlan:
-    """The gate of every layer for one run, decided on the host once.
-
-    Per layer, a Python float when the schedule is constant there (so a dead branch is
-    skipped statically), or None when it must be evaluated per step from `table`.
-    `sweep` ([N] float32, FlexIPGateSweep) replaces both with one γ per latent batch item;
-    the schedule then only carries the start_at/end_at window.
-    """
-
-    schedule: GateSchedule
-    table: GateTable
-    constants: tuple[Optional[float], ...]
-    sigma_grid: torch.Tensor
-    progress_grid: torch.Tensor
-    windowed: bool
-    sweep: Optional[torch.Tensor] = None
-
-    def to(self, device: torch.device) -> GatePlan:
-        return replace(self, table=self.table.to(device), sigma_grid=self.sigma_grid.to(device),
-                       progress_grid=self.progress_grid.to(device),
-                       sweep=None if self.sweep is None else self.sweep.to(device))
-
-
 @dataclass
 class CallState:
     """What the layer patches of one model call read: K/V, gates, strength and mask per layer."""
 
     kv: tuple[LayerKV, ...]
-    gates: tuple[Any, ...]  # float, 0-d tensor, or [B] tensor (a sweep) per layer
+    gates: tuple[Any, ...]  # float, 0-d tensor, or [B] tensor (γ per row) per layer
     strength: Any  # float or 0-d tensor (0 outside start_at/end_at)
     mask: Optional[torch.Tensor]  # [B, 1, H, W] over the latent, or None
     masks_by_tokens: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -183,7 +159,7 @@ class FlexIPPatch(AttentionPatch):
             if len(self._run_cache) >= _RUN_CACHE_LIMIT:
                 self._run_cache.pop(next(iter(self._run_cache)))
             kv = self._run_cache[key] = self._layer_kv(order, x.shape[0], context)
-        gates, strength = self._gates(options, context, len(order), x.shape[0])
+        gates, strength = self.gate.call_gates(options.get("sigmas"), len(order), x.shape[0], self.strength, context)
         return CallState(kv, gates, strength, self._mask_rows(x, len(order)))
 
     def _mask_rows(self, x: torch.Tensor, chunks: int) -> Optional[torch.Tensor]:
@@ -206,38 +182,6 @@ class FlexIPPatch(AttentionPatch):
         rows = batch // len(order)
         pick = torch.tensor(order, device=next(adapter.parameters()).device).repeat_interleave(rows)
         return self._kv(adapter, self.subject.tokens, context, pick)
-
-    def _gates(self, options: dict, context: torch.Tensor, chunks: int, batch: int) -> tuple[tuple[Any, ...], Any]:
-        plan = self.gate
-        constants = plan.constants
-        if plan.sweep is not None:
-            constants = (self._item_gates(chunks, batch, context),) * len(constants)
-        need_progress = plan.windowed or any(g is None for g in constants)
-        if not need_progress:
-            return constants, self.strength
-        sigma = options["sigmas"].reshape(-1)[:1].float()
-        progress = progress_from_sigma(sigma, plan.sigma_grid, plan.progress_grid)[0]
-        strength: Any = self.strength
-        if plan.windowed:
-            strength = (window_at(plan.schedule, progress) * self.strength).to(context.dtype)
-        gates: tuple[Any, ...] = constants
-        if any(g is None for g in constants):
-            live = gates_at(plan.table, progress).to(context.dtype)
-            gates = tuple(live[i] if g is None else g for i, g in enumerate(constants))
-        return gates, strength
-
-    def _item_gates(self, chunks: int, batch: int, context: torch.Tensor) -> torch.Tensor:
-        """γ per row of this call, [batch]: latent item i gets sweep[i] in every cond/uncond chunk.
-
-        The sampler concatenates chunks of batch // chunks rows each, in cond_or_uncond order,
-        and every chunk holds the whole latent batch, so the sweep repeats once per chunk.
-        """
-        sweep = self.gate.sweep
-        if sweep.shape[0] * chunks != batch:
-            raise FlexIPError(
-                f"FlexIPGateSweep has {sweep.shape[0]} gate values but the latent batch has {batch // chunks} "
-                f"images: connect the sweep's latent output to the sampler (or use a batch of {sweep.shape[0]}).")
-        return sweep.to(device=context.device, dtype=context.dtype).repeat(chunks)
 
 
 class CallSubjectsPatch(AttentionPatch):

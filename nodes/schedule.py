@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from flexip_model.errors import FlexIPError
-from flexip_model.gate import INTERPOLATIONS, BlockOverride, GateSchedule, parse_keyframes, validate_schedule
+from flexip_model.gate_schedule import (
+    INTERPOLATIONS, BlockOverride, GateSchedule, parse_keyframes, validate_schedule,
+)
 
 _KEYFRAMES_HELP = "'progress:gamma' pairs, e.g. '0:1.0, 0.6:0.2' (progress 0 = first step, 1 = last), or one number."
 

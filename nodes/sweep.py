@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from flexip_model.errors import FlexIPError
-from flexip_model.gate import MAX_SWEEP_GAMMAS as MAX_GATES
-from flexip_model.gate import parse_gammas as parse_gamma_list
+from flexip_model.gate_sweep import MAX_SWEEP_GAMMAS, GateSweep, parse_gammas, range_gammas
 
 MODES = ("list", "range")
-
-
-@dataclass(frozen=True)
-class GateSweep:
-    """A `FLEXIP_GATE` variant: latent batch item i gets γ = gammas[i] for the whole run."""
-
-    gammas: tuple[float, ...]
 
 
 class FlexIPGateSweep:
@@ -46,7 +36,7 @@ class FlexIPGateSweep:
                                     "tooltip": "mode range: the first γ."}),
                 "stop": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                    "tooltip": "mode range: the last γ (included)."}),
-                "count": ("INT", {"default": 5, "min": 1, "max": MAX_GATES,
+                "count": ("INT", {"default": 5, "min": 1, "max": MAX_SWEEP_GAMMAS,
                                   "tooltip": "mode range: how many γ values (and images)."}),
                 "same_noise": ("BOOLEAN", {"default": True, "tooltip": (
                     "On: every image starts from the same noise, so only γ differs between them. "
@@ -56,25 +46,11 @@ class FlexIPGateSweep:
 
     def sweep(self, latent: dict, mode: str, values: str, start: float, stop: float, count: int,
               same_noise: bool) -> tuple:
-        gammas = parse_gammas(values) if mode == "list" else range_gammas(start, stop, count)
+        if mode == "list":
+            gammas = parse_gammas(values, "FlexIPGateSweep values")
+        else:
+            gammas = range_gammas(start, stop, count, "FlexIPGateSweep range")
         return (GateSweep(gammas), list(gammas), repeated_latent(latent, len(gammas), same_noise))
-
-
-def parse_gammas(text: str) -> tuple[float, ...]:
-    """Widget text "0, 0.25, 0.5" (comma or newline separated) -> γ values, each in [0, 1]."""
-    return parse_gamma_list(text, "FlexIPGateSweep values")
-
-
-def range_gammas(start: float, stop: float, count: int) -> tuple[float, ...]:
-    """`count` γ values evenly spaced from `start` to `stop`, both included (one value: `start`)."""
-    if not (0.0 <= start <= 1.0 and 0.0 <= stop <= 1.0 and 1 <= count <= MAX_GATES):
-        raise FlexIPError(
-            f"FlexIPGateSweep range {start}..{stop} x {count} is invalid: start and stop lie in [0, 1], "
-            f"count in 1..{MAX_GATES}.")
-    if count == 1:
-        return (float(start),)
-    step = (stop - start) / (count - 1)
-    return tuple(round(start + i * step, 6) for i in range(count))
 
 
 def repeated_latent(latent: dict, count: int, same_noise: bool) -> dict:

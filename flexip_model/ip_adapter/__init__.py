@@ -12,8 +12,6 @@ from .variants import (
     FEATURES,
     IPAdapterSpec,
     describe,
-    encoder_name,
-    family_name,
     ip_adapter_index,
     ip_adapter_order,
     match_layers,
@@ -21,6 +19,6 @@ from .variants import (
 
 __all__ = [
     "FEATURES", "IPAdapterBranch", "IPAdapterPair", "IPAdapterPairConfig", "IPAdapterSpec", "ImageProjection",
-    "MLPProjection", "PerceiverAttention", "Resampler", "describe", "encoder_name", "family_name",
-    "ip_adapter_index", "ip_adapter_order", "load_pair", "match_layers", "open_file",
+    "MLPProjection", "PerceiverAttention", "Resampler", "describe", "ip_adapter_index", "ip_adapter_order",
+    "load_pair", "match_layers", "open_file",
 ]

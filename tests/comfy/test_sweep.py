@@ -169,7 +169,7 @@ def test_sweep_layer_patches_and_per_call_gates_do_no_host_sync(world):
     ("0.7", (0.7,)),
 ])
 def test_sweep_values_text_is_parsed_in_order(flexip_pack, text, expected):
-    assert flexip_pack.nodes.sweep.parse_gammas(text) == expected
+    assert flexip_model.parse_gammas(text, "FlexIPGateSweep values") == expected
 
 
 def test_sweep_range_mode_spaces_count_values_from_start_to_stop(flexip_pack):

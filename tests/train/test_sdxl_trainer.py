@@ -44,7 +44,8 @@ def test_sdxl_run_on_the_checkpoints_own_unet_writes_a_file_for_that_unet(tmp_pa
     path = write_trained_checkpoint(sdxl_checkpoint(), tmp_path, steps=1, pairs=2)  # live encoding, no cache
     config = checkpoint.validate(path)
     base = checkpoint.read_unet_cross_attention(sdxl_checkpoint())
-    assert config.base == "sdxl" and config.layer_keys == tuple(base)  # the 31 layers of the generated UNet
+    # the 31 layers of the generated UNet
+    assert config.base == "sdxl" and tuple(spec.key for spec in config.layers) == tuple(base)
     assert all(config.layer(key).inner_dim == to_k.shape[0] for key, (to_k, _) in base.items())
 
 

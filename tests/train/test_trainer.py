@@ -83,8 +83,9 @@ def test_checkpoint_passes_inspect_and_loads_in_flexip_loader(straight_run: Path
     from flexip_model import checkpoint
 
     assert loaded.config == checkpoint.read_config(path)  # one flexip_model in the process: equal dataclasses
-    assert loaded.config.layer_keys == ("input_1_0", "input_3_0", "middle_0_0", "output_0_0", "output_1_0",
-                                        "output_2_0", "output_3_0")  # the tiny UNet's attn2 layers
+    keys = tuple(spec.key for spec in loaded.config.layers)
+    assert keys == ("input_1_0", "input_3_0", "middle_0_0", "output_0_0", "output_1_0",
+                    "output_2_0", "output_3_0")  # the tiny UNet's attn2 layers
 
 
 def test_resume_continues_exactly_where_training_stopped(straight_run: Path, workspace: Path):
@@ -280,7 +281,7 @@ def test_written_checkpoint_fits_the_base_checkpoint(tmp_path: Path):
 
     path = write_trained_checkpoint(sd15_checkpoint(), tmp_path, steps=1, pairs=2)
     config = checkpoint.validate(path)
-    assert config.layer_keys == tuple(checkpoint.read_unet_cross_attention(sd15_checkpoint()))
+    assert tuple(spec.key for spec in config.layers) == tuple(checkpoint.read_unet_cross_attention(sd15_checkpoint()))
 
 
 def test_example_config_shows_the_defaults():

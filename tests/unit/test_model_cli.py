@@ -95,7 +95,8 @@ def test_init_is_deterministic_per_seed(tmp_path, capsys):
     assert not torch.equal(a["preservation.queries"], c["preservation.queries"])
     middle_v = source[f"{PREFIX}middle_block.1.transformer_blocks.0.attn2.to_v.weight"].float()
     assert torch.equal(a["layers.middle_0_0.pers.to_v.weight"], middle_v)
-    assert checkpoint.read_config(files["a"]).layer_keys == ("input_1_0", "middle_0_0", "output_11_0")
+    keys = tuple(spec.key for spec in checkpoint.read_config(files["a"]).layers)
+    assert keys == ("input_1_0", "middle_0_0", "output_11_0")
 
 
 def test_layers_from_a_file_without_unet_attention_is_a_clear_error(tmp_path, capsys):

@@ -61,6 +61,12 @@ def _json_with(**changes) -> str:
     return json.dumps(data)
 
 
+def _json_without(key: str) -> str:
+    data = json.loads(config_for("sd15", tiny=True).to_json())
+    del data[key]
+    return json.dumps(data)
+
+
 @pytest.mark.parametrize("text,mentions", [
     ("{not json", ["not JSON"]),
     ("[1, 2]", ["not a JSON object"]),
@@ -70,7 +76,12 @@ def _json_with(**changes) -> str:
     (_json_with(gate_mode="mixed"), ["gate_mode"]),
     (_json_with(base="sd3"), ["base 'sd3'"]),
     (_json_with(preservation_heads=5), ["preservation_width"]),
-    (_json_with(surprise=1), ["unknown fields", "surprise"]),
+    (_json_with(surprise=1), ["unknown key", "surprise"]),
+    (_json_without("gate_mode"), ["lacks the key 'gate_mode'"]),
+    (_json_with(layers="input_1_0"), ["layers is 'input_1_0', expected a list of tables"]),
+    (_json_with(layers=[5]), ["[layers.0] is 5, expected a table"]),
+    (_json_with(layers=[{"key": "input_1_0", "inner_dim": 320}]), ["[layers.0] lacks the key 'heads'"]),
+    (_json_with(layers=[{"key": "input_1_0", "inner_dim": 320.0, "heads": 8}]), ["[layers.0] inner_dim is 320.0"]),
     (_json_with(layers=[{"key": "input_1_0", "inner_dim": 320, "heads": 8}] * 2), ["input_1_0 twice"]),
     (_json_with(layers=[{"key": "input_1_0", "inner_dim": 320, "heads": 7}]), ["input_1_0"]),
     (_json_with(layers=[{"key": "down_1_0", "inner_dim": 320, "heads": 8}]), ["down_1_0"]),

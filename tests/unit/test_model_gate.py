@@ -64,10 +64,9 @@ def test_overrides_apply_by_block_and_by_index_and_later_ones_win():
 
 
 def test_window_is_one_inside_start_and_end_only():
-    schedule = constant_schedule(0.6, start_at=0.2, end_at=0.8)
-    window = window_at(schedule, torch.tensor([0.1, 0.2, 0.5, 0.8, 0.9]))
+    window = window_at(0.2, 0.8, torch.tensor([0.1, 0.2, 0.5, 0.8, 0.9]))
     assert torch.equal(window, torch.tensor([0.0, 1.0, 1.0, 1.0, 0.0]))
-    assert window_at(schedule, torch.tensor(0.5)).shape == ()
+    assert window_at(0.2, 0.8, torch.tensor(0.5)).shape == ()
 
 
 def test_progress_from_sigma_interpolates_a_decreasing_grid():
@@ -86,7 +85,7 @@ def test_per_step_gate_functions_never_sync_with_the_host():
     with OpRecorder(forbid_host_sync=True):
         progress = progress_from_sigma(torch.tensor([7.0, 7.0]), sigma_grid, progress_grid)
         gates_at(table, progress)
-        window_at(schedule, progress)
+        window_at(schedule.start_at, schedule.end_at, progress)
 
 
 def test_parse_keyframes_accepts_commas_newlines_and_a_bare_number():

@@ -118,3 +118,19 @@ def test_training_config_within_bounds_loads(tmp_path):
     path = tmp_path / "train.toml"
     path.write_text(TOML.format(data="resolution = 1024", train="batch_size = 64"), encoding="utf-8")
     assert load_config(path).train.batch_size == 64
+
+
+@pytest.mark.parametrize("data,train,mention", [
+    ("", "batch_size = 4.5", "[train] batch_size is 4.5, expected a whole number"),
+    ("", "deterministic = 1", "[train] deterministic is 1, expected true or false"),
+    ("invariant_gate = [0.7]", "", "[data] invariant_gate is [0.7], expected a list of 2 numbers"),
+    ("manifest = 3", "", "[data] manifest is 3, expected a path in quotes"),
+    ("[data.augment]\nflips = 0.5", "", "[data.augment] has unknown key 'flips'"),
+])
+def test_training_config_types_are_checked_key_by_key(tmp_path, data, train, mention):
+    path = tmp_path / "train.toml"
+    path.write_text(TOML.format(data=data, train=train).replace('manifest = "pairs.jsonl"\nmanifest', "manifest"),
+                    encoding="utf-8")
+    with pytest.raises(FlexIPError) as error:
+        load_config(path)
+    assert_one_sentence(str(error.value), "train.toml", mention)

@@ -22,7 +22,8 @@ import pytest
 import torch
 
 from flexip_model import FlexIPAdapter, FlexIPConfig, FlexIPError, LayerSpec, checkpoint, config_for
-from flexip_model.gate import MAX_KEYFRAMES, MAX_SWEEP_GAMMAS, parse_gammas, parse_keyframes
+from flexip_model.gate_schedule import MAX_KEYFRAMES, parse_keyframes
+from flexip_model.gate_sweep import MAX_SWEEP_GAMMAS, parse_gammas
 from flexip_model.ip_adapter import describe, open_file
 from tools.fixtures.ip_adapter_files import layer_shapes, linear_projection, mlp_projection, resampler_projection
 from tests.unit.crafted_files import time_limit, write_raw
