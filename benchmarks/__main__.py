@@ -52,20 +52,18 @@ def build_configs(pack: host.Pack, base) -> tuple[dict, dict]:
 
 
 def deterministic_figures(report: Report, base, configs: dict, layers: int, device, dtype) -> int:
-    """Figures A, B and the per-configuration op counts; returns the unpatched step's FLOPs.
-
-    On a CPU the full-size step is counted on fake tensors. On a GPU it is counted on real ones:
-    the first call of a run loads the adapter onto the GPU and back (LoadedFlexIP.on_device), and
-    a load inside FakeTensorMode would swap real weights for fake ones; a real step is fast there."""
+    """Figures A, B and the per-configuration op counts; returns the unpatched step's FLOPs."""
     import comfy.model_management
 
-    # load the UNet for real first, for the same reason
-    comfy.model_management.load_models_gpu(list(configs.values()), force_full_load=True)
-    fake = device.type == "cpu"
+    # load UNet and adapters for real first: a load inside FakeTensorMode would move fake weights.
+    # An adapter loaded here stays loaded through its K/V builds (LoadedFlexIP.on_device), so no
+    # build moves weights while counting; all are unloaded after.
+    comfy.model_management.load_models_gpu(list(configs.values()) + host.adapter_patchers(configs.values()),
+                                           force_full_load=True)
     big = host.StepInputs.make(host.LATENT, device=device, dtype=dtype)
     small = host.StepInputs.make(8, device=device, dtype=dtype)
-    base_cost = counting.step_cost(base, big, fake)
-    costs = {name: counting.run_costs(patched, big, fake) for name, patched in configs.items()}
+    base_cost = counting.step_cost(base, big)
+    costs = {name: counting.run_costs(patched, big) for name, patched in configs.items()}
     first, steady = costs["flexip"]
     added = steady.minus(base_cost)
 
@@ -77,8 +75,7 @@ def deterministic_figures(report: Report, base, configs: dict, layers: int, devi
         "added_ops_per_step_sd15_512", added.op_count, "aten ops", "<= 256 (<= 16 per layer)",
         added.op_count <= 256,
         f"{added.op_count / layers:g} per layer over {layers} layers: {counting.per_layer(added.ops, layers)}; "
-        f"steady state, γ={GAMMA}, output mode; counted on {'fake' if fake else 'real'} tensors at 64×64, "
-        f"real 8×8 forward {check}; "
+        f"steady state, γ={GAMMA}, output mode; counted on fake tensors at 64×64, real 8×8 forward {check}; "
         "ComfyUI_IPAdapter_plus (one plus adapter, PyTorch attention) adds 405 and 15 host reads"))
     ratio = steady.flop_count / base_cost.flop_count
     report.add(Figure(
@@ -88,8 +85,7 @@ def deterministic_figures(report: Report, base, configs: dict, layers: int, devi
     report.add(Figure(
         "first_call_extra_sd15_512", round(first_added.flop_count / 1e9, 3), "GFLOP", "report",
         note=f"{first_added.op_count} extra aten ops, once per sampling run: personalization adapter "
-             f"and K/V of {layers} layers × 2 branches, cached by batch layout"
-             + ("" if fake else "; with the adapter's copies onto the GPU and back")))
+             f"and K/V of {layers} layers × 2 branches, cached by batch layout"))
     for name, figure in (("token_mode", "added_ops_per_step_sd15_512_token_mode"),
                          ("gamma1", "added_ops_per_step_sd15_512_gamma1"),
                          ("ipadapter", "ipadapter_added_ops_per_step_sd15_512")):
@@ -99,6 +95,7 @@ def deterministic_figures(report: Report, base, configs: dict, layers: int, devi
             note=f"+{other.flop_count / 1e9:.2f} GFLOP (FlexIP γ={GAMMA}: {added.flop_count / other.flop_count:.1f}×), "
                  f"FLOP ratio {costs[name][1].flop_count / base_cost.flop_count:.5f}; per layer: "
                  f"{counting.per_layer(other.ops, layers)}"))
+    comfy.model_management.unload_all_models()
     return base_cost.flop_count
 
 
@@ -113,7 +110,7 @@ def sdxl_figures(report: Report, pack: host.Pack) -> int:
     base = host.sdxl_patcher_unfilled()
     flexip = host.flexip_adapter(pack, base, "output", base="sdxl", unfilled=True)
     patched = host.apply_flexip(pack, base, flexip, host.random_subject(pack, flexip, seed=3), GAMMA)
-    comfy.model_management.load_models_gpu([patched], force_full_load=True)
+    comfy.model_management.load_models_gpu([patched, flexip.patcher], force_full_load=True)  # as above
     inputs = host.StepInputs.make(host.SDXL_LATENT, sdxl=True)
     base_cost = counting.step_cost(base, inputs)
     first, steady = counting.run_costs(patched, inputs)
@@ -163,11 +160,11 @@ def memory_figures(report: Report, pack: host.Pack, base, configs: dict, made: d
         f"adapter ({offload.adapter_bytes / 2**20:.0f} MiB) loaded by model management for the K/V build only "
         f"({min(seen.adapter_during_build) / 2**20:.0f} MiB counted loaded while it built), then unloaded; "
         f"held beside the UNet during the steps: {any(seen.adapter_held_during_steps)}; UNet held in every "
-        f"step: {all(seen.unet_held_during_steps)}; looked at before and after each of "
-        f"{len(seen.kv_cache_bytes)} model calls" + accounting))
+        f"step: {all(seen.unet_held_during_steps)}; looked at once the sampler had loaded its models, then "
+        f"before and after each of {len(seen.kv_cache_bytes)} model calls" + accounting))
     report.add(Figure(
         "kv_cache_bytes_per_run_sd15_512", kv_bytes, "bytes", "report",
-        f"{kv_bytes / 2**20:.2f} MiB in {str(base.model_dtype()).removeprefix('torch.')}: the K/V of "
+        note=f"{kv_bytes / 2**20:.2f} MiB in {str(base.model_dtype()).removeprefix('torch.')}: the K/V of "
         f"{len(made['flexip'].config.layers)} layers × 2 branches for one batch layout, kept for the run"))
     met = (offload.adapter_left_on_load_device == 0 and offload.unet_left_on_load_device == 0
            and offload.run_cache_bytes == 0)

@@ -82,16 +82,16 @@ def watch_residency(patched, flexip) -> Iterator[Residency]:
     diffusion-model wrapper and so around the K/V build); `watch_build` looks while the adapter builds."""
     import comfy.patcher_extension as extension
 
-    adapter, unet = flexip.patcher, patched.model
+    unet = patched.model
 
     def start(executor, *args, **kwargs):
-        _look_at_step(seen, adapter, unet)
+        _look_at_step(seen, flexip, unet)
         return executor(*args, **kwargs)
 
     def call(executor, *args, **kwargs):
-        _look_at_step(seen, adapter, unet)
+        _look_at_step(seen, flexip, unet)
         out = executor(*args, **kwargs)
-        _look_at_step(seen, adapter, unet)
+        _look_at_step(seen, flexip, unet)
         seen.kv_cache_bytes.append(kv_cache_bytes(patched))
         return out
 
@@ -107,11 +107,11 @@ def watch_residency(patched, flexip) -> Iterator[Residency]:
                 patched.remove_wrappers_with_key(kind, "bench_residency")
 
 
-def _look_at_step(seen: Residency, adapter, unet) -> None:
+def _look_at_step(seen: Residency, flexip, unet) -> None:
     import comfy.model_management as mm
 
-    seen.adapter_during_steps.append(resident_bytes_on_load_device(adapter))
-    seen.adapter_held_during_steps.append(held(adapter))
+    seen.adapter_during_steps.append(resident_bytes_on_load_device(flexip.patcher))
+    seen.adapter_held_during_steps.append(flexip.held)
     seen.unet_held_during_steps.append(any(entry.model.model is unet for entry in mm.current_loaded_models))
 
 
@@ -126,13 +126,6 @@ class Offload:
     run_cache_bytes: int  # per-run adapter K/V still held after the run
     load_device: torch.device
     offload_device: torch.device
-
-
-def held(patcher) -> bool:
-    """Whether ComfyUI's model management holds `patcher` loaded (it is among current_loaded_models)."""
-    import comfy.model_management as mm
-
-    return any(entry.model is patcher for entry in mm.current_loaded_models)
 
 
 def resident_bytes_on_load_device(patcher) -> int:

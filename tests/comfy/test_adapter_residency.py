@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.memory import Residency, held, watch_build, watch_residency
+from benchmarks.memory import Residency, watch_build, watch_residency
 from tests.comfy.tiny_world import apply, node, sample
 
 pytestmark = pytest.mark.comfy
@@ -60,5 +60,5 @@ def test_encoding_a_subject_leaves_the_adapter_unloaded(world):
         node(world["pack"], "FlexIPEncodeSubject").encode(flexip, world["clip"], world["image"], "average",
                                                           dino=world["dino"])
     assert build and min(build) > 0  # loaded while it encoded
-    assert not held(flexip.patcher)
+    assert not flexip.held
     assert flexip.patcher.loaded_size() == 0
