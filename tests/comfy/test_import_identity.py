@@ -21,7 +21,7 @@ def python_files() -> list[Path]:
 def test_the_node_layer_and_the_tests_share_one_flexip_model():
     pack = load_pack()
     assert pack.nodes.patch.FlexIPError is flexip_model.errors.FlexIPError
-    assert pack.nodes.bundles.FlexIPAdapter is flexip_model.FlexIPAdapter
+    assert pack.nodes.bundles.SubjectAdapter is flexip_model.SubjectAdapter
     copies = [name for name, module in sys.modules.items()
               if name.endswith(".flexip_model") or ".flexip_model." in name]
     assert copies == []

@@ -164,7 +164,7 @@ class ComfyServer:
     def command(self) -> list[str]:
         args = [
             sys.executable, str(self.host_path / "main.py"),
-            *comfy_device_args(), "--listen", "127.0.0.1", "--port", str(self.port),
+            *self._device_args(), "--listen", "127.0.0.1", "--port", str(self.port),
             "--disable-api-nodes", "--disable-all-custom-nodes",
             "--whitelist-custom-nodes", self.pack_name,
             "--base-directory", str(self.base_dir),
@@ -172,6 +172,12 @@ class ComfyServer:
             "--preview-method", "none",
         ]
         return args + self.extra_args
+
+    def _device_args(self) -> list[str]:
+        """The test device's switches; a UNet type this server is started with (the precision tests'
+        switch sets) replaces the device's, as ComfyUI accepts only one."""
+        own_type = any(arg.endswith("-unet") for arg in self.extra_args)
+        return [arg for arg in comfy_device_args() if not (own_type and arg.endswith("-unet"))]
 
     def start(self) -> "ComfyServer":
         prepare_base(self.base_dir, self.pack_dir if self.pack_installed else None, self.pack_name,
