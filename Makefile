@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export COMFYUI_PATH ?= $(CURDIR)/.cache/comfyui
 
-.PHONY: setup test test-unit test-comfy test-train test-server test-ui demo bench clean
+.PHONY: setup test test-unit test-comfy test-train test-server test-ui test-gpu demo bench clean
 
 setup:
 	bash tools/setup.sh
@@ -10,14 +10,15 @@ setup:
 test: setup
 	$(PY) -m pytest tests
 
-test-unit test-comfy test-train test-server test-ui: setup
+test-unit test-comfy test-train test-server test-ui test-gpu: setup
 	$(PY) -m pytest tests -m $(subst test-,,$@)
 
 demo: setup
 	$(PY) -m tools.demo
 
+# make bench ARGS="--device cuda" for the GPU figures
 bench: setup
-	$(PY) -m benchmarks
+	$(PY) -m benchmarks $(ARGS)
 
 clean:
 	rm -rf .cache output

@@ -55,8 +55,11 @@ def deterministic_figures(report: Report, base, configs: dict, layers: int, devi
     """Figures A, B and the per-configuration op counts; returns the unpatched step's FLOPs."""
     import comfy.model_management
 
-    # load UNet and adapters for real first: a load inside FakeTensorMode would move fake weights
-    comfy.model_management.load_models_gpu(list(configs.values()), force_full_load=True)
+    # load UNet and adapters for real first: a load inside FakeTensorMode would move fake weights.
+    # An adapter loaded here stays loaded through its K/V builds (LoadedFlexIP.on_device), so no
+    # build moves weights while counting; all are unloaded after.
+    comfy.model_management.load_models_gpu(list(configs.values()) + host.adapter_patchers(configs.values()),
+                                           force_full_load=True)
     big = host.StepInputs.make(host.LATENT, device=device, dtype=dtype)
     small = host.StepInputs.make(8, device=device, dtype=dtype)
     base_cost = counting.step_cost(base, big)
@@ -92,11 +95,13 @@ def deterministic_figures(report: Report, base, configs: dict, layers: int, devi
             note=f"+{other.flop_count / 1e9:.2f} GFLOP (FlexIP γ={GAMMA}: {added.flop_count / other.flop_count:.1f}×), "
                  f"FLOP ratio {costs[name][1].flop_count / base_cost.flop_count:.5f}; per layer: "
                  f"{counting.per_layer(other.ops, layers)}"))
+    comfy.model_management.unload_all_models()
     return base_cost.flop_count
 
 
 def sdxl_figures(report: Report, pack: host.Pack) -> int:
-    """SDXL's ops and FLOPs per 128×128 step (report only); returns the unpatched step's FLOPs.
+    """SDXL's ops and FLOPs per 128×128 step and its K/V cache per run (report only); returns the
+    unpatched step's FLOPs.
 
     The SDXL UNet and a full-size SDXL FlexIP adapter are built with unwritten weights (address
     space, not memory) and counted on fake tensors only."""
@@ -105,10 +110,13 @@ def sdxl_figures(report: Report, pack: host.Pack) -> int:
     base = host.sdxl_patcher_unfilled()
     flexip = host.flexip_adapter(pack, base, "output", base="sdxl", unfilled=True)
     patched = host.apply_flexip(pack, base, flexip, host.random_subject(pack, flexip, seed=3), GAMMA)
-    comfy.model_management.load_models_gpu([patched], force_full_load=True)
+    comfy.model_management.load_models_gpu([patched, flexip.patcher], force_full_load=True)  # as above
     inputs = host.StepInputs.make(host.SDXL_LATENT, sdxl=True)
     base_cost = counting.step_cost(base, inputs)
     first, steady = counting.run_costs(patched, inputs)
+    # the cache in fp16, as a GPU run keeps it (K/V are cast to the UNet's compute dtype)
+    kv_bytes = memory.kv_cache_bytes_per_run(patched, host.StepInputs.make(host.SDXL_LATENT, sdxl=True,
+                                                                             dtype=torch.float16))
     comfy.model_management.unload_all_models()
     added, layers = steady.minus(base_cost), len(flexip.config.layers)
     report.add(Figure(
@@ -118,6 +126,12 @@ def sdxl_figures(report: Report, pack: host.Pack) -> int:
     report.add(Figure(
         "added_flops_ratio_sdxl_1024", steady.flop_count / base_cost.flop_count, "FLOPs with/without", "report",
         note=f"{base_cost.flop_count / 1e12:.2f} TFLOP unpatched, +{added.flop_count / 1e9:.1f} GFLOP"))
+    report.add(Figure(
+        "kv_cache_bytes_per_run_sdxl_1024", kv_bytes, "bytes", "report",
+        note=f"{kv_bytes / 2**20:.1f} MiB in fp16: the K/V of {layers} layers × 2 branches for one batch "
+             f"layout (cond and uncond batched, one row each), built on fake tensors; what a run keeps on the "
+             f"device instead of the adapter ({host.module_bytes(flexip.adapter) / 2 / 2**30:.2f} GiB in fp16); "
+             "one more layout (cond and uncond in separate calls, regional prompts) builds one more"))
     return base_cost.flop_count
 
 
@@ -132,17 +146,32 @@ def memory_figures(report: Report, pack: host.Pack, base, configs: dict, made: d
         f"clones share the adapter module: {shared}"))
     del clones
     offload = memory.adapter_offload(pack, base, made["flexip"], made["subject"])
-    met = (offload.adapter_loaded_while_sampling and offload.adapter_left_on_load_device == 0
-           and offload.unet_left_on_load_device == 0 and offload.run_cache_bytes == 0)
+    seen = offload.residency
+    during = max(seen.adapter_during_steps)
+    kv_bytes = max(seen.kv_cache_bytes)
+    # the probe must see the adapter loaded while it builds, the UNet loaded and the K/V in use
+    probed = min(seen.adapter_during_build) > 0 and all(seen.unet_held_during_steps) and kv_bytes > 0
     same = offload.load_device == offload.offload_device
+    accounting = ("; load and offload device are both the CPU here, so this checks ComfyUI's accounting "
+                  "(what it counts as loaded), not a transfer" if same else "")
+    report.add(Figure(
+        "adapter_resident_bytes_during_steps", during, "bytes beyond the K/V cache", "0",
+        during == 0 and not any(seen.adapter_held_during_steps) and probed,
+        f"adapter ({offload.adapter_bytes / 2**20:.0f} MiB) loaded by model management for the K/V build only "
+        f"({min(seen.adapter_during_build) / 2**20:.0f} MiB counted loaded while it built), then unloaded; "
+        f"held beside the UNet during the steps: {any(seen.adapter_held_during_steps)}; UNet held in every "
+        f"step: {all(seen.unet_held_during_steps)}; looked at once the sampler had loaded its models, then "
+        f"before and after each of {len(seen.kv_cache_bytes)} model calls" + accounting))
+    report.add(Figure(
+        "kv_cache_bytes_per_run_sd15_512", kv_bytes, "bytes", "report",
+        note=f"{kv_bytes / 2**20:.2f} MiB in {str(base.model_dtype()).removeprefix('torch.')}: the K/V of "
+        f"{len(made['flexip'].config.layers)} layers × 2 branches for one batch layout, kept for the run"))
+    met = (offload.adapter_left_on_load_device == 0 and offload.unet_left_on_load_device == 0
+           and offload.run_cache_bytes == 0)
     report.add(Figure(
         "adapter_vram_offload", offload.adapter_left_on_load_device, "bytes on load device", "0", met,
-        f"adapter ({offload.adapter_bytes / 2**20:.0f} MiB) loaded beside the UNet while sampling: "
-        f"{offload.adapter_loaded_while_sampling} ({offload.adapter_loaded_bytes_while_sampling / 2**20:.0f} MiB "
-        f"counted loaded); after free_memory(2^60): adapter {offload.adapter_left_on_load_device} B, "
-        f"UNet {offload.unet_left_on_load_device} B, run K/V cache {offload.run_cache_bytes} B left"
-        + ("; load and offload device are both the CPU here, so this checks ComfyUI's accounting "
-           "(what it counts as loaded), not a transfer" if same else "")))
+        f"after free_memory(2^60): adapter {offload.adapter_left_on_load_device} B, "
+        f"UNet {offload.unet_left_on_load_device} B, run K/V cache {offload.run_cache_bytes} B left" + accounting))
 
 
 def server_figure(report: Report) -> None:
@@ -236,6 +265,9 @@ def main(argv=None) -> int:
     if device.type == "cpu":  # unwritten weights stay unwritten only if nothing copies them to a GPU
         logger.info("counting SDXL's ops and FLOPs")
         sdxl_flops = sdxl_figures(report, pack)
+    else:
+        report.add(Figure("kv_cache_bytes_per_run_sdxl_1024", None, "bytes", "report", None,
+                          "not measured with --device cuda: SDXL is counted on CPU runs only (the same bytes)"))
     logger.info("memory: clones and offload")
     memory_figures(report, pack, base, configs, made)
     if args.no_server:

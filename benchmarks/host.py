@@ -225,6 +225,13 @@ def flexip_states(patcher) -> set:
     return {patch.state for patch in replace.values() if hasattr(patch, "state")}
 
 
+def adapter_patchers(patched_models) -> list:
+    """The ModelPatchers of the adapters FlexIP patches on `patched_models` use (once each)."""
+    patchers = {id(state.flexip.patcher): state.flexip.patcher
+                for patched in patched_models for state in flexip_states(patched)}
+    return list(patchers.values())
+
+
 def end_run(patcher) -> None:
     """What the end of a sampling run does to FlexIP (outer_sample_wrapper): drop the per-run K/V cache."""
     for state in flexip_states(patcher):

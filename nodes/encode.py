@@ -54,8 +54,8 @@ class FlexIPEncodeSubject:
         check_encoders(features, clip_vision, dino, flexip.name)
         references = masked_references(image, mask)
         rows, uncond = reference_features(features, clip_vision, dino, references)
-        with torch.no_grad():
-            tokens = flexip.loaded().encode_subject(rows, uncond, batch_mode)
+        with torch.no_grad(), flexip.on_device() as adapter:
+            tokens = adapter.encode_subject(rows, uncond, batch_mode)
         return (EncodedSubject(flexip, tokens.to(comfy.model_management.intermediate_device()), len(references)),)
 
 

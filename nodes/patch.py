@@ -76,9 +76,6 @@ class AttentionPatch:
         raise NotImplementedError
 
     # ComfyUI model-management protocol -------------------------------------------------
-    def models(self) -> list:
-        return [self.flexip.patcher]
-
     def to(self, device_or_dtype: Any) -> AttentionPatch:
         return self
 
@@ -178,10 +175,11 @@ class FlexIPPatch(AttentionPatch):
     @torch.no_grad()
     def _layer_kv(self, order: tuple[int, ...], batch: int, context: torch.Tensor) -> tuple[LayerKV, ...]:
         """Adapter K/V of every layer for this batch layout (cond/uncond chunks in `order`)."""
-        adapter = self.flexip.loaded()
-        rows = batch // len(order)
-        pick = torch.tensor(order, device=next(adapter.parameters()).device).repeat_interleave(rows)
-        return self._kv(adapter, self.subject.tokens, context, pick)
+        # the adapter is on the device only for the build: the steps read the cached K/V alone
+        with self.flexip.on_device() as adapter:
+            rows = batch // len(order)
+            pick = torch.tensor(order, device=next(adapter.parameters()).device).repeat_interleave(rows)
+            return self._kv(adapter, self.subject.tokens, context, pick)
 
 
 class CallSubjectsPatch(AttentionPatch):
@@ -194,9 +192,6 @@ class CallSubjectsPatch(AttentionPatch):
     def __init__(self, flexip: LoadedFlexIP, layers: tuple[LayerSpec, ...], inputs_key: str) -> None:
         super().__init__(flexip, layers)
         self.inputs_key = inputs_key
-
-    def models(self) -> list:
-        return []  # the caller places the adapter itself; ComfyUI must not move it while it trains
 
     def call_state(self, x: torch.Tensor, context: torch.Tensor, options: dict) -> Optional[CallState]:
         inputs: Optional[CallSubjects] = options.get(self.inputs_key)
@@ -242,8 +237,10 @@ class LayerPatch:
             attention=_comfy_attention(extra_options), attn_precision=extra_options.get("attn_precision"))
 
     def models(self) -> list:
+        """Only the chained patch's models: the adapter is not loaded with the UNet for the run, it is
+        loaded for each K/V build (LoadedFlexIP.on_device), so sampling never holds it."""
         previous = getattr(self.previous, "models", None)
-        return self.state.models() + (previous() if previous else [])
+        return previous() if previous else []
 
     def to(self, device_or_dtype: Any) -> LayerPatch:
         self.state.to(device_or_dtype)

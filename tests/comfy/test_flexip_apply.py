@@ -139,4 +139,5 @@ def test_cloning_the_patched_model_ten_times_shares_the_adapter_weights(world):
     assert len(states) == 1
     adapters = {id(p.state.flexip.adapter) for clone in clones for p in attn2_patches(clone).values()}
     assert adapters == {id(world["flexip"].adapter)}
-    assert {id(m) for m in clones[0].model_patches_models()} == {id(world["flexip"].patcher)}
+    # the adapter is loaded per K/V build, not with the UNet: no clone hands it to the sampler
+    assert clones[0].model_patches_models() == []

@@ -61,7 +61,7 @@ def adapter_reads_per_call(patched, adapter: torch.nn.Module, calls: int) -> lis
 def test_adapter_weights_are_read_in_the_first_call_of_a_run_and_never_again(world, preservation):
     """K/V projections (and the personalization adapter) run once per sampling run, not per step."""
     patched = apply(world, preservation=preservation)
-    adapter = world["flexip"].loaded()
+    adapter = world["flexip"].adapter
     first, *steady = adapter_reads_per_call(patched, adapter, calls=3)
     projections = {name for name, _ in adapter.named_parameters() if name.startswith("layers.")}
     # the first call builds the cache: it reads every layer's K/V projection, so the probe works

@@ -1,6 +1,7 @@
 """A real ComfyUI server in a subprocess, with this pack installed, for server- and ui-layer tests.
 
-The server runs ComfyUI's own `main.py` from the host (`COMFYUI_PATH`) on the CPU, with
+The server runs ComfyUI's own `main.py` from the host (`COMFYUI_PATH`) on the CPU (or on the
+device $FLEXIP_TEST_DEVICE names: tools/fixtures/paths.py), with
 `--base-directory` pointing at a throw-away folder that holds `custom_nodes/ComfyUI-FlexIP`
 (a link to the pack), `models/` (generated fixtures), `input/`, `output/`, `user/` and
 `temp/`, and an in-memory database, so no test ever writes into the user's ComfyUI.
@@ -23,6 +24,7 @@ from typing import Any, Iterable
 import requests
 
 from tools.fixtures import REPO_ROOT, comfyui_path, model_tree
+from tools.fixtures.paths import comfy_device_args
 
 PACK_NAME = "ComfyUI-FlexIP"
 LOG_TAIL_LINES = 60
@@ -162,7 +164,7 @@ class ComfyServer:
     def command(self) -> list[str]:
         args = [
             sys.executable, str(self.host_path / "main.py"),
-            "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            *self._device_args(), "--listen", "127.0.0.1", "--port", str(self.port),
             "--disable-api-nodes", "--disable-all-custom-nodes",
             "--whitelist-custom-nodes", self.pack_name,
             "--base-directory", str(self.base_dir),
@@ -170,6 +172,12 @@ class ComfyServer:
             "--preview-method", "none",
         ]
         return args + self.extra_args
+
+    def _device_args(self) -> list[str]:
+        """The test device's switches; a UNet type this server is started with (the precision tests'
+        switch sets) replaces the device's, as ComfyUI accepts only one."""
+        own_type = any(arg.endswith("-unet") for arg in self.extra_args)
+        return [arg for arg in comfy_device_args() if not (own_type and arg.endswith("-unet"))]
 
     def start(self) -> "ComfyServer":
         prepare_base(self.base_dir, self.pack_dir if self.pack_installed else None, self.pack_name,
