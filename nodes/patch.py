@@ -68,12 +68,16 @@ class AttentionPatch:
     def __init__(self, flexip: LoadedFlexIP, layers: tuple[LayerSpec, ...]) -> None:
         self.flexip = flexip
         self.layers = layers
-        self.options_key = f"flexip_{id(self)}"
+        self.options_key = WRAPPER_KEY  # install() numbers it per model
         self._run_layers: set[int] = set()
         self._run_calls = 0
 
     def call_state(self, x: torch.Tensor, context: torch.Tensor, options: dict) -> Optional[CallState]:
         raise NotImplementedError
+
+    @torch.compiler.disable
+    def _host_call_state(self, x: torch.Tensor, context: torch.Tensor, options: dict) -> Optional[CallState]:
+        return self.call_state(x, context, options)
 
     # ComfyUI model-management protocol -------------------------------------------------
     def models(self) -> list:
@@ -96,11 +100,12 @@ class AttentionPatch:
             self._run_layers = set()
             self._run_calls = 0
 
+    @torch.compiler.disable(recursive=False)
     def diffusion_model_wrapper(self, executor: Callable, x: torch.Tensor, timesteps, context: torch.Tensor,
                                 y=None, control=None, transformer_options: dict = {}, **kwargs):
         """Once per model call: prepare what every layer patch of this call reads."""
         options = dict(transformer_options)
-        call = self.call_state(x, context, options)
+        call = self._host_call_state(x, context, options)
         if call is None:
             return executor(x, timesteps, context, y, control, options, **kwargs)
         options[self.options_key] = call
@@ -264,6 +269,10 @@ def _comfy_attention(extra_options: dict) -> Callable:
 
 def install(model, state: FlexIPPatch) -> None:
     """Register `state` on a cloned ModelPatcher: wrappers plus one attn2 patch per layer."""
+    # numbered by install order, not id(): compiled graphs guard on the key, and a new FlexIPApply
+    # on the same model must find the graphs of the previous one
+    installed = model.wrappers.get(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, {}).get(WRAPPER_KEY, [])
+    state.options_key = f"{WRAPPER_KEY}_{len(installed)}"
     replace = model.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
     for index, spec in enumerate(state.layers):
         block, block_id, transformer_index = parse_layer_key(spec.key)
