@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from tests.comfy.tiny_world import PatchProbe, apply, attn2_patches, node, sample
+from tests.comfy.tiny_world import PatchProbe, apply, attn2_patches, node, sample, tiny_world
 
 pytestmark = [pytest.mark.comfy, pytest.mark.usefixtures("one_thread")]
 
@@ -142,3 +142,10 @@ def test_changing_gamma_schedule_or_subject_between_runs_works_compiled(world, c
     # the change must move the image, or matching eager would not show that it reached the graph
     assert (expected - eager(world, preservation=0.5)).abs().max() > 10 * RELATIVE_TOLERANCE * scale
     assert_compiled_like_eager(compiled_run(apply(changed, model=compiled_base, **settings)), expected)
+
+
+def test_token_mode_follows_gamma_changes_between_runs_compiled(world, compiled_base):
+    token = tiny_world(world["pack"], gate_mode="token", model=world["model"])
+    for gamma in (0.2, 0.3, 0.4):  # 0.3 makes dynamo's γ symbolic, 0.4 reuses that graph
+        assert_compiled_like_eager(compiled_run(apply(token, preservation=gamma, model=compiled_base)),
+                                   eager(token, preservation=gamma))
