@@ -77,6 +77,8 @@ class AttentionPatch:
 
     @torch.compiler.disable
     def _host_call_state(self, x: torch.Tensor, context: torch.Tensor, options: dict) -> Optional[CallState]:
+        """`call_state`, never traced by torch.compile: it looks up caches and, on a run's first call,
+        has ComfyUI load the adapter, which dynamo cannot trace; its result enters the graph as input."""
         return self.call_state(x, context, options)
 
     # ComfyUI model-management protocol -------------------------------------------------
@@ -103,7 +105,11 @@ class AttentionPatch:
     @torch.compiler.disable(recursive=False)
     def diffusion_model_wrapper(self, executor: Callable, x: torch.Tensor, timesteps, context: torch.Tensor,
                                 y=None, control=None, transformer_options: dict = {}, **kwargs):
-        """Once per model call: prepare what every layer patch of this call reads."""
+        """Once per model call: prepare what every layer patch of this call reads.
+
+        torch.compile skips this frame only (the one graph break FlexIP adds) and compiles the UNet
+        that `executor` runs, layer patches included, as a graph of its own.
+        """
         options = dict(transformer_options)
         call = self._host_call_state(x, context, options)
         if call is None:
