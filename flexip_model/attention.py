@@ -22,6 +22,10 @@ from .errors import FlexIPError
 # fn(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, skip_output_reshape=False)
 AttentionFn = Callable[..., Tensor]
 Weight = Union[float, Tensor]
+# _DYNAMIC_ALPHA: under torch.compile a float γ or s enters a graph as a product, never as an op's
+# `alpha`: once the value changes between runs, dynamo makes it a symbolic float, and inductor
+# (torch 2.14) bakes a symbolic `alpha` into its kernel, so later values silently reuse the first
+# one (tests/comfy/test_compile.py). Eager mode keeps the fused `alpha` op.
 
 
 def split_heads(x: Tensor, heads: int) -> Tensor:
@@ -168,6 +172,8 @@ def adapter_attention(
         out = attend(pres.key, pres.value) * pres_weight
         if isinstance(pers_weight, Tensor):
             return out.addcmul_(attend(pers.key, pers.value), pers_weight)
+        if torch.compiler.is_compiling():  # a float weight is never an `alpha` in a graph: see _DYNAMIC_ALPHA
+            return out.add_(attend(pers.key, pers.value) * pers_weight)
         return out.add_(attend(pers.key, pers.value), alpha=pers_weight)
 
     if gate_mode != "token":
@@ -181,7 +187,10 @@ def adapter_attention(
     joint = kv.joint if kv.joint is not None else join_branches(kv).joint
     if not isinstance(gate, Tensor):
         # 0 < γ < 1 here, so no token has weight 0 and no mask is needed
-        token_weight = torch.add(joint.offset, joint.slope, alpha=gate)
+        if torch.compiler.is_compiling():  # see _DYNAMIC_ALPHA
+            token_weight = joint.offset + joint.slope * gate
+        else:
+            token_weight = torch.add(joint.offset, joint.slope, alpha=gate)
         return attend(joint.key * token_weight, joint.value * _scaled(token_weight, strength))
     # per-item γ: items with γ = 0 or 1 get exact zero token weights, and those tokens leave
     # the softmax through an additive -inf mask built on device (no host read of γ)

@@ -68,12 +68,18 @@ class AttentionPatch:
     def __init__(self, flexip: LoadedFlexIP, layers: tuple[LayerSpec, ...]) -> None:
         self.flexip = flexip
         self.layers = layers
-        self.options_key = f"flexip_{id(self)}"
+        self.options_key = WRAPPER_KEY  # install() numbers it per model
         self._run_layers: set[int] = set()
         self._run_calls = 0
 
     def call_state(self, x: torch.Tensor, context: torch.Tensor, options: dict) -> Optional[CallState]:
         raise NotImplementedError
+
+    @torch.compiler.disable
+    def _host_call_state(self, x: torch.Tensor, context: torch.Tensor, options: dict) -> Optional[CallState]:
+        """`call_state`, never traced by torch.compile: it looks up caches and, on a run's first call,
+        has ComfyUI load the adapter, which dynamo cannot trace; its result enters the graph as input."""
+        return self.call_state(x, context, options)
 
     # ComfyUI model-management protocol -------------------------------------------------
     def to(self, device_or_dtype: Any) -> AttentionPatch:
@@ -93,11 +99,16 @@ class AttentionPatch:
             self._run_layers = set()
             self._run_calls = 0
 
+    @torch.compiler.disable(recursive=False)
     def diffusion_model_wrapper(self, executor: Callable, x: torch.Tensor, timesteps, context: torch.Tensor,
                                 y=None, control=None, transformer_options: dict = {}, **kwargs):
-        """Once per model call: prepare what every layer patch of this call reads."""
+        """Once per model call: prepare what every layer patch of this call reads.
+
+        torch.compile skips this frame only (the one graph break FlexIP adds) and compiles the UNet
+        that `executor` runs, layer patches included, as a graph of its own.
+        """
         options = dict(transformer_options)
-        call = self.call_state(x, context, options)
+        call = self._host_call_state(x, context, options)
         if call is None:
             return executor(x, timesteps, context, y, control, options, **kwargs)
         options[self.options_key] = call
@@ -261,6 +272,10 @@ def _comfy_attention(extra_options: dict) -> Callable:
 
 def install(model, state: FlexIPPatch) -> None:
     """Register `state` on a cloned ModelPatcher: wrappers plus one attn2 patch per layer."""
+    # numbered by install order, not id(): compiled graphs guard on the key, and a new FlexIPApply
+    # on the same model must find the graphs of the previous one
+    installed = model.wrappers.get(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, {}).get(WRAPPER_KEY, [])
+    state.options_key = f"{WRAPPER_KEY}_{len(installed)}"
     replace = model.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
     for index, spec in enumerate(state.layers):
         block, block_id, transformer_index = parse_layer_key(spec.key)
