@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export COMFYUI_PATH ?= $(CURDIR)/.cache/comfyui
 
-.PHONY: setup test test-unit test-comfy test-train test-server test-ui demo bench clean
+.PHONY: setup test test-unit test-comfy test-train test-server test-ui demo bench bench-train clean
 
 setup:
 	bash tools/setup.sh
@@ -18,6 +18,9 @@ demo: setup
 
 bench: setup
 	$(PY) -m benchmarks
+
+bench-train: setup
+	$(PY) -m benchmarks.train_data
 
 clean:
 	rm -rf .cache output
