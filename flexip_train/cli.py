@@ -1,4 +1,5 @@
-"""`python -m flexip_train --config train.toml [--check-data] [--resume [CHECKPOINT]]`.
+"""`python -m flexip_train --config train.toml [--check-data] [--resume [CHECKPOINT]]`,
+or `python -m flexip_train pack MANIFEST.jsonl OUTPUT [--chunk-mb N]` (the pairs as shards).
 
 Exit status: 0 done, 1 bad data (--check-data found problems) or a FlexIPError, 2 ComfyUI not found
 or a usage error.
@@ -9,12 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 from flexip_model.errors import FlexIPError
 
 from .config import load_config
-from .data import read_manifest
+from .data import Pair, read_manifest
 from .host import comfyui_path
 
 
@@ -31,16 +33,52 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_data(manifest) -> int:
-    """Print every problem of the manifest, one line each; 1 if there was any."""
+def _pack_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m flexip_train pack",
+                                     description="Check a JSONL manifest as --check-data does, then write its "
+                                                 "pairs as litdata shards (docs/training-data.md).")
+    parser.add_argument("manifest", type=Path, metavar="MANIFEST.jsonl", help="today's manifest format")
+    parser.add_argument("output", type=Path, metavar="OUTPUT", help="a new or empty folder for the shards")
+    parser.add_argument("--chunk-mb", type=int, default=64, metavar="N", help="shard size in MB (default 64)")
+    return parser
+
+
+def checked_pairs(manifest: Path) -> tuple[list[Pair], int]:
+    """Every pair, after printing every problem of the manifest one line each; (pairs, 1 if any problem)."""
     pairs, problems = read_manifest(manifest, check_images=True)
     for problem in problems:
         print(problem)
     print(f"{manifest.name}: {len(pairs)} good pairs, {len(problems)} problems", file=sys.stderr)
-    return 1 if problems else 0
+    return pairs, 1 if problems else 0
+
+
+def check_data(manifest: Path) -> int:
+    """Print every problem of the manifest, one line each; 1 if there was any."""
+    return checked_pairs(manifest)[1]
+
+
+def pack(argv: Sequence[str]) -> int:
+    """The pack command: a clean manifest becomes shards; any bad line means exit 1 and no shards."""
+    from .pack import shard_sample, write_shards
+
+    args = _pack_parser().parse_args(argv)
+    try:
+        pairs, status = checked_pairs(args.manifest)
+        if status:
+            return status
+        count = write_shards((shard_sample(pair, args.manifest) for pair in pairs), args.output,
+                             chunk_bytes=args.chunk_mb << 20)
+    except FlexIPError as error:
+        print(error, file=sys.stderr)
+        return 1
+    print(f"{args.manifest.name}: {count} pairs packed into {args.output}", file=sys.stderr)
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["pack"]:
+        return pack(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
