@@ -1,5 +1,5 @@
 """`python -m flexip_train --config train.toml [--check-data] [--resume [CHECKPOINT]]`,
-or `python -m flexip_train pack MANIFEST.jsonl OUTPUT [--chunk-mb N]` (the pairs as shards).
+or `python -m flexip_train pack MANIFEST.jsonl|IMG2DATASET_FOLDER OUTPUT [--chunk-mb N]` (pairs as shards).
 
 Exit status: 0 done, 1 bad data (--check-data found problems) or a FlexIPError, 2 ComfyUI not found
 or a usage error.
@@ -35,9 +35,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _pack_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m flexip_train pack",
-                                     description="Check a JSONL manifest as --check-data does, then write its "
-                                                 "pairs as litdata shards (docs/training-data.md).")
-    parser.add_argument("manifest", type=Path, metavar="MANIFEST.jsonl", help="today's manifest format")
+                                     description="Check the pairs (a JSONL manifest as --check-data does), then "
+                                                 "write them as litdata shards (docs/training-data.md).")
+    parser.add_argument("source", type=Path, metavar="SOURCE",
+                        help="a JSONL manifest (today's format) or a folder of img2dataset WebDataset tars")
     parser.add_argument("output", type=Path, metavar="OUTPUT", help="a new or empty folder for the shards")
     parser.add_argument("--chunk-mb", type=int, default=64, metavar="N", help="shard size in MB (default 64)")
     return parser
@@ -58,20 +59,29 @@ def check_data(manifest: Path) -> int:
 
 
 def pack(argv: Sequence[str]) -> int:
-    """The pack command: a clean manifest becomes shards; any bad line means exit 1 and no shards."""
-    from .pack import shard_sample, write_shards
+    """The pack command: a clean source becomes shards; any bad line or sample means exit 1 and no shards."""
+    from .pack import shard_sample, webdataset_problems, webdataset_samples, write_shards
 
     args = _pack_parser().parse_args(argv)
     try:
-        pairs, status = checked_pairs(args.manifest)
-        if status:
-            return status
-        count = write_shards((shard_sample(pair, args.manifest) for pair in pairs), args.output,
-                             chunk_bytes=args.chunk_mb << 20)
+        if args.source.is_dir():
+            good, problems = webdataset_problems(args.source)
+            for problem in problems:
+                print(problem)
+            print(f"{args.source.name}: {good} good samples, {len(problems)} problems", file=sys.stderr)
+            if problems:
+                return 1
+            samples = webdataset_samples(args.source)
+        else:
+            pairs, status = checked_pairs(args.source)
+            if status:
+                return status
+            samples = (shard_sample(pair, args.source) for pair in pairs)
+        count = write_shards(samples, args.output, chunk_bytes=args.chunk_mb << 20)
     except FlexIPError as error:
         print(error, file=sys.stderr)
         return 1
-    print(f"{args.manifest.name}: {count} pairs packed into {args.output}", file=sys.stderr)
+    print(f"{args.source.name}: {count} pairs packed into {args.output}", file=sys.stderr)
     return 0
 
 
