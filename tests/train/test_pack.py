@@ -78,7 +78,7 @@ def _img2dataset_tar(path: Path, samples: dict[str, dict[str, bytes]]) -> None:
                 archive.addfile(info, io.BytesIO(data))
 
 
-def test_pack_reads_img2dataset_tars_as_invariant_pairs(tmp_path: Path, monkeypatch, capsys):
+def test_pack_reads_img2dataset_tars_as_invariant_pairs(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("LITDATA_DISABLE_VERSION_CHECK", "1")
     images = sorted((write_pairs(tmp_path / "data", count=4).parent / "images").glob("*_target.png"))
     (tmp_path / "web").mkdir()
