@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export COMFYUI_PATH ?= $(CURDIR)/.cache/comfyui
 
-.PHONY: setup test test-unit test-comfy test-train test-server test-ui test-gpu demo bench clean
+.PHONY: setup test test-unit test-comfy test-train test-server test-ui test-gpu demo bench bench-train clean
 
 setup:
 	bash tools/setup.sh
@@ -19,6 +19,9 @@ demo: setup
 # make bench ARGS="--device cuda" for the GPU figures
 bench: setup
 	$(PY) -m benchmarks $(ARGS)
+
+bench-train: setup
+	$(PY) -m benchmarks.train_data
 
 clean:
 	rm -rf .cache output

@@ -1,4 +1,5 @@
-"""`python -m flexip_train --config train.toml [--check-data] [--resume [CHECKPOINT]]`.
+"""`python -m flexip_train --config train.toml [--check-data] [--resume [CHECKPOINT]]`,
+or `python -m flexip_train pack MANIFEST.jsonl|IMG2DATASET_FOLDER OUTPUT [--chunk-mb N]` (pairs as shards).
 
 Exit status: 0 done, 1 bad data (--check-data found problems) or a FlexIPError, 2 ComfyUI not found
 or a usage error.
@@ -9,12 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 from flexip_model.errors import FlexIPError
 
 from .config import load_config
-from .data import read_manifest
+from .data import Pair, read_manifest
 from .host import comfyui_path
 
 
@@ -31,16 +33,62 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_data(manifest) -> int:
-    """Print every problem of the manifest, one line each; 1 if there was any."""
+def _pack_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m flexip_train pack",
+                                     description="Check the pairs (a JSONL manifest as --check-data does), then "
+                                                 "write them as litdata shards (docs/training-data.md).")
+    parser.add_argument("source", type=Path, metavar="SOURCE",
+                        help="a JSONL manifest (today's format) or a folder of img2dataset WebDataset tars")
+    parser.add_argument("output", type=Path, metavar="OUTPUT", help="a new or empty folder for the shards")
+    parser.add_argument("--chunk-mb", type=int, default=64, metavar="N", help="shard size in MB (default 64)")
+    return parser
+
+
+def checked_pairs(manifest: Path) -> tuple[list[Pair], int]:
+    """Every pair, after printing every problem of the manifest one line each; (pairs, 1 if any problem)."""
     pairs, problems = read_manifest(manifest, check_images=True)
     for problem in problems:
         print(problem)
     print(f"{manifest.name}: {len(pairs)} good pairs, {len(problems)} problems", file=sys.stderr)
-    return 1 if problems else 0
+    return pairs, 1 if problems else 0
+
+
+def check_data(manifest: Path) -> int:
+    """Print every problem of the manifest, one line each; 1 if there was any."""
+    return checked_pairs(manifest)[1]
+
+
+def pack(argv: Sequence[str]) -> int:
+    """The pack command: a clean source becomes shards; any bad line or sample means exit 1 and no shards."""
+    from .pack import shard_sample, webdataset_problems, webdataset_samples, write_shards
+
+    args = _pack_parser().parse_args(argv)
+    try:
+        if args.source.is_dir():
+            good, problems = webdataset_problems(args.source)
+            for problem in problems:
+                print(problem)
+            print(f"{args.source.name}: {good} good samples, {len(problems)} problems", file=sys.stderr)
+            if problems:
+                return 1
+            samples = webdataset_samples(args.source)
+        else:
+            pairs, status = checked_pairs(args.source)
+            if status:
+                return status
+            samples = (shard_sample(pair, args.source) for pair in pairs)
+        count = write_shards(samples, args.output, chunk_bytes=args.chunk_mb << 20)
+    except FlexIPError as error:
+        print(error, file=sys.stderr)
+        return 1
+    print(f"{args.source.name}: {count} pairs packed into {args.output}", file=sys.stderr)
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["pack"]:
+        return pack(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
