@@ -65,7 +65,12 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    manifest: Path
+    """Where the pairs are (a JSONL manifest, packed by the trainer, or a pack's folder or URL) and how
+    they become training inputs."""
+
+    manifest: Optional[Path] = None
+    shards: str = ""
+    variant_fraction: Optional[float] = None
     resolution: int = 512
     reference_resolution: int = 224
     invariant_gate: tuple[float, float] = (0.7, 1.0)
@@ -118,6 +123,7 @@ class OutputConfig:
     eval_pairs: int = 8
     eval_timesteps: int = 4
     progress: bool = True
+    record_order: bool = False
 
 
 @dataclass(frozen=True)
@@ -170,6 +176,9 @@ def load_config(path: str | Path) -> TrainConfig:
     rules = Rules(path=lambda text: (base / Path(text).expanduser()).resolve())
     source = Source(path.name, "see flexip_train/train.example.toml for every key and its type")
     config = dataclass_from_mapping(TrainConfig, raw, source, rules, given={"source": path.resolve()})
+    shards = config.data.shards
+    if shards and "://" not in shards:  # a local pack, relative to the file like every other path
+        config = config.replace("data", shards=str(rules.path(shards)))
     _validate(config, path.name)
     return config
 
@@ -188,6 +197,11 @@ def _validate(config: TrainConfig, name: str) -> None:
            f"{name} [model] lacks dino: give the DINOv2-L file from models/clip_vision.")
     _check(config.adapter.size in ADAPTER_SIZES, f"{name} [adapter] size must be one of {ADAPTER_SIZES}.")
     _check(config.adapter.gate_mode in GATE_MODES, f"{name} [adapter] gate_mode must be one of {GATE_MODES}.")
+    _check((data.manifest is None) != (not data.shards),
+           f"{name} [data] needs either manifest (a JSONL file, packed for you) or shards (a folder or URL written "
+           "by `python -m flexip_train pack`), not both.")
+    _check(data.variant_fraction is None or 0.0 <= data.variant_fraction <= 1.0,
+           f"{name} [data] variant_fraction is the share of variant pairs per batch, between 0 and 1 (e.g. 0.1).")
     _check(data.resolution % 8 == 0 and data.resolution >= 16,
            f"{name} [data] resolution {data.resolution} must be a multiple of 8 (the VAE's factor), e.g. 512.")
     _check(data.reference_resolution >= 14, f"{name} [data] reference_resolution must be at least 14 px.")

@@ -1,4 +1,4 @@
-"""Training pairs: the JSONL manifest, image loading, the invariant-pair reference, the step order.
+"""Training pairs: the JSONL manifest, image decoding, the invariant-pair reference.
 
 One pair a line: {"reference": ..., "reference_mask": ..., "target": ..., "caption": ..., "kind": ...},
 paths relative to the manifest. Invariant pairs build their reference from the target (a
@@ -10,11 +10,12 @@ Images here are ComfyUI IMAGE tensors: [H, W, 3] float in [0, 1].
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from flexip_model.errors import FlexIPError
 
 from .config import AugmentConfig
+
+if TYPE_CHECKING:
+    from .shards import ShardPairs
 
 KINDS = ("invariant", "variant")
 FIELDS = ("reference", "reference_mask", "target", "caption", "kind")
@@ -125,18 +129,17 @@ def _check_files(pair: Pair, decode: bool) -> list[str]:
     return problems
 
 
-def load_image(path: Path, pair: Pair, mask: bool = False) -> torch.Tensor:
-    """[H, W, 3] RGB (or [H, W] for a mask) float in [0, 1]; FlexIPError with the line number if unreadable."""
+def decode_image(data: bytes, where: str, mask: bool = False) -> torch.Tensor:
+    """[H, W, 3] RGB (or [H, W] for a mask) float in [0, 1] from encoded bytes; FlexIPError naming `where`."""
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             image = ImageOps.exif_transpose(image).convert("L" if mask else "RGB")
-            data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+            pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
             size = (image.height, image.width) if mask else (image.height, image.width, 3)
     except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise FlexIPError(
-            f"manifest line {pair.line}: {path.name} is not a readable image ({error}): re-save it as PNG or JPEG, "
-            "or run --check-data to list every bad line.") from None
-    return data.reshape(size).float() / 255.0
+        raise FlexIPError(f"{where} is not a readable image ({error}): re-save it as PNG or JPEG and pack again, "
+                          "or run --check-data to list every bad line.") from None
+    return pixels.reshape(size).float() / 255.0
 
 
 def _square_crop(height: int, width: int, size: int) -> tuple[int, int, int, int]:
@@ -260,9 +263,10 @@ class PairImages:
 
 
 class PairImageSource:
-    """Loads pairs from disk and builds their references; variant v > 0 is an augmented draw."""
+    """Decodes packed pairs (shard samples, see flexip_train/shards.py) and builds their references;
+    reference variant v > 0 of an invariant pair is an augmented draw keyed by (seed, pair, v)."""
 
-    def __init__(self, pairs: list[Pair], resolution: int, reference_resolution: int, augment: AugmentConfig,
+    def __init__(self, pairs: ShardPairs, resolution: int, reference_resolution: int, augment: AugmentConfig,
                  seed: int) -> None:
         self.pairs = pairs
         self.resolution = resolution
@@ -273,49 +277,28 @@ class PairImageSource:
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def target(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def target(self, sample: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The target fitted to the training resolution [R, R, 3], and its size conditioning [4]."""
-        pair = self.pairs[index]
-        image = load_image(pair.target, pair)
+        image = decode_image(sample["target"], f"the target of {sample['source']}")
         return fit_square(image, self.resolution), size_conditions(image.shape[0], image.shape[1], self.resolution)
 
-    def reference(self, index: int, variant: int) -> torch.Tensor:
+    def reference(self, index: int, sample: dict, variant: int) -> torch.Tensor:
         """Variant CANONICAL is deterministic; other variants of invariant pairs are augmented draws."""
-        pair = self.pairs[index]
-        image = load_image(pair.reference, pair)
-        mask = load_image(pair.reference_mask, pair, mask=True) if pair.reference_mask is not None else None
-        augmented = pair.kind == "invariant" and variant != CANONICAL
+        where = sample["source"]
+        own = sample["reference"]  # empty for an invariant pair cut from its target
+        image = decode_image(own or sample["target"], f"the {'reference' if own else 'target'} of {where}")
+        mask = decode_image(sample["reference_mask"], f"the mask of {where}", mask=True) \
+            if sample["reference_mask"] else None
+        augmented = sample["kind"] == "invariant" and variant != CANONICAL
         generator = keyed_generator("reference", self.seed, index, variant) if augmented else None
         return subject_reference(image, mask, self.reference_resolution, self.augment, generator)
 
-    def load(self, index: int, variant: int) -> PairImages:
-        pair = self.pairs[index]
-        target, sizes = self.target(index)
-        return PairImages(index, target, self.reference(index, variant), pair.caption, pair.kind, sizes)
-
-
-def steps_per_epoch(pair_count: int, batch_size: int, world_size: int) -> int:
-    """Micro-batches per rank and epoch; the remainder of an epoch is dropped so every rank has full batches."""
-    per_step = batch_size * world_size
-    if pair_count < per_step:
-        raise FlexIPError(
-            f"the manifest has {pair_count} good pairs but one step needs batch_size x GPUs = {per_step}: "
-            "add pairs or lower [train] batch_size.")
-    return pair_count // per_step
-
-
-def micro_batch(position: int, pair_count: int, batch_size: int, world_size: int, rank: int,
-                seed: int) -> tuple[int, list[int]]:
-    """(epoch, pair indices) of this rank's micro-batch number `position`; a pure function of its inputs.
-
-    Each epoch is a fresh permutation keyed by (seed, epoch); rank r takes every world_size-th
-    batch slot, so the ranks see disjoint pairs and resuming only needs `position`.
-    """
-    per_epoch = steps_per_epoch(pair_count, batch_size, world_size)
-    epoch, slot = divmod(position, per_epoch)
-    order = torch.randperm(pair_count, generator=keyed_generator("order", seed, epoch)).tolist()
-    start = (slot * world_size + rank) * batch_size
-    return epoch, order[start:start + batch_size]
+    def load(self, index: int, variant: int, sample: Optional[dict] = None) -> PairImages:
+        """Pair `index` decoded (from `sample` when the caller has read it already)."""
+        sample = self.pairs.sample(index) if sample is None else sample
+        target, sizes = self.target(sample)
+        return PairImages(index, target, self.reference(index, sample, variant), sample["caption"], sample["kind"],
+                          sizes)
 
 
 def training_variant(seed: int, epoch: int, index: int, cached_variants: Optional[int]) -> int:

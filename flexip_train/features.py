@@ -4,8 +4,8 @@ Features of one pair: the target latent (the model's latent space, after `proces
 and its size conditioning (original size, crop offset), the text context and pooled text
 embedding from the checkpoint's text encoder (SDXL's UNet reads the pooled one and the sizes),
 and the reference's CLIP [CLS] embedding and DINOv2 tokens. The cache
-stores them in safetensors shards, one shard per `shard_size` pairs; every shard carries a
-fingerprint of its inputs and is rebuilt when they change.
+stores them in safetensors shards, one per `shard_size` packed pairs; every shard carries a
+fingerprint of its inputs (the settings and each pair's content digest) and is rebuilt when they change.
 """
 
 from __future__ import annotations
@@ -154,11 +154,8 @@ class FeatureCache:
     def _fingerprint(self, shard: Optional[int]) -> str:
         if shard is None:
             return _digest(self._settings)
-        pairs = []
-        for index in self._indices(shard):
-            pair = self.source.pairs[index]
-            pairs.append([index, pair.caption, pair.kind] + [[name, _file_stamp(path)] for name, path in pair.files()])
-        return _digest([self._settings, pairs])
+        return _digest([self._settings, [[index, self.source.pairs.sample(index)["digest"]]
+                                         for index in self._indices(shard)]])
 
     def _indices(self, shard: int) -> range:
         return range(shard * self.shard_size, min((shard + 1) * self.shard_size, len(self.source)))
@@ -200,12 +197,13 @@ class FeatureCache:
     def _encode_shard(self, encoders: Encoders, shard: int) -> dict[str, torch.Tensor]:
         tensors, sizes = {}, {}
         for index in self._indices(shard):
-            pair = self.source.pairs[index]
-            variants = [CANONICAL] + (list(range(1, self.variants + 1)) if pair.kind == "invariant" else [])
-            clip, dino = encoders.image(torch.stack([self.source.reference(index, v) for v in variants]))
-            target, sizes[f"{index}.sizes"] = self.source.target(index)
+            sample = self.source.pairs.sample(index)
+            variants = [CANONICAL] + (list(range(1, self.variants + 1)) if sample["kind"] == "invariant" else [])
+            references = torch.stack([self.source.reference(index, sample, v) for v in variants])
+            clip, dino = encoders.image(references)
+            target, sizes[f"{index}.sizes"] = self.source.target(sample)
             tensors[f"{index}.latent"] = encoders.latents(target[None])[0]
-            tensors[f"{index}.context"], tensors[f"{index}.pooled"] = encoders.text(pair.caption)
+            tensors[f"{index}.context"], tensors[f"{index}.pooled"] = encoders.text(sample["caption"])
             tensors[f"{index}.clip"] = clip
             tensors[f"{index}.dino"] = dino
         # sizes stay float32: pixel counts above 2048 are not exact in float16
@@ -223,10 +221,10 @@ class FeatureCache:
     def item(self, index: int, variant: int) -> dict:
         """One pair's cached features; `variant` picks the reference (0 = canonical)."""
         handle = self._handle(index // self.shard_size)
-        pair = self.source.pairs[index]
-        row = variant if pair.kind == "invariant" else CANONICAL
+        kind = self.source.pairs.kind(index)
+        row = variant if kind == "invariant" else CANONICAL
         return {
-            "index": index, "kind": pair.kind,
+            "index": index, "kind": kind,
             "latent": handle.get_tensor(f"{index}.latent").float(),
             "context": handle.get_tensor(f"{index}.context").float(),
             "pooled": handle.get_tensor(f"{index}.pooled").float(),
@@ -239,30 +237,40 @@ class FeatureCache:
         return {**self.__dict__, "_handles": {}}
 
 
-class PairDataset(torch.utils.data.Dataset):
-    """Items addressed by (pair index, epoch): pixels to encode (live) or cached features."""
+class PairItems:
+    """Turns a packed pair into what a micro-batch holds: pixels to encode (live) or cached features.
 
-    def __init__(self, source: PairImageSource, cache: Optional[FeatureCache], seed: int, train: bool = True) -> None:
+    The trainer's `Prepare`: called in the data-loader workers with the epoch (None: the canonical,
+    un-augmented reference, for evaluation).
+    """
+
+    def __init__(self, source: PairImageSource, cache: Optional[FeatureCache], seed: int) -> None:
         self.source = source
         self.cache = cache
         self.seed = seed
-        self.train = train
 
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, key: tuple[int, int]):
-        index, epoch = key
+    def __call__(self, index: int, epoch: Optional[int], sample: Optional[dict] = None):
         variant = CANONICAL
-        if self.train:
+        if epoch is not None:
             variant = training_variant(self.seed, epoch, index, None if self.cache is None else self.cache.variants)
         if self.cache is None:
-            return self.source.load(index, variant)
+            return self.source.load(index, variant, sample)
         return self.cache.item(index, variant)
+
+
+@dataclass(frozen=True)
+class BadPair:
+    """A pair that could not be read, as a value: a data-loader worker hands it to the main process,
+    which stops with its one sentence (an exception would cross the process boundary as a traceback)."""
+
+    message: str
 
 
 def collate(items: list) -> object:
     """PairImages stay a list (encoded in the main process); cached items become Features."""
+    bad = next((item for item in items if isinstance(item, BadPair)), None)
+    if bad is not None:
+        return bad
     if isinstance(items[0], PairImages):
         return list(items)
     return Features(

@@ -2,14 +2,20 @@
 
 SOURCE is today's JSONL manifest, or a folder of `img2dataset` WebDataset tars (`KEY.jpg` +
 `KEY.txt` per sample: invariant pairs). One shard sample per good pair, in the schema of
-docs/training-data.md: the image bytes as they were (never re-encoded), caption, kind, and where
-the pair came from. The source is checked first (the manifest exactly as `--check-data` checks
-it); any problem means no shards are written.
+docs/training-data.md: the image bytes as they were (never re-encoded), caption, kind, where the
+pair came from and a digest of its content. Invariant and variant pairs go into the subsets
+`OUTPUT/invariant` and `OUTPUT/variant`, so the trainer can mix them at any ratio. The source is
+checked first (the manifest exactly as `--check-data` checks it); any problem means no shards
+are written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import os
+import shutil
 import tarfile
 from pathlib import Path
 from typing import Iterator, Optional
@@ -18,22 +24,32 @@ from PIL import Image, UnidentifiedImageError
 
 from flexip_model.errors import FlexIPError
 
-from .data import Pair
+from .data import KINDS, Pair
+from .shards import PACK_INFO, PACK_FORMAT, litdata_streaming
 
 CHUNK_BYTES = 64 << 20  # litdata's usual chunk size: few files per set, small enough to stream
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # what img2dataset writes
 
 
+def _with_digest(sample: dict) -> dict:
+    """`sample` plus the SHA-256 of everything training reads from it (the feature cache keys on it)."""
+    digest = hashlib.sha256()
+    for key in ("target", "reference", "reference_mask"):
+        digest.update(hashlib.sha256(sample[key]).digest())
+    digest.update(json.dumps([sample["caption"], sample["kind"]]).encode())
+    return {**sample, "digest": digest.hexdigest()}
+
+
 def shard_sample(pair: Pair, manifest: Path) -> dict:
     """The shard sample of one pair; an invariant pair without its own reference stores an empty one."""
-    return {
+    return _with_digest({
         "target": pair.target.read_bytes(),
         "reference": b"" if pair.reference == pair.target else pair.reference.read_bytes(),
         "reference_mask": b"" if pair.reference_mask is None else pair.reference_mask.read_bytes(),
         "caption": pair.caption,
         "kind": pair.kind,
         "source": f"{manifest.name}:{pair.line}",
-    }
+    })
 
 
 def _tar_samples(archive_path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -67,8 +83,8 @@ def _webdataset_sample(archive: Path, key: str, members: dict[str, bytes]) -> tu
             decoded.load()
     except (UnidentifiedImageError, OSError, ValueError) as error:
         return None, f"{where} is not a readable image ({error}): re-download it or drop the sample."
-    return {"target": image, "reference": b"", "reference_mask": b"", "caption": caption, "kind": "invariant",
-            "source": f"{archive.name}:{key}"}, None
+    return _with_digest({"target": image, "reference": b"", "reference_mask": b"", "caption": caption,
+                         "kind": "invariant", "source": f"{archive.name}:{key}"}), None
 
 
 def webdataset_problems(folder: Path) -> tuple[int, list[str]]:
@@ -93,27 +109,51 @@ def webdataset_samples(folder: Path) -> Iterator[dict]:
             yield _webdataset_sample(archive, key, members)[0]
 
 
-def _writer(output: Path, chunk_bytes: int):
-    try:
-        from litdata.streaming.writer import BinaryWriter
-    except ImportError:
-        raise FlexIPError("packing shards needs litdata: pip install 'comfyui-flexip[train]' "
-                          "(litdata==0.2.76).") from None
-    return BinaryWriter(str(output), chunk_bytes=chunk_bytes)
-
-
-def write_shards(samples: Iterator[dict], output: Path, chunk_bytes: Optional[int] = None) -> int:
-    """Writes `samples` into the empty or new folder `output`; returns how many were written."""
+def write_shards(samples: Iterator[dict], output: Path, chunk_bytes: Optional[int] = None,
+                 note: Optional[dict] = None) -> int:
+    """Writes `samples` into the empty or new folder `output`, one subset per kind, and `pack.json`
+    (pair counts, plus `note`); returns how many pairs were written."""
     output = Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise FlexIPError(f"the shard folder {output} is not empty: pack into a new folder.")
     output.mkdir(parents=True, exist_ok=True)
-    writer = _writer(output, chunk_bytes or CHUNK_BYTES)
-    count = 0
-    for count, sample in enumerate(samples, start=1):
-        writer.add_item(count - 1, sample)
-    if count == 0:
+    writer_class = litdata_streaming().writer.BinaryWriter
+    writers, counts = {}, {}
+    for sample in samples:
+        kind = sample["kind"]
+        if kind not in writers:
+            writers[kind] = writer_class(str(output / kind), chunk_bytes=chunk_bytes or CHUNK_BYTES)
+            counts[kind] = 0
+        writers[kind].add_item(counts[kind], sample)
+        counts[kind] += 1
+    if not counts:
         raise FlexIPError("there are no pairs to pack: the manifest has no good lines.")
-    writer.done()
-    writer.merge()
-    return count
+    for writer in writers.values():
+        writer.done()
+        writer.merge()
+    info = {"format": PACK_FORMAT, "pairs": {kind: counts[kind] for kind in KINDS if kind in counts}, **(note or {})}
+    (output / PACK_INFO).write_text(json.dumps(info, indent=1), encoding="utf-8")
+    return sum(counts.values())
+
+
+def _manifest_key(manifest: Path, pairs: list[Pair]) -> str:
+    """Changes when the manifest or any file it names changes (size or modification time)."""
+    stamps = [[str(path), path.stat().st_size, path.stat().st_mtime_ns] for pair in pairs for _, path in pair.files()]
+    return hashlib.sha256(json.dumps([manifest.read_bytes().decode("utf-8", "replace"), stamps]).encode()).hexdigest()
+
+
+def pack_manifest(manifest: Path, pairs: list[Pair], folder: Path) -> bool:
+    """Keep `folder` the pack of `manifest` (the trainer's small-run path): re-packed only when the manifest
+    or its files changed, written beside and renamed into place. True when it packed."""
+    key = _manifest_key(manifest, pairs)
+    try:
+        if json.loads((folder / PACK_INFO).read_text(encoding="utf-8")).get("manifest_key") == key:
+            return False
+    except (OSError, ValueError):
+        pass
+    temporary = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    shutil.rmtree(temporary, ignore_errors=True)
+    write_shards((shard_sample(pair, manifest) for pair in pairs), temporary, note={"manifest_key": key})
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(temporary, folder)
+    return True

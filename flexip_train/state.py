@@ -3,7 +3,8 @@
 `<name>-<step>.safetensors` is a normal FlexIP checkpoint (EMA weights when EMA is on).
 `<name>-<step>.state.pt` holds what resuming needs, as plain tensors, numbers and strings
 (read back with `torch.load(weights_only=True)`, so it never runs code): the exact float32
-weights, the EMA weights, optimizer and grad-scaler state, step, data position, RNG states,
+weights, the EMA weights, optimizer and grad-scaler state, step, the data loader's position (litdata's
+`StreamingDataLoader.state_dict()`), RNG states,
 and one parameter digest per rank (equal digests: the ranks held identical weights).
 """
 
@@ -22,7 +23,7 @@ from flexip_model.config import FlexIPConfig
 from flexip_model.errors import FlexIPError
 from flexip_model.safetensors_header import check_finite
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2: the data position is litdata's loader state
 STATE_SUFFIX = ".state.pt"
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -171,6 +172,8 @@ def _check_fields(state: dict, config: FlexIPConfig, name: str) -> None:
         for key, tensor in entry.items():
             if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) not in (parameters[index], ()):
                 _refuse(name, f"optimizer {str(key)[:20]} for parameter {index} of the wrong size")
+    if not isinstance(state.get("data"), dict):
+        _refuse(name, "no data-loader position")
     if not isinstance(state.get("schedule"), dict) or not isinstance(state.get("scaler"), (dict, type(None))):
         _refuse(name, "no learning-rate schedule or grad-scaler state")
     rng = state.get("rng")

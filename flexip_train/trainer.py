@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -23,12 +23,13 @@ from flexip_model.errors import FlexIPError
 
 from . import distributed, state
 from .config import TrainConfig
-from .data import PairImageSource, keyed_generator, micro_batch, read_manifest, steps_per_epoch
-from .features import Encoders, FeatureCache, Features, PairDataset, check_cache_complete, collate
+from .data import KINDS, PairImageSource, keyed_generator, read_manifest
+from .features import BadPair, Encoders, FeatureCache, Features, PairItems, check_cache_complete, collate
 from .host import import_comfy, load_pack
 from .models import build_adapter, load_frozen, resolve_factories
 from .objective import DenoisingLoss, evaluation_inputs, training_inputs
 from .patch import TRAINING_INPUTS, enable_gradient_checkpointing, install_training_patch
+from .shards import ShardPairs
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +42,6 @@ class TrainResult:
     step: int
     checkpoint: Optional[Path]
     eval_losses: dict[int, float]
-
-
-class MicroBatches(torch.utils.data.Sampler):
-    """This rank's micro-batches from `start` to `stop`, as lists of (pair index, epoch) keys."""
-
-    def __init__(self, start: int, stop: int, pair_count: int, batch_size: int, topology, seed: int) -> None:
-        self.start, self.stop = start, stop
-        self.args = (pair_count, batch_size, topology.world_size, topology.rank, seed)
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for position in range(self.start, self.stop):
-            epoch, indices = micro_batch(position, *self.args)
-            yield [(index, epoch) for index in indices]
 
 
 class EMA:
@@ -95,12 +80,9 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(train.seed)  # for anything not drawn from a keyed generator
 
-        pairs, problems = read_manifest(config.data.manifest)
-        if problems:
-            more = f"; {len(problems) - 1} more problems" if len(problems) > 1 else ""
-            raise FlexIPError(f"{problems[0].rstrip('.')}{more} (--check-data lists them all, decoding every image).")
-        steps_per_epoch(len(pairs), train.batch_size, self.topology.world_size)  # enough pairs for one step?
         self.output = config.output.dir
+        self.shards = ShardPairs(self._packed_pairs())
+        _check_pairs(self.shards, config, topology.world_size)
         if not resume and state.saved_checkpoints(self.output, config.output.name):
             raise FlexIPError(f"{self.output} already holds checkpoints of {config.output.name}: pass --resume to "
                               "continue that run, or set another [output] dir or name.")
@@ -117,12 +99,13 @@ class Trainer:
             count = enable_gradient_checkpointing(self.models.diffusion_model)
             log.info("gradient checkpointing on %d UNet blocks", count)
 
-        self.source = PairImageSource(pairs, config.data.resolution, config.data.reference_resolution,
+        self.source = PairImageSource(self.shards, config.data.resolution, config.data.reference_resolution,
                                       config.data.augment, train.seed)
         self.encoders = Encoders(self.models, self.pack, self.adapter.config.dino_resolution)
         self.cache = self._prepare_cache() if config.cache.enabled else None
         self.null = self.cache.null() if self.cache else self.encoders.null(config.data.reference_resolution)
-        self.eval_features = self._features(list(range(min(config.output.eval_pairs, len(pairs)))))
+        self.items = PairItems(self.source, self.cache, train.seed)
+        self.eval_features = self._features(list(range(min(config.output.eval_pairs, len(self.shards)))))
 
         self.loss = DenoisingLoss(self.adapter, self.model, TRAINING_INPUTS, self.autocast)
         self.forward = self.loss
@@ -137,10 +120,31 @@ class Trainer:
         self.ema = EMA(self.adapter, train.ema_decay) if train.ema_decay > 0 else None
         self.step = 0
         self.position = 0  # micro-batches this rank has consumed
+        self.loader: Any = None
+        self.data_state: Optional[dict] = None  # the data loader's position to resume from
         if resume:
             self._restore(state.find_resume(resume, self.output, config.output.name))
 
     # setup ------------------------------------------------------------------------------
+    def _packed_pairs(self) -> str:
+        """[data] shards, or the manifest packed into <output>/shards by rank 0 (again only when it changed)."""
+        data = self.config.data
+        if data.shards:
+            return data.shards
+        pairs, problems = read_manifest(data.manifest)
+        if problems:
+            more = f"; {len(problems) - 1} more problems" if len(problems) > 1 else ""
+            raise FlexIPError(f"{problems[0].rstrip('.')}{more} (--check-data lists them all, decoding every image).")
+        folder = self.output / "shards"
+        if self.topology.is_main:
+            from .pack import pack_manifest
+
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            if pack_manifest(data.manifest, pairs, folder):
+                log.info("packed %d pairs of %s into %s", len(pairs), data.manifest.name, folder)
+        distributed.barrier(self.topology)
+        return str(folder)
+
     def _prepare_cache(self) -> FeatureCache:
         cache = FeatureCache(self.config, self.source, self.adapter.config.dino_resolution)
         stale = cache.stale()
@@ -155,11 +159,10 @@ class Trainer:
 
     def _features(self, indices: list[int]) -> list[Features]:
         """Canonical (un-augmented) features of `indices`, in batches of [train] batch_size."""
-        dataset = PairDataset(self.source, self.cache, self.config.train.seed, train=False)
         size = self.config.train.batch_size
         batches = []
         for start in range(0, len(indices), size):
-            items = collate([dataset[(index, 0)] for index in indices[start:start + size]])
+            items = collate([self.items(index, None) for index in indices[start:start + size]])
             batches.append(items if isinstance(items, Features) else self.encoders.encode(items))
         return batches
 
@@ -175,8 +178,10 @@ class Trainer:
         self.step = saved["step"]
         # positions are counted over all ranks, so another world size continues after the same samples
         self.position = saved["position"] // self.topology.world_size
-        if saved["world_size"] != self.topology.world_size:
-            log.warning("resuming with %d ranks from a checkpoint written by %d: the data order changes from here",
+        if saved["world_size"] == self.topology.world_size:
+            self.data_state = saved["data"]
+        else:  # litdata resumes a mix of subsets only on the same number of ranks
+            log.warning("resuming with %d ranks from a checkpoint written by %d: the data starts a new epoch here",
                         self.topology.world_size, saved["world_size"])
         state.restore_rng(saved["rng"])
         log.info("resumed from %s at step %d", path.name, self.step)
@@ -186,18 +191,19 @@ class Trainer:
         from tqdm import tqdm
 
         config, train, topology = self.config, self.config.train, self.topology
-        total_positions = train.max_steps * train.grad_accumulation
         if self.step >= train.max_steps:
             log.info("already at step %d of %d: nothing to train", self.step, train.max_steps)
             return TrainResult(self.step, None, {})
         if topology.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
-        loader = torch.utils.data.DataLoader(
-            PairDataset(self.source, self.cache, train.seed),
-            batch_sampler=MicroBatches(self.position, total_positions, len(self.source), train.batch_size, topology,
-                                       train.seed),
-            collate_fn=collate, num_workers=config.data.num_workers, pin_memory=self.on_gpu)
-        batches = iter(loader)
+        from .stream import training_loader
+
+        self.loader = training_loader(self.shards, self.items, train.seed, train.batch_size, config.data.num_workers,
+                                      config.data.variant_fraction, collate, self.on_gpu)
+        if self.data_state is not None:
+            _resume_data(self.loader, self.data_state)
+        batches = _endless(self.loader)
+        order = self.output / f"order-rank{topology.rank}.jsonl" if config.output.record_order else None
         sampling = self.model.model.model_sampling
         evals: dict[int, float] = {}
         if self.step == 0 and self.eval_features:
@@ -209,6 +215,10 @@ class Trainer:
         while self.step < train.max_steps:
             for micro in range(train.grad_accumulation):
                 batch = next(batches)
+                if isinstance(batch, BadPair):  # a damaged shard or image, found in a data-loader worker
+                    raise FlexIPError(batch.message)
+                if order is not None:
+                    _summary_line(order, {"position": self.position, "pairs": _pair_indices(batch)})
                 features = batch if isinstance(batch, Features) else self.encoders.encode(batch)
                 self._load_unet()  # after encoding: loading the encoders may have pushed the UNet out
                 generator = keyed_generator("step", train.seed, self.position, topology.rank)
@@ -319,6 +329,7 @@ class Trainer:
                 "world_size": topology.world_size,
                 "adapter": {k: v.detach().cpu() for k, v in self.adapter.state_dict().items()},
                 "ema": None if ema is None else {k: v.detach().cpu() for k, v in ema.items()},
+                "data": self.loader.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -332,6 +343,37 @@ class Trainer:
             log.info("step %d: wrote %s", self.step, path)
         distributed.barrier(topology)
         return path
+
+def _check_pairs(shards: ShardPairs, config: TrainConfig, world_size: int) -> None:
+    """Enough pairs for one step, and both kinds where [data] variant_fraction asks for them."""
+    per_step = config.train.batch_size * world_size
+    if len(shards) < per_step:
+        raise FlexIPError(f"{shards.root} has {len(shards)} pairs but one step needs batch_size x GPUs = {per_step}: "
+                          "add pairs or lower [train] batch_size.")
+    fraction, kinds = config.data.variant_fraction, [kind for kind, _, _ in shards.subsets]
+    for kind, share in zip(KINDS, (None if fraction is None else 1.0 - fraction, fraction)):
+        if share and kind not in kinds:
+            raise FlexIPError(f"[data] variant_fraction = {fraction} asks for {kind} pairs but {shards.root} has none: "
+                              "pack some, or set variant_fraction to " + ("0." if kind == "variant" else "1."))
+
+
+def _endless(loader) -> Iterator[Any]:
+    """Micro-batches epoch after epoch (each pass over the loader is one reshuffled epoch)."""
+    while True:
+        yield from loader
+
+
+def _resume_data(loader, saved: dict) -> None:
+    try:
+        loader.load_state_dict(saved)
+    except (ValueError, KeyError, TypeError) as error:
+        raise FlexIPError(f"the checkpoint's data position does not fit this run ({error}): resume with the same "
+                          "shards, [train] batch_size and [data] num_workers.") from None
+
+
+def _pair_indices(batch) -> list[int]:
+    return list(batch.indices) if isinstance(batch, Features) else [item.index for item in batch]
+
 
 def train(config: TrainConfig, resume: Optional[str] = None) -> TrainResult:
     """Train per `config` (resuming from `resume`: 'latest' or a checkpoint path) and return the summary."""

@@ -1,4 +1,5 @@
-"""`python -m flexip_train pack`: a manifest becomes litdata shards holding the same pairs, byte for byte."""
+"""`python -m flexip_train pack`: a manifest becomes litdata shards holding the same pairs, byte for byte,
+one subset per kind, read back through the trainer's own reader."""
 from __future__ import annotations
 
 import io
@@ -16,13 +17,14 @@ pytestmark = pytest.mark.train
 
 
 def _read_shards(folder: Path) -> list[dict]:
-    from litdata import StreamingDataset
+    """Every packed pair in the trainer's index space: invariant pairs first, then variant pairs."""
+    from flexip_train.shards import ShardPairs
 
-    return list(StreamingDataset(str(folder), shuffle=False))
+    pairs = ShardPairs(str(folder))
+    return [pairs.sample(index) for index in range(len(pairs))]
 
 
-def test_pack_writes_every_pair_as_it_is_on_disk(tmp_path: Path, monkeypatch, capsys):
-    monkeypatch.setenv("LITDATA_DISABLE_VERSION_CHECK", "1")  # no PyPI query from a test
+def test_pack_writes_every_pair_as_it_is_on_disk(tmp_path: Path, capsys):
     manifest = write_pairs(tmp_path / "data", count=6)
     lines = [json.loads(line) for line in manifest.read_text().splitlines()]
 
@@ -31,9 +33,12 @@ def test_pack_writes_every_pair_as_it_is_on_disk(tmp_path: Path, monkeypatch, ca
     assert "6 pairs packed" in capsys.readouterr().err
 
     samples = _read_shards(tmp_path / "shards")
-    assert [sample["source"] for sample in samples] == [f"pairs.jsonl:{n}" for n in range(1, 7)]
+    # write_pairs alternates kinds: lines 1, 3, 5 are invariant, 2, 4, 6 variant
+    order = [1, 3, 5, 2, 4, 6]
+    assert [sample["source"] for sample in samples] == [f"pairs.jsonl:{n}" for n in order]
+    assert json.loads((tmp_path / "shards" / "pack.json").read_text())["pairs"] == {"invariant": 3, "variant": 3}
     images = tmp_path / "data"
-    for sample, line in zip(samples, lines):
+    for sample, line in zip(samples, [lines[n - 1] for n in order]):
         assert sample["kind"] == line["kind"] and sample["caption"] == line["caption"]
         assert sample["target"] == (images / line["target"]).read_bytes()
         # invariant pairs build their reference from the target: the shard stores none
@@ -41,6 +46,7 @@ def test_pack_writes_every_pair_as_it_is_on_disk(tmp_path: Path, monkeypatch, ca
         assert sample["reference"] == reference
         mask = (images / line["reference_mask"]).read_bytes() if "reference_mask" in line else b""
         assert sample["reference_mask"] == mask
+    assert len({sample["digest"] for sample in samples}) == 6  # the content digest the feature cache keys on
 
 
 def test_pack_refuses_a_bad_manifest_and_writes_nothing(tmp_path: Path, capsys):
@@ -78,8 +84,7 @@ def _img2dataset_tar(path: Path, samples: dict[str, dict[str, bytes]]) -> None:
                 archive.addfile(info, io.BytesIO(data))
 
 
-def test_pack_reads_img2dataset_tars_as_invariant_pairs(tmp_path: Path, monkeypatch):
-    monkeypatch.setenv("LITDATA_DISABLE_VERSION_CHECK", "1")
+def test_pack_reads_img2dataset_tars_as_invariant_pairs(tmp_path: Path):
     images = sorted((write_pairs(tmp_path / "data", count=4).parent / "images").glob("*_target.png"))
     (tmp_path / "web").mkdir()
     pictures = [path.read_bytes() for path in images]

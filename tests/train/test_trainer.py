@@ -27,6 +27,13 @@ def _state(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def _placeless(data: dict) -> dict:
+    """A data-loader state without the shard folders it names."""
+    places = ("input_dir_path", "input_dir_url", "cache_dir_path")
+    subsets = {name: {k: v for k, v in subset.items() if k not in places} for name, subset in data["dataset"].items()}
+    return {**data, "dataset": subsets}
+
+
 def _log(output: Path) -> list[dict]:
     return [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
 
@@ -90,18 +97,22 @@ def test_checkpoint_passes_inspect_and_loads_in_flexip_loader(straight_run: Path
 
 def test_resume_continues_exactly_where_training_stopped(straight_run: Path, workspace: Path):
     config = _config(workspace, "resumed")
-    train_cli(config, "--max-steps", str(STEPS // 2))
+    # 8 pairs in batches of 4: an epoch is 2 steps, so step 21 stops in the middle of one
+    train_cli(config, "--max-steps", str(STEPS // 2 + 1))
+    middle = _state(workspace / "resumed" / f"smoke-{STEPS // 2 + 1:06d}.state.pt")["data"]
+    assert middle["current_epoch"] == 11 and middle["dataset"], middle  # litdata's loader position, mid-epoch
     train_cli(config, "--resume", "--max-steps", str(STEPS))
     resumed = _state(workspace / "resumed" / f"smoke-{STEPS:06d}.state.pt")
     straight = _state(straight_run / f"smoke-{STEPS:06d}.state.pt")
     assert resumed["step"] == straight["step"] == STEPS
     assert resumed["position"] == straight["position"] == STEPS
-    # same ops on the same data in the same order on one CPU thread: equal up to float noise
+    assert _placeless(resumed["data"]) == _placeless(straight["data"])  # each run packed into its own folder
+    # same ops on the same data in the same order on one CPU thread: bit for bit
     for name, tensor in straight["adapter"].items():
-        torch.testing.assert_close(resumed["adapter"][name], tensor, rtol=1e-6, atol=1e-7, msg=name)
+        assert torch.equal(resumed["adapter"][name], tensor), name
     for key in ("exp_avg", "exp_avg_sq"):
         for index, entry in straight["optimizer"]["state"].items():
-            torch.testing.assert_close(resumed["optimizer"]["state"][index][key], entry[key], rtol=1e-6, atol=1e-9)
+            assert torch.equal(resumed["optimizer"]["state"][index][key], entry[key]), (index, key)
 
 
 def test_torchrun_two_cpu_ranks_stay_identical_and_rank_zero_writes_one_checkpoint(workspace: Path, straight_run: Path):
@@ -127,21 +138,27 @@ def test_feature_cache_is_reused_and_rebuilt_only_where_inputs_changed(straight_
     from flexip_train.config import load_config
     from flexip_train.data import PairImageSource, read_manifest
     from flexip_train.features import FeatureCache
+    from flexip_train.pack import pack_manifest
+    from flexip_train.shards import ShardPairs
 
     def stale(config_path: Path, shard_size: int = 256) -> list:
         config = load_config(config_path).replace("cache", shard_size=shard_size)
         pairs, problems = read_manifest(config.data.manifest)
         assert not problems
-        source = PairImageSource(pairs, config.data.resolution, config.data.reference_resolution,
+        folder = config.output.dir / "shards"
+        pack_manifest(config.data.manifest, pairs, folder)  # what the trainer does first
+        source = PairImageSource(ShardPairs(str(folder)), config.data.resolution, config.data.reference_resolution,
                                  config.data.augment, config.train.seed)
         return FeatureCache(config, source, dino_resolution=224).stale()
 
     assert stale(workspace / "straight.toml") == []  # what the smoke run built is current
     data = workspace / "data"
     lines = [json.loads(line) for line in (data / "pairs.jsonl").read_text().splitlines()]
-    lines[0]["caption"] = "a red circle, seen again"
     shutil.copyfile(data / lines[5]["target"], data / "images" / "5_target_copy.png")
-    lines[5]["target"] = "images/5_target_copy.png"  # same pixels, another file: rebuilt too
+    lines[5]["target"] = "images/5_target_copy.png"  # same bytes in another file: the content is unchanged
+    (data / "copied.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert stale(_config(workspace, "copied", data={"manifest": str(data / "copied.jsonl")})) == []
+    lines[0]["caption"] = "a red circle, seen again"
     (data / "changed.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     changed = _config(workspace, "changed", data={"manifest": str(data / "changed.jsonl")})
     assert stale(changed) == [0]  # the one shard; the null conditions (empty prompt, black image) stay

@@ -1,0 +1,114 @@
+"""Reading packed pairs (docs/training-data.md) with litdata: random access for the feature cache,
+evaluation and sample grids, and the shuffled, resumable training stream.
+
+A pack is a folder or object-store URL holding `pack.json` and one litdata dataset per kind
+(`invariant/`, `variant/`). Pairs are numbered in one index space, invariant pairs first: that
+number keys augmentation draws and the feature cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Optional
+
+from flexip_model.errors import FlexIPError
+
+from .data import KINDS
+
+PACK_INFO = "pack.json"
+PACK_FORMAT = 1
+# Prepare(global pair index, epoch or None for the canonical item, shard sample) -> training item
+Prepare = Callable[[int, Optional[int], dict], Any]
+
+
+def litdata_streaming() -> ModuleType:
+    """`litdata.streaming`, imported without its PyPI version query (up to 30 s at every dataset open)."""
+    os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
+    try:
+        import litdata.streaming
+    except ImportError:
+        raise FlexIPError("training data is read and written with litdata: pip install 'comfyui-flexip[train]' "
+                          "(litdata==0.2.76).") from None
+    return litdata.streaming
+
+
+def is_url(location: str) -> bool:
+    return "://" in location
+
+
+def subset_location(root: str, kind: str) -> str:
+    return f"{root.rstrip('/')}/{kind}" if is_url(root) else str(Path(root) / kind)
+
+
+def _local_kinds(root: str) -> list[str]:
+    """The subsets a local pack holds, from its pack.json."""
+    info_path = Path(root) / PACK_INFO
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        kinds = [kind for kind in KINDS if info["pairs"].get(kind)]
+    except FileNotFoundError:
+        raise FlexIPError(f"{root} holds no {PACK_INFO}: point [data] shards at a folder written by "
+                          "`python -m flexip_train pack`.") from None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise FlexIPError(f"{info_path} is damaged: pack the pairs again.") from None
+    return kinds
+
+
+class ShardPairs:
+    """The packed pairs of `root` (a local folder or a URL litdata reads), in one index space."""
+
+    def __init__(self, root: str) -> None:
+        streaming = litdata_streaming()
+        self.root = root
+        kinds = list(KINDS) if is_url(root) else _local_kinds(root)
+        self.subsets: list[tuple[str, int, Any]] = []  # (kind, first global index, unshuffled dataset)
+        offset = 0
+        for kind in kinds:
+            try:
+                dataset = streaming.StreamingDataset(subset_location(root, kind), shuffle=False)
+            except Exception as error:  # noqa: BLE001 - litdata raises many types for a missing or bad index
+                if is_url(root):
+                    continue  # a pack of one kind: the other subset does not exist
+                raise FlexIPError(f"the {kind} shards in {root} cannot be opened ({_reason(error)}): "
+                                  "pack the pairs again.") from None
+            self.subsets.append((kind, offset, dataset))
+            offset += len(dataset)
+        if offset == 0:
+            raise FlexIPError(f"{root} holds no packed pairs: pack them with `python -m flexip_train pack`.")
+        self._length = offset
+
+    def __len__(self) -> int:
+        return self._length
+
+    def locate(self, index: int) -> tuple[str, int, Any]:
+        """(kind, index within its subset, that subset's dataset) of global pair `index`."""
+        for kind, offset, dataset in reversed(self.subsets):
+            if index >= offset:
+                return kind, index - offset, dataset
+        raise IndexError(index)
+
+    def kind(self, index: int) -> str:
+        return self.locate(index)[0]
+
+    def sample(self, index: int) -> dict:
+        """The shard sample of pair `index` (the schema of docs/training-data.md)."""
+        _, local, dataset = self.locate(index)
+        return dataset[local]
+
+
+def _reason(error: BaseException) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0][:200]
+
+
+def damaged_chunk_sentence(dataset: Any, index: Any, error: BaseException) -> str:
+    """One sentence for a sample litdata could not read: the chunk file, where it is, what went wrong."""
+    chunk = "a chunk"
+    try:
+        chunk = dataset.cache._reader.config._chunks[index.chunk_index]["filename"]
+    except (AttributeError, IndexError, KeyError, TypeError):
+        pass  # the sentence still names the subset
+    return (f"shard {chunk} in {dataset.input_dir.url or dataset.input_dir.path} is damaged ({_reason(error)}): "
+            "restore it from where it was packed, or pack the pairs again.")
