@@ -136,7 +136,7 @@ def decode_image(data: bytes, where: str, mask: bool = False) -> torch.Tensor:
             image = ImageOps.exif_transpose(image).convert("L" if mask else "RGB")
             pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
             size = (image.height, image.width) if mask else (image.height, image.width, 3)
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:  # PIL: SyntaxError = broken PNG
         raise FlexIPError(f"{where} is not a readable image ({error}): re-save it as PNG or JPEG and pack again, "
                           "or run --check-data to list every bad line.") from None
     return pixels.reshape(size).float() / 255.0

@@ -42,14 +42,14 @@ def _with_digest(sample: dict) -> dict:
 
 def shard_sample(pair: Pair, manifest: Path) -> dict:
     """The shard sample of one pair; an invariant pair without its own reference stores an empty one."""
-    return _with_digest({
+    return {
         "target": pair.target.read_bytes(),
         "reference": b"" if pair.reference == pair.target else pair.reference.read_bytes(),
         "reference_mask": b"" if pair.reference_mask is None else pair.reference_mask.read_bytes(),
         "caption": pair.caption,
         "kind": pair.kind,
         "source": f"{manifest.name}:{pair.line}",
-    })
+    }
 
 
 def _tar_samples(archive_path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -83,8 +83,8 @@ def _webdataset_sample(archive: Path, key: str, members: dict[str, bytes]) -> tu
             decoded.load()
     except (UnidentifiedImageError, OSError, ValueError) as error:
         return None, f"{where} is not a readable image ({error}): re-download it or drop the sample."
-    return _with_digest({"target": image, "reference": b"", "reference_mask": b"", "caption": caption,
-                         "kind": "invariant", "source": f"{archive.name}:{key}"}), None
+    return {"target": image, "reference": b"", "reference_mask": b"", "caption": caption, "kind": "invariant",
+            "source": f"{archive.name}:{key}"}, None
 
 
 def webdataset_problems(folder: Path) -> tuple[int, list[str]]:
@@ -109,22 +109,32 @@ def webdataset_samples(folder: Path) -> Iterator[dict]:
             yield _webdataset_sample(archive, key, members)[0]
 
 
+def _single_writer(folder: Path, chunk_bytes: int):
+    """A litdata writer that works alone: under torchrun it would otherwise wait for every rank's part,
+    while the trainer packs a manifest on rank 0 only."""
+    streaming = litdata_streaming()
+    from litdata.utilities.env import _DistributedEnv
+
+    writer = streaming.writer.BinaryWriter(str(folder), chunk_bytes=chunk_bytes)
+    writer._distributed_env = _DistributedEnv(world_size=1, global_rank=0, num_nodes=1)
+    return writer
+
+
 def write_shards(samples: Iterator[dict], output: Path, chunk_bytes: Optional[int] = None,
                  note: Optional[dict] = None) -> int:
-    """Writes `samples` into the empty or new folder `output`, one subset per kind, and `pack.json`
-    (pair counts, plus `note`); returns how many pairs were written."""
+    """Writes `samples` (the schema's keys but the digest, which is added) into the empty or new folder
+    `output`, one subset per kind, and `pack.json` (pair counts, plus `note`); returns how many pairs were written."""
     output = Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise FlexIPError(f"the shard folder {output} is not empty: pack into a new folder.")
     output.mkdir(parents=True, exist_ok=True)
-    writer_class = litdata_streaming().writer.BinaryWriter
     writers, counts = {}, {}
     for sample in samples:
         kind = sample["kind"]
         if kind not in writers:
-            writers[kind] = writer_class(str(output / kind), chunk_bytes=chunk_bytes or CHUNK_BYTES)
+            writers[kind] = _single_writer(output / kind, chunk_bytes or CHUNK_BYTES)
             counts[kind] = 0
-        writers[kind].add_item(counts[kind], sample)
+        writers[kind].add_item(counts[kind], _with_digest(sample))
         counts[kind] += 1
     if not counts:
         raise FlexIPError("there are no pairs to pack: the manifest has no good lines.")

@@ -64,6 +64,9 @@ class ShardPairs:
         streaming = litdata_streaming()
         self.root = root
         kinds = list(KINDS) if is_url(root) else _local_kinds(root)
+        damage = None if is_url(root) else damaged_chunk(root, kinds)
+        if damage:
+            raise FlexIPError(damage)
         self.subsets: list[tuple[str, int, Any]] = []  # (kind, first global index, unshuffled dataset)
         offset = 0
         for kind in kinds:
@@ -75,7 +78,7 @@ class ShardPairs:
                 raise FlexIPError(f"the {kind} shards in {root} cannot be opened ({_reason(error)}): "
                                   "pack the pairs again.") from None
             self.subsets.append((kind, offset, dataset))
-            offset += len(dataset)
+            offset += _sample_count(dataset)
         if offset == 0:
             raise FlexIPError(f"{root} holds no packed pairs: pack them with `python -m flexip_train pack`.")
         self._length = offset
@@ -90,6 +93,10 @@ class ShardPairs:
                 return kind, index - offset, dataset
         raise IndexError(index)
 
+    def damage(self) -> Optional[str]:
+        """For a local pack, the sentence naming its first missing or short chunk; else None."""
+        return None if is_url(self.root) else damaged_chunk(self.root, [kind for kind, _, _ in self.subsets])
+
     def kind(self, index: int) -> str:
         return self.locate(index)[0]
 
@@ -99,8 +106,37 @@ class ShardPairs:
         return dataset[local]
 
 
+def _sample_count(dataset: Any) -> int:
+    """All samples of a subset; under torchrun `len(dataset)` is this rank's share."""
+    dataset.get_len(1, 1)  # opens the index into the dataset's shuffler
+    return len(dataset.shuffler.cache)
+
+
 def _reason(error: BaseException) -> str:
     return (str(error).splitlines() or [type(error).__name__])[0][:200]
+
+
+def _damaged(chunk: str, folder: Path, what: str) -> str:
+    return f"shard {chunk} in {folder} is damaged ({what}): restore it from where it was packed, or pack again."
+
+
+def damaged_chunk(root: str, kinds: list[str]) -> Optional[str]:
+    """The sentence for the first chunk of a local pack that is missing or not the size its index says
+    (one stat per chunk: litdata itself would wait for a short chunk to grow), else None."""
+    for kind in kinds:
+        folder = Path(root) / kind
+        try:
+            chunks = json.loads((folder / "index.json").read_text(encoding="utf-8"))["chunks"]
+            expected = [(chunk["filename"], int(chunk["chunk_bytes"])) for chunk in chunks]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            return _damaged("index.json", folder, _reason(error))
+        for name, size in expected:
+            path = folder / name
+            if not path.is_file():
+                return _damaged(name, folder, "the file is missing")
+            if path.stat().st_size != size:
+                return _damaged(name, folder, f"{path.stat().st_size} bytes, its index says {size}")
+    return None
 
 
 def damaged_chunk_sentence(dataset: Any, index: Any, error: BaseException) -> str:
@@ -110,5 +146,4 @@ def damaged_chunk_sentence(dataset: Any, index: Any, error: BaseException) -> st
         chunk = dataset.cache._reader.config._chunks[index.chunk_index]["filename"]
     except (AttributeError, IndexError, KeyError, TypeError):
         pass  # the sentence still names the subset
-    return (f"shard {chunk} in {dataset.input_dir.url or dataset.input_dir.path} is damaged ({_reason(error)}): "
-            "restore it from where it was packed, or pack the pairs again.")
+    return _damaged(chunk, dataset.input_dir.url or dataset.input_dir.path, _reason(error))

@@ -3,7 +3,8 @@
 litdata does the work (docs/training-data.md): each kind's subset is a `StreamingDataset`
 (deterministic shuffle from the seed, reshuffled every epoch, disjoint samples per rank) and
 `CombinedStreamingDataset` mixes the two. Without [data] variant_fraction an epoch is every
-pair once, kinds interleaved at their natural ratio; with it, each sample is variant with that
+pair once (less a partial batch per kind, rank and worker: ranks must stay even), kinds
+interleaved at their natural ratio; with it, each sample is variant with that
 probability and an epoch ends when either kind runs out. `StreamingDataLoader.state_dict()`
 is the exact data position that checkpoints save.
 """

@@ -214,7 +214,7 @@ class Trainer:
         last_checkpoint = None
         while self.step < train.max_steps:
             for micro in range(train.grad_accumulation):
-                batch = next(batches)
+                batch = self._next_batch(batches)
                 if isinstance(batch, BadPair):  # a damaged shard or image, found in a data-loader worker
                     raise FlexIPError(batch.message)
                 if order is not None:
@@ -256,6 +256,16 @@ class Trainer:
                 last_checkpoint = self._checkpoint()
         progress.close()
         return TrainResult(self.step, last_checkpoint, evals)
+
+    def _next_batch(self, batches: Iterator[Any]) -> Any:
+        """The next micro-batch; a chunk damaged while training (litdata reads ahead) ends in one sentence."""
+        try:
+            return next(batches)
+        except Exception:
+            damage = self.shards.damage()
+            if damage:
+                raise FlexIPError(damage) from None
+            raise
 
     def _load_unet(self) -> None:
         """The UNet fully on the training device (again, if sampling or encoding moved it)."""

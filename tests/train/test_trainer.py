@@ -34,8 +34,12 @@ def _placeless(data: dict) -> dict:
     return {**data, "dataset": subsets}
 
 
+def _log_file(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def _log(output: Path) -> list[dict]:
-    return [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
+    return _log_file(output / "log.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +121,8 @@ def test_resume_continues_exactly_where_training_stopped(straight_run: Path, wor
 
 def test_torchrun_two_cpu_ranks_stay_identical_and_rank_zero_writes_one_checkpoint(workspace: Path, straight_run: Path):
     # 2 ranks x batch 1 x 2 accumulated micro-batches: the gradient sync is skipped on the first one
-    config = _config(workspace, "ddp", steps=4, train={"batch_size": 1, "grad_accumulation": 2})
+    config = _config(workspace, "ddp", steps=4, train={"batch_size": 1, "grad_accumulation": 2},
+                     output={"record_order": True})
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "flexip_train", "--config", str(config)]
     # torchrun's own scratch folder (torchelastic_*) inside the workspace, which the module removes
@@ -132,6 +137,14 @@ def test_torchrun_two_cpu_ranks_stay_identical_and_rank_zero_writes_one_checkpoi
     assert state["world_size"] == 2
     assert state["rank_digests"] == [weights_digest(state["adapter"])] * 2
     assert state["position"] == 16  # 4 steps x 2 micro-batches x 2 ranks
+    # the ranks split every epoch: 8 pairs, 4 to each rank, none to both
+    seen = [[record["pairs"] for record in _log_file(workspace / "ddp" / f"order-rank{rank}.jsonl")]
+            for rank in (0, 1)]
+    assert [len(batches) for batches in seen] == [8, 8]
+    for epoch in range(2):
+        mine = [sorted(sum(batches[epoch * 4:(epoch + 1) * 4], [])) for batches in seen]
+        assert not set(mine[0]) & set(mine[1]), mine
+        assert sorted(mine[0] + mine[1]) == list(range(8)), mine
 
 
 def test_feature_cache_is_reused_and_rebuilt_only_where_inputs_changed(straight_run: Path, workspace: Path):
