@@ -22,7 +22,7 @@ from .errors import FlexIPError
 # fn(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, skip_output_reshape=False)
 AttentionFn = Callable[..., Tensor]
 Weight = Union[float, Tensor]
-# _DYNAMIC_ALPHA: under torch.compile a float γ or s enters a graph as a product, never as an op's
+# Weights under compile: a float γ or s enters a torch.compile graph as a product, never as an op's
 # `alpha`: once the value changes between runs, dynamo makes it a symbolic float, and inductor
 # (torch 2.14) bakes a symbolic `alpha` into its kernel, so later values silently reuse the first
 # one (tests/comfy/test_compile.py). Eager mode keeps the fused `alpha` op.
@@ -172,7 +172,7 @@ def adapter_attention(
         out = attend(pres.key, pres.value) * pres_weight
         if isinstance(pers_weight, Tensor):
             return out.addcmul_(attend(pers.key, pers.value), pers_weight)
-        if torch.compiler.is_compiling():  # a float weight is never an `alpha` in a graph: see _DYNAMIC_ALPHA
+        if torch.compiler.is_compiling():  # never an `alpha` in a graph: see "Weights under compile"
             return out.add_(attend(pers.key, pers.value) * pers_weight)
         return out.add_(attend(pers.key, pers.value), alpha=pers_weight)
 
@@ -187,7 +187,7 @@ def adapter_attention(
     joint = kv.joint if kv.joint is not None else join_branches(kv).joint
     if not isinstance(gate, Tensor):
         # 0 < γ < 1 here, so no token has weight 0 and no mask is needed
-        if torch.compiler.is_compiling():  # see _DYNAMIC_ALPHA
+        if torch.compiler.is_compiling():  # see "Weights under compile" above
             token_weight = joint.offset + joint.slope * gate
         else:
             token_weight = torch.add(joint.offset, joint.slope, alpha=gate)

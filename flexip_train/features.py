@@ -5,7 +5,8 @@ and its size conditioning (original size, crop offset), the text context and poo
 embedding from the checkpoint's text encoder (SDXL's UNet reads the pooled one and the sizes),
 and the reference's CLIP [CLS] embedding and DINOv2 tokens. The cache
 stores them in safetensors shards, one per `shard_size` packed pairs; every shard carries a
-fingerprint of its inputs (the settings and each pair's content digest) and is rebuilt when they change.
+fingerprint of its inputs (the settings, and the digests of the packed chunks holding its pairs: no pair is
+read to check it) and is rebuilt when they change.
 """
 
 from __future__ import annotations
@@ -154,8 +155,8 @@ class FeatureCache:
     def _fingerprint(self, shard: Optional[int]) -> str:
         if shard is None:
             return _digest(self._settings)
-        return _digest([self._settings, [[index, self.source.pairs.sample(index)["digest"]]
-                                         for index in self._indices(shard)]])
+        indices = self._indices(shard)
+        return _digest([self._settings, self.source.pairs.content_key(indices.start, indices.stop)])
 
     def _indices(self, shard: int) -> range:
         return range(shard * self.shard_size, min((shard + 1) * self.shard_size, len(self.source)))

@@ -120,30 +120,44 @@ def _single_writer(folder: Path, chunk_bytes: int):
     return writer
 
 
+def _chunks(folder: Path, digests: bytes) -> list[list]:
+    """[pairs, digest] per chunk of a written subset, in its index.json order: the digest is SHA-256 over
+    the chunk's pair digests, so a feature-cache shard can tell its inputs changed without reading them."""
+    sizes = [chunk["chunk_size"] for chunk in json.loads((folder / "index.json").read_text())["chunks"]]
+    out, start = [], 0
+    for size in sizes:
+        out.append([size, hashlib.sha256(digests[start * 32:(start + size) * 32]).hexdigest()])
+        start += size
+    return out
+
+
 def write_shards(samples: Iterator[dict], output: Path, chunk_bytes: Optional[int] = None,
                  note: Optional[dict] = None) -> int:
     """Writes `samples` (the schema's keys but the digest, which is added) into the empty or new folder
-    `output`, one subset per kind, and `pack.json` (pair counts, plus `note`); returns how many pairs were written."""
+    `output`, one subset per kind, and `pack.json` (per kind: its chunks' sizes and digests; plus `note`);
+    returns how many pairs were written. Holds 32 bytes per pair until the end (390 MB at 12.3 M pairs)."""
     output = Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise FlexIPError(f"the shard folder {output} is not empty: pack into a new folder.")
     output.mkdir(parents=True, exist_ok=True)
-    writers, counts = {}, {}
+    writers, digests = {}, {}
     for sample in samples:
         kind = sample["kind"]
         if kind not in writers:
             writers[kind] = _single_writer(output / kind, chunk_bytes or CHUNK_BYTES)
-            counts[kind] = 0
-        writers[kind].add_item(counts[kind], _with_digest(sample))
-        counts[kind] += 1
-    if not counts:
+            digests[kind] = bytearray()
+        sample = _with_digest(sample)
+        writers[kind].add_item(len(digests[kind]) // 32, sample)
+        digests[kind] += bytes.fromhex(sample["digest"])
+    if not writers:
         raise FlexIPError("there are no pairs to pack: the manifest has no good lines.")
     for writer in writers.values():
         writer.done()
         writer.merge()
-    info = {"format": PACK_FORMAT, "pairs": {kind: counts[kind] for kind in KINDS if kind in counts}, **(note or {})}
-    (output / PACK_INFO).write_text(json.dumps(info, indent=1), encoding="utf-8")
-    return sum(counts.values())
+    chunks = {kind: _chunks(output / kind, digests[kind]) for kind in KINDS if kind in writers}
+    info = {"format": PACK_FORMAT, "chunks": chunks, **(note or {})}
+    (output / PACK_INFO).write_text(json.dumps(info), encoding="utf-8")
+    return sum(len(value) // 32 for value in digests.values())
 
 
 def _manifest_key(manifest: Path, pairs: list[Pair]) -> str:

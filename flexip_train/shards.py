@@ -8,8 +8,11 @@ number keys augmentation draws and the feature cache.
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Optional
@@ -43,18 +46,31 @@ def subset_location(root: str, kind: str) -> str:
     return f"{root.rstrip('/')}/{kind}" if is_url(root) else str(Path(root) / kind)
 
 
-def _local_kinds(root: str) -> list[str]:
-    """The subsets a local pack holds, from its pack.json."""
-    info_path = Path(root) / PACK_INFO
+def read_pack_info(root: str) -> dict[str, list[tuple[int, str]]]:
+    """{kind: [(pairs, digest) per chunk]} from the pack's pack.json (fetched through litdata for a URL)."""
+    where = f"{root.rstrip('/')}/{PACK_INFO}" if is_url(root) else str(Path(root) / PACK_INFO)
     try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-        kinds = [kind for kind in KINDS if info["pairs"].get(kind)]
-    except FileNotFoundError:
-        raise FlexIPError(f"{root} holds no {PACK_INFO}: point [data] shards at a folder written by "
-                          "`python -m flexip_train pack`.") from None
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise FlexIPError(f"{info_path} is damaged: pack the pairs again.") from None
-    return kinds
+        if is_url(root):
+            with tempfile.TemporaryDirectory() as scratch:
+                local = os.path.join(scratch, PACK_INFO)
+                litdata_streaming()
+                from litdata.streaming.downloader import get_downloader
+
+                get_downloader(root, scratch, []).download_file(where, local)
+                text = Path(local).read_text(encoding="utf-8")
+        else:
+            text = Path(where).read_text(encoding="utf-8")
+    except Exception as error:  # noqa: BLE001 - a missing file, a refused download: the same advice
+        raise FlexIPError(f"{where} cannot be read ({_reason(error)}): point [data] shards at a folder or URL "
+                          "written by `python -m flexip_train pack`.") from None
+    try:
+        info = json.loads(text)
+        if info["format"] != PACK_FORMAT:
+            raise ValueError(f"format {info['format']}, this trainer reads {PACK_FORMAT}")
+        return {kind: [(int(size), str(digest)) for size, digest in info["chunks"][kind]]
+                for kind in KINDS if info["chunks"].get(kind)}
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise FlexIPError(f"{where} is not a pack description ({_reason(error)}): pack the pairs again.") from None
 
 
 class ShardPairs:
@@ -63,25 +79,32 @@ class ShardPairs:
     def __init__(self, root: str) -> None:
         streaming = litdata_streaming()
         self.root = root
-        kinds = list(KINDS) if is_url(root) else _local_kinds(root)
-        damage = None if is_url(root) else damaged_chunk(root, kinds)
+        chunks = read_pack_info(root)
+        damage = None if is_url(root) else damaged_chunk(root, list(chunks))
         if damage:
             raise FlexIPError(damage)
         self.subsets: list[tuple[str, int, Any]] = []  # (kind, first global index, unshuffled dataset)
+        self._chunk_starts: list[int] = []  # global index of each chunk's first pair, all kinds in order
+        self._chunk_digests: list[str] = []
         offset = 0
-        for kind in kinds:
+        for kind, kind_chunks in chunks.items():
             try:
                 dataset = streaming.StreamingDataset(subset_location(root, kind), shuffle=False)
             except Exception as error:  # noqa: BLE001 - litdata raises many types for a missing or bad index
-                if is_url(root):
-                    continue  # a pack of one kind: the other subset does not exist
                 raise FlexIPError(f"the {kind} shards in {root} cannot be opened ({_reason(error)}): "
                                   "pack the pairs again.") from None
             self.subsets.append((kind, offset, dataset))
-            offset += _sample_count(dataset)
-        if offset == 0:
-            raise FlexIPError(f"{root} holds no packed pairs: pack them with `python -m flexip_train pack`.")
+            for size, digest in kind_chunks:
+                self._chunk_starts.append(offset)
+                self._chunk_digests.append(digest)
+                offset += size
         self._length = offset
+
+    def content_key(self, start: int, stop: int) -> str:
+        """A digest that changes when any of pairs start..stop-1 changes: over the digests of their chunks."""
+        first = bisect.bisect_right(self._chunk_starts, start) - 1
+        last = bisect.bisect_left(self._chunk_starts, stop)
+        return hashlib.sha256(json.dumps([start, stop, self._chunk_digests[first:last]]).encode()).hexdigest()
 
     def __len__(self) -> int:
         return self._length
@@ -104,12 +127,6 @@ class ShardPairs:
         """The shard sample of pair `index` (the schema of docs/training-data.md)."""
         _, local, dataset = self.locate(index)
         return dataset[local]
-
-
-def _sample_count(dataset: Any) -> int:
-    """All samples of a subset; under torchrun `len(dataset)` is this rank's share."""
-    dataset.get_len(1, 1)  # opens the index into the dataset's shuffler
-    return len(dataset.shuffler.cache)
 
 
 def _reason(error: BaseException) -> str:

@@ -172,7 +172,8 @@ def _check_fields(state: dict, config: FlexIPConfig, name: str) -> None:
         for key, tensor in entry.items():
             if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) not in (parameters[index], ()):
                 _refuse(name, f"optimizer {str(key)[:20]} for parameter {index} of the wrong size")
-    if not isinstance(state.get("data"), dict):
+    data = state.get("data")
+    if not isinstance(data, dict) or type(data.get("current_epoch")) is not int or data["current_epoch"] < 0:
         _refuse(name, "no data-loader position")
     if not isinstance(state.get("schedule"), dict) or not isinstance(state.get("scaler"), (dict, type(None))):
         _refuse(name, "no learning-rate schedule or grad-scaler state")

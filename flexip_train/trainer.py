@@ -1,9 +1,10 @@
 """The training loop: setup, optimizer steps with accumulation, evaluation, logging, checkpoints.
 
-Every random draw of training comes from a generator keyed by (seed, micro-batch position,
-rank) or (seed, epoch, pair): the data order, the augmentation, γ, dropout, timesteps and
-noise depend only on where training is, never on what ran before. Resuming therefore
-reproduces the uninterrupted run exactly (on the deterministic CPU path bit for bit).
+The data order is litdata's seeded shuffle, and its loader position is saved with every
+checkpoint; every other random draw comes from a generator keyed by (seed, micro-batch
+position, rank) or (seed, epoch, pair): the augmentation, γ, dropout, timesteps and noise
+depend only on where training is, never on what ran before. Resuming therefore reproduces
+the uninterrupted run exactly (on the deterministic CPU path bit for bit).
 """
 
 from __future__ import annotations
@@ -81,11 +82,11 @@ class Trainer:
         torch.manual_seed(train.seed)  # for anything not drawn from a keyed generator
 
         self.output = config.output.dir
-        self.shards = ShardPairs(self._packed_pairs())
-        _check_pairs(self.shards, config, topology.world_size)
         if not resume and state.saved_checkpoints(self.output, config.output.name):
             raise FlexIPError(f"{self.output} already holds checkpoints of {config.output.name}: pass --resume to "
                               "continue that run, or set another [output] dir or name.")
+        self.shards = ShardPairs(self._packed_pairs())
+        _check_pairs(self.shards, config, topology.world_size)
 
         factories = resolve_factories(config.model)
         import_comfy(cpu=not self.on_gpu)
@@ -121,7 +122,7 @@ class Trainer:
         self.step = 0
         self.position = 0  # micro-batches this rank has consumed
         self.loader: Any = None
-        self.data_state: Optional[dict] = None  # the data loader's position to resume from
+        self.data_state: Optional[tuple[dict, int]] = None  # the loader position to resume from, its rank count
         if resume:
             self._restore(state.find_resume(resume, self.output, config.output.name))
 
@@ -178,11 +179,7 @@ class Trainer:
         self.step = saved["step"]
         # positions are counted over all ranks, so another world size continues after the same samples
         self.position = saved["position"] // self.topology.world_size
-        if saved["world_size"] == self.topology.world_size:
-            self.data_state = saved["data"]
-        else:  # litdata resumes a mix of subsets only on the same number of ranks
-            log.warning("resuming with %d ranks from a checkpoint written by %d: the data starts a new epoch here",
-                        self.topology.world_size, saved["world_size"])
+        self.data_state = saved["data"], saved["world_size"]
         state.restore_rng(saved["rng"])
         log.info("resumed from %s at step %d", path.name, self.step)
 
@@ -201,7 +198,7 @@ class Trainer:
         self.loader = training_loader(self.shards, self.items, train.seed, train.batch_size, config.data.num_workers,
                                       config.data.variant_fraction, collate, self.on_gpu)
         if self.data_state is not None:
-            _resume_data(self.loader, self.data_state)
+            _resume_data(self.loader, *self.data_state, topology.world_size)
         batches = _endless(self.loader)
         order = self.output / f"order-rank{topology.rank}.jsonl" if config.output.record_order else None
         sampling = self.model.model.model_sampling
@@ -373,7 +370,14 @@ def _endless(loader) -> Iterator[Any]:
         yield from loader
 
 
-def _resume_data(loader, saved: dict) -> None:
+def _resume_data(loader, saved: dict, saved_ranks: int, ranks: int) -> None:
+    """Put `loader` where the checkpoint's was; on another number of ranks, at the start of the next epoch
+    (litdata resumes a mix of subsets only on the same number of ranks)."""
+    if saved_ranks != ranks:
+        log.warning("resuming with %d ranks from a checkpoint written by %d: the data starts a new epoch here",
+                    ranks, saved_ranks)
+        loader.current_epoch = int(saved["current_epoch"])  # the next pass is the next epoch, freshly shuffled
+        return
     try:
         loader.load_state_dict(saved)
     except (ValueError, KeyError, TypeError) as error:

@@ -36,7 +36,8 @@ def test_pack_writes_every_pair_as_it_is_on_disk(tmp_path: Path, capsys):
     # write_pairs alternates kinds: lines 1, 3, 5 are invariant, 2, 4, 6 variant
     order = [1, 3, 5, 2, 4, 6]
     assert [sample["source"] for sample in samples] == [f"pairs.jsonl:{n}" for n in order]
-    assert json.loads((tmp_path / "shards" / "pack.json").read_text())["pairs"] == {"invariant": 3, "variant": 3}
+    chunks = json.loads((tmp_path / "shards" / "pack.json").read_text())["chunks"]
+    assert {kind: [size for size, _ in chunks[kind]] for kind in chunks} == {"invariant": [3], "variant": [3]}
     images = tmp_path / "data"
     for sample, line in zip(samples, [lines[n - 1] for n in order]):
         assert sample["kind"] == line["kind"] and sample["caption"] == line["caption"]

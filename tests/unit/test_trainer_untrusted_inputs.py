@@ -28,7 +28,8 @@ def _payload() -> dict:
     return {"format": state.STATE_FORMAT, "step": 1, "position": 1, "world_size": 1,
             "adapter": {k: v.detach().clone() for k, v in adapter.state_dict().items()}, "ema": None,
             "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "scaler": None,
-            "rng": state.rng_states(), "adapter_config": CONFIG.to_json(), "rank_digests": ["x"]}
+            "rng": state.rng_states(), "adapter_config": CONFIG.to_json(), "rank_digests": ["x"],
+            "data": {"current_epoch": 1, "dataset": {}, "latest_worker_idx": 0, "num_samples_yielded": {0: [1, 0]}}}
 
 
 def _saved(tmp_path: Path, payload: dict) -> Path:
@@ -62,6 +63,8 @@ def _damaged(kind: str) -> dict:
         payload["optimizer"]["state"][10**6] = {}
     elif kind == "rng":
         payload["rng"] = {"torch": torch.zeros(1 << 20, dtype=torch.uint8), "cuda": [], "python": [3, [], None]}
+    elif kind == "data":
+        payload["data"] = {"current_epoch": "1; import os"}
     elif kind == "not_a_dict":
         payload = [1, 2, 3]
     return payload
@@ -76,6 +79,7 @@ def _damaged(kind: str) -> dict:
     ("optimizer_size", "optimizer exp_avg for parameter 0"),
     ("optimizer_index", "parameter 1000000"),
     ("rng", "random-number states"),
+    ("data", "data-loader position"),
     ("not_a_dict", "trainer-state format"),
 ])
 def test_damaged_state_fields_are_refused_in_one_sentence(tmp_path, kind, mention):
@@ -105,6 +109,8 @@ dir = "out"
     ("", "batch_size = 1000000000", "[train] batch_size = 1000000000 is over 4096"),
     ("resolution = 8000000", "", "[data] resolution = 8000000 is over 4096"),
     ("num_workers = 100000", "", "[data] num_workers = 100000 is over 256"),
+    ("variant_fraction = 9", "", "[data] variant_fraction is the share of variant pairs per batch, between 0 and 1"),
+    ('shards = "packed"', "", "[data] needs either manifest"),
 ])
 def test_training_config_sizes_are_bounded(tmp_path, data, train, mention):
     path = tmp_path / "train.toml"
@@ -118,6 +124,15 @@ def test_training_config_within_bounds_loads(tmp_path):
     path = tmp_path / "train.toml"
     path.write_text(TOML.format(data="resolution = 1024", train="batch_size = 64"), encoding="utf-8")
     assert load_config(path).train.batch_size == 64
+
+
+@pytest.mark.parametrize("shards,expected", [("packed", "{base}/packed"), ("s3://bucket/pairs", "s3://bucket/pairs")])
+def test_shards_are_a_folder_relative_to_the_config_or_a_url(tmp_path, shards, expected):
+    path = tmp_path / "train.toml"
+    path.write_text(TOML.format(data="", train="").replace('manifest = "pairs.jsonl"', f'shards = "{shards}"'),
+                    encoding="utf-8")
+    data = load_config(path).data
+    assert data.manifest is None and data.shards == expected.format(base=tmp_path.resolve())
 
 
 @pytest.mark.parametrize("data,train,mention", [
