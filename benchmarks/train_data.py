@@ -5,6 +5,9 @@ decoding): start-up to the first batch, resident memory after 100 batches (minus
 smallest size), the per-step cost of choosing and reading the next batch without decoding, and
 decoded samples per second. Each size is written once per engine into a scratch folder, then read
 by a fresh child process, so start-up and memory are one rank's from process start.
+The litdata engine is the trainer's own data path: `flexip_train.pack.write_shards` writes the pack
+(one subset per kind, a digest per sample) and `ShardPairs` + `training_loader` read it, mixing the
+kinds at variant_fraction 0.1; MDS and WebDataset are read bare, for the comparison table.
 The largest size that fits here is measured; 12.3 M pairs is extrapolated linearly from the two
 measured sizes (figures that do not grow extrapolate to themselves), and the note says so.
 Progress goes to stderr; stdout holds only the JSON lines.
@@ -32,6 +35,7 @@ BATCH = 16
 STEPS = 100
 DECODED = 256  # samples decoded for the throughput figure
 SHARD_BYTES = 64 << 20  # each engine's usual shard size
+VARIANT_FRACTION = 0.1  # the paper's mix, about 9:1
 SPAN = 50  # least ratio of the largest to the smallest size, so the measured growth is above the noise
 
 
@@ -50,12 +54,14 @@ def _tiny_images() -> tuple[bytes, bytes]:
 
 
 def samples(count: int) -> Iterator[dict]:
-    """Synthetic pairs in the shard schema; one in ten is a variant pair (the paper's mix is about 9:1)."""
+    """Synthetic pairs in the shard schema (no digest: `write_shards` adds it); one in ten is a variant
+    pair (the paper's mix is about 9:1)."""
     image, mask = _tiny_images()
     for index in range(count):
         variant = index % 10 == 0
         yield {"target": image, "reference": image if variant else b"", "reference_mask": mask,
-               "caption": f"a photo of subject {index}", "kind": "variant" if variant else "invariant"}
+               "caption": f"a photo of subject {index}", "kind": "variant" if variant else "invariant",
+               "source": f"synthetic:{index}"}
 
 
 def write(engine: str, folder: Path, count: int) -> None:
@@ -66,15 +72,11 @@ def write(engine: str, folder: Path, count: int) -> None:
         columns = {"target": "bytes", "reference": "bytes", "reference_mask": "bytes", "caption": "str", "kind": "str"}
         with MDSWriter(out=str(folder), columns=columns, size_limit=SHARD_BYTES) as writer:
             for sample in samples(count):
-                writer.write(sample)
+                writer.write({key: sample[key] for key in columns})
     elif engine == "litdata":
-        from litdata.streaming.writer import BinaryWriter
+        from flexip_train.pack import write_shards
 
-        writer = BinaryWriter(str(folder), chunk_bytes=SHARD_BYTES)
-        for index, sample in enumerate(samples(count)):
-            writer.add_item(index, sample)
-        writer.done()
-        writer.merge()
+        write_shards(samples(count), folder, chunk_bytes=SHARD_BYTES)
     else:
         import webdataset
 
@@ -94,16 +96,40 @@ def _rss_mb() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
+def _target_size(index: int, epoch, sample: dict) -> tuple[int, int]:
+    """The trainer's `prepare` without decoding: (pair index, target bytes)."""
+    return index, len(bytes(sample["target"]))
+
+
+def _decode(image: bytes) -> None:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(image)) as decoded:
+        decoded.convert("RGB").load()
+
+
+def _decoded_target(index: int, epoch, sample: dict) -> int:
+    """The trainer's `prepare` that decodes the target with PIL, inside the loader as in training."""
+    _decode(bytes(sample["target"]))
+    return index
+
+
+def _trainer_batches(folder: Path, prepare) -> Iterator[list]:
+    """One rank's micro-batches from the trainer's own reader: the pack's two subsets mixed 9:1."""
+    from flexip_train.shards import ShardPairs
+    from flexip_train.stream import training_loader
+
+    loader = training_loader(ShardPairs(str(folder)), prepare, seed=0, batch_size=BATCH, num_workers=0,
+                             variant_fraction=VARIANT_FRACTION, collate=list, pin_memory=False)
+    return iter(loader)
+
+
 def _open(engine: str, folder: Path, seed: int):
-    """An iterable over raw samples (bytes, no decoding), shuffled by `seed`, for rank 0 of 1."""
+    """An iterable over raw samples (bytes, no decoding), shuffled by `seed`, for rank 0 of 1 (MDS, WebDataset)."""
     if engine == "mds":
         from streaming import StreamingDataset
 
         return StreamingDataset(local=str(folder), shuffle=True, shuffle_seed=seed, batch_size=BATCH)
-    if engine == "litdata":
-        from litdata import StreamingDataset
-
-        return StreamingDataset(str(folder), shuffle=True, seed=seed)
     import webdataset
 
     shards = sorted(str(path) for path in folder.glob("*.tar"))
@@ -113,12 +139,15 @@ def _open(engine: str, folder: Path, seed: int):
 def child(engine: str, folder: Path) -> None:
     """One rank: first batch, STEPS more batches (timed, no decoding), RSS, then decoded throughput."""
     import torch
-    from PIL import Image
 
+    if engine == "litdata":
+        import flexip_train.stream  # noqa: F401 - counted in the imports, as the trainer pays them
     imported_rss = _rss_mb()
-    loader = torch.utils.data.DataLoader(_open(engine, folder, seed=7), batch_size=BATCH, num_workers=0,
-                                         collate_fn=list)
-    batches = iter(loader)
+    if engine == "litdata":
+        batches = _trainer_batches(folder, _target_size)
+    else:
+        batches = iter(torch.utils.data.DataLoader(_open(engine, folder, seed=7), batch_size=BATCH,
+                                                   num_workers=0, collate_fn=list))
     next(batches)
     first = time.monotonic()
     start = time.perf_counter()
@@ -126,12 +155,16 @@ def child(engine: str, folder: Path) -> None:
         next(batches)
     step_ms = (time.perf_counter() - start) * 1000 / STEPS
     rss = _rss_mb()
+    if engine == "litdata":
+        # the trainer decodes in `prepare`, which is fixed per loader: a second one, its first batch untimed
+        batches = _trainer_batches(folder, _decoded_target)
+        next(batches)
     start = time.perf_counter()
     decoded = 0
     while decoded < DECODED:
         for sample in next(batches):
-            target = sample["target"] if engine != "wds" else sample["target.jpg"]
-            Image.open(io.BytesIO(target)).convert("RGB").load()
+            if engine != "litdata":  # the trainer's loader decoded it already
+                _decode(sample["target"] if engine == "mds" else sample["target.jpg"])
             decoded += 1
     rate = decoded / (time.perf_counter() - start)
     print(json.dumps({"first_batch": first, "step_ms": step_ms, "rss_mb": rss, "imported_rss_mb": imported_rss,
@@ -188,7 +221,8 @@ def figures(report: Report, engine: str, runs: dict[int, dict], write_s: dict[in
 def parse(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.train_data", description=__doc__.splitlines()[0])
     parser.add_argument("--engines", default="litdata",
-                        help=f"comma-separated, of {', '.join(ENGINES)} (default litdata, the trainer's)")
+                        help=f"comma-separated, of {', '.join(ENGINES)} (default litdata: the trainer's own "
+                             "write_shards + ShardPairs + training_loader)")
     parser.add_argument("--sizes", default="10000,1000000", help="pair counts, smallest first (default 10000,1000000)")
     parser.add_argument("--scratch", type=Path, default=None, help="folder for the synthetic shards (default: a temp dir)")
     parser.add_argument("--child", nargs=2, metavar=("ENGINE", "FOLDER"), help=argparse.SUPPRESS)
