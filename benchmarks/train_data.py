@@ -4,7 +4,8 @@ Issue 17's figures, on synthetic pairs (tiny images: the index and the plan are 
 decoding): start-up to the first batch, resident memory after 100 batches (minus the same at the
 smallest size), the per-step cost of choosing and reading the next batch without decoding, and
 decoded samples per second. Each size is written once per engine into a scratch folder, then read
-by a fresh child process, so start-up and memory are one rank's from process start.
+by fresh child processes (REPEATS per size, sizes alternating; the figures are medians), so
+start-up and memory are one rank's from process start.
 The litdata engine is the trainer's own data path: `flexip_train.pack.write_shards` writes the pack
 (one subset per kind, a digest per sample) and `ShardPairs` + `training_loader` read it, mixing the
 kinds at variant_fraction 0.1; MDS and WebDataset are read bare, for the comparison table.
@@ -20,6 +21,7 @@ import io
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +35,7 @@ PAPER_PAIRS = 12_300_000  # FlexIP's training set: 11.1 M invariant + 1.23 M var
 ENGINES = ("mds", "litdata", "wds")
 BATCH = 16
 STEPS = 100
+REPEATS = 3  # reads per size; the figures are their medians
 DECODED = 256  # samples decoded for the throughput figure
 SHARD_BYTES = 64 << 20  # each engine's usual shard size
 VARIANT_FRACTION = 0.1  # the paper's mix, about 9:1
@@ -249,15 +252,23 @@ def main(argv=None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="flexip-train-data-", dir=args.scratch))
     try:
         for engine in engines:
-            runs, write_s = {}, {}
+            write_s, folders = {}, {}
             for size in sizes:
-                folder = scratch / f"{engine}-{size}"
+                folders[size] = scratch / f"{engine}-{size}"
                 log(f"{engine}: writing {size:,} pairs")
                 start = time.perf_counter()
-                write(engine, folder, size)
+                write(engine, folders[size], size)
                 write_s[size] = time.perf_counter() - start
-                log(f"{engine}: reading {size:,} pairs (wrote in {write_s[size]:.1f} s)")
-                runs[size] = measure(engine, folder)
+            # single runs differ by tenths of a second here, which the extrapolation multiplies: the median of
+            # REPEATS reads per size, in alternating order (A B B A ...) so a slow spell hits every size alike
+            measured: dict[int, list[dict]] = {size: [] for size in sizes}
+            for repeat in range(REPEATS):
+                for size in sizes if repeat % 2 == 0 else reversed(sizes):
+                    log(f"{engine}: reading {size:,} pairs ({repeat + 1} of {REPEATS})")
+                    measured[size].append(measure(engine, folders[size]))
+            runs = {size: {key: statistics.median(run[key] for run in results) for key in results[0]}
+                    for size, results in measured.items()}
+            for folder in folders.values():
                 shutil.rmtree(folder)
             figures(report, engine, runs, write_s)
     finally:

@@ -63,6 +63,12 @@ class AugmentConfig:
     mask_margin: float = 0.1
 
 
+def is_url(location: str) -> bool:
+    """Whether a [data] shards value is streamed through litdata's downloaders (object stores, and
+    litdata's `local:` form of a folder read like one) rather than read in place."""
+    return "://" in location or location.startswith("local:")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the pairs are (a JSONL manifest, packed by the trainer, or a pack's folder or URL) and how
@@ -70,6 +76,7 @@ class DataConfig:
 
     manifest: Optional[Path] = None
     shards: str = ""
+    stream_cache: Optional[Path] = None  # where chunks streamed from a URL are kept (default: litdata's)
     variant_fraction: Optional[float] = None
     resolution: int = 512
     reference_resolution: int = 224
@@ -177,7 +184,7 @@ def load_config(path: str | Path) -> TrainConfig:
     source = Source(path.name, "see flexip_train/train.example.toml for every key and its type")
     config = dataclass_from_mapping(TrainConfig, raw, source, rules, given={"source": path.resolve()})
     shards = config.data.shards
-    if shards and "://" not in shards:  # a local pack, relative to the file like every other path
+    if shards and not is_url(shards):  # a local pack, relative to the file like every other path
         config = config.replace("data", shards=str(rules.path(shards)))
     _validate(config, path.name)
     return config

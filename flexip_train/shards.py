@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 
 from flexip_model.errors import FlexIPError
 
+from .config import is_url
 from .data import KINDS
 
 PACK_INFO = "pack.json"
@@ -36,10 +37,6 @@ def litdata_streaming() -> ModuleType:
         raise FlexIPError("training data is read and written with litdata: pip install 'comfyui-flexip[train]' "
                           "(litdata==0.2.76).") from None
     return litdata.streaming
-
-
-def is_url(location: str) -> bool:
-    return "://" in location
 
 
 def subset_location(root: str, kind: str) -> str:
@@ -74,22 +71,22 @@ def read_pack_info(root: str) -> dict[str, list[tuple[int, str]]]:
 
 
 class ShardPairs:
-    """The packed pairs of `root` (a local folder or a URL litdata reads), in one index space."""
+    """The packed pairs of `root` (a local folder or a URL litdata reads), in one index space; chunks
+    streamed from a URL are kept in `stream_cache` (default: litdata's cache folder)."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, stream_cache: Optional[str] = None) -> None:
         streaming = litdata_streaming()
         self.root = root
+        self.stream_cache = stream_cache
         chunks = read_pack_info(root)
-        damage = None if is_url(root) else damaged_chunk(root, list(chunks))
-        if damage:
-            raise FlexIPError(damage)
         self.subsets: list[tuple[str, int, Any]] = []  # (kind, first global index, unshuffled dataset)
         self._chunk_starts: list[int] = []  # global index of each chunk's first pair, all kinds in order
         self._chunk_digests: list[str] = []
         offset = 0
         for kind, kind_chunks in chunks.items():
             try:
-                dataset = streaming.StreamingDataset(subset_location(root, kind), shuffle=False)
+                dataset = streaming.StreamingDataset(subset_location(root, kind), cache_dir=stream_cache,
+                                                     shuffle=False)
             except Exception as error:  # noqa: BLE001 - litdata raises many types for a missing or bad index
                 raise FlexIPError(f"the {kind} shards in {root} cannot be opened ({_reason(error)}): "
                                   "pack the pairs again.") from None
@@ -133,8 +130,16 @@ def _reason(error: BaseException) -> str:
     return (str(error).splitlines() or [type(error).__name__])[0][:200]
 
 
-def _damaged(chunk: str, folder: Path, what: str) -> str:
+def _damaged(chunk: str, folder: object, what: str) -> str:
     return f"shard {chunk} in {folder} is damaged ({what}): restore it from where it was packed, or pack again."
+
+
+def _chunk_problem(path: Path, size: int) -> Optional[str]:
+    """What is wrong with a chunk file on disk against its index entry, or None."""
+    if not path.is_file():
+        return "the file is missing"
+    found = path.stat().st_size
+    return None if found == size else f"{found} bytes, its index says {size}"
 
 
 def damaged_chunk(root: str, kinds: list[str]) -> Optional[str]:
@@ -148,19 +153,19 @@ def damaged_chunk(root: str, kinds: list[str]) -> Optional[str]:
         except (OSError, ValueError, KeyError, TypeError) as error:
             return _damaged("index.json", folder, _reason(error))
         for name, size in expected:
-            path = folder / name
-            if not path.is_file():
-                return _damaged(name, folder, "the file is missing")
-            if path.stat().st_size != size:
-                return _damaged(name, folder, f"{path.stat().st_size} bytes, its index says {size}")
+            problem = _chunk_problem(folder / name, size)
+            if problem:
+                return _damaged(name, folder, problem)
     return None
 
 
 def damaged_chunk_sentence(dataset: Any, index: Any, error: BaseException) -> str:
     """One sentence for a sample litdata could not read: the chunk file, where it is, what went wrong."""
-    chunk = "a chunk"
+    folder = dataset.input_dir.path or dataset.input_dir.url
     try:
-        chunk = dataset.cache._reader.config._chunks[index.chunk_index]["filename"]
-    except (AttributeError, IndexError, KeyError, TypeError):
-        pass  # the sentence still names the subset
-    return _damaged(chunk, dataset.input_dir.url or dataset.input_dir.path, _reason(error))
+        chunk = dataset.cache._reader.config._chunks[index.chunk_index]
+        name, size = chunk["filename"], int(chunk["chunk_bytes"])
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+        return _damaged("a chunk", folder, _reason(error))  # still names the subset
+    local = dataset.input_dir.url is None
+    return _damaged(name, folder, (local and _chunk_problem(Path(folder) / name, size)) or _reason(error))

@@ -3,8 +3,8 @@
 litdata does the work (docs/training-data.md): each kind's subset is a `StreamingDataset`
 (deterministic shuffle from the seed, reshuffled every epoch, disjoint samples per rank) and
 `CombinedStreamingDataset` mixes the two. Without [data] variant_fraction an epoch is every
-pair once (less a partial batch per kind, rank and worker: ranks must stay even), kinds
-interleaved at their natural ratio; with it, each sample is variant with that
+pair once (under torchrun less a partial batch per kind, rank and worker, so ranks stay even),
+kinds interleaved at their natural ratio; with it, each sample is variant with that
 probability and an epoch ends when either kind runs out. `StreamingDataLoader.state_dict()`
 is the exact data position that checkpoints save.
 """
@@ -25,8 +25,9 @@ from litdata.streaming.sampler import ChunkedIndex  # noqa: E402 - after the ver
 class PairStream(streaming.StreamingDataset):
     """One kind's shuffled subset; each sample goes through `prepare` (in the data-loader worker)."""
 
-    def __init__(self, location: str, offset: int, prepare: Prepare, seed: int) -> None:
-        super().__init__(location, shuffle=True, drop_last=True, seed=seed)
+    def __init__(self, location: str, offset: int, prepare: Prepare, seed: int, cache: Optional[str],
+                 even_ranks: bool) -> None:
+        super().__init__(location, cache_dir=cache, shuffle=True, drop_last=even_ranks, seed=seed)
         self.offset = offset
         self.prepare = prepare
 
@@ -43,9 +44,10 @@ class PairStream(streaming.StreamingDataset):
 
 
 def training_loader(pairs: ShardPairs, prepare: Prepare, seed: int, batch_size: int, num_workers: int,
-                    variant_fraction: Optional[float], collate, pin_memory: bool) -> Any:
-    """The `StreamingDataLoader` of this rank's micro-batches (one epoch per iteration)."""
-    streams = [PairStream(subset_location(pairs.root, kind), offset, prepare, seed)
+                    variant_fraction: Optional[float], collate, pin_memory: bool, even_ranks: bool = False) -> Any:
+    """The `StreamingDataLoader` of this rank's micro-batches (one epoch per iteration). `even_ranks` (under
+    torchrun) drops the pairs that would give ranks and workers unequal shares."""
+    streams = [PairStream(subset_location(pairs.root, kind), offset, prepare, seed, pairs.stream_cache, even_ranks)
                for kind, offset, _ in pairs.subsets]
     kinds = [kind for kind, _, _ in pairs.subsets]
     weights = None

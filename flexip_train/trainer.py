@@ -85,8 +85,12 @@ class Trainer:
         if not resume and state.saved_checkpoints(self.output, config.output.name):
             raise FlexIPError(f"{self.output} already holds checkpoints of {config.output.name}: pass --resume to "
                               "continue that run, or set another [output] dir or name.")
-        self.shards = ShardPairs(self._packed_pairs())
+        stream_cache = config.data.stream_cache
+        self.shards = ShardPairs(self._packed_pairs(), None if stream_cache is None else str(stream_cache))
         _check_pairs(self.shards, config, topology.world_size)
+        damage = self.shards.damage() if topology.is_main else None  # one stat per chunk: once, not on every rank
+        if damage:
+            raise FlexIPError(damage)
 
         factories = resolve_factories(config.model)
         import_comfy(cpu=not self.on_gpu)
@@ -196,10 +200,10 @@ class Trainer:
         from .stream import training_loader
 
         self.loader = training_loader(self.shards, self.items, train.seed, train.batch_size, config.data.num_workers,
-                                      config.data.variant_fraction, collate, self.on_gpu)
+                                      config.data.variant_fraction, collate, self.on_gpu, topology.distributed)
         if self.data_state is not None:
             _resume_data(self.loader, *self.data_state, topology.world_size)
-        batches = _endless(self.loader)
+        batches = _endless(self.loader, self._empty_epoch())
         order = self.output / f"order-rank{topology.rank}.jsonl" if config.output.record_order else None
         sampling = self.model.model.model_sampling
         evals: dict[int, float] = {}
@@ -253,6 +257,12 @@ class Trainer:
                 last_checkpoint = self._checkpoint()
         progress.close()
         return TrainResult(self.step, last_checkpoint, evals)
+
+    def _empty_epoch(self) -> str:
+        data, topology = self.config.data, self.topology
+        return (f"{self.shards.root} gives no batch of {self.config.train.batch_size} on {topology.world_size} GPU(s) "
+                f"with {data.num_workers} data-loader workers (each kind fills whole batches per GPU and worker under "
+                "torchrun): add pairs, or lower [train] batch_size or [data] num_workers.")
 
     def _next_batch(self, batches: Iterator[Any]) -> Any:
         """The next micro-batch; a chunk damaged while training (litdata reads ahead) ends in one sentence."""
@@ -364,10 +374,15 @@ def _check_pairs(shards: ShardPairs, config: TrainConfig, world_size: int) -> No
                               "pack some, or set variant_fraction to " + ("0." if kind == "variant" else "1."))
 
 
-def _endless(loader) -> Iterator[Any]:
-    """Micro-batches epoch after epoch (each pass over the loader is one reshuffled epoch)."""
+def _endless(loader, empty: str) -> Iterator[Any]:
+    """Micro-batches epoch after epoch (each pass over the loader is one reshuffled epoch); FlexIPError(`empty`)
+    if a whole epoch gives none."""
     while True:
-        yield from loader
+        count = 0
+        for count, batch in enumerate(loader, start=1):
+            yield batch
+        if count == 0:
+            raise FlexIPError(empty)
 
 
 def _resume_data(loader, saved: dict, saved_ranks: int, ranks: int) -> None:

@@ -49,14 +49,17 @@ def test_a_run_on_packed_shards_equals_the_same_run_from_the_manifest(tmp_path: 
     manifest = write_pairs(tmp_path / "data")
     # the order litdata draws depends on the chunking: pack as the trainer packs a manifest (`pack`'s default)
     shards = _pack(manifest, tmp_path / "shards", CHUNK_BYTES)
-    from_manifest = _train(tmp_path, "manifest", {"manifest": str(manifest)}, steps=4)
-    from_shards = _train(tmp_path, "shards_run", {"shards": str(shards)}, steps=4)
-    assert from_manifest.returncode == 0 and from_shards.returncode == 0, from_shards.stderr[-3000:]
+    runs = {"manifest": {"manifest": str(manifest)}, "folder": {"shards": str(shards)},
+            # litdata's `local:` URL: streamed through its downloader into the cache, as from an object store
+            "streamed": {"shards": f"local:{shards}", "stream_cache": str(tmp_path / "stream_cache")}}
+    for name, data in runs.items():
+        result = _train(tmp_path, name, data, steps=4)
+        assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "manifest" / "shards" / "pack.json").is_file()  # the manifest went through shards too
-    a = _weights(tmp_path / "manifest" / "smoke-000004.state.pt")
-    b = _weights(tmp_path / "shards_run" / "smoke-000004.state.pt")
-    for name, tensor in a.items():  # same pairs, seed and ops on one CPU thread: bit for bit
-        assert torch.equal(tensor, b[name]), name
+    assert list((tmp_path / "stream_cache").rglob("*.bin"))  # the streamed run read copies of the chunks
+    weights = {name: _weights(tmp_path / name / "smoke-000004.state.pt") for name in runs}
+    for name, tensor in weights["manifest"].items():  # same pairs, seed and ops on one CPU thread: bit for bit
+        assert torch.equal(tensor, weights["folder"][name]) and torch.equal(tensor, weights["streamed"][name]), name
 
 
 def _mixed_manifest(folder: Path, invariant: int, variant: int) -> Path:
@@ -86,8 +89,7 @@ def test_variant_fraction_sets_the_mix_whatever_the_pack_holds(tmp_path: Path):
     from flexip_train.shards import ShardPairs
 
     pairs = ShardPairs(str(_pack(_mixed_manifest(tmp_path / "data", 296, 304), tmp_path / "shards", 1 << 18)))
-    # unset: every pair once per epoch, in a new order each epoch (whole batches of 8 per kind: litdata's
-    # drop_last, which keeps ranks even, would drop a partial one)
+    # unset: every pair once per epoch, in a new order each epoch
     passes, kinds = _kinds(pairs, None, epochs=2)
     assert sorted(passes[0]) == sorted(passes[1]) == list(range(600))
     assert passes[0] != passes[1] and kinds == Counter(invariant=2 * 296, variant=2 * 304)
@@ -134,3 +136,21 @@ def test_a_damaged_image_stops_training_with_its_pair_named_and_complete_checkpo
         checkpoint.validate(path)
         assert path.with_name(path.name.replace(".safetensors", ".state.pt")).is_file()
     assert not list((tmp_path / "damaged").glob(".*tmp*"))
+
+
+def test_a_chunk_damaged_after_start_up_comes_back_from_the_worker_as_one_sentence(tmp_path: Path):
+    from flexip_train.features import BadPair
+    from flexip_train.shards import ShardPairs
+    from flexip_train.stream import training_loader
+
+    shards = _pack(write_pairs(tmp_path / "data"), tmp_path / "shards")
+    pairs = ShardPairs(str(shards))  # opened while whole, as the trainer opens it before training
+    chunk = sorted((shards / "variant").glob("*.bin"))[-1]
+    size = chunk.stat().st_size
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    loader = training_loader(pairs, lambda index, epoch, sample: index, seed=0, batch_size=2, num_workers=1,
+                             variant_fraction=None, collate=list, pin_memory=False)
+    bad = {item.message for batch in loader for item in batch if isinstance(item, BadPair)}
+    # litdata waits 2 s for a short local chunk to grow, then gives up: the worker names the file
+    assert bad == {f"shard {chunk.name} in {shards / 'variant'} is damaged (100 bytes, its index says {size}): "
+                   "restore it from where it was packed, or pack again."}
