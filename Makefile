@@ -16,6 +16,11 @@ test-unit test-comfy test-train test-server test-ui test-gpu: setup
 demo: setup
 	$(PY) -m tools.demo
 
+# python -m flexip_eval end to end on generated random-weight models (the numbers mean nothing)
+.PHONY: demo-eval
+demo-eval: setup
+	$(PY) -m tools.demo_eval
+
 # make bench ARGS="--device cuda" for the GPU figures
 bench: setup
 	$(PY) -m benchmarks $(ARGS)
