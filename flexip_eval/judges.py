@@ -7,7 +7,7 @@ loads (`local_files_only=True`: nothing is fetched), with the folder's own prepr
   CLIP-T = cos(image, prompt), CLIP-I = mean cos(image, reference) over the subject's references, and
   CLIP-IQA = softmax(100·[cos(image, "Good photo."), cos(image, "Bad photo.")])[good].
 - DINO ViT-S/16 (facebook/dino-vits16, a `ViTModel`): DINO-I = mean cos over the references of the [CLS]
-  token of last_hidden_state (after the final layer norm; the pooler is not loaded, DINO has none).
+  token of last_hidden_state (after the final layer norm; ViTModel's pooler is not DINO's and is not built).
 - Aesthetic: the LAION predictor v2 head (flexip_eval/aesthetic.py) on the L2-normalised image embedding of
   CLIP ViT-L/14 (`aesthetic_clip`, which defaults to `clip`).
 
@@ -64,8 +64,8 @@ class JudgesConfig:
 class ClipJudge:
     """A CLIPModel with its folder's image preprocessing and tokenizer; embeddings come L2-normalised."""
 
-    def __init__(self, model: CLIPModel, images: CLIPImageProcessor, tokenizer: CLIPTokenizer) -> None:
-        self.model, self.processor, self.tokenizer = model, images, tokenizer
+    def __init__(self, model: CLIPModel, processor: CLIPImageProcessor, tokenizer: CLIPTokenizer) -> None:
+        self.model, self.processor, self.tokenizer = model, processor, tokenizer
         self.device = next(model.parameters()).device
 
     def images(self, images: torch.Tensor) -> torch.Tensor:
