@@ -2,8 +2,8 @@
 
 Makes the images that are missing, scores those not scored yet, then (rank 0) writes into [output] dir:
 results.jsonl (one line per image, every metric), table.md and table.csv (one row per method and γ,
-with mRank), tradeoff.png (CLIP-T against DINO-I and CLIP-I across γ) and sheets/<subject>.png.
-Each rank also appends the images it made to logs/generated-rank<r>.jsonl.
+with mRank), tradeoff.png (CLIP-T against DINO-I and CLIP-I across γ) and sheets/<subject>.png, and
+prints the Markdown table on stdout. Each rank appends the images it made to logs/generated-rank<r>.jsonl.
 
 Exit status: 0 done, 1 a FlexIPError (one sentence on stderr), 2 ComfyUI not found or a usage error.
 """
@@ -16,7 +16,6 @@ import logging
 import sys
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 import torch
@@ -79,8 +78,9 @@ def _make_images(config: EvalConfig, items: list[Item], topology: distributed.To
         maker.make(items, output, done)
 
 
-def _report(config: EvalConfig, benchmark: Benchmark, items: list[Item], key: dict[str, str]) -> None:
-    """Rank 0, after every rank is done: results.jsonl, the tables, the chart and the contact sheets."""
+def _report(config: EvalConfig, benchmark: Benchmark, items: list[Item], key: dict[str, str]) -> str:
+    """Rank 0, after every rank is done: results.jsonl, the tables, the chart and the contact sheets;
+    returns the Markdown table."""
     from .figures import contact_sheet, tradeoff_chart
     from .scoring import results
     from .table import csv_table, markdown_table, mean_rows, with_mrank
@@ -95,11 +95,13 @@ def _report(config: EvalConfig, benchmark: Benchmark, items: list[Item], key: di
     tradeoff_chart(rows, output / "tradeoff.png")
     for subject in benchmark.subjects:
         contact_sheet(subject, items, output, output / "sheets" / f"{subject.name}.png")
-    log.info("%d images scored; wrote %s\n%s", len(records), output, table)
+    log.info("%d images scored; wrote %s", len(records), output)
+    return table
 
 
-def evaluate(config: EvalConfig) -> None:
-    """Make, score and (rank 0) report, with torchrun's ranks splitting the images."""
+def evaluate(config: EvalConfig) -> Optional[str]:
+    """Make, score and (rank 0) report, with torchrun's ranks splitting the images; the Markdown table on
+    rank 0, None on the others."""
     from .generate import check_existing, image_settings
     from .scoring import judges_key, score_images, unscored
 
@@ -134,8 +136,7 @@ def evaluate(config: EvalConfig) -> None:
             with _progress(len(to_score), "scoring", shown) as bar:
                 score_images(judges, to_score, output, key, gen.batch_size, gen.resolution, lambda item: bar.update(1))
         distributed.barrier(topology)
-        if topology.is_main:
-            _report(config, benchmark, items, key)
+        return _report(config, benchmark, items, key) if topology.is_main else None
     finally:
         distributed.teardown()
 
@@ -150,7 +151,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except FlexIPError as error:
             print(error, file=sys.stderr)
             return 2
-        evaluate(config)
+        table = evaluate(config)
+        if table is not None:
+            print(table)  # the command's result, on stdout
         return 0
     except FlexIPError as error:
         print(error, file=sys.stderr)

@@ -22,7 +22,8 @@ from .worklist import Item
 
 def judges_key(config: JudgesConfig) -> dict[str, str]:
     """Which judges gave a score: the [judges] files (a changed file means new scores)."""
-    return {"clip": str(config.clip), "dino": str(config.dino), "aesthetic": str(config.aesthetic)}
+    return {"clip": str(config.clip), "dino": str(config.dino), "aesthetic": str(config.aesthetic),
+            "aesthetic_clip": str(config.aesthetic_clip or config.clip)}
 
 
 def scores_path(output: Path, item: Item) -> Path:

@@ -82,10 +82,3 @@ def batches(items: list[Item], generation: GenerationConfig) -> Iterator[list[It
         for start in range(0, len(group), generation.batch_size):
             yield group[start:start + generation.batch_size]
 
-
-def subjects_of(items: list[Item]) -> list[Subject]:
-    """The subjects `items` show, in order of first appearance."""
-    seen: dict[str, Subject] = {}
-    for item in items:
-        seen.setdefault(item.subject.name, item.subject)
-    return list(seen.values())

@@ -1,4 +1,4 @@
-"""`make demo-eval`: `python -m flexip_eval` end to end on generated models, then the table it wrote.
+"""`make demo-eval`: `python -m flexip_eval` end to end on generated models; it prints the table.
 
 Two drawn subjects, two prompts each, FlexIP at two γ, IP-Adapter at γ = 1 and the base model, one
 seed, 64 px, 2 steps (tools/fixtures/evaluation.py). Every model, adapter and judge has RANDOM
@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
-
 from tools.fixtures.evaluation import write_evaluation
 from tools.fixtures.paths import CACHE_DIR, REPO_ROOT
 
@@ -27,9 +25,7 @@ def main() -> int:
     if result.returncode != 0:
         print(f"demo-eval: the evaluation failed (exit {result.returncode}); the reason is above.")
         return result.returncode
-    output = Path(FOLDER / "out")
-    print()
-    print((output / "table.md").read_text(encoding="utf-8"))
+    output = FOLDER / "out"
     print("demo-eval: every model here (UNet, encoders, adapters, judges) has RANDOM weights, so these numbers "
           "are meaningless; they show the pipeline runs end to end.")
     print(f"demo-eval: images, results.jsonl, table.csv, tradeoff.png and contact sheets are in {output}")
