@@ -1,7 +1,7 @@
 """`python -m flexip_eval` end to end on generated models (tools/fixtures/evaluation.py), CPU, subprocesses.
 
-A 2-subject, 2-prompt, 2-seed evaluation of FlexIP at two γ, IP-Adapter at γ = 1 and the base model:
-32 images at 64 px, 2 sampling steps, random judges. The numbers mean nothing; what is tested is
+A 2-subject, 2-prompt, 2-seed evaluation of FlexIP at two γ and with a gate schedule, IP-Adapter at
+γ = 1 and the base model: 40 images at 64 px, 2 sampling steps, random judges. The numbers mean nothing; what is tested is
 that every image is made once, scored once and reported.
 """
 from __future__ import annotations
@@ -22,7 +22,8 @@ from tools.fixtures.evaluation import write_evaluation
 pytestmark = pytest.mark.eval
 
 METRICS = ("clip_t", "clip_i", "dino_i", "clip_iqa", "aesthetic")
-IMAGES = 4 * 2 * 2 * 2  # rows (FlexIP γ 0.25 and 1, IP-Adapter, base) x subjects x prompts x seeds
+SCHEDULE = "0:1.0, 1:0.25"
+IMAGES = 5 * 2 * 2 * 2  # rows (FlexIP γ 0.25 and 1, its schedule, IP-Adapter, base) x subjects x prompts x seeds
 
 
 def evaluate(config: Path, ranks: int = 1) -> str:
@@ -55,7 +56,7 @@ def world(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def first_run(world: Path) -> Path:
-    evaluate(write_evaluation(world))
+    evaluate(write_evaluation(world, schedule=SCHEDULE))
     return world / "out"
 
 
@@ -70,22 +71,36 @@ def test_evaluation_scores_every_image_and_writes_the_reports(first_run: Path):
         assert stored["item"] == {key: record[key] for key in stored["item"]}  # the PNG says what it shows
         assert stored["settings"]["steps"] == 2 and stored["settings"]["resolution"] == 64
     rows = list(csv.DictReader(io.StringIO((first_run / "table.csv").read_text())))
-    assert [row["method"] for row in rows] == ["FlexIP", "FlexIP", "IP-Adapter", "SD1.5"]
+    assert [(row["method"], row["gamma"]) for row in rows] == [
+        ("FlexIP", "0.25"), ("FlexIP", "1.0"), ("FlexIP schedule", ""), ("IP-Adapter", "1.0"), ("SD1.5", "")]
     assert all(row["mrank"] for row in rows)
     table = (first_run / "table.md").read_text()
     assert all(name in table for name in ("FlexIP", "IP-Adapter", "SD1.5"))
     with Image.open(first_run / "tradeoff.png") as chart:
         assert chart.size[0] > chart.size[1]
-    for subject in ("red_toy", "blue_cat"):  # a label column, then 2 prompts x 2 seeds; 1 + 4 rows
+    for subject in ("red_toy", "blue_cat"):  # a label column, then 2 prompts x 2 seeds; the photos + 5 rows
         with Image.open(first_run / "sheets" / f"{subject}.png") as sheet:
-            assert sheet.size == (160 + 4 * 128, 5 * 128)
+            assert sheet.size == (160 + 4 * 128, 6 * 128)
     assert sorted(generated(first_run)) == sorted(record["image"] for record in records)
+
+
+def test_each_row_samples_its_own_model(first_run: Path):
+    # one prompt and seed in every row: each γ, the schedule, the IP-Adapter pair and the unpatched model
+    # give another image (the generated adapters' weights are large enough to move every pixel value)
+    images = {}
+    for row in ("FlexIP/gamma_0.25", "FlexIP/gamma_1", "FlexIP schedule/schedule", "IP-Adapter/gamma_1",
+                "SD1.5/no_adapter"):
+        with Image.open(first_run / "images" / row / "red_toy" / "p00_s0.png") as image:
+            images[row] = image.tobytes()
+    assert len(set(images.values())) == len(images)
+    with Image.open(first_run / "images" / "SD1.5/no_adapter/red_toy/p00_s1.png") as other_seed:
+        assert other_seed.tobytes() != images["SD1.5/no_adapter"]
 
 
 def test_second_run_writes_no_image_and_gives_the_same_table(world: Path, first_run: Path):
     before, table = written(first_run), (first_run / "table.md").read_text()
     log = evaluate(world / "out.toml")
-    assert "0 of 32 images to make, 0 to score" in log
+    assert f"0 of {IMAGES} images to make, 0 to score" in log
     assert written(first_run) == before  # no PNG and no score file written again
     assert (first_run / "table.md").read_text() == table
     assert len(generated(first_run)) == IMAGES
@@ -93,7 +108,7 @@ def test_second_run_writes_no_image_and_gives_the_same_table(world: Path, first_
 
 def test_two_torchrun_ranks_split_the_images_and_make_none_twice(world: Path, first_run: Path):
     output = world / "ranks"
-    evaluate(write_evaluation(world, output="ranks"), ranks=2)
+    evaluate(write_evaluation(world, output="ranks", schedule=SCHEDULE), ranks=2)
     logs = [[json.loads(line)["image"] for line in (output / "logs" / f"generated-rank{rank}.jsonl").read_text()
              .splitlines()] for rank in (0, 1)]
     assert [len(images) for images in logs] == [IMAGES // 2] * 2
