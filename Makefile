@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export COMFYUI_PATH ?= $(CURDIR)/.cache/comfyui
 
-.PHONY: setup test test-unit test-comfy test-train test-server test-ui test-gpu demo bench bench-train clean
+.PHONY: setup test test-unit test-comfy test-train test-eval test-server test-ui test-gpu demo bench bench-train clean
 
 setup:
 	bash tools/setup.sh
@@ -10,11 +10,16 @@ setup:
 test: setup
 	$(PY) -m pytest tests
 
-test-unit test-comfy test-train test-server test-ui test-gpu: setup
+test-unit test-comfy test-train test-eval test-server test-ui test-gpu: setup
 	$(PY) -m pytest tests -m $(subst test-,,$@)
 
 demo: setup
 	$(PY) -m tools.demo
+
+# python -m flexip_eval end to end on generated random-weight models (the numbers mean nothing)
+.PHONY: demo-eval
+demo-eval: setup
+	$(PY) -m tools.demo_eval
 
 # make bench ARGS="--device cuda" for the GPU figures
 bench: setup

@@ -1,7 +1,7 @@
 """Layer markers by folder, the repository paths, and the one ComfyUI server a session shares.
 
-tests/unit -> unit, tests/comfy -> comfy, tests/train -> train, tests/server -> server, tests/ui -> ui,
-tests/gpu -> gpu, so `pytest -m comfy` (make test-comfy) selects a layer. When `-m` names only
+tests/unit -> unit, tests/comfy -> comfy, tests/train -> train, tests/eval -> eval, tests/server -> server,
+tests/ui -> ui, tests/gpu -> gpu, so `pytest -m comfy` (make test-comfy) selects a layer. When `-m` names only
 layers, the other layers' folders are not even collected (their conftests import ComfyUI or start
 processes).
 """
@@ -20,7 +20,7 @@ from flexip_model.errors import FlexIPError
 from tools.fixtures import CACHE_DIR, REPO_ROOT, comfyui_path as resolve_comfyui_path
 
 TESTS_DIR = Path(__file__).resolve().parent
-LAYERS = ("unit", "comfy", "train", "server", "ui", "gpu")
+LAYERS = ("unit", "comfy", "train", "eval", "server", "ui", "gpu")
 
 # Frontend settings seeded into the shared server's user/default/comfy.settings.json:
 # no tutorial or template browser over the canvas.

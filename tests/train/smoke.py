@@ -16,13 +16,8 @@ import sys
 from pathlib import Path
 
 from tools.fixtures import REPO_ROOT, comfyui_path, sd15_checkpoint
+from tools.fixtures.tiny import TINY_FACTORIES
 from tests.train.synthetic import write_config, write_pairs
-
-TINY_FACTORIES = {
-    "unet_factory": "tools.fixtures.tiny:tiny_unet_patcher",
-    "clip_vision_factory": "tools.fixtures.tiny:tiny_clip_vision",
-    "dino_factory": "tools.fixtures.tiny:tiny_dino",
-}
 
 
 def smoke_sections(manifest: Path, output: Path, cache: Path, steps: int) -> dict[str, dict]:
