@@ -1,4 +1,8 @@
-"""FlexIPSubjectSimilarity: CLIP-I and DINO-I of generated images against the reference (the paper's metrics)."""
+"""FlexIPSubjectSimilarity: generated images against the reference, seen by the encoders that condition the model.
+
+A quick in-graph check, not the paper's metrics: CLIP-H and DINOv2-L are what FlexIP reads, so they are
+biased judges of it. `python -m flexip_eval` scores with independent ones (CLIP ViT-L/14, DINO ViT-S/16).
+"""
 
 from __future__ import annotations
 
@@ -15,10 +19,11 @@ DINO_RESOLUTION = 224  # DINO-I as usually reported: the [CLS] of a 224 px centr
 
 
 class FlexIPSubjectSimilarity:
-    DISPLAY_NAME = "FlexIP Subject Similarity (CLIP-I, DINO-I)"
-    DESCRIPTION = ("How much each generated image looks like the subject: CLIP-I (cosine of CLIP image "
-                   "embeddings) and DINO-I (cosine of DINOv2 [CLS] features), the identity metrics of the "
-                   "FlexIP paper. 1.0 = the same image.")
+    DISPLAY_NAME = "FlexIP Subject Similarity (conditioning encoders)"
+    DESCRIPTION = ("How much each generated image looks like the subject, seen by the encoders that condition "
+                   "the model: cosine of CLIP image embeddings and of DINOv2 [CLS] features. 1.0 = the same image. "
+                   "A quick check, not the paper's CLIP-I and DINO-I: those need independent judges "
+                   "(python -m flexip_eval).")
     CATEGORY = "FlexIP/evaluation"
     RETURN_TYPES = ("FLOAT", "FLOAT", "STRING")
     RETURN_NAMES = ("clip_i", "dino_i", "table")
