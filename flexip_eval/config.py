@@ -8,7 +8,6 @@ so a training config's [model] block can be pasted as it is.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -17,7 +16,7 @@ from flexip_model.errors import FlexIPError
 from flexip_model.gate_schedule import INTERPOLATIONS, parse_keyframes
 from flexip_model.gate_sweep import MAX_SWEEP_GAMMAS
 from flexip_model.mapping import Rules, Source, dataclass_from_mapping
-from flexip_train.config import DEVICES, ModelConfig
+from flexip_train.config import DEVICES, ModelConfig, read_toml
 
 from .judges import JudgesConfig
 
@@ -98,13 +97,7 @@ class EvalConfig:
 def load_config(path: str | Path) -> EvalConfig:
     """Read and check a TOML evaluation config; FlexIPError naming the file and key on any problem."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FlexIPError(f"the evaluation config {path} was not found: pass an existing TOML file to --config."
-                          ) from None
-    except tomllib.TOMLDecodeError as error:
-        raise FlexIPError(f"{path.name} is not valid TOML ({error}): fix the syntax.") from None
+    raw = read_toml(path, "evaluation config")
     base = path.resolve().parent
 
     def count(label: str, key: str, value: object) -> None:  # bounded before any method is read

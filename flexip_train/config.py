@@ -169,16 +169,20 @@ class TrainConfig:
         return dataclasses.replace(self, **{section: dataclasses.replace(getattr(self, section), **values)})
 
 
+def read_toml(path: Path, what: str) -> dict:
+    """The TOML file `path` as a dict; FlexIPError for a missing file or bad syntax, naming `what` it is."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FlexIPError(f"the {what} {path} was not found: pass an existing TOML file to --config.") from None
+    except tomllib.TOMLDecodeError as error:
+        raise FlexIPError(f"{path.name} is not valid TOML ({error}): fix the syntax.") from None
+
+
 def load_config(path: str | Path) -> TrainConfig:
     """Read and check a TOML training config; FlexIPError naming the file and key on any problem."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FlexIPError(f"the training config {path} was not found: pass an existing TOML file to --config."
-                          ) from None
-    except tomllib.TOMLDecodeError as error:
-        raise FlexIPError(f"{path.name} is not valid TOML ({error}): fix the syntax.") from None
+    raw = read_toml(path, "training config")
     base = path.resolve().parent
     rules = Rules(path=lambda text: (base / Path(text).expanduser()).resolve())
     source = Source(path.name, "see flexip_train/train.example.toml for every key and its type")

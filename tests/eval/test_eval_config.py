@@ -4,17 +4,16 @@ No ComfyUI and no models: files the config names are empty stand-ins (only their
 """
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from pathlib import Path
 
 import pytest
 
 from flexip_eval.benchmark import read_benchmark
-from flexip_eval.config import EvalConfig, load_config
+from flexip_eval.config import load_config
 from flexip_eval.worklist import missing, rank_share, work_items
 from flexip_model.errors import FlexIPError
-from tests.unit.flexip_unit_helpers import assert_one_sentence
+from tests.unit.flexip_unit_helpers import assert_example_shows_defaults, assert_one_sentence
 from tools.fixtures import REPO_ROOT
 from tools.fixtures.evaluation import write_benchmark
 
@@ -55,14 +54,7 @@ def test_example_config_loads_and_shows_the_defaults(tmp_path: Path):
         (tmp_path / name).touch()
     config = load_config(config_path)
     assert [method.kind for method in config.methods] == ["flexip", "flexip", "ip_adapter", "base"]
-    for section in dataclasses.fields(EvalConfig):
-        value = getattr(config, section.name)
-        if not dataclasses.is_dataclass(value):
-            continue
-        for key in dataclasses.fields(value):
-            shown = getattr(value, key.name)
-            if key.default is not dataclasses.MISSING and not isinstance(shown, Path):  # paths are examples
-                assert shown == key.default, f"flexip_eval/eval.example.toml [{section.name}] {key.name}"
+    assert_example_shows_defaults(config, "flexip_eval/eval.example.toml")
 
 
 @pytest.mark.parametrize("methods, mention", [

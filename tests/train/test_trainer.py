@@ -315,17 +315,9 @@ def test_written_checkpoint_fits_the_base_checkpoint(tmp_path: Path):
 
 
 def test_example_config_shows_the_defaults():
-    import dataclasses
-
-    from flexip_train.config import TrainConfig, load_config
+    from flexip_train.config import load_config
+    from tests.unit.flexip_unit_helpers import assert_example_shows_defaults
     from tools.fixtures import REPO_ROOT
 
     config = load_config(REPO_ROOT / "flexip_train" / "train.example.toml")
-    for section in dataclasses.fields(TrainConfig):
-        value = getattr(config, section.name)
-        if not dataclasses.is_dataclass(value):
-            continue
-        for key in dataclasses.fields(value):
-            shown = getattr(value, key.name)
-            if key.default is not dataclasses.MISSING and not isinstance(shown, Path):  # paths are examples
-                assert shown == key.default, f"flexip_train/train.example.toml [{section.name}] {key.name}"
+    assert_example_shows_defaults(config, "flexip_train/train.example.toml")

@@ -49,3 +49,18 @@ def assert_one_sentence(message: str, *mentions: str) -> None:
     assert re.search(r"[.!?]\s+[A-Z]", message) is None, f"more than one sentence: {message}"
     for mention in mentions:
         assert mention in message, f"{mention!r} not in: {message}"
+
+
+def assert_example_shows_defaults(config: object, example: str) -> None:
+    """Every key of the loaded example config `config` that has a default equals it (paths are examples)."""
+    import dataclasses
+    from pathlib import Path
+
+    for section in dataclasses.fields(config):
+        value = getattr(config, section.name)
+        if not dataclasses.is_dataclass(value):
+            continue
+        for key in dataclasses.fields(value):
+            shown = getattr(value, key.name)
+            if key.default is not dataclasses.MISSING and not isinstance(shown, Path):
+                assert shown == key.default, f"{example} [{section.name}] {key.name}"
