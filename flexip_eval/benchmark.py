@@ -21,10 +21,16 @@ prompts.toml::
 
 FlexIP and IP-Adapter are zero-shot image adapters with no learned token, so {} becomes the class
 noun ("a dog in the jungle"); that same prompt is what CLIP-T scores the image against.
+
+DreamBench's own `prompts_and_classes.txt` works as the prompts file too ([benchmark] prompts =
+"prompts_and_classes.txt"): its Classes list gives each subject's class noun, its Object and Live
+Subject prompt lists ('a {0} {1} in the jungle', {0} the learned token, {1} the class) become
+"a {} in the jungle", and, as in DreamBench, the dogs and cats are its live subjects.
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +47,8 @@ from .config import BenchmarkConfig
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 MAX_PROMPTS = 1000
+DREAMBENCH_LIVE_CLASSES = ("dog", "cat")  # DreamBench's 9 live subjects are its dogs and cats
+DREAMBENCH_SECTIONS = ("Classes", "Object Prompts", "Live Subject Prompts")
 
 
 @dataclass(frozen=True)
@@ -78,9 +86,24 @@ class Benchmark:
         return next(subject for subject in self.subjects if subject.name == name)
 
 
+def _dreambench_prompts(path: Path, text: str) -> dict:
+    """DreamBench's prompts_and_classes.txt as the mapping prompts.toml would hold."""
+    starts = [text.find(section) for section in DREAMBENCH_SECTIONS]
+    if min(starts) < 0 or starts != sorted(starts):
+        raise FlexIPError(f"{path} is not DreamBench's prompts_and_classes.txt (it needs the sections "
+                          f"{', '.join(DREAMBENCH_SECTIONS)} in that order): use DreamBench's file or a prompts.toml.")
+    classes = re.findall(r"^\s*([\w-]+)\s*,\s*([^,\n]+?)\s*$", text[starts[0]:starts[1]], flags=re.M)
+    subjects = {name: {"class_noun": noun, "live": noun in DREAMBENCH_LIVE_CLASSES}
+                for name, noun in classes if name != "subject_name"}  # the CSV header line
+    lists = {kind: [prompt.replace("{0} {1}", "{}") for prompt in re.findall(r"'([^']*)'", part)]
+             for kind, part in (("object", text[starts[1]:starts[2]]), ("live", text[starts[2]:]))}
+    return {"prompts": lists, "subjects": subjects}
+
+
 def _read_prompts(path: Path) -> tuple[PromptLists, dict[str, SubjectEntry]]:
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        raw = _dreambench_prompts(path, text) if path.suffix == ".txt" else tomllib.loads(text)
     except FileNotFoundError:
         raise FlexIPError(f"the benchmark's prompts file {path} was not found: write it as described in "
                           "flexip_eval/benchmark.py, or set [benchmark] prompts to its name.") from None

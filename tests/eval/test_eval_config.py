@@ -133,3 +133,39 @@ def test_ranks_share_the_work_list_with_no_image_twice(tmp_path: Path):
     done.parent.mkdir(parents=True)
     done.touch()
     assert missing(items, tmp_path / "out") == items[1:]
+
+
+DREAMBENCH_PROMPTS = """Classes
+subject_name,class
+blue_cat,cat
+red_toy,toy
+
+Prompts
+Object Prompts
+prompt_list = [
+'a {0} {1} on a beach'.format(unique_token, class_token),
+'a {0} {1} in the snow'.format(unique_token, class_token)
+]
+
+Live Subject Prompts
+prompt_list = [
+'a {0} {1} in the jungle'.format(unique_token, class_token),
+'a {0} {1} wearing a red hat'.format(unique_token, class_token)
+]
+"""
+
+
+def test_dreambench_prompts_and_classes_file_is_read_as_it_is(tmp_path: Path):
+    bench = write_benchmark(tmp_path / "bench")
+    (bench / "prompts.toml").unlink()
+    (bench / "prompts_and_classes.txt").write_text(DREAMBENCH_PROMPTS)  # DreamBench's own layout and syntax
+    config = load_config(write(tmp_path, BASE.replace('folder = "bench"', 'folder = "bench"\n'
+                                                      'prompts = "prompts_and_classes.txt"') + FLEXIP))
+    benchmark = read_benchmark(config.benchmark)
+    # the class noun in place of DreamBench's learned token and class; cats and dogs take the live list
+    assert benchmark.subject("blue_cat").prompts == ("a cat in the jungle", "a cat wearing a red hat")
+    assert benchmark.subject("red_toy").prompts == ("a toy on a beach", "a toy in the snow")
+    (bench / "prompts_and_classes.txt").write_text(DREAMBENCH_PROMPTS.replace("Live Subject Prompts", "Live"))
+    with pytest.raises(FlexIPError) as error:
+        read_benchmark(config.benchmark)
+    assert_one_sentence(str(error.value), "prompts_and_classes.txt", "Live Subject Prompts")
