@@ -37,11 +37,10 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from flexip_model.errors import FlexIPError
 from flexip_model.mapping import Source, dataclass_from_mapping
-from flexip_train.data import fit_square
+from flexip_train.data import decode_image, fit_square
 
 from .config import BenchmarkConfig
 
@@ -167,13 +166,7 @@ def read_benchmark(config: BenchmarkConfig) -> Benchmark:
 
 def read_image(path: Path, size: Optional[int] = None) -> torch.Tensor:
     """A photo as [H, W, 3] float in [0, 1] (fitted to size×size when given); FlexIPError naming the file."""
-    try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image).convert("RGB")
-            pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).reshape(image.height, image.width, 3)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:  # PIL: SyntaxError = broken PNG
-        raise FlexIPError(f"{path} is not a readable image ({error}): re-save it as PNG or JPEG.") from None
-    pixels = pixels.float() / 255.0
+    pixels = decode_image(path.read_bytes(), str(path), fix="re-save it as PNG or JPEG")
     return fit_square(pixels, size) if size else pixels
 
 

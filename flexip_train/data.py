@@ -129,16 +129,18 @@ def _check_files(pair: Pair, decode: bool) -> list[str]:
     return problems
 
 
-def decode_image(data: bytes, where: str, mask: bool = False) -> torch.Tensor:
-    """[H, W, 3] RGB (or [H, W] for a mask) float in [0, 1] from encoded bytes; FlexIPError naming `where`."""
+def decode_image(data: bytes, where: str, mask: bool = False,
+                 fix: str = "re-save it as PNG or JPEG and pack again, or run --check-data to list every bad line"
+                 ) -> torch.Tensor:
+    """[H, W, 3] RGB (or [H, W] for a mask) float in [0, 1] from encoded bytes; FlexIPError naming `where`
+    and how to `fix` it."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             image = ImageOps.exif_transpose(image).convert("L" if mask else "RGB")
             pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
             size = (image.height, image.width) if mask else (image.height, image.width, 3)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:  # PIL: SyntaxError = broken PNG
-        raise FlexIPError(f"{where} is not a readable image ({error}): re-save it as PNG or JPEG and pack again, "
-                          "or run --check-data to list every bad line.") from None
+        raise FlexIPError(f"{where} is not a readable image ({error}): {fix}.") from None
     return pixels.reshape(size).float() / 255.0
 
 

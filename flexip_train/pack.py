@@ -162,7 +162,8 @@ def write_shards(samples: Iterator[dict], output: Path, chunk_bytes: Optional[in
 
 def _manifest_key(manifest: Path, pairs: list[Pair]) -> str:
     """Changes when the manifest or any file it names changes (size or modification time)."""
-    stamps = [[str(path), path.stat().st_size, path.stat().st_mtime_ns] for pair in pairs for _, path in pair.files()]
+    stats = [(path, path.stat()) for pair in pairs for _, path in pair.files()]
+    stamps = [[str(path), stat.st_size, stat.st_mtime_ns] for path, stat in stats]
     return hashlib.sha256(json.dumps([manifest.read_bytes().decode("utf-8", "replace"), stamps]).encode()).hexdigest()
 
 

@@ -39,13 +39,14 @@ def litdata_streaming() -> ModuleType:
     return litdata.streaming
 
 
-def subset_location(root: str, kind: str) -> str:
-    return f"{root.rstrip('/')}/{kind}" if is_url(root) else str(Path(root) / kind)
+def pack_location(root: str, name: str) -> str:
+    """`name` (a kind's subset, pack.json) inside the pack `root`, a URL or a local folder."""
+    return f"{root.rstrip('/')}/{name}" if is_url(root) else str(Path(root) / name)
 
 
 def read_pack_info(root: str) -> dict[str, list[tuple[int, str]]]:
     """{kind: [(pairs, digest) per chunk]} from the pack's pack.json (fetched through litdata for a URL)."""
-    where = f"{root.rstrip('/')}/{PACK_INFO}" if is_url(root) else str(Path(root) / PACK_INFO)
+    where = pack_location(root, PACK_INFO)
     try:
         if is_url(root):
             with tempfile.TemporaryDirectory() as scratch:
@@ -85,7 +86,7 @@ class ShardPairs:
         offset = 0
         for kind, kind_chunks in chunks.items():
             try:
-                dataset = streaming.StreamingDataset(subset_location(root, kind), cache_dir=stream_cache,
+                dataset = streaming.StreamingDataset(pack_location(root, kind), cache_dir=stream_cache,
                                                      shuffle=False)
             except Exception as error:  # noqa: BLE001 - litdata raises many types for a missing or bad index
                 raise FlexIPError(f"the {kind} shards in {root} cannot be opened ({_reason(error)}): "
@@ -113,9 +114,14 @@ class ShardPairs:
                 return kind, index - offset, dataset
         raise IndexError(index)
 
+    @property
+    def kinds(self) -> list[str]:
+        """The kinds the pack holds, in index order."""
+        return [kind for kind, _, _ in self.subsets]
+
     def damage(self) -> Optional[str]:
         """For a local pack, the sentence naming its first missing or short chunk; else None."""
-        return None if is_url(self.root) else damaged_chunk(self.root, [kind for kind, _, _ in self.subsets])
+        return None if is_url(self.root) else damaged_chunk(self.root, self.kinds)
 
     def kind(self, index: int) -> str:
         return self.locate(index)[0]

@@ -16,7 +16,7 @@ from typing import Any, Optional
 from flexip_model.errors import FlexIPError
 
 from .features import BadPair
-from .shards import Prepare, ShardPairs, damaged_chunk_sentence, litdata_streaming, subset_location
+from .shards import Prepare, ShardPairs, damaged_chunk_sentence, litdata_streaming, pack_location
 
 streaming = litdata_streaming()
 from litdata.streaming.sampler import ChunkedIndex  # noqa: E402 - after the version-check switch
@@ -47,11 +47,10 @@ def training_loader(pairs: ShardPairs, prepare: Prepare, seed: int, batch_size: 
                     variant_fraction: Optional[float], collate, pin_memory: bool, even_ranks: bool = False) -> Any:
     """The `StreamingDataLoader` of this rank's micro-batches (one epoch per iteration). `even_ranks` (under
     torchrun) drops the pairs that would give ranks and workers unequal shares."""
-    streams = [PairStream(subset_location(pairs.root, kind), offset, prepare, seed, pairs.stream_cache, even_ranks)
+    streams = [PairStream(pack_location(pairs.root, kind), offset, prepare, seed, pairs.stream_cache, even_ranks)
                for kind, offset, _ in pairs.subsets]
-    kinds = [kind for kind, _, _ in pairs.subsets]
     weights = None
-    if variant_fraction is not None and len(kinds) == 2:
+    if variant_fraction is not None and len(pairs.kinds) == 2:
         weights = [1.0 - variant_fraction, variant_fraction]  # KINDS order: invariant, variant
     combined = streaming.CombinedStreamingDataset(streams, seed=seed, weights=weights,
                                                   iterate_over_all=weights is None)

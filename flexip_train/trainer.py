@@ -367,9 +367,9 @@ def _check_pairs(shards: ShardPairs, config: TrainConfig, world_size: int) -> No
     if len(shards) < per_step:
         raise FlexIPError(f"{shards.root} has {len(shards)} pairs but one step needs batch_size x GPUs = {per_step}: "
                           "add pairs or lower [train] batch_size.")
-    fraction, kinds = config.data.variant_fraction, [kind for kind, _, _ in shards.subsets]
+    fraction = config.data.variant_fraction
     for kind, share in zip(KINDS, (None if fraction is None else 1.0 - fraction, fraction)):
-        if share and kind not in kinds:
+        if share and kind not in shards.kinds:
             raise FlexIPError(f"[data] variant_fraction = {fraction} asks for {kind} pairs but {shards.root} has none: "
                               "pack some, or set variant_fraction to " + ("0." if kind == "variant" else "1."))
 
