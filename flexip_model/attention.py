@@ -1,4 +1,4 @@
-"""The FlexIP layer equation (design §2), the hot path of every patched attn2 call.
+"""The FlexIP layer equation (docs/design.md §2), the hot path of every patched attn2 call.
 
 Paper symbols: s = `strength` (overall adapter weight), γ = `gate` (preservation share).
     output mode: Z = Attn(Q, K_t, V_t) + s·(γ·Attn(Q, K_p, V_p) + (1−γ)·Attn(Q, K_y, V_y))

@@ -1,4 +1,4 @@
-"""FlexIP checkpoint format v1 (design §4): one .safetensors file, config JSON in the metadata.
+"""FlexIP checkpoint format v1 (docs/design.md §5): one .safetensors file, config JSON in the metadata.
 
 The only module of flexip_model that touches files. Everything is validated from the header
 before a single tensor is read, and every failure is one sentence naming the file and the fix.

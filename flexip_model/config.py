@@ -142,7 +142,7 @@ class LayerLookup:
 
 @dataclass(frozen=True)
 class FlexIPConfig(LayerLookup):
-    """Every size of a FlexIP adapter; stored as JSON in the checkpoint (design §4)."""
+    """Every size of a FlexIP adapter; stored as JSON in the checkpoint (docs/design.md §5)."""
 
     format_version: int = FORMAT_VERSION
     base: str = "sd15"

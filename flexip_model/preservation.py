@@ -10,7 +10,7 @@ from .config import FlexIPConfig
 
 
 class PreservationAdapter(nn.Module):
-    """[CLS]-branch tokens (global look) and learnable-query tokens (fine detail), design §2."""
+    """[CLS]-branch tokens (global look) and learnable-query tokens (fine detail), docs/design.md §2."""
 
     def __init__(self, config: FlexIPConfig) -> None:
         super().__init__()

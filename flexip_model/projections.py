@@ -1,4 +1,4 @@
-"""Per-layer K/V projections of the adapter tokens (the new trainable cross-attention, design §2)."""
+"""Per-layer K/V projections of the adapter tokens (the new trainable cross-attention, docs/design.md §2)."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from flexip_model.subject import AdapterConfig, SubjectAdapter, SubjectTokens
 class LoadedFlexIP:
     """The `FLEXIP` type: adapter weights in a ModelPatcher, so ComfyUI loads and offloads them.
 
-    `adapter` is a trained FlexIPAdapter, or an IPAdapterPair in compatibility mode (design §6):
+    `adapter` is a trained FlexIPAdapter, or an IPAdapterPair in compatibility mode (docs/design.md §7):
     the nodes only call the `SubjectAdapter` contract both implement.
     """
 

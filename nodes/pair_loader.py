@@ -1,4 +1,4 @@
-"""Compatibility mode (design §6): a pair of public IP-Adapter files as FlexIP's two branches.
+"""Compatibility mode (docs/design.md §7): a pair of public IP-Adapter files as FlexIP's two branches.
 
 Not trained FlexIP: the weights are IP-Adapter's, the FlexIP gate blends them. The pair is a
 `FLEXIP` for the usual FlexIPEncodeSubject / FlexIPGateSchedule / FlexIPApply nodes.

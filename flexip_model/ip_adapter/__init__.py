@@ -1,4 +1,4 @@
-"""Compatibility mode: public IP-Adapter files as FlexIP's two branches (design §6).
+"""Compatibility mode: public IP-Adapter files as FlexIP's two branches (docs/design.md §7).
 
 Pure torch, no ComfyUI. `load_pair(preservation, personalization, layers)` reads two files,
 detects their variants, matches their layers to the model and returns an `IPAdapterPair`.

@@ -1,7 +1,7 @@
 """Compatibility mode: two public IP-Adapter files as FlexIP's two branches under one gate.
 
 Each file keeps its own image projection and its own per-layer K/V projections, so the
-layer equation is FlexIP's output mode (design §2):
+layer equation is FlexIP's output mode (docs/design.md §2):
     Z = Attn(Q, K_t, V_t) + s·(γ·Attn(Q, K_pres, V_pres) + (1−γ)·Attn(Q, K_pers, V_pers))
 With γ = 1 this is exactly IP-Adapter's decoupled cross-attention with the preservation
 file at weight s (γ = 0: the personalization file). The personalization branch reads the

@@ -1,4 +1,4 @@
-"""The layer equation against an independent reference written from design §2."""
+"""The layer equation against an independent reference written from docs/design.md §2."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def reference_term(q, kv: LayerKV, strength, gate, gate_mode: str) -> torch.Tens
             if gate_mode == "output":
                 term = g * naive_attention(qh, kp, vp) + (1 - g) * naive_attention(qh, ky, vy)
             else:
-                # tokens whose weight is exactly 0 are not part of the sequence (design: a dead branch is skipped)
+                # a token of weight exactly 0 is not part of the sequence (docs/design.md §2: a dead branch is skipped)
                 keys = [w * k for w, k in ((g, kp), (1 - g, ky)) if w != 0]
                 values = [w * v for w, v in ((g, vp), (1 - g, vy)) if w != 0]
                 term = naive_attention(qh, torch.cat(keys), torch.cat(values))
