@@ -2,8 +2,10 @@
 
 The API files are the source: the frontend's own `loadApiJson` builds the graph, each loader
 node gets the frontend's model metadata (`properties.models`: name, url, directory) for the
-public files it loads, a workflow that loads a FlexIP file gets a Note saying none is public,
-LiteGraph arranges the graph in columns, and `graph.serialize()` writes exactly what a user
+public files it loads, a workflow that loads a FlexIP file or an InsightFace pack gets a Note
+saying where the files come from, the samplers of a workflow with several of them get their seed
+from one Primitive (so "randomize" draws one seed per Run for all the images compared), LiteGraph
+arranges the graph in columns, and `graph.serialize()` writes exactly what a user
 would save. The whole graph, fitted to the window, becomes `<name>.jpg` beside the file: the
 thumbnail ComfyUI's template browser shows for a custom node's template. The ui test layer
 checks that each UI file converts back to its API file.
@@ -25,8 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 from tools.harness.browser import Browser
 from tools.harness.server import ComfyServer
-from tools.harness.workflows import (
-    API, NO_PUBLIC_FLEXIP_NOTE, PUBLIC_MODELS, WORKFLOWS, models_property, nodes_of)
+from tools.harness.workflows import API, PUBLIC_MODELS, SEED_INPUTS, WORKFLOWS, models_property, notes_for
 
 log = logging.getLogger("ui_workflows")
 
@@ -35,21 +36,36 @@ SETTINGS = {"Comfy.TutorialCompleted": True, "LiteGraph.Canvas.LowQualityRenderi
 THUMBNAIL_WIDTH = 512  # the template cards are ~300 px wide; 512 stays sharp on HiDPI and under 100 KB as JPEG
 
 CONVERT_JS = """
-const [api, name, models, note, done] = arguments;
+const [api, name, models, notes, seeds, done] = arguments;
 (async () => {
   window.app.loadApiJson(api, name);
-  for (const node of window.app.graph._nodes) {
+  const graph = window.app.graph;
+  for (const node of graph._nodes) {
     const used = (node.widgets || []).map((w) => w.value).filter((v) => typeof v === 'string' && v in models);
     if (used.length) node.properties.models = used.map((v) => models[v]);
   }
-  if (note) {
-    const node = window.LiteGraph.createNode('Note');
-    node.title = 'FlexIP weights';
-    node.widgets[0].value = note;
-    window.app.graph.add(node);
+  if (seeds.length) {
+    // The frontend's own Primitive copies the samplers' seed widget (0 to 2^64, "randomize"); core's PrimitiveInt
+    // would randomize over +-2^50, negative seeds half the time. Being virtual, its value is written into each
+    // seed by graphToPrompt, so the UI file still converts to the API file.
+    const primitive = window.LiteGraph.createNode('PrimitiveNode');
+    primitive.title = 'Seed (shared)';
+    graph.add(primitive);
+    for (const [id, input] of seeds) {
+      const sampler = graph.getNodeById(+id);
+      if (!primitive.connect(0, sampler, sampler.inputs.findIndex((slot) => slot.name === input)))
+        throw new Error(`could not link the shared seed into ${input} of node ${id}`);
+    }
   }
-  window.app.graph.arrange(60);
-  done(JSON.stringify(window.app.graph.serialize()));
+  for (const [title, text] of notes) {
+    const node = window.LiteGraph.createNode('Note');
+    node.title = title;
+    node.widgets[0].value = text;
+    node.size = [420, 170];  // the whole text readable without resizing (the default 140 x 60 shows a line)
+    graph.add(node);
+  }
+  graph.arrange(60);
+  done('');
 })().catch((error) => done('ERROR ' + String(error && error.stack || error)));
 """
 
@@ -88,6 +104,21 @@ def thumbnail(browser: Browser) -> bytes:
     return buffer.getvalue()
 
 
+def shared_seed_inputs(api: dict, name: str) -> list[tuple[str, str]]:
+    """(node id, seed input) of every sampler with a typed-in seed when there are several: one Primitive feeds them."""
+    seeds = [(node_id, SEED_INPUTS[node["class_type"]]) for node_id, node in api.items()
+             if node["class_type"] in SEED_INPUTS]
+    seeds = [(node_id, input_name) for node_id, input_name in seeds
+             if not isinstance(api[node_id]["inputs"][input_name], list)]  # a linked seed is shared already
+    if len(seeds) < 2:
+        return []
+    values = {api[node_id]["inputs"][input_name] for node_id, input_name in seeds}
+    if len(values) > 1:
+        raise SystemExit(f"{name}: its samplers have the seeds {sorted(values)}: give them one seed in "
+                         f"workflows/api/{name}.json, which the UI file's shared seed then holds.")
+    return seeds
+
+
 def convert(names: list[str]) -> None:
     models = {name: models_property(name) for name in PUBLIC_MODELS}
     with tempfile.TemporaryDirectory() as base, \
@@ -96,15 +127,18 @@ def convert(names: list[str]) -> None:
         browser.open_frontend(server.url)
         for name in names:
             api = json.loads((API / f"{name}.json").read_text())
-            note = NO_PUBLIC_FLEXIP_NOTE if nodes_of(api, "FlexIPLoader") else None
-            result = browser.driver.execute_async_script(CONVERT_JS, api, f"{name}.json", models, note)
+            result = browser.driver.execute_async_script(
+                CONVERT_JS, api, f"{name}.json", models, notes_for(api), shared_seed_inputs(api, name))
             if result.startswith("ERROR "):
                 raise SystemExit(f"{name}: the frontend could not load the API workflow: {result[6:]}")
-            workflow = json.loads(result)
+            picture = thumbnail(browser)
+            # serialized once the thumbnail fitted the view: the view it saves (extra.ds) shows this whole graph,
+            # the same on every run, not whatever the previous workflow left
+            workflow = json.loads(browser.driver.execute_script("return JSON.stringify(window.app.graph.serialize());"))
             workflow["id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"comfyui-flexip/workflows/{name}"))  # stable per file
             target = WORKFLOWS / f"{name}.json"
             target.write_text(json.dumps(workflow, indent=2, ensure_ascii=False) + "\n")
-            (WORKFLOWS / f"{name}.jpg").write_bytes(thumbnail(browser))
+            (WORKFLOWS / f"{name}.jpg").write_bytes(picture)
             log.info("wrote %s and its .jpg thumbnail", target.relative_to(REPO))
 
 

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from tools.harness.workflows import API, NO_PUBLIC_FLEXIP_NOTE, PUBLIC_MODELS, models_property, ui_workflows
+from tools.harness.workflows import (
+    API, NO_PUBLIC_FLEXIP_NOTE, PUBLIC_MODELS, WORKFLOWS, load_api, models_property, notes_for, ui_workflows)
 
 pytestmark = pytest.mark.ui
 
@@ -20,6 +21,11 @@ const [done] = arguments;
 window.app.canvas.deselectAll();
 window.app.canvas.fitViewToSelectionAnimated({duration: 1});
 setTimeout(() => { window.app.canvas.setDirty(true, true); done(true); }, 300);
+"""
+
+# What the frontend does to the widgets once a Run is queued (app.queuePrompt): each control_after_generate acts.
+AFTER_RUN_JS = """
+for (const node of window.app.graph._nodes) for (const widget of node.widgets || []) widget.afterQueued?.();
 """
 
 FLEXIP_NODES = {"FlexIPLoader", "FlexIPEncodeSubject", "FlexIPGateSchedule", "FlexIPApply"}
@@ -44,6 +50,18 @@ def test_workflow_loads_with_no_missing_node_and_matches_its_api_copy(frontend, 
     assert not prompt.startswith("ERROR"), prompt
     expected = json.loads((API / path.name).read_text())
     assert _comparable(json.loads(prompt)) == _comparable(expected)
+
+
+def test_range_workflow_gives_its_three_samplers_one_new_seed_on_each_run(frontend):
+    assert frontend.load_workflow(json.loads((WORKFLOWS / "flexip_range_sd15.json").read_text())) == []
+    runs = []
+    for _ in range(3):
+        prompt = json.loads(frontend.driver.execute_async_script(TO_PROMPT_JS))
+        runs.append([node["inputs"]["seed"] for node in prompt.values() if node["class_type"] == "KSampler"])
+        frontend.driver.execute_script(AFTER_RUN_JS)
+    assert runs[0] == [42, 42, 42], runs  # the API file's seed first
+    assert all(len(run) == 3 and len(set(run)) == 1 and run[0] >= 0 for run in runs), runs
+    assert len({run[0] for run in runs}) == 3, runs  # "randomize": a new seed each Run (2^50 values to draw from)
 
 
 def _comparable(prompt: dict) -> dict:
@@ -74,3 +92,10 @@ def test_every_model_file_has_a_download_link_or_the_workflow_says_no_flexip_wei
         for name in set(files) - set(public):
             assert node["type"] == "FlexIPLoader", f"{node['type']} loads {name}: neither public nor a FlexIP file"
             assert NO_PUBLIC_FLEXIP_NOTE in notes, f"{path.name} loads {name} but has no Note saying none is public"
+
+
+@pytest.mark.parametrize("path", ui_workflows(), ids=lambda path: path.stem)
+def test_workflow_notes_say_where_its_flexip_weights_and_insightface_pack_come_from(path):
+    workflow = json.loads(path.read_text())
+    notes = sorted((node["title"], node["widgets_values"][0]) for node in workflow["nodes"] if node["type"] == "Note")
+    assert notes == sorted(notes_for(load_api(path.stem)))

@@ -42,6 +42,25 @@ PUBLIC_MODELS = {
 # FlexIP files have no public source; each workflow that loads one says so in a Note.
 NO_PUBLIC_FLEXIP_NOTE = ("No FlexIP weights are public yet: train one with python -m flexip_train (README: Training FlexIP) "
                          "or use the start-here compatibility workflow (flexip_start_here_sd15).")
+# No download link can fetch an InsightFace pack (a zip under a non-commercial licence); the folder is
+# the one nodes/faces_packs.py reads.
+INSIGHTFACE_PACK_NOTE = (
+    "InsightFace pack (antelopev2 or buffalo_l): download its zip from the InsightFace model zoo, "
+    "https://github.com/deepinsight/insightface/tree/master/python-package#model-zoo (non-commercial research "
+    "use only), and unzip it so that its .onnx files sit directly in models/insightface/models/<pack>/, e.g. "
+    "models/insightface/models/antelopev2/scrfd_10g_bnkps.onnx. The face nodes also need "
+    "python -m pip install \"insightface>=1.0\" onnxruntime in ComfyUI's Python.")
+# The Notes of the UI files: a workflow with a node of the class gets the Note (title, text).
+NOTES = {
+    "FlexIPLoader": ("FlexIP weights", NO_PUBLIC_FLEXIP_NOTE),
+    "FlexIPInsightFaceLoader": ("InsightFace pack", INSIGHTFACE_PACK_NOTE),
+}
+
+# The nodes that draw a sampling run's noise from a seed -> that seed's input (SamplerCustomAdvanced takes
+# its noise from RandomNoise). Images a workflow compares side by side come from one seed: in the UI files
+# one Primitive feeds every such node's seed.
+SEED_INPUTS = {"KSampler": "seed", "KSamplerAdvanced": "noise_seed", "SamplerCustom": "noise_seed",
+               "RandomNoise": "noise_seed"}
 
 
 def models_property(name: str) -> dict:
@@ -77,6 +96,12 @@ def for_test_models(prompt: dict, seed: int, image: str, size: int = 128, steps:
 
 def nodes_of(prompt: dict, class_type: str) -> list[str]:
     return [node_id for node_id, node in prompt.items() if node["class_type"] == class_type]
+
+
+def notes_for(prompt: dict) -> list[tuple[str, str]]:
+    """The Notes (title, text) the UI file of an API prompt carries, in NOTES order."""
+    classes = {node["class_type"] for node in prompt.values()}
+    return [note for class_type, note in NOTES.items() if class_type in classes]
 
 
 def without_flexip(prompt: dict) -> dict:
