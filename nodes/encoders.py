@@ -23,6 +23,10 @@ from flexip_model.subject import FeatureNeed, ImageFeatures
 from flexip_model.vocabulary import encoder_name, feature_words
 from .progress import with_progress
 
+# ComfyUI moved clip_preprocess to comfy.clip_model (after 0.3.75); comfy.clip_vision keeps the old
+# name only as an alias marked for removal. The new home when the host has it, the old one otherwise.
+clip_preprocess = getattr(comfy.clip_model, "clip_preprocess", None) or comfy.clip_vision.clip_preprocess
+
 
 def clip_vision_model(encoder, where: str, fix: str) -> comfy.clip_model.CLIPVisionModelProjection:
     """The CLIP vision model with a projection inside the CLIP_VISION `encoder`; FlexIPError naming `where`
@@ -138,7 +142,7 @@ def clip_image_embeds(clip_vision, images: torch.Tensor) -> torch.Tensor:
 def dino_tokens(dino, images: torch.Tensor, resolution: int) -> torch.Tensor:
     """IMAGE [N, H, W, 3] -> DINOv2 `last_hidden_state` [N, 1 + (resolution/14)^2, D] at `resolution`."""
     comfy.model_management.load_model_gpu(dino.patcher)
-    pixels = comfy.clip_vision.clip_preprocess(
+    pixels = clip_preprocess(
         images.to(dino.load_device), size=resolution, mean=dino.image_mean, std=dino.image_std, crop=True).float()
     model: Dinov2Model = dino.model
     embeddings = model.embeddings

@@ -145,3 +145,12 @@ def test_malformed_schedule_gets_a_clear_error(parts, inputs, message):
     schedule = parts["pack"].node_classes["FlexIPGateSchedule"]()
     with pytest.raises(parts["fm"].FlexIPError, match=message):
         schedule.build(interpolation="linear", **inputs)
+
+
+def test_dino_preprocessing_uses_the_hosts_current_clip_preprocess(flexip_pack):
+    """Newer ComfyUI keeps comfy.clip_vision.clip_preprocess only as an alias marked for removal."""
+    import comfy.clip_model
+    import comfy.clip_vision
+
+    current = getattr(comfy.clip_model, "clip_preprocess", None) or comfy.clip_vision.clip_preprocess
+    assert flexip_pack.nodes.encoders.clip_preprocess is current
