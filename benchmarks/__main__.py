@@ -45,7 +45,7 @@ def build_configs(pack: host.Pack, base) -> tuple[dict, dict]:
         "flexip": host.apply_flexip(pack, base, output_flexip, subject, GAMMA),
         "token_mode": host.apply_flexip(pack, base, token_flexip, host.random_subject(pack, token_flexip, seed=3), GAMMA),
         "gamma1": host.apply_flexip(pack, base, output_flexip, subject, 1.0),
-        # compatibility mode at γ = 1: plain IP-Adapter plus, the peer of issue 9's figure 3
+        # compatibility mode at γ = 1: plain IP-Adapter plus, the peer of figure 3
         "ipadapter": host.apply_flexip(pack, base, pair, host.random_subject(pack, pair, seed=5), 1.0),
     }
     return configs, dict(flexip=output_flexip, subject=subject)

@@ -22,7 +22,7 @@ class FlexIPInsightFaceLoader:
         return {"required": {
             "pack": (pack_names(), {"tooltip": (
                 "The model pack: a folder in models/insightface/models/ holding its .onnx files "
-                "(antelopev2 or buffalo_l; see README: Model files).")}),
+                "(antelopev2 or buffalo_l; see docs/faces.md).")}),
             "provider": (list(PROVIDERS), {"default": "CPU", "tooltip": (
                 "Where ONNX Runtime runs the face models; falls back to the CPU (with a warning in the log) "
                 "when the installed onnxruntime build lacks it.")}),

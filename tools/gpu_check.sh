@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of issue #16 in one run: the gpu test layer (the comfy and server
+# The GPU checks in one run: the gpu test layer (the comfy and server
 # tests FlexIP's device code runs in, on CUDA in fp16 and bf16) and `python -m benchmarks --device cuda`,
 # within 9 minutes (a device call may run 10).
 # Needs a set-up checkout (make setup: .venv with its CUDA build of torch, .cache/comfyui) and a

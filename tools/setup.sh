@@ -38,7 +38,7 @@ ln -sfn "$ROOT" "$comfy_dir/custom_nodes/ComfyUI-FlexIP"
 host_reqs="${COMFYUI_PATH:-$comfy_dir}/requirements.txt"
 stamp_inputs=$(cat tools/constraints.txt requirements.txt tools/requirements-dev.txt "$host_reqs" | sha256sum | cut -c1-16)
 if [ ! -f .venv/.flexip-stamp ] || [ "$(cat .venv/.flexip-stamp)" != "$stamp_inputs" ]; then
-    echo "setup: installing .venv (torch from the local wheel store)"
+    echo "setup: installing .venv (torch pinned by tools/constraints.txt)"
     [ -x .venv/bin/python ] || "$PY" -m venv .venv
     .venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1 "${CONSTRAINT[@]}"
     # ComfyUI's requirements minus torchaudio (not needed) plus requests (missing upstream).

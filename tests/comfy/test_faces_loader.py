@@ -151,5 +151,5 @@ def test_the_pack_imports_without_the_face_packages_and_the_loader_says_how_to_i
     result = subprocess.run([sys.executable, "-c", f"MISSING = {missing!r}\n" + WITHOUT_PACKAGE],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert re.search(f"REFUSED: .*{missing} could not be imported .*pip install insightface onnxruntime",
+    assert re.search(f"REFUSED: .*{missing} could not be imported .*pip install \"insightface>=1.0\" onnxruntime",
                      result.stdout), result.stdout[-2000:]

@@ -94,7 +94,7 @@ def test_bad_config_json_gives_one_sentence_naming_the_file(text, mentions):
 
 
 def test_default_parameter_counts():
-    # reported in the README; a change here changes the checkpoint size users download
+    # reported in docs/training.md; a change here changes the checkpoint size users download
     assert parameter_counts(config_for("sd15")) == {
         "preservation": 47_627_520, "personalization": 17_313_792, "layers": 38_338_560, "total": 103_279_872,
     }

@@ -31,9 +31,9 @@ from tests.unit.crafted_files import time_limit, write_raw
 pytestmark = pytest.mark.unit
 log = logging.getLogger(__name__)
 
-SEED = 14  # issue 14
+SEED = 14
 # A refusal reads a header of at most a few MB; a consistent tiny file loads in ~0.1 s. 5 s per
-# case catches a hang (the issue's case ran for minutes) with room for a loaded 2-core machine.
+# case catches a hang (a file with a huge declared size once ran for minutes) with room for a loaded 2-core machine.
 CASE_SECONDS = 5.0
 # The largest input here is a ~1 MB config or header; 300 MB growth would mean something a file
 # chose was allocated (the issue's server climbed past 4.5 GB).
