@@ -15,7 +15,10 @@ import time
 
 import torch
 
-from . import counting, host, memory, timing
+from flexip_host.loaded_pack import Pack
+from flexip_model.vocabulary import OUTPUT_MODE, TOKEN_MODE
+
+from . import counting, memory, timing, workload
 from .report import Figure, Report
 
 logger = logging.getLogger("benchmarks")
@@ -35,18 +38,18 @@ def parse(argv) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build_configs(pack: host.Pack, base) -> tuple[dict, dict]:
+def build_configs(pack: Pack, base) -> tuple[dict, dict]:
     """Patched models by figure name, all through FlexIPApply, and what built them."""
-    output_flexip = host.flexip_adapter(pack, base, "output", seed=1)
-    token_flexip = host.flexip_adapter(pack, base, "token", seed=2)
-    pair = host.ip_adapter_pair(pack, base, seed=4)
-    subject = host.random_subject(pack, output_flexip, seed=3)
+    output_flexip = workload.flexip_adapter(pack, base, OUTPUT_MODE, seed=1)
+    token_flexip = workload.flexip_adapter(pack, base, TOKEN_MODE, seed=2)
+    pair = workload.ip_adapter_pair(pack, base, seed=4)
+    subject = workload.random_subject(pack, output_flexip, seed=3)
     configs = {
-        "flexip": host.apply_flexip(pack, base, output_flexip, subject, GAMMA),
-        "token_mode": host.apply_flexip(pack, base, token_flexip, host.random_subject(pack, token_flexip, seed=3), GAMMA),
-        "gamma1": host.apply_flexip(pack, base, output_flexip, subject, 1.0),
+        "flexip": workload.apply_flexip(pack, base, output_flexip, subject, GAMMA),
+        "token_mode": workload.apply_flexip(pack, base, token_flexip, workload.random_subject(pack, token_flexip, seed=3), GAMMA),
+        "gamma1": workload.apply_flexip(pack, base, output_flexip, subject, 1.0),
         # compatibility mode at γ = 1: plain IP-Adapter plus, the peer of figure 3
-        "ipadapter": host.apply_flexip(pack, base, pair, host.random_subject(pack, pair, seed=5), 1.0),
+        "ipadapter": workload.apply_flexip(pack, base, pair, workload.random_subject(pack, pair, seed=5), 1.0),
     }
     return configs, dict(flexip=output_flexip, subject=subject)
 
@@ -58,10 +61,10 @@ def deterministic_figures(report: Report, base, configs: dict, layers: int, devi
     # load UNet and adapters for real first: a load inside FakeTensorMode would move fake weights.
     # An adapter loaded here stays loaded through its K/V builds (LoadedFlexIP.on_device), so no
     # build moves weights while counting; all are unloaded after.
-    comfy.model_management.load_models_gpu(list(configs.values()) + host.adapter_patchers(configs.values()),
+    comfy.model_management.load_models_gpu(list(configs.values()) + workload.adapter_patchers(configs.values()),
                                            force_full_load=True)
-    big = host.StepInputs.make(host.LATENT, device=device, dtype=dtype)
-    small = host.StepInputs.make(8, device=device, dtype=dtype)
+    big = workload.StepInputs.make(workload.LATENT, device=device, dtype=dtype)
+    small = workload.StepInputs.make(8, device=device, dtype=dtype)
     base_cost = counting.step_cost(base, big)
     costs = {name: counting.run_costs(patched, big) for name, patched in configs.items()}
     first, steady = costs["flexip"]
@@ -99,7 +102,7 @@ def deterministic_figures(report: Report, base, configs: dict, layers: int, devi
     return base_cost.flop_count
 
 
-def sdxl_figures(report: Report, pack: host.Pack) -> int:
+def sdxl_figures(report: Report, pack: Pack) -> int:
     """SDXL's ops and FLOPs per 128×128 step and its K/V cache per run (report only); returns the
     unpatched step's FLOPs.
 
@@ -107,15 +110,15 @@ def sdxl_figures(report: Report, pack: host.Pack) -> int:
     space, not memory) and counted on fake tensors only."""
     import comfy.model_management
 
-    base = host.sdxl_patcher_unfilled()
-    flexip = host.flexip_adapter(pack, base, "output", base="sdxl", unfilled=True)
-    patched = host.apply_flexip(pack, base, flexip, host.random_subject(pack, flexip, seed=3), GAMMA)
+    base = workload.sdxl_patcher_unfilled()
+    flexip = workload.flexip_adapter(pack, base, "output", base="sdxl", unfilled=True)
+    patched = workload.apply_flexip(pack, base, flexip, workload.random_subject(pack, flexip, seed=3), GAMMA)
     comfy.model_management.load_models_gpu([patched, flexip.patcher], force_full_load=True)  # as above
-    inputs = host.StepInputs.make(host.SDXL_LATENT, sdxl=True)
+    inputs = workload.StepInputs.make(workload.SDXL_LATENT, sdxl=True)
     base_cost = counting.step_cost(base, inputs)
     first, steady = counting.run_costs(patched, inputs)
     # the cache in fp16, as a GPU run keeps it (K/V are cast to the UNet's compute dtype)
-    kv_bytes = memory.kv_cache_bytes_per_run(patched, host.StepInputs.make(host.SDXL_LATENT, sdxl=True,
+    kv_bytes = memory.kv_cache_bytes_per_run(patched, workload.StepInputs.make(workload.SDXL_LATENT, sdxl=True,
                                                                              dtype=torch.float16))
     comfy.model_management.unload_all_models()
     added, layers = steady.minus(base_cost), len(flexip.config.layers)
@@ -130,13 +133,13 @@ def sdxl_figures(report: Report, pack: host.Pack) -> int:
         "kv_cache_bytes_per_run_sdxl_1024", kv_bytes, "bytes", "report",
         note=f"{kv_bytes / 2**20:.1f} MiB in fp16: the K/V of {layers} layers × 2 branches for one batch "
              f"layout (cond and uncond batched, one row each), built on fake tensors; what a run keeps on the "
-             f"device instead of the adapter ({host.module_bytes(flexip.adapter) / 2 / 2**30:.2f} GiB in fp16); "
+             f"device instead of the adapter ({workload.module_bytes(flexip.adapter) / 2 / 2**30:.2f} GiB in fp16); "
              "one more layout (cond and uncond in separate calls, regional prompts) builds one more"))
     return base_cost.flop_count
 
 
-def memory_figures(report: Report, pack: host.Pack, base, configs: dict, made: dict) -> None:
-    adapter_bytes = host.module_bytes(made["flexip"].adapter)
+def memory_figures(report: Report, pack: Pack, base, configs: dict, made: dict) -> None:
+    adapter_bytes = workload.module_bytes(made["flexip"].adapter)
     growth, clones = memory.clone_growth(configs["flexip"])
     shared = memory.shared_adapter(configs["flexip"], clones)
     fraction = growth / adapter_bytes
@@ -192,8 +195,8 @@ def timed_figures(report: Report, base, configs: dict, started_at: float, deadli
 
     ordered = {"base": base, **configs}
     comfy.model_management.load_models_gpu(list(ordered.values()), force_full_load=True)
-    big = host.StepInputs.make(host.LATENT, device=device, dtype=dtype)
-    small = host.StepInputs.make(8, device=device, dtype=dtype)
+    big = workload.StepInputs.make(workload.LATENT, device=device, dtype=dtype)
+    small = workload.StepInputs.make(8, device=device, dtype=dtype)
     seconds = timing.warm_up(ordered, big, small)
     if time.perf_counter() + 2 * len(ordered) * seconds > deadline:
         # a busy machine: one round of every configuration would overrun the budget, so time
@@ -248,7 +251,7 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         logger.error("--device cuda: no CUDA device is visible to torch.")
         return 2
-    pack = host.import_host(args.device)
+    pack = workload.import_host(args.device)
     logging.getLogger().setLevel(logging.INFO)  # ComfyUI's import may have changed it
     logging.getLogger(pack.package.__name__).setLevel(logging.WARNING)  # one line per (bench) sampling run
     device = torch.device(args.device)
@@ -256,7 +259,7 @@ def main(argv=None) -> int:
     report = Report()
 
     logger.info("building the full SD1.5 UNet (860 M parameters) and the adapters")
-    base = host.sd15_patcher(dtype=dtype)
+    base = workload.sd15_patcher(dtype=dtype)
     configs, made = build_configs(pack, base)
     layers = len(made["flexip"].config.layers)
     logger.info("counting ops and FLOPs")

@@ -18,7 +18,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from . import host
+from . import workload
 
 
 class OpCounter(TorchDispatchMode):
@@ -68,24 +68,24 @@ def _difference(a: Counter, b: Counter) -> Counter:
     return Counter({name: n for name, n in out.items() if n})
 
 
-def step_cost(patcher, inputs: host.StepInputs, fake: bool = True) -> Cost:
-    """Ops and FLOPs of one `host.model_step` (under inference mode, as ComfyUI executes nodes)."""
+def step_cost(patcher, inputs: workload.StepInputs, fake: bool = True) -> Cost:
+    """Ops and FLOPs of one `workload.model_step` (under inference mode, as ComfyUI executes nodes)."""
     faking = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
     # the op counter is entered last, so it sees each op before FlopCounterMode decomposes
     # composite ones (inference mode hands e.g. aten.linear to the modes undecomposed)
     with torch.inference_mode(), faking:
         with FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION_FLOPS) as flops, OpCounter() as ops:
-            host.model_step(patcher, inputs)
+            workload.model_step(patcher, inputs)
     by_op = Counter({str(op): n for op, n in flops.get_flop_counts().get("Global", {}).items()})
     return Cost(ops.ops, by_op)
 
 
-def run_costs(patcher, inputs: host.StepInputs, fake: bool = True) -> tuple[Cost, Cost]:
+def run_costs(patcher, inputs: workload.StepInputs, fake: bool = True) -> tuple[Cost, Cost]:
     """(first call, steady-state call) of a fresh sampling run: the first builds the adapter K/V cache."""
-    host.end_run(patcher)
+    workload.end_run(patcher)
     first = step_cost(patcher, inputs, fake)
     steady = step_cost(patcher, inputs, fake)
-    host.end_run(patcher)  # a fake run leaves fake K/V in the cache
+    workload.end_run(patcher)  # a fake run leaves fake K/V in the cache
     return first, steady
 
 

@@ -23,9 +23,10 @@ from typing import Iterator
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from flexip_host.loaded_pack import Pack
 from flexip_model.vocabulary import context_dim_for
 
-from . import host
+from . import workload
 
 
 def resident_bytes() -> int:
@@ -45,8 +46,8 @@ def clone_growth(patched, clones: int = 10) -> tuple[int, list]:
 
 def shared_adapter(original, clones: list) -> bool:
     """Whether every clone's FlexIP patches hold the very same adapter module as the original."""
-    adapters = {id(state.flexip.adapter) for clone in clones for state in host.flexip_states(clone)}
-    return adapters == {id(state.flexip.adapter) for state in host.flexip_states(original)}
+    adapters = {id(state.flexip.adapter) for clone in clones for state in workload.flexip_states(clone)}
+    return adapters == {id(state.flexip.adapter) for state in workload.flexip_states(original)}
 
 
 @dataclass
@@ -155,34 +156,34 @@ def kv_cache_bytes(patched) -> int:
             for item in dataclasses.fields(value):
                 collect(getattr(value, item.name))
 
-    for state in host.flexip_states(patched):
+    for state in workload.flexip_states(patched):
         collect(tuple(state._run_cache.values()))  # noqa: SLF001 (inspecting, not using)
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-def kv_cache_bytes_per_run(patched, inputs: host.StepInputs) -> int:
+def kv_cache_bytes_per_run(patched, inputs: workload.StepInputs) -> int:
     """Bytes of the K/V cache a sampling run of `patched` builds for `inputs`' batch layout, built
     on fake tensors (shapes, no arithmetic, no memory: for a full-size SDXL on any machine)."""
-    host.end_run(patched)
+    workload.end_run(patched)
     with torch.inference_mode(), FakeTensorMode(allow_non_fake_inputs=True):
-        options = host.transformer_options(patched, inputs)
-        for state in host.flexip_states(patched):
+        options = workload.transformer_options(patched, inputs)
+        for state in workload.flexip_states(patched):
             state.call_state(inputs.x, inputs.context, options)
         size = kv_cache_bytes(patched)
-    host.end_run(patched)
+    workload.end_run(patched)
     return size
 
 
-def adapter_offload(pack: host.Pack, base, flexip, subject, latent: int = 8, steps: int = 2) -> Offload:
+def adapter_offload(pack: Pack, base, flexip, subject, latent: int = 8, steps: int = 2) -> Offload:
     """Sample `steps` steps of the patched full-size model, then free the load device."""
     import comfy.model_management as mm
     import comfy.sample
 
-    patched = host.apply_flexip(pack, base, flexip, subject, preservation=0.5)
+    patched = workload.apply_flexip(pack, base, flexip, subject, preservation=0.5)
     generator = torch.Generator().manual_seed(5)
     width = context_dim_for("sd15")
-    positive = [[torch.randn(1, host.TEXT_TOKENS, width, generator=generator), {}]]
-    negative = [[torch.randn(1, host.TEXT_TOKENS, width, generator=generator), {}]]
+    positive = [[torch.randn(1, workload.TEXT_TOKENS, width, generator=generator), {}]]
+    negative = [[torch.randn(1, workload.TEXT_TOKENS, width, generator=generator), {}]]
     latent_image = torch.zeros(1, 4, latent, latent)
     noise = comfy.sample.prepare_noise(latent_image, 0)
     with watch_residency(patched, flexip) as residency:
@@ -191,7 +192,7 @@ def adapter_offload(pack: host.Pack, base, flexip, subject, latent: int = 8, ste
     # a budget that forces offload: the next model wants more than the device holds
     mm.free_memory(1 << 60, flexip.patcher.load_device)
     return Offload(
-        adapter_bytes=host.module_bytes(flexip.adapter),
+        adapter_bytes=workload.module_bytes(flexip.adapter),
         residency=residency,
         adapter_left_on_load_device=resident_bytes_on_load_device(flexip.patcher),
         unet_left_on_load_device=resident_bytes_on_load_device(patched),

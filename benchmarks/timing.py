@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import host
+from . import workload
 
 
 def _sync(device: torch.device) -> None:
@@ -22,13 +22,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_step(patcher, inputs: host.StepInputs) -> tuple[float, float]:
+def timed_step(patcher, inputs: workload.StepInputs) -> tuple[float, float]:
     """(wall seconds, process CPU seconds) of one model call."""
     device = inputs.x.device
     _sync(device)
     wall, cpu = time.perf_counter(), time.process_time()
     with torch.inference_mode():
-        host.model_step(patcher, inputs)
+        workload.model_step(patcher, inputs)
     _sync(device)
     return time.perf_counter() - wall, time.process_time() - cpu
 
@@ -54,19 +54,19 @@ class Rounds:
         return len(self.wall_ratios[self.baseline])
 
 
-def warm_up(configs: dict, inputs: host.StepInputs, small: host.StepInputs) -> float:
+def warm_up(configs: dict, inputs: workload.StepInputs, small: workload.StepInputs) -> float:
     """One full-size call of the baseline (allocator, oneDNN primitives), and a small-latent call per
     patched configuration, which builds its per-run K/V cache (keyed by batch layout, not latent size).
     Returns the full-size call's wall seconds."""
     names = list(configs)
     seconds, _ = timed_step(configs[names[0]], inputs)
     for name in names[1:]:
-        host.end_run(configs[name])
+        workload.end_run(configs[name])
         timed_step(configs[name], small)
     return seconds
 
 
-def nested_abba(configs: dict, inputs: host.StepInputs, deadline: float, most: int, on_round=None) -> Rounds:
+def nested_abba(configs: dict, inputs: workload.StepInputs, deadline: float, most: int, on_round=None) -> Rounds:
     """Rounds over `configs` (name -> patcher; the first is the baseline) until `most` rounds are done
     or the next round, as long as the last one, would end after `deadline` (perf_counter seconds).
     The first round always runs."""

@@ -38,9 +38,9 @@ from typing import Optional
 
 import torch
 
+from flexip_host.images import decode_image, fit_square
 from flexip_model.errors import FlexIPError
 from flexip_model.mapping import Source, dataclass_from_mapping
-from flexip_train.data import decode_image, fit_square
 
 from .config import BenchmarkConfig
 

@@ -20,9 +20,9 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
+from flexip_host import distributed
+from flexip_host.bootstrap import comfyui_path
 from flexip_model.errors import FlexIPError
-from flexip_train import distributed
-from flexip_train.host import comfyui_path
 
 from .benchmark import Benchmark, read_benchmark
 from .config import EvalConfig, load_config
@@ -53,8 +53,8 @@ def _progress(total: int, what: str, shown: bool) -> Iterator:
 
 def _make_images(config: EvalConfig, items: list[Item], topology: distributed.Topology, shown: bool) -> None:
     """Load the base model and the methods in ComfyUI and write the PNG of every item, logging each."""
-    from flexip_train.host import import_comfy, load_pack
-    from flexip_train.models import load_frozen, resolve_factories
+    from flexip_host.bootstrap import import_comfy, load_pack
+    from flexip_host.frozen_models import load_frozen, resolve_factories
 
     from .generate import ImageMaker
 

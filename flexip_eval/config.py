@@ -1,7 +1,7 @@
 """The evaluation config: a TOML file read into frozen dataclasses, every key checked up front.
 
 Paths in the file are relative to the file itself. See flexip_eval/eval.example.toml for every key
-with its default and meaning. [model] is the trainer's own section (flexip_train.config.ModelConfig),
+with its default and meaning. [model] is the section the training config holds too (flexip_host.model_section),
 so a training config's [model] block can be pasted as it is.
 """
 
@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from flexip_host.distributed import DEVICES
+from flexip_host.model_section import ModelConfig, check_model_section
+from flexip_host.toml_files import read_toml
 from flexip_model.errors import FlexIPError
 from flexip_model.gate_schedule import INTERPOLATIONS, parse_keyframes
 from flexip_model.gate_sweep import MAX_SWEEP_GAMMAS
 from flexip_model.mapping import Rules, Source, dataclass_from_mapping
-from flexip_train.config import DEVICES, ModelConfig, read_toml
 
 from .judges import JudgesConfig
 
@@ -118,10 +120,7 @@ def _check(condition: bool, message: str) -> None:
 
 def _validate(config: EvalConfig, name: str) -> None:
     bench, model, gen = config.benchmark, config.model, config.generation
-    _check(model.clip_vision is not None or bool(model.clip_vision_factory),
-           f"{name} [model] lacks clip_vision: give the CLIP ViT-H/14 file from models/clip_vision.")
-    _check(model.dino is not None or bool(model.dino_factory),
-           f"{name} [model] lacks dino: give the DINOv2-L file from models/clip_vision.")
+    check_model_section(model, name)
     _check(bool(bench.prompts) and "/" not in bench.prompts,
            f"{name} [benchmark] prompts must be a file name inside the benchmark folder, e.g. 'prompts.toml'.")
     _check(bench.prompts_per_subject >= 0 and bench.condition_images >= 0,

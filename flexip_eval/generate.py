@@ -24,9 +24,9 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from flexip_host.frozen_models import FrozenModels
+from flexip_host.loaded_pack import Pack
 from flexip_model.errors import FlexIPError
-from flexip_train.host import Pack
-from flexip_train.models import FrozenModels
 
 from .benchmark import Subject, subject_images
 from .config import EvalConfig, MethodConfig
@@ -124,14 +124,14 @@ class ImageMaker:
             references = subject_images(subject.condition(self.config.benchmark.condition_images),
                                         self.config.generation.resolution)
             dino = self.models.dino if method.kind == "flexip" else None  # an IP-Adapter pair uses CLIP-H only
-            (self._subjects[key],) = self.pack.node("FlexIPEncodeSubject").encode(
+            (self._subjects[key],) = self.pack.encode_subject_node().encode(
                 loaded, self.models.clip_vision, references, "average", dino=dino)
         gate = None
         if method.schedule:
-            (gate,) = self.pack.node("FlexIPGateSchedule").build(method.schedule, method.interpolation)
-        (model,) = self.pack.node("FlexIPApply").apply(self.models.unet, loaded, self._subjects[key],
-                                                       self.config.generation.strength,
-                                                       0.0 if gamma is None else gamma, 0.0, 1.0, gate=gate)
+            (gate,) = self.pack.gate_schedule_node().build(method.schedule, method.interpolation)
+        (model,) = self.pack.apply_node().apply(self.models.unet, loaded, self._subjects[key],
+                                                self.config.generation.strength,
+                                                0.0 if gamma is None else gamma, 0.0, 1.0, gate=gate)
         return model
 
     def _method(self, method: MethodConfig) -> Any:
@@ -142,7 +142,7 @@ class ImageMaker:
             if method.kind == "flexip":
                 # is_default puts the folder first: a same-named file elsewhere is not picked instead
                 folder_paths.add_model_folder_path("flexip", str(method.file.parent), is_default=True)
-                (loaded,) = self.pack.node("FlexIPLoader").load(method.file.name)
+                (loaded,) = self.pack.loader_node().load(method.file.name)
             else:
                 for path in (method.preservation, method.personalization):
                     folder_paths.add_model_folder_path("ipadapter", str(path.parent), is_default=True)
@@ -150,7 +150,7 @@ class ImageMaker:
                         method.preservation != method.personalization:
                     raise FlexIPError(f"[[methods]] {method.name!r} names two IP-Adapter files called "
                                       f"{method.preservation.name} in different folders: rename one of them.")
-                (loaded,) = self.pack.node("FlexIPAdapterPairLoader").load(
+                (loaded,) = self.pack.pair_loader_node().load(
                     self.models.unet, method.preservation.name, method.personalization.name)
             log.info("method %s: %s", method.name, loaded.name)
             self._methods[method.name] = loaded

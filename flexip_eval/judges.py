@@ -30,11 +30,12 @@ from transformers import (
 
 from flexip_eval.aesthetic import load_aesthetic_head
 from flexip_eval.table import METRICS
+from flexip_host.distributed import DEVICES
 from flexip_model.errors import FlexIPError, shown
+from flexip_model.vocabulary import CONDITIONING_CLIPS, HIDDEN_STATES, encoder_name
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cuda", "cpu")
 CLIP_MODEL = "openai/clip-vit-large-patch14"
 DINO_MODEL = "facebook/dino-vits16"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -42,8 +43,6 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 # CLIP-IQA's antonym pair, scored as CLIP's zero-shot classifier at the logit scale trained CLIPs end at (100)
 IQA_PROMPTS = ("Good photo.", "Bad photo.")
 IQA_SCALE = 100.0
-# vision widths of the CLIPs that FlexIP and IP-Adapter condition on
-CONDITIONING_CLIPS = {1280: "CLIP ViT-H/14", 1664: "CLIP ViT-bigG/14"}
 # images per forward pass: bounds activation memory whatever batch the caller passes
 CHUNK = 32
 
@@ -201,9 +200,10 @@ def _clip_config(folder: Path, key: str) -> CLIPConfig:
     if not isinstance(config, CLIPConfig):
         raise FlexIPError(f"the [judges] {key} folder {folder} holds a {config.model_type!r} model, not a CLIPModel: "
                           f"point it at a folder of {CLIP_MODEL}.")
-    width = config.vision_config.hidden_size
-    if width in CONDITIONING_CLIPS:
-        raise FlexIPError(f"the [judges] {key} folder {folder} holds {CONDITIONING_CLIPS[width]}, the image encoder "
+    # a CLIP is known by the width of its hidden states, which its vision config gives
+    encoder = encoder_name(HIDDEN_STATES, config.vision_config.hidden_size)
+    if encoder in CONDITIONING_CLIPS:
+        raise FlexIPError(f"the [judges] {key} folder {folder} holds {encoder}, the image encoder "
                           f"the adapters condition on, so it would judge them on their own features: use {CLIP_MODEL}.")
     return config
 

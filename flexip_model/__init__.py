@@ -30,13 +30,14 @@ from .gate_schedule import (
     gate_table,
     gates_at,
     parse_keyframes,
+    parse_layer_indices,
     static_gate_range,
     validate_schedule,
 )
 from .gate_sweep import GateSweep, ItemGammas, parse_gammas, range_gammas
+from .layer_projections import LayerProjections
 from .personalization import PersonalizationAdapter
 from .preservation import PreservationAdapter
-from .projections import LayerProjections
 from .subject import CallSubjects, FeatureNeed, ImageFeatures, SubjectAdapter, SubjectTokens
 from .vocabulary import context_dim_for, layer_key, parse_layer_key
 
@@ -46,7 +47,7 @@ __all__ = [
     "JointKV", "LayerKV", "LayerProjections", "LayerSpec", "LiveGates", "PersonalizationAdapter",
     "PreservationAdapter", "SubjectAdapter", "SubjectTokens", "adapter_attention", "config_for",
     "constant_schedule", "context_dim_for", "default_layers", "gate_table", "gated_attention", "gates_at",
-    "join_branches", "layer_key", "merge_heads", "parse_gammas", "parse_keyframes", "parse_layer_key",
-    "progress_from_sigma", "range_gammas", "sdpa_attention", "split_heads", "static_gate_range",
+    "join_branches", "layer_key", "merge_heads", "parse_gammas", "parse_keyframes", "parse_layer_indices",
+    "parse_layer_key", "progress_from_sigma", "range_gammas", "sdpa_attention", "split_heads", "static_gate_range",
     "validate_schedule", "window_at",
 ]

@@ -11,10 +11,11 @@ from torch import Tensor, nn
 from .attention import BranchKV, LayerKV, join_branches, split_heads
 from .config import FlexIPConfig, LayerSpec
 from .blocks import PerceiverBlock, PersonalizationBlock
+from .layer_projections import KVProjection, LayerProjections
 from .personalization import PersonalizationAdapter
 from .preservation import PreservationAdapter
-from .projections import KVProjection, LayerProjections
 from .subject import FeatureNeed, ImageFeatures, SubjectTokens, subject_rows
+from .vocabulary import DINO_FEATURES, IMAGE_EMBEDS, TOKEN_MODE
 
 
 class FlexIPAdapter(nn.Module):
@@ -49,14 +50,14 @@ class FlexIPAdapter(nn.Module):
     def image_features(self) -> ImageFeatures:
         """CLIP [CLS] and DINOv2 tokens of each reference; uncond is a black reference through both."""
         config = self.config
-        return ImageFeatures((FeatureNeed("image_embeds", config.clip_embed_dim),
-                              FeatureNeed("dino_features", config.dino_dim)), "black", config.dino_resolution)
+        return ImageFeatures((FeatureNeed(IMAGE_EMBEDS, config.clip_embed_dim),
+                              FeatureNeed(DINO_FEATURES, config.dino_dim)), "black", config.dino_resolution)
 
     def reference_tokens(self, features: Mapping[str, Tensor]) -> SubjectTokens:
         """Preservation tokens [B, Tp, d] and the CLIP [CLS] [B, C] of each image, in the adapter's dtype."""
         param = next(self.parameters())
-        clip = features["image_embeds"].to(param)
-        return SubjectTokens({"preservation": self.preservation_tokens(clip, features["dino_features"].to(param)),
+        clip = features[IMAGE_EMBEDS].to(param)
+        return SubjectTokens({"preservation": self.preservation_tokens(clip, features[DINO_FEATURES].to(param)),
                               "clip_embeds": clip})
 
     def encode_subject(self, references: Mapping[str, Tensor], uncond: Mapping[str, Tensor],
@@ -66,7 +67,7 @@ class FlexIPAdapter(nn.Module):
         tokens = self.reference_tokens(features)
         # the CLIP [CLS] is averaged in float32, before any cast to the adapter's dtype
         return SubjectTokens({"preservation": subject_rows(tokens["preservation"], batch_mode),
-                              "clip_embeds": subject_rows(features["image_embeds"].float(), batch_mode)})
+                              "clip_embeds": subject_rows(features[IMAGE_EMBEDS].float(), batch_mode)})
 
     def run_kv(self, subject: SubjectTokens, context: Tensor, pick: Tensor,
                layers: Sequence[str]) -> tuple[LayerKV, ...]:
@@ -85,7 +86,7 @@ class FlexIPAdapter(nn.Module):
         """
         heads = self.config.layer(key).heads
         branches = self.layers[key]
-        token_mode = self.config.gate_mode == "token"
+        token_mode = self.config.gate_mode == TOKEN_MODE
 
         def project(projection: KVProjection, tokens: Optional[Tensor]) -> Optional[BranchKV]:
             if tokens is None:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import FlexIPError
+from .vocabulary import OUTPUT_MODE, TOKEN_MODE
 
 # ComfyUI's optimized_attention contract:
 # fn(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, skip_output_reshape=False)
@@ -162,7 +163,7 @@ def adapter_attention(
         return attention(q_heads, key, value, heads, mask=mask, attn_precision=attn_precision,
                          skip_reshape=True, skip_output_reshape=True)
 
-    if gate_mode == "output":
+    if gate_mode == OUTPUT_MODE:
         if pers is None:
             return _scaled(attend(pres.key, pres.value), strength * gate)
         if pres is None:
@@ -176,8 +177,8 @@ def adapter_attention(
             return out.add_(attend(pers.key, pers.value) * pers_weight)
         return out.add_(attend(pers.key, pers.value), alpha=pers_weight)
 
-    if gate_mode != "token":
-        raise FlexIPError(f"gate_mode {gate_mode!r} is unknown: use 'output' or 'token'.")
+    if gate_mode != TOKEN_MODE:
+        raise FlexIPError(f"gate_mode {gate_mode!r} is unknown: use {OUTPUT_MODE!r} or {TOKEN_MODE!r}.")
     # s scales V only: Attn(q, K, s·V) = s·Attn(q, K, V), one op fewer than scaling the output
     if pers is None:
         return attend(_scaled(pres.key, gate), _scaled(pres.value, strength * gate))
@@ -206,7 +207,7 @@ def gated_attention(
     heads: int,
     strength: Weight,
     gate: Weight,
-    gate_mode: str = "output",
+    gate_mode: str = OUTPUT_MODE,
     mask: Optional[Tensor] = None,
     attention: AttentionFn = sdpa_attention,
     attn_precision: Optional[torch.dtype] = None,

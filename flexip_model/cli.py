@@ -13,7 +13,7 @@ from . import checkpoint
 from .adapter import FlexIPAdapter, parameter_counts
 from .config import FlexIPConfig, LayerSpec, config_for
 from .errors import FlexIPError
-from .vocabulary import BASES, GATE_MODES, context_dim_for
+from .vocabulary import BASES, GATE_MODES, OUTPUT_MODE, context_dim_for
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--layers-from", metavar="CHECKPOINT.safetensors",
                       help="take the layer list and the K/V init from this SD checkpoint's attn2 weights")
     init.add_argument("--tiny", action="store_true", help="small widths and depths (tests, demos)")
-    init.add_argument("--gate-mode", choices=GATE_MODES, default="output")
+    init.add_argument("--gate-mode", choices=GATE_MODES, default=OUTPUT_MODE)
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--out", required=True, metavar="FILE.safetensors")
     inspect = commands.add_parser("inspect", help="validate a FlexIP checkpoint and print its config")

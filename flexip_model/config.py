@@ -10,7 +10,10 @@ from types import MappingProxyType
 from .errors import FlexIPError, shown
 from .mapping import Rules, Source, dataclass_from_mapping
 from .safetensors_header import parse_bounded_json
-from .vocabulary import BASES, GATE_MODES, check_base, context_dim_for, is_layer_key, layer_key, parse_layer_key
+from .vocabulary import (
+    BASES, GATE_MODES, INPUT_BLOCK, MIDDLE_BLOCK, OUTPUT_BLOCK, OUTPUT_MODE, check_base, context_dim_for,
+    is_layer_key, layer_key, parse_layer_key,
+)
 
 FORMAT_VERSION = 1
 
@@ -74,7 +77,7 @@ class LayerSpec:
 
     @property
     def block(self) -> str:
-        """"input", "middle" or "output"."""
+        """The layer's block group, one of vocabulary.BLOCKS."""
         return parse_layer_key(self.key)[0]
 
 
@@ -114,14 +117,14 @@ def default_layers(base: str) -> tuple[LayerSpec, ...]:
     for level, mult in enumerate(unet.channel_mult):
         for _ in range(unet.num_res_blocks):
             block_id += 1
-            add("input", block_id, unet.model_channels * mult, unet.transformer_depth[level])
+            add(INPUT_BLOCK, block_id, unet.model_channels * mult, unet.transformer_depth[level])
         block_id += 1  # downsample (the last level has none, but nothing follows it)
-    add("middle", 0, unet.model_channels * unet.channel_mult[-1], unet.middle_depth)
+    add(MIDDLE_BLOCK, 0, unet.model_channels * unet.channel_mult[-1], unet.middle_depth)
     block_id = 0
     for level in reversed(range(len(unet.channel_mult))):
         channels = unet.model_channels * unet.channel_mult[level]
         for _ in range(unet.num_res_blocks + 1):
-            add("output", block_id, channels, unet.transformer_depth[level])
+            add(OUTPUT_BLOCK, block_id, channels, unet.transformer_depth[level])
             block_id += 1
     return tuple(layers)
 
@@ -160,7 +163,7 @@ class FlexIPConfig(LayerLookup):
     personalization_depth: int = 2
     personalization_heads: int = 12
     ffn_mult: int = 4
-    gate_mode: str = "output"
+    gate_mode: str = OUTPUT_MODE
     layers: tuple[LayerSpec, ...] = ()
 
     @property

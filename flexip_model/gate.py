@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Callable, Optional, Protocol, Sequence
 
 import torch
 from torch import Tensor
 
+from .attention import Weight
 from .config import LayerSpec
 from .errors import FlexIPError
 
@@ -97,7 +98,7 @@ class GatePlan:
                        sigma_grid=self.sigma_grid.to(device), progress_grid=self.progress_grid.to(device))
 
     def call_gates(self, sigmas: Optional[Tensor], chunks: int, batch: int, strength: float,
-                   like: Tensor) -> tuple[tuple[Any, ...], Any]:
+                   like: Tensor) -> tuple[tuple[Weight, ...], Weight]:
         """(γ per layer, s) for one model call of `batch` rows; `sigmas` are the call's (read only if needed).
 
         Each γ is a float, a [] or a [batch] tensor; s is `strength`, or a [] tensor in `like`'s
@@ -107,10 +108,8 @@ class GatePlan:
         if self.needs_progress:
             sigma = sigmas.reshape(-1)[:1].float()
             progress = progress_from_sigma(sigma, self.sigma_grid, self.progress_grid)[0]
-        gates: tuple[Any, ...] = self.constants
-        if self.live is not None:
-            live = self.live.at(progress, chunks, batch, like)
-            gates = tuple(live[i] if g is None else g for i, g in enumerate(self.constants))
+        live = () if self.live is None else self.live.at(progress, chunks, batch, like)
+        gates = tuple(live[i] if g is None else g for i, g in enumerate(self.constants))
         if self.windowed:
             return gates, (window_at(self.start_at, self.end_at, progress) * strength).to(like.dtype)
         return gates, strength

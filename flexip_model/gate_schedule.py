@@ -22,6 +22,8 @@ Keyframes = tuple[tuple[float, float], ...]
 INTERPOLATIONS = ("linear", "cosine", "step")
 # a schedule becomes a [layers, keyframes] table on the device; real schedules have a handful
 MAX_KEYFRAMES = 256
+# an override names at most every layer once: SIZE_BOUNDS' 1024 UNet layers (SDXL has 70)
+MAX_LAYER_INDICES = 1024
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,15 @@ def parse_keyframes(text: str, source: str) -> Keyframes:
     result = tuple(keyframes)
     _check_keyframes(result, source)
     return result
+
+
+def parse_layer_indices(text: str, source: str) -> tuple[int, ...]:
+    """Widget text -> layer indices in the order given: "0, 1, 5" (comma or newline separated)."""
+    items = widget_items(text, source, MAX_LAYER_INDICES, "0, 1, 5")
+    try:
+        return tuple(int(item) for item in items)
+    except ValueError:
+        raise FlexIPError(f"{source} {shown(text)} is not a list of integers: write e.g. '0, 1, 5'.") from None
 
 
 def _layer_keyframes(schedule: GateSchedule, layers: Sequence[LayerSpec]) -> list[Keyframes]:

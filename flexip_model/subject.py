@@ -8,10 +8,10 @@ the adapter declares, let it encode the subject once, and ask it for each run's 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Optional, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterator, Mapping, Optional, Protocol, Self, Sequence, runtime_checkable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .attention import LayerKV
 from .config import LayerSpec
@@ -23,7 +23,7 @@ BATCH_MODES = ("average", "concat")
 class FeatureNeed:
     """One encoder output an adapter reads from every reference, at the width it was trained on."""
 
-    feature: str  # "image_embeds" or "penultimate_hidden_states" (CLIP vision), "dino_features" (DINOv2)
+    feature: str  # IMAGE_EMBEDS or HIDDEN_STATES (CLIP vision), DINO_FEATURES (DINOv2): see vocabulary.py
     width: int
     file: Optional[str] = None  # the file that needs it, when not the adapter as a whole (a pair's branch)
     hint: str = ""  # appended to the fix of a width mismatch, e.g. another version of that file
@@ -106,9 +106,23 @@ class AdapterConfig(Protocol):
 
 @runtime_checkable
 class SubjectAdapter(Protocol):
-    """The contract every adapter implements; tensors in, tensors out, on the adapter's device and dtype."""
+    """The contract every adapter implements; tensors in, tensors out, on the adapter's device and dtype.
+
+    An adapter is an `nn.Module`: ComfyUI's ModelPatcher loads and offloads it, and callers use the
+    module methods declared here (its device from `parameters()`, its dtype through `to()`).
+    """
 
     config: AdapterConfig
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+    def modules(self) -> Iterator[nn.Module]: ...
+
+    def to(self, *args: Any, **kwargs: Any) -> Self: ...
+
+    def eval(self) -> Self: ...
+
+    def requires_grad_(self, requires_grad: bool = True) -> Self: ...
 
     @property
     def image_features(self) -> ImageFeatures:

@@ -1,4 +1,5 @@
-"""The pack's shared words, defined once: UNet layer keys, model families, encoder names, gate modes, masks.
+"""The pack's shared words, defined once: UNet blocks and layer keys, model families, image features and
+encoder names, gate modes, masks.
 
 Every other module (nodes, trainer, checkpoint readers, CLI) imports these instead of spelling
 them again, so a key, a family or an error sentence cannot drift between two places.
@@ -15,12 +16,22 @@ import torch.nn.functional as F
 
 from .errors import FlexIPError
 
-BLOCKS = ("input", "middle", "output")
+# the UNet's block groups, as ComfyUI names them in its attn2 patch keys
+INPUT_BLOCK, MIDDLE_BLOCK, OUTPUT_BLOCK = "input", "middle", "output"
+BLOCKS = (INPUT_BLOCK, MIDDLE_BLOCK, OUTPUT_BLOCK)
 BLOCK_ORDER = MappingProxyType({block: position for position, block in enumerate(BLOCKS)})  # ComfyUI's patch order
-GATE_MODES = ("output", "token")
+
+# how γ mixes the two token sets (docs/design.md §2): blend the two attention outputs, or weight the
+# tokens of one joint attention
+OUTPUT_MODE, TOKEN_MODE = "output", "token"
+GATE_MODES = (OUTPUT_MODE, TOKEN_MODE)
+
+# the image features an adapter reads, by the names of the encoders' outputs: CLIP vision's
+# (ComfyUI's encode_image keys) [B, C] and [B, N, C], and DINOv2's tokens [B, T, D]
+IMAGE_EMBEDS, HIDDEN_STATES, DINO_FEATURES = "image_embeds", "penultimate_hidden_states", "dino_features"
 
 # ids of real UNets have 1-2 digits; 6 keeps int() of a file's name bounded
-_KEY_PATTERN = re.compile(r"^(input|middle|output)_(\d{1,6})_(\d{1,6})$")
+_KEY_PATTERN = re.compile(rf"^({'|'.join(BLOCKS)})_(\d{{1,6}})_(\d{{1,6}})$")
 # attn2 of a transformer block in ComfyUI's (LDM) UNet, e.g. "output_blocks.3.1.transformer_blocks.0.attn2";
 # the middle block has no id (it is 0 in the key)
 _ATTN2_PATTERN = re.compile(
@@ -53,7 +64,7 @@ def attn2_layer(module_name: str) -> Optional[tuple[str, int, int]]:
     if match is None:
         return None
     if match.group(3):
-        return "middle", 0, int(match.group(4))
+        return MIDDLE_BLOCK, 0, int(match.group(4))
     return match.group(1), int(match.group(2)), int(match.group(4))
 
 
@@ -91,15 +102,16 @@ def context_dim_for(base: str) -> int:
 
 
 # image encoders by what the adapters read from them and its width
+CLIP_L, CLIP_H, CLIP_BIGG = "CLIP ViT-L/14", "CLIP ViT-H/14", "CLIP ViT-bigG/14"
 _ENCODERS = MappingProxyType({
-    ("image_embeds", 768): "CLIP ViT-L/14", ("image_embeds", 1024): "CLIP ViT-H/14",
-    ("image_embeds", 1280): "CLIP ViT-bigG/14",
-    ("penultimate_hidden_states", 1024): "CLIP ViT-L/14", ("penultimate_hidden_states", 1280): "CLIP ViT-H/14",
-    ("penultimate_hidden_states", 1664): "CLIP ViT-bigG/14",
-    ("dino_features", 1024): "DINOv2-L", ("dino_features", 1536): "DINOv2-g",
+    (IMAGE_EMBEDS, 768): CLIP_L, (IMAGE_EMBEDS, 1024): CLIP_H, (IMAGE_EMBEDS, 1280): CLIP_BIGG,
+    (HIDDEN_STATES, 1024): CLIP_L, (HIDDEN_STATES, 1280): CLIP_H, (HIDDEN_STATES, 1664): CLIP_BIGG,
+    (DINO_FEATURES, 1024): "DINOv2-L", (DINO_FEATURES, 1536): "DINOv2-g",
 })
-_FEATURE_WORDS = MappingProxyType({"image_embeds": "image embeddings", "penultimate_hidden_states": "hidden states",
-                                   "dino_features": "features"})
+# the CLIPs that FlexIP and IP-Adapter files condition on; ViT-L/14 is only named, to say what a wrong input is
+CONDITIONING_CLIPS = (CLIP_H, CLIP_BIGG)
+_FEATURE_WORDS = MappingProxyType({IMAGE_EMBEDS: "image embeddings", HIDDEN_STATES: "hidden states",
+                                   DINO_FEATURES: "features"})
 
 
 def feature_words(feature: str) -> str:
@@ -109,7 +121,7 @@ def feature_words(feature: str) -> str:
 
 def encoder_name(feature: str, width: int) -> str:
     """The encoder that gives `width`-d `feature`, e.g. 'CLIP ViT-H/14', or a plain description."""
-    default = "a DINOv2 model" if feature == "dino_features" else "a CLIP vision model"
+    default = "a DINOv2 model" if feature == DINO_FEATURES else "a CLIP vision model"
     return _ENCODERS.get((feature, width), f"{default} with {width}-d {feature_words(feature)}")
 
 

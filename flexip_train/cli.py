@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from flexip_host.bootstrap import comfyui_path
 from flexip_model.errors import FlexIPError
 
 from .config import load_config
 from .data import Pair, read_manifest
-from .host import comfyui_path
 
 
 def _parser() -> argparse.ArgumentParser:

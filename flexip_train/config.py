@@ -7,18 +7,19 @@ with its default and meaning.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from flexip_host.distributed import DEVICES
+from flexip_host.model_section import ModelConfig, check_model_section
+from flexip_host.toml_files import read_toml
 from flexip_model.errors import FlexIPError
 from flexip_model.gate_sweep import MAX_SWEEP_GAMMAS
 from flexip_model.mapping import Rules, Source, dataclass_from_mapping
 from flexip_model.vocabulary import GATE_MODES
 
 PRECISIONS = ("bf16", "fp16", "no")
-DEVICES = ("auto", "cuda", "cpu")
 SAVE_DTYPES = ("fp16", "bf16", "fp32")
 ADAPTER_SIZES = ("full", "tiny")
 # Upper ends of the keys that choose sizes (tensors, processes, files): far above any real run,
@@ -29,19 +30,6 @@ SIZE_LIMITS = {
     ("train", "grad_accumulation"): 4096, ("output", "eval_pairs"): 100_000, ("output", "eval_timesteps"): 1000,
     ("samples", "pairs"): 64, ("samples", "steps"): 1000,
 }
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """The frozen base: a ComfyUI checkpoint and the two image encoders (files from models/)."""
-
-    checkpoint: Path
-    clip_vision: Optional[Path] = None
-    dino: Optional[Path] = None
-    # "module:function" returning the ComfyUI object instead of loading a file (tests, custom builds)
-    unet_factory: str = ""
-    clip_vision_factory: str = ""
-    dino_factory: str = ""
 
 
 @dataclass(frozen=True)
@@ -169,16 +157,6 @@ class TrainConfig:
         return dataclasses.replace(self, **{section: dataclasses.replace(getattr(self, section), **values)})
 
 
-def read_toml(path: Path, what: str) -> dict:
-    """The TOML file `path` as a dict; FlexIPError for a missing file or bad syntax, naming `what` it is."""
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FlexIPError(f"the {what} {path} was not found: pass an existing TOML file to --config.") from None
-    except tomllib.TOMLDecodeError as error:
-        raise FlexIPError(f"{path.name} is not valid TOML ({error}): fix the syntax.") from None
-
-
 def load_config(path: str | Path) -> TrainConfig:
     """Read and check a TOML training config; FlexIPError naming the file and key on any problem."""
     path = Path(path)
@@ -202,10 +180,7 @@ def _check(condition: bool, message: str) -> None:
 def _validate(config: TrainConfig, name: str) -> None:
     model, data, train, out, cache, samples = (config.model, config.data, config.train, config.output,
                                                config.cache, config.samples)
-    _check(model.clip_vision is not None or model.clip_vision_factory,
-           f"{name} [model] lacks clip_vision: give the CLIP ViT-H/14 file from models/clip_vision.")
-    _check(model.dino is not None or model.dino_factory,
-           f"{name} [model] lacks dino: give the DINOv2-L file from models/clip_vision.")
+    check_model_section(model, name)
     _check(config.adapter.size in ADAPTER_SIZES, f"{name} [adapter] size must be one of {ADAPTER_SIZES}.")
     _check(config.adapter.gate_mode in GATE_MODES, f"{name} [adapter] gate_mode must be one of {GATE_MODES}.")
     _check((data.manifest is None) != (not data.shards),

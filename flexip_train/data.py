@@ -1,4 +1,4 @@
-"""Training pairs: the JSONL manifest, image decoding, the invariant-pair reference.
+"""Training pairs: the JSONL manifest, the invariant-pair reference, and pairs decoded for training.
 
 One pair a line: {"reference": ..., "reference_mask": ..., "target": ..., "caption": ..., "kind": ...},
 paths relative to the manifest. Invariant pairs build their reference from the target (a
@@ -10,7 +10,6 @@ Images here are ComfyUI IMAGE tensors: [H, W, 3] float in [0, 1].
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 from dataclasses import dataclass
@@ -18,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import torch
-import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from flexip_host.images import decode_image, fit_square, resize_image, square_crop
 from flexip_model.errors import FlexIPError
 
 from .config import AugmentConfig
@@ -129,48 +128,11 @@ def _check_files(pair: Pair, decode: bool) -> list[str]:
     return problems
 
 
-def decode_image(data: bytes, where: str, mask: bool = False,
-                 fix: str = "re-save it as PNG or JPEG and pack again, or run --check-data to list every bad line"
-                 ) -> torch.Tensor:
-    """[H, W, 3] RGB (or [H, W] for a mask) float in [0, 1] from encoded bytes; FlexIPError naming `where`
-    and how to `fix` it."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image = ImageOps.exif_transpose(image).convert("L" if mask else "RGB")
-            pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-            size = (image.height, image.width) if mask else (image.height, image.width, 3)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:  # PIL: SyntaxError = broken PNG
-        raise FlexIPError(f"{where} is not a readable image ({error}): {fix}.") from None
-    return pixels.reshape(size).float() / 255.0
-
-
-def _square_crop(height: int, width: int, size: int) -> tuple[int, int, int, int]:
-    """(resized height, resized width, crop top, crop left) of fitting an H×W image to size×size."""
-    scale = size / min(height, width)
-    resized_height, resized_width = max(size, round(height * scale)), max(size, round(width * scale))
-    return resized_height, resized_width, (resized_height - size) // 2, (resized_width - size) // 2
-
-
-def fit_square(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize the short side to `size` and center-crop: [H, W, C] -> [size, size, C]."""
-    resized_height, resized_width, top, left = _square_crop(image.shape[0], image.shape[1], size)
-    resized = _resize(image, (resized_height, resized_width))
-    return resized[top:top + size, left:left + size]
-
-
 def size_conditions(height: int, width: int, size: int) -> torch.Tensor:
     """SDXL's size conditioning of an H×W target fitted by `fit_square`: [original height, original
     width, crop top, crop left] in pixels, the crop offset in the resized image (as SDXL was trained)."""
-    _, _, top, left = _square_crop(height, width, size)
+    _, _, top, left = square_crop(height, width, size)
     return torch.tensor([height, width, top, left], dtype=torch.float32)
-
-
-def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(image.shape[:2]) == tuple(size):
-        return image
-    chw = image.permute(2, 0, 1).unsqueeze(0)
-    out = F.interpolate(chw, size=size, mode="bilinear", align_corners=False, antialias=True)
-    return out.squeeze(0).permute(1, 2, 0).clamp(0.0, 1.0)
 
 
 def _subject_box(mask: Optional[torch.Tensor], height: int, width: int,
@@ -220,7 +182,7 @@ def subject_reference(image: torch.Tensor, mask: Optional[torch.Tensor], size: i
     height, width = image.shape[:2]
     if mask is not None:
         if tuple(mask.shape) != (height, width):
-            mask = _resize(mask.unsqueeze(-1), (height, width)).squeeze(-1)
+            mask = resize_image(mask.unsqueeze(-1), (height, width)).squeeze(-1)
         # the subject only, as FlexIPEncodeSubject does with a mask: the background becomes black
         image = image * (mask > 0.5).unsqueeze(-1).to(image)
     top, left, bottom, right = _subject_box(mask, height, width, augment.mask_margin if mask is not None else 0.0)
@@ -235,7 +197,7 @@ def subject_reference(image: torch.Tensor, mask: Optional[torch.Tensor], size: i
         offset = (2.0 * torch.rand(2, generator=generator) - 1.0).tolist()
         center = (center[0] + offset[0] * slack_y, center[1] + offset[1] * slack_x)
         side = crop
-    out = _resize(_crop_square(image, center, side), (size, size))
+    out = resize_image(_crop_square(image, center, side), (size, size))
     if generator is not None:
         if float(torch.rand((), generator=generator)) < augment.flip:
             out = out.flip(1)

@@ -23,12 +23,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from flexip_host.frozen_models import FrozenModels
+from flexip_host.loaded_pack import Pack
 from flexip_model.errors import FlexIPError
 
 from .config import TrainConfig
 from .data import CANONICAL, PairImages, PairImageSource, training_variant
-from .host import Pack
-from .models import FrozenModels
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +85,8 @@ class Encoders:
     @torch.no_grad()
     def image(self, references: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """IMAGE [B, r, r, 3] -> (CLIP image_embeds [B, C], DINOv2 tokens [B, T, D]), as FlexIPEncodeSubject does."""
-        encoders = self.pack.nodes.encoders
-        clip = encoders.clip_image_embeds(self.models.clip_vision, references)
-        dino = encoders.dino_tokens(self.models.dino, references, self.dino_resolution)
+        clip = self.pack.clip_image_embeds(self.models.clip_vision, references)
+        dino = self.pack.dino_tokens(self.models.dino, references, self.dino_resolution)
         return clip.float().cpu(), dino.float().cpu()
 
     def null(self, reference_resolution: int) -> NullConditions:

@@ -160,7 +160,7 @@ class DenoisingLoss(torch.nn.Module):
         self.transformer_options = sampler_transformer_options(model)
 
     def per_sample(self, inputs: ModelInputs) -> torch.Tensor:
-        from .patch import subject_inputs
+        from .training_patch import subject_inputs
 
         base = self.model.model
         sampling = base.model_sampling

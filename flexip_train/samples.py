@@ -11,12 +11,13 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from flexip_host.frozen_models import FrozenModels
+from flexip_host.images import fit_square
+from flexip_host.loaded_pack import Pack
 from flexip_model.adapter import FlexIPAdapter
 
 from .config import SamplesConfig
-from .data import CANONICAL, PairImageSource, fit_square
-from .host import Pack
-from .models import FrozenModels
+from .data import CANONICAL, PairImageSource
 
 
 def _conditioning(clip, text: str) -> list:
@@ -30,19 +31,19 @@ def sample_grid(pack: Pack, models: FrozenModels, adapter: FlexIPAdapter, source
     """Write the grid PNG to `path`; `adapter` is a CPU copy (the nodes place and cast it)."""
     import comfy.sample
 
-    loaded = pack.nodes.bundles.LoadedFlexIP.wrap(path.stem, adapter)
+    loaded = pack.loaded_flexip.wrap(path.stem, adapter)
     negative = _conditioning(models.clip, config.negative)
     size = source.resolution
     rows = []
     for index in indices:
         images = source.load(index, CANONICAL)
-        (subject,) = pack.nodes.encode.FlexIPEncodeSubject().encode(
+        (subject,) = pack.encode_subject_node().encode(
             loaded, models.clip_vision, images.reference[None], "average", dino=models.dino)
         positive = _conditioning(models.clip, images.caption)
         latent = torch.zeros(1, 4, size // 8, size // 8)
         row = [fit_square(images.reference, size)]
         for gate in config.gates:
-            (model,) = pack.nodes.apply.FlexIPApply().apply(models.unet, loaded, subject, config.strength, gate, 0.0, 1.0)
+            (model,) = pack.apply_node().apply(models.unet, loaded, subject, config.strength, gate, 0.0, 1.0)
             noise = comfy.sample.prepare_noise(latent, config.seed)
             samples = comfy.sample.sample(model, noise, config.steps, config.cfg, config.sampler, config.scheduler,
                                           positive, negative, latent, seed=config.seed, disable_pbar=True)

@@ -20,17 +20,19 @@ from typing import Any, Iterator, Optional
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from flexip_host import distributed
+from flexip_host.bootstrap import import_comfy, load_pack
+from flexip_host.frozen_models import load_frozen, resolve_factories
 from flexip_model.errors import FlexIPError
 
-from . import distributed, state
+from . import state
 from .config import TrainConfig
 from .data import KINDS, PairImageSource, keyed_generator, read_manifest
 from .features import BadPair, Encoders, FeatureCache, Features, PairItems, check_cache_complete, collate
-from .host import import_comfy, load_pack
-from .models import build_adapter, load_frozen, resolve_factories
 from .objective import DenoisingLoss, evaluation_inputs, training_inputs
-from .patch import TRAINING_INPUTS, enable_gradient_checkpointing, install_training_patch
 from .shards import ShardPairs
+from .trainable_adapter import build_adapter
+from .training_patch import TRAINING_INPUTS, enable_gradient_checkpointing, install_training_patch
 
 log = logging.getLogger(__name__)
 

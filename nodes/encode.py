@@ -11,8 +11,8 @@ from flexip_model.subject import BATCH_MODES
 from flexip_model.vocabulary import image_masks
 from .bundles import EncodedSubject, LoadedFlexIP
 from .encoders import check_encoders, reference_features
-from .faces_cropping import crop_for_encoding
 from .faces_runtime import FACE_MODELS_TYPE
+from .faces_select import crop_for_encoding
 
 
 class FlexIPEncodeSubject:

@@ -20,7 +20,7 @@ from comfy.image_encoders.dino2 import Dinov2Model
 
 from flexip_model.errors import FlexIPError
 from flexip_model.subject import FeatureNeed, ImageFeatures
-from flexip_model.vocabulary import encoder_name, feature_words
+from flexip_model.vocabulary import DINO_FEATURES, HIDDEN_STATES, IMAGE_EMBEDS, encoder_name, feature_words
 from .progress import with_progress
 
 # ComfyUI moved clip_preprocess to comfy.clip_model (after 0.3.75); comfy.clip_vision keeps the old
@@ -59,7 +59,7 @@ def check_width(where: str, feature: str, given: int, adapter: str, expected: in
 def check_encoders(features: ImageFeatures, clip_vision, dino, adapter_name: str) -> None:
     """The encoders connected to FlexIPEncodeSubject must give every feature the adapter declares."""
     for need in features.needs:
-        if need.feature == "dino_features":
+        if need.feature == DINO_FEATURES:
             check_dino(dino, need.width, need.file or adapter_name)
         else:
             check_clip(clip_vision, need, need.file or adapter_name)
@@ -71,7 +71,7 @@ def check_clip(clip_vision, need: FeatureNeed, adapter_name: str) -> None:
         clip_vision, "FlexIPEncodeSubject's clip_vision input",
         "connect CLIP ViT-H/14 from Load CLIP Vision there (and any DINOv2 encoder to the dino input)")
     hidden = model.vision_model.post_layernorm.weight.shape[0]
-    given = model.visual_projection.out_features if need.feature == "image_embeds" else hidden
+    given = model.visual_projection.out_features if need.feature == IMAGE_EMBEDS else hidden
     check_width("FlexIPEncodeSubject's clip_vision", need.feature, given, adapter_name, need.width,
                 f"load {encoder_name(need.feature, need.width)} in Load CLIP Vision{need.hint}")
 
@@ -84,7 +84,7 @@ def check_dino(dino, hidden_dim: int, adapter_name: str) -> None:
             "load DINOv2-L (models/clip_vision) with Load CLIP Vision and connect it.")
     model = dino_model(dino, "FlexIPEncodeSubject's dino input",
                        "load a DINOv2-L file (the model.safetensors of dinov2-large) with Load CLIP Vision")
-    check_width("FlexIPEncodeSubject's dino", "dino_features", model.layernorm.weight.shape[0], adapter_name,
+    check_width("FlexIPEncodeSubject's dino", DINO_FEATURES, model.layernorm.weight.shape[0], adapter_name,
                 hidden_dim, "load the DINOv2 file the adapter was trained with in dino")
 
 
@@ -98,16 +98,16 @@ def reference_features(features: ImageFeatures, clip_vision, dino,
 
     def encode(image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         clip = {}
-        if any(name != "dino_features" for name in features.names):
+        if any(name != DINO_FEATURES for name in features.names):
             clip = clip_vision.encode_image(image, crop=True)
-        return tuple(dino_tokens(dino, image, features.dino_resolution) if name == "dino_features" else clip[name]
+        return tuple(dino_tokens(dino, image, features.dino_resolution) if name == DINO_FEATURES else clip[name]
                      for name in features.names)
 
     rows = dict(zip(features.names, encode_each(images, encode)))
     if black:
         return {name: row[:-1] for name, row in rows.items()}, {name: row[-1:] for name, row in rows.items()}
     if features.uncond == "neutral":
-        return rows, {"penultimate_hidden_states": neutral_hidden_states(clip_vision)}
+        return rows, {HIDDEN_STATES: neutral_hidden_states(clip_vision)}
     return rows, {}
 
 
@@ -135,7 +135,7 @@ def encode_each(images: Sequence[torch.Tensor],
 
 def clip_image_embeds(clip_vision, images: torch.Tensor) -> torch.Tensor:
     """IMAGE [N, H, W, 3] -> projected CLIP [CLS] `image_embeds` [N, C] (ComfyUI's preprocessing)."""
-    return clip_vision.encode_image(images, crop=True)["image_embeds"]
+    return clip_vision.encode_image(images, crop=True)[IMAGE_EMBEDS]
 
 
 @torch.no_grad()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .faces_cropping import DEFAULT_CROP_SCALE, DEFAULT_CROP_SIZE, FACE_CHOICES, NO_FACE_POLICIES, crop_faces
+from .faces_select import DEFAULT_CROP_SCALE, DEFAULT_CROP_SIZE, FACE_CHOICES, NO_FACE_POLICIES, crop_faces
 from .faces_preview import draw_preview
 from .faces_runtime import FACE_MODELS_TYPE
 

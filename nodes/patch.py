@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -19,12 +20,12 @@ import torch
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.patcher_extension
 
-from flexip_model.attention import LayerKV, gated_attention, join_branches
+from flexip_model.attention import LayerKV, Weight, gated_attention, join_branches
 from flexip_model.config import LayerSpec
 from flexip_model.errors import FlexIPError
 from flexip_model.gate import GatePlan
 from flexip_model.subject import CallSubjects, SubjectAdapter, SubjectTokens
-from flexip_model.vocabulary import parse_layer_key
+from flexip_model.vocabulary import TOKEN_MODE, parse_layer_key
 from .bundles import EncodedSubject, LoadedFlexIP
 
 logger = logging.getLogger(__name__)
@@ -37,8 +38,8 @@ class CallState:
     """What the layer patches of one model call read: K/V, gates, strength and mask per layer."""
 
     kv: tuple[LayerKV, ...]
-    gates: tuple[Any, ...]  # float, 0-d tensor, or [B] tensor (γ per row) per layer
-    strength: Any  # float or 0-d tensor (0 outside start_at/end_at)
+    gates: tuple[Weight, ...]  # float, 0-d tensor, or [B] tensor (γ per row) per layer
+    strength: Weight  # float or 0-d tensor (0 outside start_at/end_at)
     mask: Optional[torch.Tensor]  # [B, 1, H, W] over the latent, or None
     masks_by_tokens: dict[int, torch.Tensor] = field(default_factory=dict)
     layers_run: set[int] = field(default_factory=set)  # for the end-of-run log line
@@ -56,12 +57,13 @@ class CallState:
         return self.masks_by_tokens[tokens]
 
 
-class AttentionPatch:
+class AttentionPatch(ABC):
     """What `install` hooks into a model: the state every attn2 `LayerPatch` of one install reads.
 
     Once per model call the diffusion-model wrapper asks `call_state` for the K/V, gates,
     strength and mask of that call (None: the call runs the base model) and hands it to the
-    layer patches in transformer_options under `options_key`. Subclasses say how it is made.
+    layer patches in transformer_options under `options_key`. Subclasses (`FlexIPPatch`,
+    `CallSubjectsPatch`) say how it is made; `install` and `LayerPatch` use only this class.
     `__deepcopy__` returns self so model clones share the adapter weights.
     """
 
@@ -72,8 +74,9 @@ class AttentionPatch:
         self._run_layers: set[int] = set()
         self._run_calls = 0
 
+    @abstractmethod
     def call_state(self, x: torch.Tensor, context: torch.Tensor, options: dict) -> Optional[CallState]:
-        raise NotImplementedError
+        """What the layer patches of this model call read; None runs the base model."""
 
     @torch.compiler.disable
     def _host_call_state(self, x: torch.Tensor, context: torch.Tensor, options: dict) -> Optional[CallState]:
@@ -121,7 +124,7 @@ class AttentionPatch:
             pick: torch.Tensor) -> tuple[LayerKV, ...]:
         """The adapter's K/V of every layer, in the UNet's compute dtype and device (the context's)."""
         kv = adapter.run_kv(subject, context, pick, [spec.key for spec in self.layers])
-        token_mode = self.flexip.config.gate_mode == "token"
+        token_mode = self.flexip.config.gate_mode == TOKEN_MODE
         # cast first, then join: token mode's joint K/V is made once, in the compute dtype
         return tuple(join_branches(layer) if token_mode else layer
                      for layer in (_cast_kv(layer, context.dtype, context.device) for layer in kv))
@@ -226,7 +229,7 @@ def _cast_kv(kv: LayerKV, dtype: torch.dtype, device: torch.device) -> LayerKV:
 class LayerPatch:
     """The attn2 replace patch of one layer; chains the patch it replaced (never drops it)."""
 
-    def __init__(self, state: FlexIPPatch, index: int, previous: Optional[Callable]) -> None:
+    def __init__(self, state: AttentionPatch, index: int, previous: Optional[Callable]) -> None:
         self.state = state
         self.index = index
         self.previous = previous
@@ -270,7 +273,7 @@ def _comfy_attention(extra_options: dict) -> Callable:
     return attend
 
 
-def install(model, state: FlexIPPatch) -> None:
+def install(model, state: AttentionPatch) -> None:
     """Register `state` on a cloned ModelPatcher: wrappers plus one attn2 patch per layer."""
     # numbered by install order, not id(): compiled graphs guard on the key, and a new FlexIPApply
     # on the same model must find the graphs of the previous one

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from flexip_model.errors import FlexIPError
 from flexip_model.gate_schedule import (
-    INTERPOLATIONS, BlockOverride, GateSchedule, parse_keyframes, validate_schedule,
+    INTERPOLATIONS, BlockOverride, GateSchedule, parse_keyframes, parse_layer_indices, validate_schedule,
 )
+from flexip_model.vocabulary import INPUT_BLOCK, MIDDLE_BLOCK, OUTPUT_BLOCK
 
 _KEYFRAMES_HELP = "'progress:gamma' pairs, e.g. '0:1.0, 0.6:0.2' (progress 0 = first step, 1 = last), or one number."
 
@@ -44,24 +44,17 @@ class FlexIPGateSchedule:
     def build(self, keyframes: str, interpolation: str, input_blocks: str = "", middle_block: str = "",
               output_blocks: str = "", layer_indices: str = "", layer_keyframes: str = "") -> tuple[GateSchedule]:
         overrides = []
-        by_block = {"input": ("input_blocks", input_blocks), "middle": ("middle_block", middle_block),
-                    "output": ("output_blocks", output_blocks)}
+        by_block = {INPUT_BLOCK: ("input_blocks", input_blocks), MIDDLE_BLOCK: ("middle_block", middle_block),
+                    OUTPUT_BLOCK: ("output_blocks", output_blocks)}
         for block, (name, text) in by_block.items():
             if text.strip():
                 overrides.append(BlockOverride(parse_keyframes(text, f"FlexIPGateSchedule {name}"), blocks=(block,)))
         if layer_indices.strip():
             overrides.append(BlockOverride(
                 parse_keyframes(layer_keyframes, "FlexIPGateSchedule layer_keyframes"),
-                layer_indices=_indices(layer_indices)))
+                layer_indices=parse_layer_indices(layer_indices, "FlexIPGateSchedule layer_indices")))
         schedule = GateSchedule(parse_keyframes(keyframes, "FlexIPGateSchedule keyframes"), interpolation,
                                 overrides=tuple(overrides))
         validate_schedule(schedule, "FlexIPGateSchedule")
         return (schedule,)
 
-
-def _indices(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.replace(" ", "").split(",") if part)
-    except ValueError:
-        raise FlexIPError(
-            f"FlexIPGateSchedule layer_indices {text!r} is not a list of integers: write e.g. '0, 1, 5'.") from None

@@ -14,7 +14,7 @@ import pytest
 
 # Shared test helpers import as `tests.<layer>.<module>` from the repo root. ComfyUI has a `tests`
 # package too, and its folder goes first on sys.path once a layer imports ComfyUI
-# (flexip_train.host), so the name is bound to this folder now, before any layer's conftest runs.
+# (flexip_host.bootstrap), so the name is bound to this folder now, before any layer's conftest runs.
 import tests  # noqa: F401
 from flexip_model.errors import FlexIPError
 from tools.fixtures import CACHE_DIR, REPO_ROOT, comfyui_path as resolve_comfyui_path

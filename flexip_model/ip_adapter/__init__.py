@@ -6,10 +6,9 @@ These are IP-Adapter weights blended by the FlexIP gate, not trained FlexIP weig
 """
 
 from .checkpoint import load_pair, open_file
+from .image_projections import ImageProjection, MLPProjection, PerceiverAttention, Resampler
 from .pair import IPAdapterBranch, IPAdapterPair, IPAdapterPairConfig
-from .projections import ImageProjection, MLPProjection, PerceiverAttention, Resampler
 from .variants import (
-    FEATURES,
     IPAdapterSpec,
     describe,
     ip_adapter_index,
@@ -18,7 +17,7 @@ from .variants import (
 )
 
 __all__ = [
-    "FEATURES", "IPAdapterBranch", "IPAdapterPair", "IPAdapterPairConfig", "IPAdapterSpec", "ImageProjection",
+    "IPAdapterBranch", "IPAdapterPair", "IPAdapterPairConfig", "IPAdapterSpec", "ImageProjection",
     "MLPProjection", "PerceiverAttention", "Resampler", "describe", "ip_adapter_index", "ip_adapter_order",
     "load_pair", "match_layers", "open_file",
 ]

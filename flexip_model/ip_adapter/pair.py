@@ -19,8 +19,9 @@ from torch import Tensor, nn
 from ..attention import BranchKV, LayerKV, split_heads
 from ..config import LayerLookup, LayerSpec
 from ..errors import FlexIPError
-from ..projections import KVProjection
+from ..layer_projections import KVProjection
 from ..subject import FeatureNeed, ImageFeatures, SubjectTokens, subject_rows
+from ..vocabulary import IMAGE_EMBEDS, OUTPUT_MODE
 from .variants import IPAdapterSpec
 
 
@@ -34,7 +35,7 @@ class IPAdapterPairConfig(LayerLookup):
     preservation: IPAdapterSpec
     personalization: IPAdapterSpec
     layers: tuple[LayerSpec, ...]
-    gate_mode: str = "output"  # each file keeps its own K/V projections: the gate blends outputs
+    gate_mode: str = OUTPUT_MODE  # each file keeps its own K/V projections: the gate blends outputs
     _what = "IP-Adapter pair"
 
     @property
@@ -75,7 +76,7 @@ class IPAdapterBranch(nn.Module):
         all-zero (normalised) pixel input, which `neutral` must hold for them.
         """
         cond = features[self.feature]
-        if self.feature == "image_embeds":
+        if self.feature == IMAGE_EMBEDS:
             uncond = torch.zeros_like(cond[:1])
         else:
             if neutral is None or self.feature not in neutral:
@@ -117,7 +118,7 @@ class IPAdapterPair(nn.Module):
     @property
     def needs_neutral_image(self) -> bool:
         """Whether a branch takes its unconditional tokens from the neutral image's hidden states."""
-        return any(branch.feature != "image_embeds" for branch in self.branches)
+        return any(branch.feature != IMAGE_EMBEDS for branch in self.branches)
 
     @property
     def image_features(self) -> ImageFeatures:

@@ -18,14 +18,16 @@ from torch import nn
 
 from ..config import LayerSpec, check_size
 from ..errors import FlexIPError
-from ..vocabulary import base_of, encoder_name, family_name, feature_words, parse_layer_key
-from .projections import RESAMPLER_HEAD_WIDTH, ImageProjection, MLPProjection, Resampler
+from ..vocabulary import (
+    HIDDEN_STATES, IMAGE_EMBEDS, INPUT_BLOCK, MIDDLE_BLOCK, OUTPUT_BLOCK, base_of, encoder_name, family_name,
+    feature_words, parse_layer_key,
+)
+from .image_projections import RESAMPLER_HEAD_WIDTH, ImageProjection, MLPProjection, Resampler
 
 Shape = tuple[int, ...]
 IMAGE_PROJ, IP_LAYERS = "image_proj.", "ip_adapter."
-FEATURES = ("image_embeds", "penultimate_hidden_states")
 _LAYER_KEY = re.compile(r"^ip_adapter\.(\d{1,6})\.to_([kv])_ip\.weight$")  # SDXL's last is 139
-_BLOCK_ORDER = {"input": 0, "output": 1, "middle": 2}  # diffusers: down, up, mid
+_BLOCK_ORDER = {INPUT_BLOCK: 0, OUTPUT_BLOCK: 1, MIDDLE_BLOCK: 2}  # diffusers: down, up, mid
 _DAMAGED = "the file is damaged or not an IP-Adapter file, download the original again"
 
 
@@ -202,19 +204,19 @@ def _projection_spec(name: str, projection: Mapping[str, Shape], widths: tuple[i
         if query[0] % RESAMPLER_HEAD_WIDTH or feed[0] % width:
             raise FlexIPError(f"{name} has a resampler of unknown head or feed-forward size: use an original h94/IP-Adapter file.")
         return IPAdapterSpec(
-            projection="resampler", feature="penultimate_hidden_states", feature_dim=proj_in[1], tokens=latents[1],
+            projection="resampler", feature=HIDDEN_STATES, feature_dim=proj_in[1], tokens=latents[1],
             resampler_width=width, resampler_heads=query[0] // RESAMPLER_HEAD_WIDTH, resampler_depth=depth,
             resampler_ff_mult=feed[0] // width, **common)
     if "proj.3.weight" in projection:
         first = projection.get("proj.0.weight", ())
         if len(first) != 2:
             raise FlexIPError(f"{name} has an incomplete MLP projection: the file is damaged, download it again.")
-        return IPAdapterSpec(projection="mlp", feature="penultimate_hidden_states", feature_dim=first[1], **common)
+        return IPAdapterSpec(projection="mlp", feature=HIDDEN_STATES, feature_dim=first[1], **common)
     if "proj.weight" in projection and "norm.weight" in projection:
         proj, norm = projection["proj.weight"], projection["norm.weight"]
         if len(proj) != 2 or len(norm) != 1 or not norm[0] or proj[0] % norm[0]:
             raise FlexIPError(f"{name} has a token projection of shape {list(proj)}: the file is damaged, download it again.")
-        return IPAdapterSpec(projection="linear", feature="image_embeds", feature_dim=proj[1],
+        return IPAdapterSpec(projection="linear", feature=IMAGE_EMBEDS, feature_dim=proj[1],
                              tokens=proj[0] // norm[0], **common)
     raise FlexIPError(
         f"{name} has an image projection this mode does not know ({_few(list(projection))}): "

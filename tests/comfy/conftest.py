@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from flexip_model.errors import FlexIPError
-from flexip_train.host import Pack, load_pack
+from flexip_host.bootstrap import load_pack
+from flexip_host.loaded_pack import Pack
 from tools.fixtures import import_inprocess_comfy
 
 try:

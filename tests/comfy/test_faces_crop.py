@@ -20,7 +20,7 @@ BLUE_EYES, GREEN_EYES = (30, 30, 200), (30, 160, 30)
 
 @pytest.fixture(scope="module")
 def crop_module(flexip_pack):
-    return flexip_pack.nodes.faces_cropping
+    return flexip_pack.nodes.faces_select
 
 
 def crop(flexip_pack, insightface, image, face="largest", face_index=0, crop_size=112, crop_scale=1.0,

@@ -128,7 +128,7 @@ class Hidden(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 sys.meta_path.insert(0, Hidden())
 from flexip_model.errors import FlexIPError
-from flexip_train.host import load_pack
+from flexip_host.bootstrap import load_pack
 from tools.fixtures import import_inprocess_comfy
 from tools.fixtures.faces import FACE_PACK_NAME, face_pack, insightface_root
 

@@ -140,6 +140,8 @@ def test_apply_rejects_start_after_end(parts):
     (dict(keyframes="0.5:1, 0.5:0"), "repeats a progress value"),
     (dict(keyframes="0:1", output_blocks="x"), "output_blocks"),
     (dict(keyframes="0:1", layer_indices="1,a", layer_keyframes="0.3"), "layer_indices '1,a' is not a list of integers"),
+    (dict(keyframes="0:1", layer_indices="0," * 1025, layer_keyframes="0.3"),
+     "layer_indices has 1025 items, more than the 1024 accepted"),
 ])
 def test_malformed_schedule_gets_a_clear_error(parts, inputs, message):
     schedule = parts["pack"].node_classes["FlexIPGateSchedule"]()

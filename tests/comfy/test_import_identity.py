@@ -7,10 +7,10 @@ from pathlib import Path
 
 import flexip_model
 import flexip_model.errors
-from flexip_train.host import PACK_ROOT, load_pack
+from flexip_host.bootstrap import PACK_ROOT, load_pack
 
 # Where sys.path may change: the one host module, and the pack's __init__ (inside ComfyUI)
-SYS_PATH_OWNERS = {PACK_ROOT / "flexip_train" / "host.py", PACK_ROOT / "__init__.py"}
+SYS_PATH_OWNERS = {PACK_ROOT / "flexip_host" / "bootstrap.py", PACK_ROOT / "__init__.py"}
 
 
 def python_files() -> list[Path]:

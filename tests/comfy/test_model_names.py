@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import flexip_model
-from flexip_train.host import load_pack
+from flexip_host.bootstrap import load_pack
 from tools.fixtures.adapters import flexip_sd15
 from tools.fixtures.faces import FACE_PACK_NAME, face_pack, insightface_root
 from tests.unit.flexip_unit_helpers import assert_one_sentence

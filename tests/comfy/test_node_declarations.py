@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from flexip_train.host import load_pack
+from flexip_host.bootstrap import load_pack
 from tools.fixtures import REPO_ROOT
 
 pytestmark = pytest.mark.comfy

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import flexip_model
-from flexip_train.host import load_pack
+from flexip_host.bootstrap import load_pack
 from tests.unit.flexip_unit_helpers import assert_one_sentence
 
 pytestmark = pytest.mark.comfy

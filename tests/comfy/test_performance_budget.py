@@ -14,7 +14,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from benchmarks import counting, host
+from benchmarks import counting, workload
 from tests.comfy.tiny_world import apply
 
 pytestmark = pytest.mark.comfy
@@ -46,14 +46,14 @@ class ParameterReads(TorchDispatchMode):
 
 def adapter_reads_per_call(patched, adapter: torch.nn.Module, calls: int) -> list[set[str]]:
     """The adapter parameters each of `calls` model calls of one sampling run reads."""
-    inputs = host.StepInputs.make(latent=16)
-    host.end_run(patched)
+    inputs = workload.StepInputs.make(latent=16)
+    workload.end_run(patched)
     reads = []
     for _ in range(calls):
         with torch.inference_mode(), ParameterReads(adapter) as recorder:
-            host.model_step(patched, inputs)
+            workload.model_step(patched, inputs)
         reads.append(recorder.read)
-    host.end_run(patched)
+    workload.end_run(patched)
     return reads
 
 
@@ -72,7 +72,7 @@ def test_adapter_weights_are_read_in_the_first_call_of_a_run_and_never_again(wor
 def test_steady_state_step_adds_only_attention_flops(world, pytorch_attention):
     """Adapter K/V are projected once per run: per step FlexIP adds attention, no matmuls."""
     patched = apply(world, preservation=0.5)
-    inputs = host.StepInputs.make(latent=16)
+    inputs = workload.StepInputs.make(latent=16)
     base = counting.step_cost(world["model"], inputs, fake=False)
     _, steady = counting.run_costs(patched, inputs, fake=False)
     added = steady.minus(base).flops

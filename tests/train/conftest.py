@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flexip_train.host import Pack, load_pack
+from flexip_host.bootstrap import load_pack
+from flexip_host.loaded_pack import Pack
 
 
 @pytest.fixture(scope="module")

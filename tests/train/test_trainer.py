@@ -131,7 +131,7 @@ def test_torchrun_two_cpu_ranks_stay_identical_and_rank_zero_writes_one_checkpoi
     written = sorted(path.name for path in (workspace / "ddp").glob("*.safetensors"))
     assert written == ["smoke-000004.safetensors"]
     state = _state(workspace / "ddp" / "smoke-000004.state.pt")
-    from flexip_train.distributed import weights_digest
+    from flexip_host.distributed import weights_digest
 
     # each rank hashed its own weights after the last step; rank 0 saved its weights beside them
     assert state["world_size"] == 2
@@ -230,7 +230,7 @@ def test_unknown_config_key_is_named(workspace: Path, capsys):
 
 
 def _tiny_models(pack):
-    from flexip_train.models import FrozenModels
+    from flexip_host.frozen_models import FrozenModels
     from tools.fixtures import tiny_clip_vision, tiny_dino, tiny_unet_patcher
 
     return FrozenModels(tiny_unet_patcher(), None, None, tiny_clip_vision(), tiny_dino(), "sd15")
@@ -247,8 +247,8 @@ def _call(model, x, sigma, context, **options):
 def test_training_patch_computes_what_the_inference_nodes_compute(pack):
     from flexip_train.config import AdapterConfig
     from flexip_train.features import Encoders
-    from flexip_train.models import build_adapter
-    from flexip_train.patch import TRAINING_INPUTS, install_training_patch, subject_inputs
+    from flexip_train.trainable_adapter import build_adapter
+    from flexip_train.training_patch import TRAINING_INPUTS, install_training_patch, subject_inputs
 
     models = _tiny_models(pack)
     adapter = build_adapter(models, pack, AdapterConfig(size="tiny"), seed=0)
@@ -277,9 +277,9 @@ def test_training_patch_computes_what_the_inference_nodes_compute(pack):
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(pack):
     from flexip_train.config import AdapterConfig
-    from flexip_train.models import build_adapter
     from flexip_train.objective import DenoisingLoss, ModelInputs
-    from flexip_train.patch import TRAINING_INPUTS, enable_gradient_checkpointing, install_training_patch
+    from flexip_train.trainable_adapter import build_adapter
+    from flexip_train.training_patch import TRAINING_INPUTS, enable_gradient_checkpointing, install_training_patch
 
     models = _tiny_models(pack)
     adapter = build_adapter(models, pack, AdapterConfig(size="tiny"), seed=1)

@@ -9,8 +9,9 @@ import torch
 
 from flexip_model import (
     BlockOverride, FlexIPError, GateSchedule, constant_schedule, default_layers, gate_table, gates_at,
-    parse_keyframes, progress_from_sigma, static_gate_range, validate_schedule, window_at,
+    parse_keyframes, parse_layer_indices, progress_from_sigma, static_gate_range, validate_schedule, window_at,
 )
+from flexip_model.gate_schedule import MAX_LAYER_INDICES
 from tests.unit.flexip_unit_helpers import OpRecorder, assert_one_sentence
 
 pytestmark = pytest.mark.unit
@@ -99,6 +100,27 @@ def test_parse_keyframes_rejects_malformed_text_with_one_sentence(text):
     with pytest.raises(FlexIPError) as error:
         parse_keyframes(text, "FlexIPGateSchedule keyframes")
     assert_one_sentence(str(error.value), "FlexIPGateSchedule keyframes")
+
+
+def test_parse_layer_indices_accepts_commas_newlines_and_spaces():
+    assert parse_layer_indices("0, 1,5\n 7 ", "layer_indices") == (0, 1, 5, 7)
+
+
+@pytest.mark.parametrize("text", ["1,a", "1 2", "0.5", "1,,x"])
+def test_parse_layer_indices_rejects_non_integers_with_one_sentence(text):
+    with pytest.raises(FlexIPError) as error:
+        parse_layer_indices(text, "FlexIPGateSchedule layer_indices")
+    assert_one_sentence(str(error.value), "FlexIPGateSchedule layer_indices", "not a list of integers")
+
+
+def test_parse_layer_indices_refuses_more_items_than_its_limit_before_reading_any():
+    at_limit = ", ".join(["0"] * MAX_LAYER_INDICES)
+    assert len(parse_layer_indices(at_limit, "layer_indices")) == MAX_LAYER_INDICES
+    # items that are not even integers: the count is checked first, so no item of a huge text is converted
+    with pytest.raises(FlexIPError) as error:
+        parse_layer_indices(", ".join(["x"] * (MAX_LAYER_INDICES + 1)), "FlexIPGateSchedule layer_indices")
+    assert_one_sentence(str(error.value), "FlexIPGateSchedule layer_indices",
+                        f"{MAX_LAYER_INDICES + 1} items, more than the {MAX_LAYER_INDICES} accepted")
 
 
 @pytest.mark.parametrize("schedule,mention", [

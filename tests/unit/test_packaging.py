@@ -31,9 +31,10 @@ RAW_MAIN = "https://raw.githubusercontent.com/comfyui-flexip/ComfyUI-FlexIP/main
 
 # What the archive must carry: the nodes, the packages the trainer and the evaluation import,
 # the workflows with their template thumbnails, and the install files.
-SHIPPED = ("__init__.py", "nodes/*.py", "flexip_model/**/*.py", "flexip_train/*.py", "flexip_train/*.toml",
-           "flexip_eval/*.py", "flexip_eval/*.toml", "workflows/*.json", "workflows/*.jpg", "workflows/api/*.json",
-           "docs/*.md", "pyproject.toml", "requirements.txt", "LICENSE", "README.md", "CHANGELOG.md")
+SHIPPED = ("__init__.py", "nodes/*.py", "flexip_model/**/*.py", "flexip_host/*.py", "flexip_train/*.py",
+           "flexip_train/*.toml", "flexip_eval/*.py", "flexip_eval/*.toml", "workflows/*.json", "workflows/*.jpg",
+           "workflows/api/*.json", "docs/*.md", "pyproject.toml", "requirements.txt", "LICENSE", "README.md",
+           "CHANGELOG.md")
 # Git-ignored files every working clone has (make setup, tests, ComfyUI runs), planted in the copy.
 CLUTTER = (".cache/comfyui/nodes.py", ".venv/bin/python", "output/ComfyUI_00001_.png",
            "nodes/__pycache__/apply.cpython-311.pyc", "flexip_model/__pycache__/gate.cpython-311.pyc",
@@ -173,8 +174,8 @@ def test_editable_install_imports_the_packages_from_any_folder_and_only_them(tmp
     probe = (
         "import importlib.util, json, site\n"
         f"site.addsitedir({site!r})\n"
-        "import flexip_eval, flexip_model.ip_adapter, flexip_train\n"
-        "files = [module.__file__ for module in (flexip_train, flexip_eval, flexip_model.ip_adapter)]\n"
+        "import flexip_eval, flexip_host, flexip_model.ip_adapter, flexip_train\n"
+        "files = [module.__file__ for module in (flexip_host, flexip_train, flexip_eval, flexip_model.ip_adapter)]\n"
         "others = {name: getattr(importlib.util.find_spec(name), 'origin', None)\n"
         "          for name in ('nodes', 'tools', 'benchmarks')}\n"
         "print(json.dumps({'files': files, 'others': others}))\n")

@@ -15,17 +15,17 @@ from typing import Callable
 import torch
 import torch.utils.checkpoint
 
+from flexip_host.loaded_pack import Pack
 from flexip_model.adapter import FlexIPAdapter
 from flexip_model.subject import CallSubjects
-
-from .host import Pack
+from flexip_model.vocabulary import DINO_FEATURES, IMAGE_EMBEDS
 
 TRAINING_INPUTS = "flexip_training_inputs"  # transformer_options key of the per-call CallSubjects
 
 
 def subject_inputs(clip: torch.Tensor, dino: torch.Tensor, gates: torch.Tensor) -> CallSubjects:
     """Per model call: each sample's CLIP [CLS] [B, C], DINOv2 tokens [B, T, D] and gate γ [B] in [0, 1]."""
-    return CallSubjects({"image_embeds": clip, "dino_features": dino}, gates)
+    return CallSubjects({IMAGE_EMBEDS: clip, DINO_FEATURES: dino}, gates)
 
 
 def install_training_patch(pack: Pack, unet, adapter: FlexIPAdapter, device: torch.device):
@@ -35,10 +35,10 @@ def install_training_patch(pack: Pack, unet, adapter: FlexIPAdapter, device: tor
     # the trainer places the adapter itself; load and offload device both being the training
     # device keeps ComfyUI's model management from moving it
     patcher = comfy.model_patcher.ModelPatcher(adapter, load_device=device, offload_device=device)
-    flexip = pack.nodes.bundles.LoadedFlexIP("the trained adapter", adapter, patcher)
+    flexip = pack.loaded_flexip("the trained adapter", adapter, patcher)
     model = unet.clone()
-    state = pack.nodes.patch.CallSubjectsPatch(flexip, pack.nodes.layers.matching_layers(model, flexip), TRAINING_INPUTS)
-    pack.nodes.patch.install(model, state)
+    state = pack.call_subjects_patch(flexip, pack.matching_layers(model, flexip), TRAINING_INPUTS)
+    pack.install_patch(model, state)
     return model, state
 
 

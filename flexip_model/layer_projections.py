@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from .config import FlexIPConfig
 from .errors import FlexIPError
+from .vocabulary import OUTPUT_MODE
 
 
 class KVProjection(nn.Module):
@@ -22,7 +23,7 @@ class KVProjection(nn.Module):
 
 def _branch_names(gate_mode: str) -> tuple[str, ...]:
     # output mode has one projection pair per adapter; token mode projects the joint sequence
-    return ("pres", "pers") if gate_mode == "output" else ("joint",)
+    return ("pres", "pers") if gate_mode == OUTPUT_MODE else ("joint",)
 
 
 class LayerProjections(nn.ModuleDict):

@@ -1,8 +1,8 @@
-"""The frozen models (ComfyUI's loaders) and the trainable FlexIP adapter built to fit them."""
+"""The frozen models, loaded with ComfyUI's own loaders and checked: the base the trainer trains an adapter
+for and the evaluation samples with."""
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import logging
 from dataclasses import dataclass
@@ -11,17 +11,13 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from flexip_model import checkpoint
-from flexip_model.adapter import FlexIPAdapter
-from flexip_model.config import FlexIPConfig, config_for
 from flexip_model.errors import FlexIPError
 from flexip_model.vocabulary import base_of
 
-from .config import AdapterConfig, ModelConfig
-from .host import Pack
+from .loaded_pack import Pack
+from .model_section import ModelConfig
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -37,6 +33,7 @@ class FrozenModels:
 
     @property
     def diffusion_model(self) -> torch.nn.Module:
+        """The UNet module itself, inside its ModelPatcher."""
         return self.unet.model.diffusion_model
 
 
@@ -111,11 +108,11 @@ def load_frozen(config: ModelConfig, factories: Factories, unet_dtype: Optional[
         unet = factories.unet()
     clip_vision = _load_encoder(config.clip_vision, factories.clip_vision, "clip_vision")
     dino = _load_encoder(config.dino, factories.dino, "dino")
-    pack.nodes.encoders.clip_vision_model(clip_vision, "[model] clip_vision",
-                                    "give CLIP ViT-H/14 (the file IP-Adapter uses), and the DINOv2 file as dino")
-    pack.nodes.encoders.dino_model(dino, "[model] dino", "give the DINOv2-L file (dinov2-large model.safetensors)")
+    pack.clip_vision_model(clip_vision, "[model] clip_vision",
+                           "give CLIP ViT-H/14 (the file IP-Adapter uses), and the DINOv2 file as dino")
+    pack.dino_model(dino, "[model] dino", "give the DINOv2-L file (dinov2-large model.safetensors)")
     diffusion_model = unet.model.diffusion_model
-    width = pack.nodes.layers.context_dim_of(diffusion_model)
+    width = pack.context_dim_of(diffusion_model)
     base = base_of(width)
     # each family's extra UNet input: none for SD1.5; for SDXL model_base.SDXL's pooled-text and
     # size/crop vector, which objective.model_conditions has the model build
@@ -123,48 +120,8 @@ def load_frozen(config: ModelConfig, factories: Factories, unet_dtype: Optional[
     sd15 = base == "sd15" and not is_sdxl and getattr(diffusion_model, "num_classes", None) is None
     if not (sd15 or (base == "sdxl" and is_sdxl)):
         raise FlexIPError(f"[model] checkpoint {path.name} is neither SD1.5 nor SDXL (cross-attention width {width}): "
-                          "the trainer supports SD1.5 and SDXL checkpoints.")
+                          "the trainer and the evaluation support SD1.5 and SDXL checkpoints.")
     unet.model.requires_grad_(False)
     for encoder in (clip_vision, dino):
         encoder.model.requires_grad_(False)
     return FrozenModels(unet=unet, clip=clip, vae=vae, clip_vision=clip_vision, dino=dino, base=base)
-
-
-def cross_attention_weights(models: FrozenModels, pack: Pack) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Each attn2 layer's frozen (to_k, to_v) weights [inner, d], keyed like 'input_1_0'."""
-    return {key: (module.to_k.weight, module.to_v.weight)
-            for key, module in pack.nodes.layers.cross_attention_modules(models.diffusion_model)}
-
-
-def adapter_config(models: FrozenModels, pack: Pack, adapter: AdapterConfig) -> FlexIPConfig:
-    """The adapter's config from the loaded models: their layers, context width and encoder widths."""
-    layers = pack.nodes.layers.layer_specs_of(models.diffusion_model)
-    config = config_for(models.base, layers=layers, tiny=adapter.size == "tiny")
-    config = dataclasses.replace(
-        config,
-        gate_mode=adapter.gate_mode,
-        clip_embed_dim=models.clip_vision.model.visual_projection.out_features,
-        dino_dim=models.dino.model.layernorm.weight.shape[0],
-    )
-    config.validate("the trainer's adapter config")
-    return config
-
-
-def build_adapter(models: FrozenModels, pack: Pack, adapter: AdapterConfig, seed: int) -> FlexIPAdapter:
-    """A new adapter (seeded init, projections copied from the base's to_k/to_v), or the `init_from` file."""
-    config = adapter_config(models, pack, adapter)
-    if adapter.init_from is not None:
-        # sizes and gate mode come from the file; it must fit these models
-        loaded = checkpoint.load(adapter.init_from, dtype=torch.float32)
-        fits = ("layers", "context_dim", "clip_embed_dim", "dino_dim")
-        if any(getattr(loaded.config, key) != getattr(config, key) for key in fits):
-            raise FlexIPError(f"[adapter] init_from {adapter.init_from.name} was made for other models (layers, "
-                              "context or encoder widths differ): start from a file trained on this base and "
-                              "these encoders.")
-        return loaded.train()
-    with torch.random.fork_rng(devices=[]):  # seed locally, leave the process RNG as it was
-        torch.manual_seed(seed)
-        module = FlexIPAdapter(config)
-    module.layers.init_from_base({key: (k.float(), v.float())
-                                  for key, (k, v) in cross_attention_weights(models, pack).items()})
-    return module.train()

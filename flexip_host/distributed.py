@@ -1,7 +1,8 @@
 """torchrun integration: one process per GPU (or CPU process), gloo on CPU, nccl on GPU.
 
 torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT; without them the
-trainer runs as a single process. The same code runs one GPU, one node or many nodes.
+trainer or the evaluation runs as a single process. The same code runs one GPU, one node or
+many nodes.
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ import torch.distributed as dist
 
 from flexip_model.errors import FlexIPError
 
+DEVICES = ("auto", "cuda", "cpu")  # what `setup` accepts: the configs' device keys
+
 
 @dataclass(frozen=True)
 class Topology:
+    """This process's place among the ranks, and the device it computes on."""
+
     rank: int
     local_rank: int
     world_size: int
@@ -31,6 +36,7 @@ class Topology:
 
     @property
     def distributed(self) -> bool:
+        """More than one rank: collectives are real."""
         return self.world_size > 1
 
 
@@ -40,7 +46,7 @@ def setup(device: str, timeout_minutes: int) -> Topology:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "cuda" and not torch.cuda.is_available():
-        raise FlexIPError("[train] device is 'cuda' but PyTorch sees no CUDA GPU: install a CUDA build of "
+        raise FlexIPError("device is 'cuda' but PyTorch sees no CUDA GPU: install a CUDA build of "
                           "PyTorch or set device = 'cpu'.")
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
@@ -55,11 +61,13 @@ def setup(device: str, timeout_minutes: int) -> Topology:
 
 
 def teardown() -> None:
+    """Leave the process group, if `setup` joined one."""
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
 def barrier(topology: Topology) -> None:
+    """Wait for every rank (a no-op in a single process)."""
     if topology.distributed:
         dist.barrier()
 

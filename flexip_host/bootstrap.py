@@ -1,13 +1,13 @@
 """ComfyUI as a library, and this pack loaded the way ComfyUI loads a custom node.
 
-The one module through which everything that is not ComfyUI itself (the trainer, the tests,
-the benchmark, the tools) imports ComfyUI and the pack:
+The one module through which everything that is not ComfyUI itself (the trainer, the evaluation,
+the tests, the benchmarks, the tools) imports ComfyUI and the pack:
 
 - sys.path: ComfyUI's folder goes first, as ComfyUI's own main.py has it, so its top-level
   modules (`nodes`, `utils`, `app`, ...) win over same-named folders of this repository; the
   repository root comes after it (it is the working directory of `python -m`, or appended by
-  the pack's `__init__.py` inside ComfyUI) so `flexip_model` and `flexip_train` import as
-  top-level packages in every process, once.
+  the pack's `__init__.py` inside ComfyUI) so `flexip_model`, `flexip_host` and the
+  rest import as top-level packages in every process, once.
 - The pack is loaded by ComfyUI's own custom-node loader (`nodes.load_custom_node`), so its
   node layer has the same identity and registration as in a server.
 """
@@ -18,37 +18,17 @@ import asyncio
 import logging
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Optional
 
 from flexip_model.errors import FlexIPError
+
+from .loaded_pack import Pack
 
 log = logging.getLogger(__name__)
 
 PACK_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_COMFYUI = PACK_ROOT / ".cache" / "comfyui"
-
-
-@dataclass(frozen=True)
-class Pack:
-    """The pack as ComfyUI loaded it: the package (NODE_CLASS_MAPPINGS ...) and its node layer."""
-
-    package: ModuleType
-
-    @property
-    def nodes(self) -> ModuleType:
-        """The `nodes/` package: node classes, the model patch, encoder and folder plumbing."""
-        return self.package.nodes
-
-    @property
-    def node_classes(self) -> dict[str, type]:
-        return self.package.NODE_CLASS_MAPPINGS
-
-    def node(self, name: str) -> Any:
-        """A fresh instance of node class `name`, as the executor makes one per prompt."""
-        return self.node_classes[name]()
 
 
 def comfyui_path() -> Path:

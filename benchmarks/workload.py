@@ -1,4 +1,4 @@
-"""The measured setup: ComfyUI in-process, a full-size SD1.5 UNet with seeded random weights,
+"""The measured workload: ComfyUI in-process, a full-size SD1.5 UNet with seeded random weights,
 FlexIP applied through the pack's own FlexIPApply node, and model calls made as the sampler makes them.
 
 Nothing here is a mock: the UNet is `comfy.supported_models.SD15(...).get_model()` (a real
@@ -19,9 +19,10 @@ import torch
 
 import flexip_model
 import flexip_model.ip_adapter
+from flexip_host.bootstrap import import_comfy, load_pack
+from flexip_host.loaded_pack import Pack
 from flexip_model.subject import SubjectTokens
 from flexip_model.vocabulary import context_dim_for
-from flexip_train.host import Pack, import_comfy, load_pack
 from tools.fixtures.paths import INPROCESS_BASE
 from tools.fixtures.weights import key_generator
 
@@ -119,7 +120,7 @@ def flexip_adapter(pack: Pack, patcher, gate_mode: str = "output", seed: int = 0
 
     `unfilled`: weights allocated but not written, like `sdxl_patcher_unfilled`."""
     fm = flexip_model
-    layers = pack.nodes.layers.layer_specs_of(patcher.model.diffusion_model)
+    layers = pack.layer_specs_of(patcher.model.diffusion_model)
     config = dataclasses.replace(fm.config_for(base), layers=layers, gate_mode=gate_mode)
     torch.manual_seed(seed)
     if unfilled:
@@ -128,7 +129,7 @@ def flexip_adapter(pack: Pack, patcher, gate_mode: str = "output", seed: int = 0
         adapter = adapter.to_empty(device="cpu")
     else:
         adapter = fm.FlexIPAdapter(config)
-    return pack.nodes.bundles.LoadedFlexIP.wrap(f"bench_{base}_{gate_mode}.safetensors", adapter)
+    return pack.loaded_flexip.wrap(f"bench_{base}_{gate_mode}.safetensors", adapter)
 
 
 def ip_adapter_pair(pack: Pack, patcher, seed: int = 0):
@@ -137,7 +138,7 @@ def ip_adapter_pair(pack: Pack, patcher, seed: int = 0):
     from tools.fixtures.ip_adapter_files import ip_adapter_shapes
 
     compat = flexip_model.ip_adapter
-    layers = pack.nodes.layers.layer_specs_of(patcher.model.diffusion_model)
+    layers = pack.layer_specs_of(patcher.model.diffusion_model)
 
     def branch(variant: str):
         spec = compat.describe(f"{variant}.safetensors", ip_adapter_shapes(variant))
@@ -146,7 +147,7 @@ def ip_adapter_pair(pack: Pack, patcher, seed: int = 0):
 
     torch.manual_seed(seed)
     pair = compat.IPAdapterPair(branch("ip-adapter-plus_sd15"), branch("ip-adapter_sd15"), layers)
-    return pack.nodes.bundles.LoadedFlexIP.wrap("ip-adapter-plus_sd15 + ip-adapter_sd15", pair)
+    return pack.loaded_flexip.wrap("ip-adapter-plus_sd15 + ip-adapter_sd15", pair)
 
 
 def random_subject(pack: Pack, flexip, seed: int = 0):
@@ -165,12 +166,12 @@ def random_subject(pack: Pack, flexip, seed: int = 0):
         tokens = {"preservation": torch.randn(2, config.preservation.tokens, config.context_dim, generator=generator),
                   "personalization": torch.randn(2, config.personalization.tokens, config.context_dim,
                                                  generator=generator)}
-    return pack.nodes.bundles.EncodedSubject(flexip, SubjectTokens(tokens), image_count=1)
+    return pack.encoded_subject(flexip, SubjectTokens(tokens), image_count=1)
 
 
 def apply_flexip(pack: Pack, patcher, flexip, subject, preservation: float, strength: float = 1.0):
     """FlexIPApply.apply, the node's own code path: a patched clone of `patcher`."""
-    node = pack.node_classes["FlexIPApply"]()
+    node = pack.apply_node()
     (patched,) = node.apply(patcher, flexip, subject, strength, preservation, 0.0, 1.0)
     return patched
 
