@@ -21,7 +21,7 @@ validate: setup
 	fi
 
 test: setup validate
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=20
 
 test-unit test-comfy test-train test-eval test-server test-ui test-gpu: setup
 	$(PY) -m pytest tests -m $(subst test-,,$@)

@@ -8,7 +8,6 @@ header bound of the shared safetensors reader.
 from __future__ import annotations
 
 import math
-import resource
 import zipfile
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from tools.fixtures.ip_adapter_files import (
     write_ip_adapter,
 )
 from tests.unit.crafted_files import parts, time_limit, valid_flexip, with_config, write_raw
+from tests.unit.peak_memory import peak_meter
 from tests.unit.flexip_unit_helpers import assert_one_sentence, load_one_file
 
 pytestmark = pytest.mark.unit
@@ -47,15 +47,13 @@ def valid_file(tmp_path_factory) -> Path:
     return path
 
 
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
 def _refusal(action) -> str:
-    before = _peak_rss_bytes()
-    with time_limit(SECONDS), pytest.raises(FlexIPError) as error:
-        action()
-    assert _peak_rss_bytes() - before < RSS_GROWTH_BYTES
+    with peak_meter() as meter:
+        before = meter.reset()
+        with time_limit(SECONDS), pytest.raises(FlexIPError) as error:
+            action()
+        growth = meter.peak() - before
+    assert growth < RSS_GROWTH_BYTES, f"{meter.name} grew by {growth / 2**20:.0f} MiB"
     return str(error.value)
 
 
