@@ -28,10 +28,15 @@ GAMMA = 0.5
 
 def parse(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="cpu (fp32, default) or cuda (fp16; needs a GPU)")
-    parser.add_argument("--budget", type=float, default=540.0,
-                        help="seconds for the whole run; the timed rounds use what is left (default 540)")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="cpu (fp32, default) or cuda (fp16; needs a GPU)"
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=540.0,
+        help="seconds for the whole run; the timed rounds use what is left (default 540)",
+    )
     parser.add_argument("--max-rounds", type=int, default=5, help="most A-B-B-A rounds of the timed figures")
     parser.add_argument("--no-server", action="store_true", help="skip encode_cache_rerun (starts a ComfyUI server)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
@@ -46,7 +51,9 @@ def build_configs(pack: Pack, base) -> tuple[dict, dict]:
     subject = workload.random_subject(pack, output_flexip, seed=3)
     configs = {
         "flexip": workload.apply_flexip(pack, base, output_flexip, subject, GAMMA),
-        "token_mode": workload.apply_flexip(pack, base, token_flexip, workload.random_subject(pack, token_flexip, seed=3), GAMMA),
+        "token_mode": workload.apply_flexip(
+            pack, base, token_flexip, workload.random_subject(pack, token_flexip, seed=3), GAMMA
+        ),
         "gamma1": workload.apply_flexip(pack, base, output_flexip, subject, 1.0),
         # compatibility mode at γ = 1: plain IP-Adapter plus, the peer of figure 3
         "ipadapter": workload.apply_flexip(pack, base, pair, workload.random_subject(pack, pair, seed=5), 1.0),
@@ -61,8 +68,9 @@ def deterministic_figures(report: Report, base, configs: dict, layers: int, devi
     # load UNet and adapters for real first: a load inside FakeTensorMode would move fake weights.
     # An adapter loaded here stays loaded through its K/V builds (LoadedFlexIP.on_device), so no
     # build moves weights while counting; all are unloaded after.
-    comfy.model_management.load_models_gpu(list(configs.values()) + workload.adapter_patchers(configs.values()),
-                                           force_full_load=True)
+    comfy.model_management.load_models_gpu(
+        list(configs.values()) + workload.adapter_patchers(configs.values()), force_full_load=True
+    )
     big = workload.StepInputs.make(workload.LATENT, device=device, dtype=dtype)
     small = workload.StepInputs.make(8, device=device, dtype=dtype)
     base_cost = counting.step_cost(base, big)
@@ -72,32 +80,60 @@ def deterministic_figures(report: Report, base, configs: dict, layers: int, devi
 
     # the fake 64×64 count must equal a real forward's (ops do not depend on the latent size)
     real_added = counting.run_costs(configs["flexip"], small, fake=False)[1].minus(
-        counting.step_cost(base, small, fake=False))
+        counting.step_cost(base, small, fake=False)
+    )
     check = "equal" if real_added.ops == added.ops else f"DIFFERENT ({real_added.op_count})"
-    report.add(Figure(
-        "added_ops_per_step_sd15_512", added.op_count, "aten ops", "<= 256 (<= 16 per layer)",
-        added.op_count <= 256,
-        f"{added.op_count / layers:g} per layer over {layers} layers: {counting.per_layer(added.ops, layers)}; "
-        f"steady state, γ={GAMMA}, output mode; counted on fake tensors at 64×64, real 8×8 forward {check}; "
-        "ComfyUI_IPAdapter_plus (one plus adapter, PyTorch attention) adds 405 and 15 host reads"))
+    report.add(
+        Figure(
+            "added_ops_per_step_sd15_512",
+            added.op_count,
+            "aten ops",
+            "<= 256 (<= 16 per layer)",
+            added.op_count <= 256,
+            f"{added.op_count / layers:g} per layer over {layers} layers: {counting.per_layer(added.ops, layers)}; "
+            f"steady state, γ={GAMMA}, output mode; counted on fake tensors at 64×64, real 8×8 forward {check}; "
+            "ComfyUI_IPAdapter_plus (one plus adapter, PyTorch attention) adds 405 and 15 host reads",
+        )
+    )
     ratio = steady.flop_count / base_cost.flop_count
-    report.add(Figure(
-        "added_flops_ratio_sd15_512", ratio, "FLOPs with/without", "<= 1.007", ratio <= 1.007,
-        f"{base_cost.flop_count / 1e9:.1f} GFLOP unpatched, +{added.flop_count / 1e9:.2f} GFLOP; analytic floor ≈ 1.0055"))
+    report.add(
+        Figure(
+            "added_flops_ratio_sd15_512",
+            ratio,
+            "FLOPs with/without",
+            "<= 1.007",
+            ratio <= 1.007,
+            f"{base_cost.flop_count / 1e9:.1f} GFLOP unpatched, +{added.flop_count / 1e9:.2f} GFLOP; analytic floor ≈ 1.0055",
+        )
+    )
     first_added = first.minus(steady)
-    report.add(Figure(
-        "first_call_extra_sd15_512", round(first_added.flop_count / 1e9, 3), "GFLOP", "report",
-        note=f"{first_added.op_count} extra aten ops, once per sampling run: personalization adapter "
-             f"and K/V of {layers} layers × 2 branches, cached by batch layout"))
-    for name, figure in (("token_mode", "added_ops_per_step_sd15_512_token_mode"),
-                         ("gamma1", "added_ops_per_step_sd15_512_gamma1"),
-                         ("ipadapter", "ipadapter_added_ops_per_step_sd15_512")):
+    report.add(
+        Figure(
+            "first_call_extra_sd15_512",
+            round(first_added.flop_count / 1e9, 3),
+            "GFLOP",
+            "report",
+            note=f"{first_added.op_count} extra aten ops, once per sampling run: personalization adapter "
+            f"and K/V of {layers} layers × 2 branches, cached by batch layout",
+        )
+    )
+    for name, figure in (
+        ("token_mode", "added_ops_per_step_sd15_512_token_mode"),
+        ("gamma1", "added_ops_per_step_sd15_512_gamma1"),
+        ("ipadapter", "ipadapter_added_ops_per_step_sd15_512"),
+    ):
         other = costs[name][1].minus(base_cost)
-        report.add(Figure(
-            figure, other.op_count, "aten ops", "report",
-            note=f"+{other.flop_count / 1e9:.2f} GFLOP (FlexIP γ={GAMMA}: {added.flop_count / other.flop_count:.1f}×), "
-                 f"FLOP ratio {costs[name][1].flop_count / base_cost.flop_count:.5f}; per layer: "
-                 f"{counting.per_layer(other.ops, layers)}"))
+        report.add(
+            Figure(
+                figure,
+                other.op_count,
+                "aten ops",
+                "report",
+                note=f"+{other.flop_count / 1e9:.2f} GFLOP (FlexIP γ={GAMMA}: {added.flop_count / other.flop_count:.1f}×), "
+                f"FLOP ratio {costs[name][1].flop_count / base_cost.flop_count:.5f}; per layer: "
+                f"{counting.per_layer(other.ops, layers)}",
+            )
+        )
     comfy.model_management.unload_all_models()
     return base_cost.flop_count
 
@@ -118,23 +154,42 @@ def sdxl_figures(report: Report, pack: Pack) -> int:
     base_cost = counting.step_cost(base, inputs)
     first, steady = counting.run_costs(patched, inputs)
     # the cache in fp16, as a GPU run keeps it (K/V are cast to the UNet's compute dtype)
-    kv_bytes = memory.kv_cache_bytes_per_run(patched, workload.StepInputs.make(workload.SDXL_LATENT, sdxl=True,
-                                                                             dtype=torch.float16))
+    kv_bytes = memory.kv_cache_bytes_per_run(
+        patched, workload.StepInputs.make(workload.SDXL_LATENT, sdxl=True, dtype=torch.float16)
+    )
     comfy.model_management.unload_all_models()
     added, layers = steady.minus(base_cost), len(flexip.config.layers)
-    report.add(Figure(
-        "added_ops_per_step_sdxl_1024", added.op_count, "aten ops", "report",
-        note=f"{added.op_count / layers:g} per layer over {layers} layers; 128×128 latent, batch 2, γ={GAMMA}; "
-             f"first call of a run +{first.minus(steady).flop_count / 1e9:.0f} GFLOP"))
-    report.add(Figure(
-        "added_flops_ratio_sdxl_1024", steady.flop_count / base_cost.flop_count, "FLOPs with/without", "report",
-        note=f"{base_cost.flop_count / 1e12:.2f} TFLOP unpatched, +{added.flop_count / 1e9:.1f} GFLOP"))
-    report.add(Figure(
-        "kv_cache_bytes_per_run_sdxl_1024", kv_bytes, "bytes", "report",
-        note=f"{kv_bytes / 2**20:.1f} MiB in fp16: the K/V of {layers} layers × 2 branches for one batch "
-             f"layout (cond and uncond batched, one row each), built on fake tensors; what a run keeps on the "
-             f"device instead of the adapter ({workload.module_bytes(flexip.adapter) / 2 / 2**30:.2f} GiB in fp16); "
-             "one more layout (cond and uncond in separate calls, regional prompts) builds one more"))
+    report.add(
+        Figure(
+            "added_ops_per_step_sdxl_1024",
+            added.op_count,
+            "aten ops",
+            "report",
+            note=f"{added.op_count / layers:g} per layer over {layers} layers; 128×128 latent, batch 2, γ={GAMMA}; "
+            f"first call of a run +{first.minus(steady).flop_count / 1e9:.0f} GFLOP",
+        )
+    )
+    report.add(
+        Figure(
+            "added_flops_ratio_sdxl_1024",
+            steady.flop_count / base_cost.flop_count,
+            "FLOPs with/without",
+            "report",
+            note=f"{base_cost.flop_count / 1e12:.2f} TFLOP unpatched, +{added.flop_count / 1e9:.1f} GFLOP",
+        )
+    )
+    report.add(
+        Figure(
+            "kv_cache_bytes_per_run_sdxl_1024",
+            kv_bytes,
+            "bytes",
+            "report",
+            note=f"{kv_bytes / 2**20:.1f} MiB in fp16: the K/V of {layers} layers × 2 branches for one batch "
+            f"layout (cond and uncond batched, one row each), built on fake tensors; what a run keeps on the "
+            f"device instead of the adapter ({workload.module_bytes(flexip.adapter) / 2 / 2**30:.2f} GiB in fp16); "
+            "one more layout (cond and uncond in separate calls, regional prompts) builds one more",
+        )
+    )
     return base_cost.flop_count
 
 
@@ -143,10 +198,17 @@ def memory_figures(report: Report, pack: Pack, base, configs: dict, made: dict) 
     growth, clones = memory.clone_growth(configs["flexip"])
     shared = memory.shared_adapter(configs["flexip"], clones)
     fraction = growth / adapter_bytes
-    report.add(Figure(
-        "clone_memory_growth", fraction, "of adapter size", "< 0.05", fraction < 0.05 and shared,
-        f"RSS +{growth / 2**20:.1f} MiB for 10 clones, adapter {adapter_bytes / 2**20:.0f} MiB; "
-        f"clones share the adapter module: {shared}"))
+    report.add(
+        Figure(
+            "clone_memory_growth",
+            fraction,
+            "of adapter size",
+            "< 0.05",
+            fraction < 0.05 and shared,
+            f"RSS +{growth / 2**20:.1f} MiB for 10 clones, adapter {adapter_bytes / 2**20:.0f} MiB; "
+            f"clones share the adapter module: {shared}",
+        )
+    )
     del clones
     offload = memory.adapter_offload(pack, base, made["flexip"], made["subject"])
     seen = offload.residency
@@ -155,41 +217,74 @@ def memory_figures(report: Report, pack: Pack, base, configs: dict, made: dict) 
     # the probe must see the adapter loaded while it builds, the UNet loaded and the K/V in use
     probed = min(seen.adapter_during_build) > 0 and all(seen.unet_held_during_steps) and kv_bytes > 0
     same = offload.load_device == offload.offload_device
-    accounting = ("; load and offload device are both the CPU here, so this checks ComfyUI's accounting "
-                  "(what it counts as loaded), not a transfer" if same else "")
-    report.add(Figure(
-        "adapter_resident_bytes_during_steps", during, "bytes beyond the K/V cache", "0",
-        during == 0 and not any(seen.adapter_held_during_steps) and probed,
-        f"adapter ({offload.adapter_bytes / 2**20:.0f} MiB) loaded by model management for the K/V build only "
-        f"({min(seen.adapter_during_build) / 2**20:.0f} MiB counted loaded while it built), then unloaded; "
-        f"held beside the UNet during the steps: {any(seen.adapter_held_during_steps)}; UNet held in every "
-        f"step: {all(seen.unet_held_during_steps)}; looked at once the sampler had loaded its models, then "
-        f"before and after each of {len(seen.kv_cache_bytes)} model calls" + accounting))
-    report.add(Figure(
-        "kv_cache_bytes_per_run_sd15_512", kv_bytes, "bytes", "report",
-        note=f"{kv_bytes / 2**20:.2f} MiB in {str(base.model_dtype()).removeprefix('torch.')}: the K/V of "
-        f"{len(made['flexip'].config.layers)} layers × 2 branches for one batch layout, kept for the run"))
-    met = (offload.adapter_left_on_load_device == 0 and offload.unet_left_on_load_device == 0
-           and offload.run_cache_bytes == 0)
-    report.add(Figure(
-        "adapter_vram_offload", offload.adapter_left_on_load_device, "bytes on load device", "0", met,
-        f"after free_memory(2^60): adapter {offload.adapter_left_on_load_device} B, "
-        f"UNet {offload.unet_left_on_load_device} B, run K/V cache {offload.run_cache_bytes} B left" + accounting))
+    accounting = (
+        "; load and offload device are both the CPU here, so this checks ComfyUI's accounting "
+        "(what it counts as loaded), not a transfer"
+        if same
+        else ""
+    )
+    report.add(
+        Figure(
+            "adapter_resident_bytes_during_steps",
+            during,
+            "bytes beyond the K/V cache",
+            "0",
+            during == 0 and not any(seen.adapter_held_during_steps) and probed,
+            f"adapter ({offload.adapter_bytes / 2**20:.0f} MiB) loaded by model management for the K/V build only "
+            f"({min(seen.adapter_during_build) / 2**20:.0f} MiB counted loaded while it built), then unloaded; "
+            f"held beside the UNet during the steps: {any(seen.adapter_held_during_steps)}; UNet held in every "
+            f"step: {all(seen.unet_held_during_steps)}; looked at once the sampler had loaded its models, then "
+            f"before and after each of {len(seen.kv_cache_bytes)} model calls" + accounting,
+        )
+    )
+    report.add(
+        Figure(
+            "kv_cache_bytes_per_run_sd15_512",
+            kv_bytes,
+            "bytes",
+            "report",
+            note=f"{kv_bytes / 2**20:.2f} MiB in {str(base.model_dtype()).removeprefix('torch.')}: the K/V of "
+            f"{len(made['flexip'].config.layers)} layers × 2 branches for one batch layout, kept for the run",
+        )
+    )
+    met = (
+        offload.adapter_left_on_load_device == 0
+        and offload.unet_left_on_load_device == 0
+        and offload.run_cache_bytes == 0
+    )
+    report.add(
+        Figure(
+            "adapter_vram_offload",
+            offload.adapter_left_on_load_device,
+            "bytes on load device",
+            "0",
+            met,
+            f"after free_memory(2^60): adapter {offload.adapter_left_on_load_device} B, "
+            f"UNet {offload.unet_left_on_load_device} B, run K/V cache {offload.run_cache_bytes} B left" + accounting,
+        )
+    )
 
 
 def server_figure(report: Report) -> None:
     from .server_rerun import encode_cache_rerun
 
     rerun = encode_cache_rerun()
-    report.add(Figure(
-        "encode_cache_rerun", rerun.ratio, "wall second/first", "encoders not re-executed; ratio report",
-        rerun.encoders_cached and rerun.apply_ran,
-        f"{rerun.first_seconds:.1f} s then {rerun.second_seconds:.1f} s with only γ changed (0.3 → 0.7); "
-        f"served from cache: {', '.join(sorted(rerun.cached))}; FlexIPApply re-ran: {rerun.apply_ran}"))
+    report.add(
+        Figure(
+            "encode_cache_rerun",
+            rerun.ratio,
+            "wall second/first",
+            "encoders not re-executed; ratio report",
+            rerun.encoders_cached and rerun.apply_ran,
+            f"{rerun.first_seconds:.1f} s then {rerun.second_seconds:.1f} s with only γ changed (0.3 → 0.7); "
+            f"served from cache: {', '.join(sorted(rerun.cached))}; FlexIPApply re-ran: {rerun.apply_ran}",
+        )
+    )
 
 
-def timed_figures(report: Report, base, configs: dict, started_at: float, deadline: float, max_rounds: int,
-                  device, dtype) -> float:
+def timed_figures(
+    report: Report, base, configs: dict, started_at: float, deadline: float, max_rounds: int, device, dtype
+) -> float:
     """The timed figures; returns the unpatched step's median wall seconds."""
     import comfy.model_management
 
@@ -202,28 +297,55 @@ def timed_figures(report: Report, base, configs: dict, started_at: float, deadli
         # a busy machine: one round of every configuration would overrun the budget, so time
         # only the judged figure (4 calls) and say so for the others
         ordered = {"base": base, "flexip": configs["flexip"]}
-    logger.info("one step takes %.1f s; rounds of %d calls until %.0f s of the budget are used",
-                seconds, 2 * len(ordered), deadline - started_at)
-    result = timing.nested_abba(ordered, big, deadline, max_rounds, on_round=lambda index, took: logger.info(
-        "round %d took %.0f s", index, took))
+    logger.info(
+        "one step takes %.1f s; rounds of %d calls until %.0f s of the budget are used",
+        seconds,
+        2 * len(ordered),
+        deadline - started_at,
+    )
+    result = timing.nested_abba(
+        ordered,
+        big,
+        deadline,
+        max_rounds,
+        on_round=lambda index, took: logger.info("round %d took %.0f s", index, took),
+    )
     # on a shared CPU the process's CPU time is the steadier measure: it leaves out the time the
     # process waits for a core (OpenMP threads sleep while they wait, see benchmarks/__init__.py)
     cpu = device.type == "cpu"
     unit = "CPU time with/without" if cpu else "time with/without"
-    how = (f"median of {result.rounds} nested A-B-B-A round(s) after warm-up (rounds: {{rounds}}); "
-           f"unpatched step {result.median_seconds('base'):.2f} s wall; {'wall-clock' if cpu else 'CPU-time'} "
-           "ratio {other:.3f}")
+    how = (
+        f"median of {result.rounds} nested A-B-B-A round(s) after warm-up (rounds: {{rounds}}); "
+        f"unpatched step {result.median_seconds('base'):.2f} s wall; {'wall-clock' if cpu else 'CPU-time'} "
+        "ratio {other:.3f}"
+    )
 
     def ratio_figure(name: str, figure: str, target: str, met) -> float:
         if name not in ordered:
-            report.add(Figure(figure, None, unit, target, None,
-                              f"not measured: one step took {seconds:.0f} s, so the budget (--budget) left "
-                              "room for the unpatched and FlexIP steps only"))
+            report.add(
+                Figure(
+                    figure,
+                    None,
+                    unit,
+                    target,
+                    None,
+                    f"not measured: one step took {seconds:.0f} s, so the budget (--budget) left "
+                    "room for the unpatched and FlexIP steps only",
+                )
+            )
             return float("nan")
         value = result.median_ratio(name, cpu=cpu)
         rounds = ", ".join(f"{r:.3f}" for r in (result.cpu_ratios if cpu else result.wall_ratios)[name])
-        report.add(Figure(figure, value, unit, target, met(value) if met else None,
-                          how.format(rounds=rounds, other=result.median_ratio(name, cpu=not cpu))))
+        report.add(
+            Figure(
+                figure,
+                value,
+                unit,
+                target,
+                met(value) if met else None,
+                how.format(rounds=rounds, other=result.median_ratio(name, cpu=not cpu)),
+            )
+        )
         return value
 
     flexip = ratio_figure("flexip", "unet_step_ratio_sd15_512", "<= 1.10 (aim 1.05)", lambda v: v <= 1.10)
@@ -235,11 +357,27 @@ def timed_figures(report: Report, base, configs: dict, started_at: float, deadli
         report.add(Figure(name, None, "extra time ratio", target, None, "not measured (see ipadapter_step_ratio)"))
     elif ip - 1.0 > 0.002:
         extra = (flexip - 1.0) / (ip - 1.0)
-        report.add(Figure(name, extra, "extra time ratio", target, extra <= 2.0,
-                          "FlexIP's extra time over the unpatched step ÷ IP-Adapter plus's (compatibility mode, γ = 1)"))
+        report.add(
+            Figure(
+                name,
+                extra,
+                "extra time ratio",
+                target,
+                extra <= 2.0,
+                "FlexIP's extra time over the unpatched step ÷ IP-Adapter plus's (compatibility mode, γ = 1)",
+            )
+        )
     else:
-        report.add(Figure(name, None, "extra time ratio", target, None,
-                          f"not computed: IP-Adapter plus's extra time ({ip - 1.0:+.4f}) is within noise"))
+        report.add(
+            Figure(
+                name,
+                None,
+                "extra time ratio",
+                target,
+                None,
+                f"not computed: IP-Adapter plus's extra time ({ip - 1.0:+.4f}) is within noise",
+            )
+        )
     return result.median_seconds("base")
 
 
@@ -269,13 +407,29 @@ def main(argv=None) -> int:
         logger.info("counting SDXL's ops and FLOPs")
         sdxl_flops = sdxl_figures(report, pack)
     else:
-        report.add(Figure("kv_cache_bytes_per_run_sdxl_1024", None, "bytes", "report", None,
-                          "not measured with --device cuda: SDXL is counted on CPU runs only (the same bytes)"))
+        report.add(
+            Figure(
+                "kv_cache_bytes_per_run_sdxl_1024",
+                None,
+                "bytes",
+                "report",
+                None,
+                "not measured with --device cuda: SDXL is counted on CPU runs only (the same bytes)",
+            )
+        )
     logger.info("memory: clones and offload")
     memory_figures(report, pack, base, configs, made)
     if args.no_server:
-        report.add(Figure("encode_cache_rerun", None, "wall second/first", "encoders not re-executed; ratio report",
-                          None, "skipped (--no-server)"))
+        report.add(
+            Figure(
+                "encode_cache_rerun",
+                None,
+                "wall second/first",
+                "encoders not re-executed; ratio report",
+                None,
+                "skipped (--no-server)",
+            )
+        )
     else:
         logger.info("server: the basic workflow, then the same graph with only γ changed")
         server_figure(report)
@@ -285,9 +439,11 @@ def main(argv=None) -> int:
         note = "not measured with --device cuda: SDXL is counted, and its time estimated, on CPU runs only"
     else:
         scale = sdxl_flops / sd15_flops
-        note = (f"not timed: a 128×128 SDXL step is {sdxl_flops / 1e12:.1f} TFLOP, {scale:.1f}× the SD1.5 step "
-                f"(about {seconds * scale / 60:.0f} min per call here at the same rate), so one A-B-B-A round "
-                "would take the whole budget; its ops and FLOPs are counted above")
+        note = (
+            f"not timed: a 128×128 SDXL step is {sdxl_flops / 1e12:.1f} TFLOP, {scale:.1f}× the SD1.5 step "
+            f"(about {seconds * scale / 60:.0f} min per call here at the same rate), so one A-B-B-A round "
+            "would take the whole budget; its ops and FLOPs are counted above"
+        )
     report.add(Figure("sdxl_step_ratio_1024", None, "time with/without", "report", None, note))
     summary = report.summary(time.perf_counter() - started, _describe(device))
     return 1 if args.strict and not summary["met"] else 0

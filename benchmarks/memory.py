@@ -16,9 +16,9 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -66,9 +66,13 @@ def watch_build(flexip) -> Iterator[list[int]]:
     """The adapter bytes model management holds loaded, looked at (forward pre-hooks) each time one of
     the adapter's modules runs: what it holds while the adapter builds."""
     seen: list[int] = []
-    hooks = [module.register_forward_pre_hook(lambda module, args: seen.append(
-        resident_bytes_on_load_device(flexip.patcher))) for module in flexip.adapter.modules()
-        if not list(module.children())]
+    hooks = [
+        module.register_forward_pre_hook(
+            lambda module, args: seen.append(resident_bytes_on_load_device(flexip.patcher))
+        )
+        for module in flexip.adapter.modules()
+        if not list(module.children())
+    ]
     try:
         yield seen
     finally:
@@ -136,8 +140,11 @@ def resident_bytes_on_load_device(patcher) -> int:
     if patcher.load_device == patcher.offload_device:
         return counted
     model = patcher.model
-    physical = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers())
-                   if t.device == patcher.load_device)
+    physical = sum(
+        t.numel() * t.element_size()
+        for t in list(model.parameters()) + list(model.buffers())
+        if t.device == patcher.load_device
+    )
     return max(counted, physical)
 
 
@@ -157,7 +164,7 @@ def kv_cache_bytes(patched) -> int:
                 collect(getattr(value, item.name))
 
     for state in workload.flexip_states(patched):
-        collect(tuple(state._run_cache.values()))  # noqa: SLF001 (inspecting, not using)
+        collect(tuple(state._run_cache.values()))
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
@@ -187,8 +194,9 @@ def adapter_offload(pack: Pack, base, flexip, subject, latent: int = 8, steps: i
     latent_image = torch.zeros(1, 4, latent, latent)
     noise = comfy.sample.prepare_noise(latent_image, 0)
     with watch_residency(patched, flexip) as residency:
-        comfy.sample.sample(patched, noise, steps, 5.0, "euler", "normal", positive, negative, latent_image,
-                            disable_pbar=True, seed=0)
+        comfy.sample.sample(
+            patched, noise, steps, 5.0, "euler", "normal", positive, negative, latent_image, disable_pbar=True, seed=0
+        )
     # a budget that forces offload: the next model wants more than the device holds
     mm.free_memory(1 << 60, flexip.patcher.load_device)
     return Offload(

@@ -6,7 +6,7 @@ import json
 import math
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,7 @@ class Figure:
     value: Any
     unit: str
     target: str
-    met: Optional[bool] = None
+    met: bool | None = None
     note: str = ""
 
     def as_json(self) -> str:
@@ -46,10 +46,15 @@ class Report:
         judged = [f for f in self.figures if f.met is not None]
         missed = [f.name for f in judged if not f.met]
         entry = {
-            "name": "summary", "value": len(judged) - len(missed), "unit": "targets met",
-            "target": len(judged), "met": not missed, "missed": missed,
+            "name": "summary",
+            "value": len(judged) - len(missed),
+            "unit": "targets met",
+            "target": len(judged),
+            "met": not missed,
+            "missed": missed,
             "report_only": [f.name for f in self.figures if f.met is None],
-            "wall_s": round(seconds, 1), "device": device,
+            "wall_s": round(seconds, 1),
+            "device": device,
         }
         print(json.dumps(entry, ensure_ascii=False), file=self.out, flush=True)
         return entry

@@ -70,5 +70,10 @@ def encode_cache_rerun(seed: int = 4242) -> Rerun:
             cached_ids.update(data["nodes"])
     cached = frozenset(first_prompt[node]["class_type"] for node in cached_ids)
     encoders = [node for kind in ENCODER_NODES for node in nodes_of(first_prompt, kind)]
-    return Rerun(first, second, cached, encoders_cached=all(node in cached_ids for node in encoders),
-                 apply_ran=not any(node in cached_ids for node in nodes_of(first_prompt, "FlexIPApply")))
+    return Rerun(
+        first,
+        second,
+        cached,
+        encoders_cached=all(node in cached_ids for node in encoders),
+        apply_ran=not any(node in cached_ids for node in nodes_of(first_prompt, "FlexIPApply")),
+    )

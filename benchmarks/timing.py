@@ -80,8 +80,8 @@ def nested_abba(configs: dict, inputs: workload.StepInputs, deadline: float, mos
         started = time.perf_counter()
         if result.wall_ratios[names[0]] and started + last_round > deadline:
             break
-        wall: dict[str, float] = {name: 0.0 for name in names}
-        cpu: dict[str, float] = {name: 0.0 for name in names}
+        wall: dict[str, float] = dict.fromkeys(names, 0.0)
+        cpu: dict[str, float] = dict.fromkeys(names, 0.0)
         for name in names + names[::-1]:
             seconds, cpu_seconds = timed_step(configs[name], inputs)
             wall[name] += seconds

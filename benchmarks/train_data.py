@@ -27,8 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .report import Figure, Report
 
@@ -63,9 +63,14 @@ def samples(count: int) -> Iterator[dict]:
     image, mask = _tiny_images()
     for index in range(count):
         variant = index % 10 == 0
-        yield {"target": image, "reference": image if variant else b"", "reference_mask": mask,
-               "caption": f"a photo of subject {index}", "kind": "variant" if variant else "invariant",
-               "source": f"synthetic:{index}"}
+        yield {
+            "target": image,
+            "reference": image if variant else b"",
+            "reference_mask": mask,
+            "caption": f"a photo of subject {index}",
+            "kind": "variant" if variant else "invariant",
+            "source": f"synthetic:{index}",
+        }
 
 
 def write(engine: str, folder: Path, count: int) -> None:
@@ -84,12 +89,18 @@ def write(engine: str, folder: Path, count: int) -> None:
     else:
         import webdataset
 
-        with webdataset.ShardWriter(str(folder / "%06d.tar"), maxsize=SHARD_BYTES, maxcount=10**9,
-                                    verbose=0) as writer:
+        with webdataset.ShardWriter(str(folder / "%06d.tar"), maxsize=SHARD_BYTES, maxcount=10**9, verbose=0) as writer:
             for index, sample in enumerate(samples(count)):
-                writer.write({"__key__": f"{index:09d}", "target.jpg": sample["target"],
-                              "reference.jpg": sample["reference"], "mask.png": sample["reference_mask"],
-                              "txt": sample["caption"], "kind.txt": sample["kind"]})
+                writer.write(
+                    {
+                        "__key__": f"{index:09d}",
+                        "target.jpg": sample["target"],
+                        "reference.jpg": sample["reference"],
+                        "mask.png": sample["reference_mask"],
+                        "txt": sample["caption"],
+                        "kind.txt": sample["kind"],
+                    }
+                )
 
 
 def _rss_mb() -> float:
@@ -123,8 +134,16 @@ def _trainer_batches(folder: Path, prepare) -> Iterator[list]:
     from flexip_train.shards import ShardPairs
     from flexip_train.stream import training_loader
 
-    loader = training_loader(ShardPairs(str(folder)), prepare, seed=0, batch_size=BATCH, num_workers=0,
-                             variant_fraction=VARIANT_FRACTION, collate=list, pin_memory=False)
+    loader = training_loader(
+        ShardPairs(str(folder)),
+        prepare,
+        seed=0,
+        batch_size=BATCH,
+        num_workers=0,
+        variant_fraction=VARIANT_FRACTION,
+        collate=list,
+        pin_memory=False,
+    )
     return iter(loader)
 
 
@@ -150,8 +169,9 @@ def child(engine: str, folder: Path) -> None:
     if engine == "litdata":
         batches = _trainer_batches(folder, _target_size)
     else:
-        batches = iter(torch.utils.data.DataLoader(_open(engine, folder, seed=7), batch_size=BATCH,
-                                                   num_workers=0, collate_fn=list))
+        batches = iter(
+            torch.utils.data.DataLoader(_open(engine, folder, seed=7), batch_size=BATCH, num_workers=0, collate_fn=list)
+        )
     next(batches)
     first = time.monotonic()
     start = time.perf_counter()
@@ -171,18 +191,35 @@ def child(engine: str, folder: Path) -> None:
                 _decode(sample["target"] if engine == "mds" else sample["target.jpg"])
             decoded += 1
     rate = decoded / (time.perf_counter() - start)
-    print(json.dumps({"first_batch": first, "step_ms": step_ms, "rss_mb": rss, "imported_rss_mb": imported_rss,
-                      "samples_per_s": rate}))
+    print(
+        json.dumps(
+            {
+                "first_batch": first,
+                "step_ms": step_ms,
+                "rss_mb": rss,
+                "imported_rss_mb": imported_rss,
+                "samples_per_s": rate,
+            }
+        )
+    )
 
 
 def measure(engine: str, folder: Path) -> dict:
     """Runs `child` in a fresh interpreter; start-up is from just before its launch to its first batch."""
     # litdata asks PyPI for a newer version on every dataset it opens (up to 30 s); training nodes must not
-    env = dict(os.environ, LITDATA_DISABLE_VERSION_CHECK="1", PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parent.parent),
-                                                                     os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        LITDATA_DISABLE_VERSION_CHECK="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH")])),
+    )
     launched = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "benchmarks.train_data", "--child", engine, str(folder)],
-                          capture_output=True, text=True, env=env, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.train_data", "--child", engine, str(folder)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     if done.returncode:
         raise RuntimeError(f"{engine} child failed: {done.stderr[-2000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -198,40 +235,93 @@ def extrapolate(small: tuple[int, float], large: tuple[int, float], count: int) 
 
 def figures(report: Report, engine: str, runs: dict[int, dict], write_s: dict[int, float]) -> None:
     small, large = min(runs), max(runs)
-    at = {name: (extrapolate((small, runs[small][name]), (large, runs[large][name]), PAPER_PAIRS))
-          for name in ("startup_s", "step_ms", "rss_mb")}
-    measured = (f"measured at {small:,} and {large:,} pairs" + ("" if large >= PAPER_PAIRS else
-                "; 12.3 M extrapolated linearly from them"))
+    at = {
+        name: (extrapolate((small, runs[small][name]), (large, runs[large][name]), PAPER_PAIRS))
+        for name in ("startup_s", "step_ms", "rss_mb")
+    }
+    measured = f"measured at {small:,} and {large:,} pairs" + (
+        "" if large >= PAPER_PAIRS else "; 12.3 M extrapolated linearly from them"
+    )
     rss_growth = at["rss_mb"] - runs[small]["rss_mb"]
     for size, run in sorted(runs.items()):
-        report.add(Figure(f"train_data_startup_s[{engine},{size}]", run["startup_s"], "s", "report",
-                          note=f"process start to first batch of {BATCH}, one rank; writing took {write_s[size]:.1f} s"))
-        report.add(Figure(f"train_data_rss_mb[{engine},{size}]", run["rss_mb"] - runs[small]["rss_mb"], "MB", "report",
-                          note=f"RSS after {STEPS} batches {run['rss_mb']:.0f} MB minus the same at {small:,}; "
-                               f"{run['imported_rss_mb']:.0f} MB after imports"))
-        report.add(Figure(f"train_data_plan_ms_per_step[{engine},{size}]", run["step_ms"], "ms", "report",
-                          note=f"mean over {STEPS} batches of {BATCH}: choose and read the next batch, no decoding"))
-    report.add(Figure(f"train_data_startup_s[{engine},12.3M]", at["startup_s"], "s",
-                      "<= 60 and <= 2 x the 10 k figure + shard term",
-                      # the shard term: listing and opening shards, taken as 1 s here (tens of shards at 1 M)
-                      at["startup_s"] <= 60 and at["startup_s"] <= 2 * runs[small]["startup_s"] + 1, measured))
+        report.add(
+            Figure(
+                f"train_data_startup_s[{engine},{size}]",
+                run["startup_s"],
+                "s",
+                "report",
+                note=f"process start to first batch of {BATCH}, one rank; writing took {write_s[size]:.1f} s",
+            )
+        )
+        report.add(
+            Figure(
+                f"train_data_rss_mb[{engine},{size}]",
+                run["rss_mb"] - runs[small]["rss_mb"],
+                "MB",
+                "report",
+                note=f"RSS after {STEPS} batches {run['rss_mb']:.0f} MB minus the same at {small:,}; "
+                f"{run['imported_rss_mb']:.0f} MB after imports",
+            )
+        )
+        report.add(
+            Figure(
+                f"train_data_plan_ms_per_step[{engine},{size}]",
+                run["step_ms"],
+                "ms",
+                "report",
+                note=f"mean over {STEPS} batches of {BATCH}: choose and read the next batch, no decoding",
+            )
+        )
+    report.add(
+        Figure(
+            f"train_data_startup_s[{engine},12.3M]",
+            at["startup_s"],
+            "s",
+            "<= 60 and <= 2 x the 10 k figure + shard term",
+            # the shard term: listing and opening shards, taken as 1 s here (tens of shards at 1 M)
+            at["startup_s"] <= 60 and at["startup_s"] <= 2 * runs[small]["startup_s"] + 1,
+            measured,
+        )
+    )
     report.add(Figure(f"train_data_rss_mb[{engine},12.3M]", rss_growth, "MB", "<= 500", rss_growth <= 500, measured))
-    report.add(Figure(f"train_data_plan_ms_per_step[{engine},12.3M]", at["step_ms"], "ms",
-                      "<= 5 and <= 2 x the 10 k figure",
-                      at["step_ms"] <= 5 and at["step_ms"] <= 2 * runs[small]["step_ms"], measured))
-    report.add(Figure(f"train_data_samples_per_s[{engine}]", runs[large]["samples_per_s"], "samples/s", "report",
-                      note=f"16×16 JPEG decoded with PIL, one worker, at {large:,} pairs"))
+    report.add(
+        Figure(
+            f"train_data_plan_ms_per_step[{engine},12.3M]",
+            at["step_ms"],
+            "ms",
+            "<= 5 and <= 2 x the 10 k figure",
+            at["step_ms"] <= 5 and at["step_ms"] <= 2 * runs[small]["step_ms"],
+            measured,
+        )
+    )
+    report.add(
+        Figure(
+            f"train_data_samples_per_s[{engine}]",
+            runs[large]["samples_per_s"],
+            "samples/s",
+            "report",
+            note=f"16×16 JPEG decoded with PIL, one worker, at {large:,} pairs",
+        )
+    )
 
 
 def parse(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.train_data", description=__doc__.splitlines()[0])
-    parser.add_argument("--engines", default="litdata",
-                        help=f"comma-separated, of {', '.join(ENGINES)} (default litdata: the trainer's own "
-                             "write_shards + ShardPairs + training_loader)")
-    parser.add_argument("--sizes", default="10000,1000000,12300000",
-                        help="pair counts (default 10000,1000000,12300000: the paper's 12.3 M is measured, about 8 min "
-                             "and 13 GB of scratch disk here; 10000,1000000 extrapolates in 1 min)")
-    parser.add_argument("--scratch", type=Path, default=None, help="folder for the synthetic shards (default: a temp dir)")
+    parser.add_argument(
+        "--engines",
+        default="litdata",
+        help=f"comma-separated, of {', '.join(ENGINES)} (default litdata: the trainer's own "
+        "write_shards + ShardPairs + training_loader)",
+    )
+    parser.add_argument(
+        "--sizes",
+        default="10000,1000000,12300000",
+        help="pair counts (default 10000,1000000,12300000: the paper's 12.3 M is measured, about 8 min "
+        "and 13 GB of scratch disk here; 10000,1000000 extrapolates in 1 min)",
+    )
+    parser.add_argument(
+        "--scratch", type=Path, default=None, help="folder for the synthetic shards (default: a temp dir)"
+    )
     parser.add_argument("--child", nargs=2, metavar=("ENGINE", "FOLDER"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -249,8 +339,11 @@ def main(argv=None) -> int:
         return 2
     if sizes[-1] < SPAN * sizes[0]:
         # 10 k against 20 k: +6.6 MB of allocator noise extrapolates to 8 GB at 12.3 M
-        print(f"train_data: make the largest size at least {SPAN}× the smallest: growth between close sizes "
-              "is noise, and 12.3 M is extrapolated from it.", file=sys.stderr)
+        print(
+            f"train_data: make the largest size at least {SPAN}× the smallest: growth between close sizes "
+            "is noise, and 12.3 M is extrapolated from it.",
+            file=sys.stderr,
+        )
         return 2
     report, started = Report(), time.perf_counter()
     scratch = Path(tempfile.mkdtemp(prefix="flexip-train-data-", dir=args.scratch))
@@ -270,8 +363,10 @@ def main(argv=None) -> int:
                 for size in sizes if repeat % 2 == 0 else reversed(sizes):
                     log(f"{engine}: reading {size:,} pairs ({repeat + 1} of {REPEATS})")
                     measured[size].append(measure(engine, folders[size]))
-            runs = {size: {key: statistics.median(run[key] for run in results) for key in results[0]}
-                    for size, results in measured.items()}
+            runs = {
+                size: {key: statistics.median(run[key] for run in results) for key in results[0]}
+                for size, results in measured.items()
+            }
             for folder in folders.values():
                 shutil.rmtree(folder)
             figures(report, engine, runs, write_s)

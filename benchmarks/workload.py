@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -28,20 +28,46 @@ from tools.fixtures.weights import key_generator
 
 # The unet_config comfy.model_detection derives from a real SD1.5 checkpoint (16 attn2 layers).
 SD15_UNET = dict(
-    use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
-    adm_in_channels=None, in_channels=4, model_channels=320, num_res_blocks=[2, 2, 2, 2],
-    transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], channel_mult=[1, 2, 4, 4], transformer_depth_middle=1,
-    use_linear_in_transformer=False, context_dim=768, num_heads=8,
+    use_checkpoint=False,
+    image_size=32,
+    out_channels=4,
+    use_spatial_transformer=True,
+    legacy=False,
+    adm_in_channels=None,
+    in_channels=4,
+    model_channels=320,
+    num_res_blocks=[2, 2, 2, 2],
+    transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+    channel_mult=[1, 2, 4, 4],
+    transformer_depth_middle=1,
+    use_linear_in_transformer=False,
+    context_dim=768,
+    num_heads=8,
     transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-    use_temporal_attention=False, use_temporal_resblock=False,
+    use_temporal_attention=False,
+    use_temporal_resblock=False,
 )
 # SDXL's unet_config as comfy.model_detection derives it (70 attn2 layers).
 SDXL_UNET = dict(
-    use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
-    num_classes="sequential", adm_in_channels=2816, in_channels=4, model_channels=320, num_res_blocks=[2, 2, 2],
-    transformer_depth=[0, 0, 2, 2, 10, 10], channel_mult=[1, 2, 4], transformer_depth_middle=10,
-    use_linear_in_transformer=True, context_dim=2048, num_head_channels=64,
-    transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], use_temporal_attention=False, use_temporal_resblock=False,
+    use_checkpoint=False,
+    image_size=32,
+    out_channels=4,
+    use_spatial_transformer=True,
+    legacy=False,
+    num_classes="sequential",
+    adm_in_channels=2816,
+    in_channels=4,
+    model_channels=320,
+    num_res_blocks=[2, 2, 2],
+    transformer_depth=[0, 0, 2, 2, 10, 10],
+    channel_mult=[1, 2, 4],
+    transformer_depth_middle=10,
+    use_linear_in_transformer=True,
+    context_dim=2048,
+    num_head_channels=64,
+    transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10],
+    use_temporal_attention=False,
+    use_temporal_resblock=False,
 )
 SDXL_ADM = 2816  # pooled bigG text (1280) + 6 size/crop embeddings of 256
 LATENT = 64  # 512 px
@@ -96,7 +122,7 @@ def seed_module(module: torch.nn.Module, seed: int) -> None:
             tensor.fill_(1.0 if local == "weight" else 0.0)
         else:
             std = tensor[0].numel() ** -0.5 if local == "weight" and tensor.ndim >= 2 else 0.02
-            bound = std * 3.0 ** 0.5  # U(-b, b) has variance b²/3
+            bound = std * 3.0**0.5  # U(-b, b) has variance b²/3
             tensor.uniform_(-bound, bound, generator=key_generator(seed, key))
 
 
@@ -110,12 +136,16 @@ def sdxl_patcher_unfilled():
     config = comfy.supported_models.SDXL(dict(SDXL_UNET))
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({}, "", device=comfy.model_management.unet_offload_device())
-    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
-                                            offload_device=comfy.model_management.unet_offload_device())
+    return comfy.model_patcher.ModelPatcher(
+        model,
+        load_device=comfy.model_management.get_torch_device(),
+        offload_device=comfy.model_management.unet_offload_device(),
+    )
 
 
-def flexip_adapter(pack: Pack, patcher, gate_mode: str = "output", seed: int = 0, base: str = "sd15",
-                   unfilled: bool = False):
+def flexip_adapter(
+    pack: Pack, patcher, gate_mode: str = "output", seed: int = 0, base: str = "sd15", unfilled: bool = False
+):
     """A full-size FlexIP adapter (config_for(base), random weights) for the model's layers, as FLEXIP.
 
     `unfilled`: weights allocated but not written, like `sdxl_patcher_unfilled`."""
@@ -160,12 +190,15 @@ def random_subject(pack: Pack, flexip, seed: int = 0):
     config = flexip.config
     generator = torch.Generator().manual_seed(seed)
     if hasattr(config, "preservation_token_count"):
-        tokens = {"preservation": torch.randn(2, config.preservation_token_count, config.context_dim, generator=generator),
-                  "clip_embeds": torch.randn(2, config.clip_embed_dim, generator=generator)}
+        tokens = {
+            "preservation": torch.randn(2, config.preservation_token_count, config.context_dim, generator=generator),
+            "clip_embeds": torch.randn(2, config.clip_embed_dim, generator=generator),
+        }
     else:
-        tokens = {"preservation": torch.randn(2, config.preservation.tokens, config.context_dim, generator=generator),
-                  "personalization": torch.randn(2, config.personalization.tokens, config.context_dim,
-                                                 generator=generator)}
+        tokens = {
+            "preservation": torch.randn(2, config.preservation.tokens, config.context_dim, generator=generator),
+            "personalization": torch.randn(2, config.personalization.tokens, config.context_dim, generator=generator),
+        }
     return pack.encoded_subject(flexip, SubjectTokens(tokens), image_count=1)
 
 
@@ -184,13 +217,19 @@ class StepInputs:
     x: torch.Tensor
     sigma: torch.Tensor
     context: torch.Tensor
-    y: Optional[torch.Tensor] = None
+    y: torch.Tensor | None = None
     order: tuple[int, ...] = BATCH_ORDER
     uuids: tuple[str, ...] = ("bench-uncond", "bench-cond")
 
     @classmethod
-    def make(cls, latent: int = LATENT, seed: int = 0, device: Any = "cpu", dtype: torch.dtype = torch.float32,
-             sdxl: bool = False):
+    def make(
+        cls,
+        latent: int = LATENT,
+        seed: int = 0,
+        device: Any = "cpu",
+        dtype: torch.dtype = torch.float32,
+        sdxl: bool = False,
+    ):
         generator = torch.Generator().manual_seed(seed)
         rows = len(BATCH_ORDER)
         x = torch.randn(rows, 4, latent, latent, generator=generator)
@@ -205,7 +244,8 @@ def transformer_options(patcher, inputs: StepInputs) -> dict:
 
     options = copy.copy(patcher.model_options["transformer_options"])
     options["wrappers"] = comfy.patcher_extension.merge_nested_dicts(
-        copy.copy(options.get("wrappers", {})), patcher.wrappers, copy_dict1=False)
+        copy.copy(options.get("wrappers", {})), patcher.wrappers, copy_dict1=False
+    )
     options["cond_or_uncond"] = list(inputs.order)
     options["uuids"] = list(inputs.uuids)
     options["sigmas"] = inputs.sigma
@@ -216,8 +256,9 @@ def model_step(patcher, inputs: StepInputs) -> torch.Tensor:
     """One denoiser call of a sampling step (cond+uncond batched): BaseModel.apply_model."""
     sigmas = inputs.sigma.repeat(inputs.x.shape[0])
     extra = {} if inputs.y is None else {"y": inputs.y}
-    return patcher.model.apply_model(inputs.x, sigmas, c_crossattn=inputs.context,
-                                     transformer_options=transformer_options(patcher, inputs), **extra)
+    return patcher.model.apply_model(
+        inputs.x, sigmas, c_crossattn=inputs.context, transformer_options=transformer_options(patcher, inputs), **extra
+    )
 
 
 def flexip_states(patcher) -> set:
@@ -228,8 +269,9 @@ def flexip_states(patcher) -> set:
 
 def adapter_patchers(patched_models) -> list:
     """The ModelPatchers of the adapters FlexIP patches on `patched_models` use (once each)."""
-    patchers = {id(state.flexip.patcher): state.flexip.patcher
-                for patched in patched_models for state in flexip_states(patched)}
+    patchers = {
+        id(state.flexip.patcher): state.flexip.patcher for patched in patched_models for state in flexip_states(patched)
+    }
     return list(patchers.values())
 
 

@@ -32,9 +32,12 @@ MODEL = "LAION aesthetic predictor v2 head (sac+logos+ava1-l14-linearMSE.pth)"
 def aesthetic_head(width: int) -> torch.nn.Sequential:
     """The original head's layers for [B, width] embeddings; its dropouts (1, 3, 5) are inert in eval mode."""
     return torch.nn.Sequential(
-        torch.nn.Linear(width, 1024), torch.nn.Dropout(0.2),
-        torch.nn.Linear(1024, 128), torch.nn.Dropout(0.2),
-        torch.nn.Linear(128, 64), torch.nn.Dropout(0.1),
+        torch.nn.Linear(width, 1024),
+        torch.nn.Dropout(0.2),
+        torch.nn.Linear(1024, 128),
+        torch.nn.Dropout(0.2),
+        torch.nn.Linear(128, 64),
+        torch.nn.Dropout(0.1),
         torch.nn.Linear(64, 16),
         torch.nn.Linear(16, 1),
     )
@@ -51,10 +54,13 @@ def _input_width(path: Path) -> int:
     if path.suffix.lower() != ".safetensors":
         raise FlexIPError(
             f"the aesthetic head {path} is not a .safetensors file (a .pth is a pickle, which can run code when "
-            f"loaded): convert the {MODEL} as flexip_eval/aesthetic.py shows.")
+            f"loaded): convert the {MODEL} as flexip_eval/aesthetic.py shows."
+        )
     if not path.is_file():
-        raise FlexIPError(f"the aesthetic head {path} was not found: put the {MODEL} converted to safetensors "
-                          "there or set [judges] aesthetic.")
+        raise FlexIPError(
+            f"the aesthetic head {path} was not found: put the {MODEL} converted to safetensors "
+            "there or set [judges] aesthetic."
+        )
     header = read_header(path)
     first = header.tensors.get("layers.0.weight")
     width = first.shape[1] if first is not None and len(first.shape) == 2 else 0
@@ -62,7 +68,8 @@ def _input_width(path: Path) -> int:
     if width == 0 or shapes != expected_shapes(width):
         raise FlexIPError(
             f"{path} does not hold the keys and shapes of the {MODEL} (layers.0 to layers.7, 1024-128-64-16-1): "
-            "convert the original .pth as flexip_eval/aesthetic.py shows.")
+            "convert the original .pth as flexip_eval/aesthetic.py shows."
+        )
     refuse_non_float(header, str(path), f"convert the {MODEL} again")
     return width
 
@@ -77,7 +84,8 @@ def load_aesthetic_head(path: Path, width: int) -> torch.nn.Sequential:
         raise FlexIPError(
             f"the aesthetic head {path} reads {file_width}-wide CLIP embeddings but the CLIP of [judges] "
             f"aesthetic_clip (by default clip) gives {width}: set aesthetic_clip to a folder of "
-            "openai/clip-vit-large-patch14, the CLIP the head was trained on.")
+            "openai/clip-vit-large-patch14, the CLIP the head was trained on."
+        )
     weights = load_file(str(path))
     check_finite(weights, str(path))
     head = aesthetic_head(width)

@@ -34,7 +34,6 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -89,13 +88,20 @@ def _dreambench_prompts(path: Path, text: str) -> dict:
     """DreamBench's prompts_and_classes.txt as the mapping prompts.toml would hold."""
     starts = [text.find(section) for section in DREAMBENCH_SECTIONS]
     if min(starts) < 0 or starts != sorted(starts):
-        raise FlexIPError(f"{path} is not DreamBench's prompts_and_classes.txt (it needs the sections "
-                          f"{', '.join(DREAMBENCH_SECTIONS)} in that order): use DreamBench's file or a prompts.toml.")
-    classes = re.findall(r"^\s*([\w-]+)\s*,\s*([^,\n]+?)\s*$", text[starts[0]:starts[1]], flags=re.M)
-    subjects = {name: {"class_noun": noun, "live": noun in DREAMBENCH_LIVE_CLASSES}
-                for name, noun in classes if name != "subject_name"}  # the CSV header line
-    lists = {kind: [prompt.replace("{0} {1}", "{}") for prompt in re.findall(r"'([^']*)'", part)]
-             for kind, part in (("object", text[starts[1]:starts[2]]), ("live", text[starts[2]:]))}
+        raise FlexIPError(
+            f"{path} is not DreamBench's prompts_and_classes.txt (it needs the sections "
+            f"{', '.join(DREAMBENCH_SECTIONS)} in that order): use DreamBench's file or a prompts.toml."
+        )
+    classes = re.findall(r"^\s*([\w-]+)\s*,\s*([^,\n]+?)\s*$", text[starts[0] : starts[1]], flags=re.M)
+    subjects = {
+        name: {"class_noun": noun, "live": noun in DREAMBENCH_LIVE_CLASSES}
+        for name, noun in classes
+        if name != "subject_name"
+    }  # the CSV header line
+    lists = {
+        kind: [prompt.replace("{0} {1}", "{}") for prompt in re.findall(r"'([^']*)'", part)]
+        for kind, part in (("object", text[starts[1] : starts[2]]), ("live", text[starts[2] :]))
+    }
     return {"prompts": lists, "subjects": subjects}
 
 
@@ -104,8 +110,10 @@ def _read_prompts(path: Path) -> tuple[PromptLists, dict[str, SubjectEntry]]:
         text = path.read_text(encoding="utf-8")
         raw = _dreambench_prompts(path, text) if path.suffix == ".txt" else tomllib.loads(text)
     except FileNotFoundError:
-        raise FlexIPError(f"the benchmark's prompts file {path} was not found: write it as described in "
-                          "flexip_eval/benchmark.py, or set [benchmark] prompts to its name.") from None
+        raise FlexIPError(
+            f"the benchmark's prompts file {path} was not found: write it as described in "
+            "flexip_eval/benchmark.py, or set [benchmark] prompts to its name."
+        ) from None
     except tomllib.TOMLDecodeError as error:
         raise FlexIPError(f"{path.name} is not valid TOML ({error}): fix the syntax.") from None
     source = Source(path.name, "see flexip_eval/benchmark.py for the prompts file's format")
@@ -116,8 +124,10 @@ def _read_prompts(path: Path) -> tuple[PromptLists, dict[str, SubjectEntry]]:
     tables = raw.get("subjects", {})
     if not isinstance(tables, dict) or not tables:
         raise source.error("has no [subjects.<folder>] tables")
-    entries = {name: dataclass_from_mapping(SubjectEntry, table, source.child(f"subjects.{name}"))
-               for name, table in tables.items()}
+    entries = {
+        name: dataclass_from_mapping(SubjectEntry, table, source.child(f"subjects.{name}"))
+        for name, table in tables.items()
+    }
     for kind, prompts in (("object", lists.object), ("live", lists.live)):
         if len(prompts) > MAX_PROMPTS:
             raise source.error(f"[prompts] {kind} lists {len(prompts)} prompts, over {MAX_PROMPTS}")
@@ -128,8 +138,10 @@ def _read_prompts(path: Path) -> tuple[PromptLists, dict[str, SubjectEntry]]:
         if not entry.class_noun.strip():
             raise source.error(f"[subjects.{name}] class_noun is empty")
         if not (lists.live if entry.live else lists.object):
-            raise source.error(f"[subjects.{name}] is {'live' if entry.live else 'an object'} but [prompts] "
-                               f"{'live' if entry.live else 'object'} is empty")
+            raise source.error(
+                f"[subjects.{name}] is {'live' if entry.live else 'an object'} but [prompts] "
+                f"{'live' if entry.live else 'object'} is empty"
+            )
     return lists, entries
 
 
@@ -137,34 +149,47 @@ def read_benchmark(config: BenchmarkConfig) -> Benchmark:
     """The subjects of the benchmark folder (all, or [benchmark] subjects), each with its photos and prompts."""
     folder = config.folder
     if not folder.is_dir():
-        raise FlexIPError(f"[benchmark] folder {folder} was not found: give the folder that holds one folder of "
-                          "images per subject and the prompts file.")
+        raise FlexIPError(
+            f"[benchmark] folder {folder} was not found: give the folder that holds one folder of "
+            "images per subject and the prompts file."
+        )
     lists, entries = _read_prompts(folder / config.prompts)
     folders = sorted(path.name for path in folder.iterdir() if path.is_dir() and not path.name.startswith("."))
     for name in folders:
         if name not in entries:
-            raise FlexIPError(f"the benchmark folder {name} has no [subjects.{name}] table in {config.prompts}: "
-                              f"add one (class_noun = \"...\") or move the folder out of {folder}.")
+            raise FlexIPError(
+                f"the benchmark folder {name} has no [subjects.{name}] table in {config.prompts}: "
+                f'add one (class_noun = "...") or move the folder out of {folder}.'
+            )
     for name in list(entries) + list(config.subjects):
         if name not in folders:
-            raise FlexIPError(f"the subject {name!r} ({config.prompts} or [benchmark] subjects) has no folder in "
-                              f"{folder}: add the folder of its images or remove the name.")
+            raise FlexIPError(
+                f"the subject {name!r} ({config.prompts} or [benchmark] subjects) has no folder in "
+                f"{folder}: add the folder of its images or remove the name."
+            )
     subjects = []
     for name in config.subjects or folders:
         entry = entries[name]
-        images = tuple(sorted(path for path in (folder / name).iterdir()
-                              if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES))
+        images = tuple(
+            sorted(
+                path for path in (folder / name).iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+            )
+        )
         if not images:
-            raise FlexIPError(f"the subject folder {folder / name} holds no image ({', '.join(IMAGE_SUFFIXES)}): "
-                              "add the subject's photos or remove the subject.")
+            raise FlexIPError(
+                f"the subject folder {folder / name} holds no image ({', '.join(IMAGE_SUFFIXES)}): "
+                "add the subject's photos or remove the subject."
+            )
         prompts = lists.live if entry.live else lists.object
         if config.prompts_per_subject:
-            prompts = prompts[:config.prompts_per_subject]
-        subjects.append(Subject(name, entry.class_noun, images, tuple(p.replace("{}", entry.class_noun) for p in prompts)))
+            prompts = prompts[: config.prompts_per_subject]
+        subjects.append(
+            Subject(name, entry.class_noun, images, tuple(p.replace("{}", entry.class_noun) for p in prompts))
+        )
     return Benchmark(folder, tuple(subjects))
 
 
-def read_image(path: Path, size: Optional[int] = None) -> torch.Tensor:
+def read_image(path: Path, size: int | None = None) -> torch.Tensor:
     """A photo as [H, W, 3] float in [0, 1] (fitted to size×size when given); FlexIPError naming the file."""
     pixels = decode_image(path.read_bytes(), str(path), fix="re-save it as PNG or JPEG")
     return fit_square(pixels, size) if size else pixels

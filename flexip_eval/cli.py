@@ -15,8 +15,8 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Optional, Sequence
 
 import torch
 
@@ -32,9 +32,11 @@ log = logging.getLogger(__name__)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m flexip_eval",
-                                     description="Evaluate FlexIP against IP-Adapter and the base model on a "
-                                                 "DreamBench-style benchmark (see flexip_eval/eval.example.toml).")
+    parser = argparse.ArgumentParser(
+        prog="python -m flexip_eval",
+        description="Evaluate FlexIP against IP-Adapter and the base model on a "
+        "DreamBench-style benchmark (see flexip_eval/eval.example.toml).",
+    )
     parser.add_argument("--config", required=True, metavar="EVAL.toml", help="the evaluation config")
     return parser
 
@@ -69,9 +71,17 @@ def _make_images(config: EvalConfig, items: list[Item], topology: distributed.To
         started = time.monotonic()
 
         def done(item: Item) -> None:
-            log_file.write(json.dumps({"image": item.image.as_posix(), "rank": topology.rank,
-                                       "world_size": topology.world_size,
-                                       "seconds": round(time.monotonic() - started, 3)}) + "\n")
+            log_file.write(
+                json.dumps(
+                    {
+                        "image": item.image.as_posix(),
+                        "rank": topology.rank,
+                        "world_size": topology.world_size,
+                        "seconds": round(time.monotonic() - started, 3),
+                    }
+                )
+                + "\n"
+            )
             log_file.flush()
             bar.update(1)
 
@@ -99,7 +109,7 @@ def _report(config: EvalConfig, benchmark: Benchmark, items: list[Item], key: di
     return table
 
 
-def evaluate(config: EvalConfig) -> Optional[str]:
+def evaluate(config: EvalConfig) -> str | None:
     """Make, score and (rank 0) report, with torchrun's ranks splitting the images; the Markdown table on
     rank 0, None on the others."""
     from .generate import check_existing, image_settings
@@ -107,8 +117,10 @@ def evaluate(config: EvalConfig) -> Optional[str]:
 
     gen = config.generation
     if gen.device == "cuda" and not torch.cuda.is_available():
-        raise FlexIPError("[generation] device is 'cuda' but PyTorch sees no CUDA GPU: install a CUDA build of "
-                          "PyTorch or set device = 'cpu'.")
+        raise FlexIPError(
+            "[generation] device is 'cuda' but PyTorch sees no CUDA GPU: install a CUDA build of "
+            "PyTorch or set device = 'cpu'."
+        )
     topology = distributed.setup(gen.device, gen.timeout_minutes)
     try:
         output = config.output.dir
@@ -123,8 +135,14 @@ def evaluate(config: EvalConfig) -> Optional[str]:
         key = judges_key(config.judges)
         stale = set(to_make) | set(unscored(mine, output, key))  # a new image is scored again
         to_score = [item for item in mine if item in stale]
-        log.info("rank %d of %d: %d of %d images to make, %d to score", topology.rank, topology.world_size,
-                 len(to_make), len(items), len(to_score))
+        log.info(
+            "rank %d of %d: %d of %d images to make, %d to score",
+            topology.rank,
+            topology.world_size,
+            len(to_make),
+            len(items),
+            len(to_score),
+        )
         shown = topology.is_main and config.output.progress
         if to_score:
             from .judges import load_judges
@@ -141,7 +159,7 @@ def evaluate(config: EvalConfig) -> Optional[str]:
         distributed.teardown()
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from flexip_host.distributed import DEVICES
 from flexip_host.model_section import ModelConfig, check_model_section
@@ -66,15 +65,15 @@ class MethodConfig:
 
     name: str
     kind: str
-    file: Optional[Path] = None  # kind "flexip": the FlexIP checkpoint
-    preservation: Optional[Path] = None  # kind "ip_adapter": the IP-Adapter file weighted by γ
-    personalization: Optional[Path] = None  # kind "ip_adapter": the file weighted by 1 − γ
+    file: Path | None = None  # kind "flexip": the FlexIP checkpoint
+    preservation: Path | None = None  # kind "ip_adapter": the IP-Adapter file weighted by γ
+    personalization: Path | None = None  # kind "ip_adapter": the file weighted by 1 − γ
     gammas: tuple[float, ...] = ()  # the constant gates γ to evaluate, one table row each
     schedule: str = ""  # instead of gammas: FlexIPGateSchedule keyframes ('progress:gamma, ...'), one row
     interpolation: str = "linear"
 
     @property
-    def gates(self) -> tuple[Optional[float], ...]:
+    def gates(self) -> tuple[float | None, ...]:
         """The table rows of this method: its γ values; one row (None) for a schedule or the base model."""
         return (None,) if self.kind == "base" or self.schedule else self.gammas
 
@@ -121,35 +120,51 @@ def _check(condition: bool, message: str) -> None:
 def _validate(config: EvalConfig, name: str) -> None:
     bench, model, gen = config.benchmark, config.model, config.generation
     check_model_section(model, name)
-    _check(bool(bench.prompts) and "/" not in bench.prompts,
-           f"{name} [benchmark] prompts must be a file name inside the benchmark folder, e.g. 'prompts.toml'.")
-    _check(bench.prompts_per_subject >= 0 and bench.condition_images >= 0,
-           f"{name} [benchmark] prompts_per_subject and condition_images must be 0 (all) or more.")
-    _check(bool(gen.seeds) and len(gen.seeds) <= MAX_SEEDS and len(set(gen.seeds)) == len(gen.seeds),
-           f"{name} [generation] seeds must list 1 to {MAX_SEEDS} different whole numbers, e.g. [0, 1, 2, 3].")
+    _check(
+        bool(bench.prompts) and "/" not in bench.prompts,
+        f"{name} [benchmark] prompts must be a file name inside the benchmark folder, e.g. 'prompts.toml'.",
+    )
+    _check(
+        bench.prompts_per_subject >= 0 and bench.condition_images >= 0,
+        f"{name} [benchmark] prompts_per_subject and condition_images must be 0 (all) or more.",
+    )
+    _check(
+        bool(gen.seeds) and len(gen.seeds) <= MAX_SEEDS and len(set(gen.seeds)) == len(gen.seeds),
+        f"{name} [generation] seeds must list 1 to {MAX_SEEDS} different whole numbers, e.g. [0, 1, 2, 3].",
+    )
     _check(all(0 <= seed < 2**63 for seed in gen.seeds), f"{name} [generation] seeds must lie in [0, 2^63).")
-    _check(gen.resolution % 8 == 0 and gen.resolution >= 16,
-           f"{name} [generation] resolution {gen.resolution} must be a multiple of 8 (the VAE's factor), e.g. 512.")
-    _check(gen.steps >= 1 and gen.batch_size >= 1 and gen.timeout_minutes >= 1,
-           f"{name} [generation] steps, batch_size and timeout_minutes must be at least 1.")
+    _check(
+        gen.resolution % 8 == 0 and gen.resolution >= 16,
+        f"{name} [generation] resolution {gen.resolution} must be a multiple of 8 (the VAE's factor), e.g. 512.",
+    )
+    _check(
+        gen.steps >= 1 and gen.batch_size >= 1 and gen.timeout_minutes >= 1,
+        f"{name} [generation] steps, batch_size and timeout_minutes must be at least 1.",
+    )
     _check(gen.cfg >= 0 and gen.strength >= 0, f"{name} [generation] cfg and strength must be 0 or more.")
     _check(gen.device in DEVICES, f"{name} [generation] device must be one of {DEVICES}.")
     for key, high in SIZE_LIMITS.items():
         value = getattr(gen, key)
         _check(value <= high, f"{name} [generation] {key} = {value} is over {high}: use a smaller value.")
-    _check(bool(config.methods), f"{name} has no [[methods]]: add at least one, e.g. kind = \"base\".")
+    _check(bool(config.methods), f'{name} has no [[methods]]: add at least one, e.g. kind = "base".')
     folders = set()
     for index, method in enumerate(config.methods):
         _validate_method(method, f"{name} [[methods]] {index + 1} ({method.name!r})")
         folder = method.name.lower()
-        _check(folder not in folders, f"{name} [[methods]] name {method.name!r} is used twice (names are folder "
-                                      "names, compared without case): give each method its own name.")
+        _check(
+            folder not in folders,
+            f"{name} [[methods]] name {method.name!r} is used twice (names are folder "
+            "names, compared without case): give each method its own name.",
+        )
         folders.add(folder)
 
 
 def _validate_method(method: MethodConfig, where: str) -> None:
-    _check(bool(NAME.match(method.name)), f"{where} name must be 1-64 letters, digits, spaces, '.', '_' or '-', "
-                                          "starting with a letter or digit (it names the image folder).")
+    _check(
+        bool(NAME.match(method.name)),
+        f"{where} name must be 1-64 letters, digits, spaces, '.', '_' or '-', "
+        "starting with a letter or digit (it names the image folder).",
+    )
     _check(method.kind in KINDS, f"{where} kind must be one of {KINDS}.")
     files = {"flexip": ("file",), "ip_adapter": ("preservation", "personalization"), "base": ()}[method.kind]
     for key in ("file", "preservation", "personalization"):
@@ -160,13 +175,19 @@ def _validate_method(method: MethodConfig, where: str) -> None:
         else:
             _check(value is None, f"{where} has {key}, which a {method.kind!r} method does not use: remove it.")
     if method.kind == "base":
-        _check(not method.schedule and not method.gammas,
-               f"{where} is the base model, which has no gate: remove gammas and schedule.")
+        _check(
+            not method.schedule and not method.gammas,
+            f"{where} is the base model, which has no gate: remove gammas and schedule.",
+        )
         return
-    _check(bool(method.schedule) != bool(method.gammas),
-           f"{where} needs either gammas (a list of constant gates) or schedule (keyframes), not both.")
-    _check(len(method.gammas) <= MAX_SWEEP_GAMMAS and len(set(method.gammas)) == len(method.gammas),
-           f"{where} gammas must list up to {MAX_SWEEP_GAMMAS} different values, e.g. [0.25, 0.5, 0.75, 1.0].")
+    _check(
+        bool(method.schedule) != bool(method.gammas),
+        f"{where} needs either gammas (a list of constant gates) or schedule (keyframes), not both.",
+    )
+    _check(
+        len(method.gammas) <= MAX_SWEEP_GAMMAS and len(set(method.gammas)) == len(method.gammas),
+        f"{where} gammas must list up to {MAX_SWEEP_GAMMAS} different values, e.g. [0.25, 0.5, 0.75, 1.0].",
+    )
     _check(all(0.0 <= gamma <= 1.0 for gamma in method.gammas), f"{where} gammas must lie in [0, 1].")
     _check(method.interpolation in INTERPOLATIONS, f"{where} interpolation must be one of {INTERPOLATIONS}.")
     if method.schedule:

@@ -31,14 +31,21 @@ def tradeoff_chart(rows: list[dict], path: Path) -> bool:
     methods = list(dict.fromkeys(row["method"] for row in rows))
     for axis, metric, title in ((axes[0], "dino_i", "DINO-I"), (axes[1], "clip_i", "CLIP-I")):
         for method in methods:
-            own = sorted((row for row in rows if row["method"] == method),
-                         key=lambda row: -1.0 if row["gamma"] is None else row["gamma"])
+            own = sorted(
+                (row for row in rows if row["method"] == method),
+                key=lambda row: -1.0 if row["gamma"] is None else row["gamma"],
+            )
             x, y = [row[metric] for row in own], [row["clip_t"] for row in own]
             axis.plot(x, y, marker="o", label=method)
             for row in own:
                 if row["gamma"] is not None:
-                    axis.annotate(f"γ={row['gamma']:g}", (row[metric], row["clip_t"]), textcoords="offset points",
-                                  xytext=(4, 4), fontsize=7)
+                    axis.annotate(
+                        f"γ={row['gamma']:g}",
+                        (row[metric], row["clip_t"]),
+                        textcoords="offset points",
+                        xytext=(4, 4),
+                        fontsize=7,
+                    )
         axis.set_xlabel(f"{title} (subject fidelity)")
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("CLIP-T (prompt following)")

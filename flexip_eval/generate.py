@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 from PIL import Image
@@ -40,15 +41,27 @@ METADATA_KEY = "flexip_eval"
 def image_settings(config: EvalConfig, method: MethodConfig) -> dict:
     """Everything besides the item itself that decides an image: a changed value means another image."""
     gen, model = config.generation, config.model
-    files = {key: getattr(method, key).name for key in ("file", "preservation", "personalization")
-             if getattr(method, key) is not None}
-    return {"checkpoint": model.checkpoint.name, "unet_factory": model.unet_factory,
-            "clip_vision": model.clip_vision.name if model.clip_vision else model.clip_vision_factory,
-            "dino": model.dino.name if model.dino else model.dino_factory,
-            "method_files": files, "interpolation": method.interpolation if method.schedule else "",
-            "condition_images": config.benchmark.condition_images, "steps": gen.steps, "cfg": gen.cfg,
-            "sampler": gen.sampler, "scheduler": gen.scheduler, "resolution": gen.resolution,
-            "negative": gen.negative, "strength": gen.strength}
+    files = {
+        key: getattr(method, key).name
+        for key in ("file", "preservation", "personalization")
+        if getattr(method, key) is not None
+    }
+    return {
+        "checkpoint": model.checkpoint.name,
+        "unet_factory": model.unet_factory,
+        "clip_vision": model.clip_vision.name if model.clip_vision else model.clip_vision_factory,
+        "dino": model.dino.name if model.dino else model.dino_factory,
+        "method_files": files,
+        "interpolation": method.interpolation if method.schedule else "",
+        "condition_images": config.benchmark.condition_images,
+        "steps": gen.steps,
+        "cfg": gen.cfg,
+        "sampler": gen.sampler,
+        "scheduler": gen.scheduler,
+        "resolution": gen.resolution,
+        "negative": gen.negative,
+        "strength": gen.strength,
+    }
 
 
 def check_existing(path: Path, item: Item, settings: dict) -> None:
@@ -62,8 +75,10 @@ def check_existing(path: Path, item: Item, settings: dict) -> None:
         return
     old = stored.get("settings") or {}
     changed = sorted(key for key in settings if old.get(key) != settings[key]) or ["the image's item"]
-    raise FlexIPError(f"{path} was made with other settings ({', '.join(changed)} differ from this config): "
-                      "set another [output] dir, or delete the old images to make them again.")
+    raise FlexIPError(
+        f"{path} was made with other settings ({', '.join(changed)} differ from this config): "
+        "set another [output] dir, or delete the old images to make them again."
+    )
 
 
 def write_png(path: Path, pixels: torch.Tensor, item: Item, settings: dict) -> None:
@@ -98,9 +113,11 @@ class ImageMaker:
                 write_png(output / item.image, pixels, item, settings[item.method.name])
                 done(item)
 
-    def _sample(self, method: MethodConfig, gamma: Optional[float], subject: Subject, prompt: str,
-                seeds: list[int]) -> torch.Tensor:
+    def _sample(
+        self, method: MethodConfig, gamma: float | None, subject: Subject, prompt: str, seeds: list[int]
+    ) -> torch.Tensor:
         import comfy.sample
+
         import nodes  # ComfyUI's nodes.py
 
         gen = self.config.generation
@@ -108,30 +125,49 @@ class ImageMaker:
         size = gen.resolution // 8
         latent = comfy.sample.fix_empty_latent_channels(model, torch.zeros(len(seeds), 4, size, size))
         noise = torch.cat([comfy.sample.prepare_noise(latent[:1], seed) for seed in seeds])
-        samples = comfy.sample.sample(model, noise, gen.steps, gen.cfg, gen.sampler, gen.scheduler,
-                                      self._text(prompt), self._text(gen.negative), latent, seed=seeds[0],
-                                      disable_pbar=True)
+        samples = comfy.sample.sample(
+            model,
+            noise,
+            gen.steps,
+            gen.cfg,
+            gen.sampler,
+            gen.scheduler,
+            self._text(prompt),
+            self._text(gen.negative),
+            latent,
+            seed=seeds[0],
+            disable_pbar=True,
+        )
         (images,) = nodes.VAEDecode().decode(self.models.vae, {"samples": samples})
         return images[..., :3].float().cpu()
 
-    def _patched(self, method: MethodConfig, gamma: Optional[float], subject: Subject) -> Any:
+    def _patched(self, method: MethodConfig, gamma: float | None, subject: Subject) -> Any:
         """The UNet for one row and subject: unpatched for the base model, else FlexIPApply's clone."""
         if method.kind == "base":
             return self.models.unet
         loaded = self._method(method)
         key = (method.name, subject.name)
         if key not in self._subjects:
-            references = subject_images(subject.condition(self.config.benchmark.condition_images),
-                                        self.config.generation.resolution)
+            references = subject_images(
+                subject.condition(self.config.benchmark.condition_images), self.config.generation.resolution
+            )
             dino = self.models.dino if method.kind == "flexip" else None  # an IP-Adapter pair uses CLIP-H only
             (self._subjects[key],) = self.pack.encode_subject_node().encode(
-                loaded, self.models.clip_vision, references, "average", dino=dino)
+                loaded, self.models.clip_vision, references, "average", dino=dino
+            )
         gate = None
         if method.schedule:
             (gate,) = self.pack.gate_schedule_node().build(method.schedule, method.interpolation)
-        (model,) = self.pack.apply_node().apply(self.models.unet, loaded, self._subjects[key],
-                                                self.config.generation.strength,
-                                                0.0 if gamma is None else gamma, 0.0, 1.0, gate=gate)
+        (model,) = self.pack.apply_node().apply(
+            self.models.unet,
+            loaded,
+            self._subjects[key],
+            self.config.generation.strength,
+            0.0 if gamma is None else gamma,
+            0.0,
+            1.0,
+            gate=gate,
+        )
         return model
 
     def _method(self, method: MethodConfig) -> Any:
@@ -146,12 +182,17 @@ class ImageMaker:
             else:
                 for path in (method.preservation, method.personalization):
                     folder_paths.add_model_folder_path("ipadapter", str(path.parent), is_default=True)
-                if method.preservation.name == method.personalization.name and \
-                        method.preservation != method.personalization:
-                    raise FlexIPError(f"[[methods]] {method.name!r} names two IP-Adapter files called "
-                                      f"{method.preservation.name} in different folders: rename one of them.")
+                if (
+                    method.preservation.name == method.personalization.name
+                    and method.preservation != method.personalization
+                ):
+                    raise FlexIPError(
+                        f"[[methods]] {method.name!r} names two IP-Adapter files called "
+                        f"{method.preservation.name} in different folders: rename one of them."
+                    )
                 (loaded,) = self.pack.pair_loader_node().load(
-                    self.models.unet, method.preservation.name, method.personalization.name)
+                    self.models.unet, method.preservation.name, method.personalization.name
+                )
             log.info("method %s: %s", method.name, loaded.name)
             self._methods[method.name] = loaded
         return self._methods[method.name]

@@ -20,12 +20,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 from transformers import (
-    AutoConfig, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer, PretrainedConfig, ViTConfig,
-    ViTImageProcessor, ViTModel,
+    AutoConfig,
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPTokenizer,
+    PretrainedConfig,
+    ViTConfig,
+    ViTImageProcessor,
+    ViTModel,
 )
 
 from flexip_eval.aesthetic import load_aesthetic_head
@@ -38,8 +44,12 @@ log = logging.getLogger(__name__)
 
 CLIP_MODEL = "openai/clip-vit-large-patch14"
 DINO_MODEL = "facebook/dino-vits16"
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 # CLIP-IQA's antonym pair, scored as CLIP's zero-shot classifier at the logit scale trained CLIPs end at (100)
 IQA_PROMPTS = ("Good photo.", "Bad photo.")
 IQA_SCALE = 100.0
@@ -57,7 +67,7 @@ class JudgesConfig:
     device: str = "auto"
     # HF folder of the CLIP ViT-L/14 whose embedding the aesthetic head reads; None: `clip` (set it when
     # `clip` is another CLIP, e.g. ViT-B/32)
-    aesthetic_clip: Optional[Path] = None
+    aesthetic_clip: Path | None = None
 
 
 class ClipJudge:
@@ -78,8 +88,13 @@ class ClipJudge:
 
     def texts(self, texts: list[str]) -> torch.Tensor:
         """One prompt each -> [N, D] unit text embeddings (prompts past CLIP's 77 tokens are cut)."""
-        tokens = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt",
-                                max_length=self.model.config.text_config.max_position_embeddings).to(self.device)
+        tokens = self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            return_tensors="pt",
+            max_length=self.model.config.text_config.max_position_embeddings,
+        ).to(self.device)
         output = self.model.text_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
         return torch.nn.functional.normalize(self.model.text_projection(output.pooler_output), dim=-1)
 
@@ -87,8 +102,14 @@ class ClipJudge:
 class Judges:
     """The loaded judge models on one device (fp32, eval mode); `score` is all a caller needs."""
 
-    def __init__(self, clip: ClipJudge, dino: ViTModel, dino_images: ViTImageProcessor, aesthetic_clip: ClipJudge,
-                 aesthetic: torch.nn.Sequential) -> None:
+    def __init__(
+        self,
+        clip: ClipJudge,
+        dino: ViTModel,
+        dino_images: ViTImageProcessor,
+        aesthetic_clip: ClipJudge,
+        aesthetic: torch.nn.Sequential,
+    ) -> None:
         self.clip, self.dino, self.dino_images = clip, dino, dino_images
         self.aesthetic_clip, self.aesthetic = aesthetic_clip, aesthetic
         self.device = clip.device
@@ -96,8 +117,9 @@ class Judges:
             self.iqa_texts = clip.texts(list(IQA_PROMPTS))  # [2, D], the same for every image
 
     @torch.no_grad()
-    def score(self, images: torch.Tensor, prompts: list[str],
-              references: torch.Tensor | list[torch.Tensor]) -> list[dict[str, float]]:
+    def score(
+        self, images: torch.Tensor, prompts: list[str], references: torch.Tensor | list[torch.Tensor]
+    ) -> list[dict[str, float]]:
         """images [B, H, W, 3] float 0..1 (ComfyUI IMAGE), one prompt each (subject token already replaced by the
         class noun), references [R, H, W, 3] of the subject -> per image {"clip_t", "clip_i", "dino_i",
         "clip_iqa", "aesthetic"}; CLIP-I/DINO-I are the mean cosine over the R references.
@@ -108,24 +130,30 @@ class Judges:
         batches = references if isinstance(references, list) else [references]
         for name, batch in [("images", images), *(("references", batch) for batch in batches)]:
             if batch.ndim != 4 or batch.shape[-1] != 3 or batch.shape[0] == 0:
-                raise FlexIPError(f"Judges.score got {name} of shape {list(batch.shape)}: pass a non-empty "
-                                  "[B, H, W, 3] RGB batch (ComfyUI IMAGE).")
+                raise FlexIPError(
+                    f"Judges.score got {name} of shape {list(batch.shape)}: pass a non-empty "
+                    "[B, H, W, 3] RGB batch (ComfyUI IMAGE)."
+                )
         if len(prompts) != images.shape[0]:
-            raise FlexIPError(f"Judges.score got {len(prompts)} prompts for {images.shape[0]} images: pass one "
-                              "prompt per image.")
+            raise FlexIPError(
+                f"Judges.score got {len(prompts)} prompts for {images.shape[0]} images: pass one prompt per image."
+            )
         clip_images = self.clip.images(images)
         clip_references = torch.cat([self.clip.images(batch) for batch in batches])
         dino_images = self._dino(images)
         dino_references = torch.cat([self._dino(batch) for batch in batches])
         # the head reads unit ViT-L/14 embeddings: the judging CLIP's own when it is that CLIP
         aesthetic_input = clip_images if self.aesthetic_clip is self.clip else self.aesthetic_clip.images(images)
-        columns = torch.stack([
-            (clip_images * self.clip.texts(prompts)).sum(dim=-1),
-            (clip_images @ clip_references.T).mean(dim=-1),
-            (dino_images @ dino_references.T).mean(dim=-1),
-            torch.softmax(IQA_SCALE * clip_images @ self.iqa_texts.T, dim=-1)[:, 0],
-            self.aesthetic(aesthetic_input)[:, 0],
-        ], dim=-1)
+        columns = torch.stack(
+            [
+                (clip_images * self.clip.texts(prompts)).sum(dim=-1),
+                (clip_images @ clip_references.T).mean(dim=-1),
+                (dino_images @ dino_references.T).mean(dim=-1),
+                torch.softmax(IQA_SCALE * clip_images @ self.iqa_texts.T, dim=-1)[:, 0],
+                self.aesthetic(aesthetic_input)[:, 0],
+            ],
+            dim=-1,
+        )
         return [dict(zip(METRICS, row)) for row in columns.double().cpu().tolist()]
 
     def _dino(self, images: torch.Tensor) -> torch.Tensor:
@@ -137,13 +165,15 @@ class Judges:
         return torch.nn.functional.normalize(self.dino(pixel_values=pixels).last_hidden_state[:, 0], dim=-1)
 
 
-def _pixels(processor: CLIPImageProcessor | ViTImageProcessor, images: torch.Tensor,
-            device: torch.device) -> torch.Tensor:
+def _pixels(
+    processor: CLIPImageProcessor | ViTImageProcessor, images: torch.Tensor, device: torch.device
+) -> torch.Tensor:
     """A judge's input [B, 3, h, w] from [B, H, W, 3] 0..1, by the folder's processor (resize, crop, normalise);
     the values are already 0..1, so the processor's 1/255 rescale is off."""
     channels_first = list(images.detach().float().cpu().permute(0, 3, 1, 2))
-    pixels = processor(images=channels_first, do_rescale=False, return_tensors="pt",
-                       input_data_format="channels_first")["pixel_values"]
+    pixels = processor(
+        images=channels_first, do_rescale=False, return_tensors="pt", input_data_format="channels_first"
+    )["pixel_values"]
     return pixels.to(device)
 
 
@@ -152,8 +182,10 @@ def judge_device(name: str) -> torch.device:
     if name not in DEVICES:
         raise FlexIPError(f"[judges] device is {shown(name)}: use one of {', '.join(DEVICES)}.")
     if name == "cuda" and not torch.cuda.is_available():
-        raise FlexIPError("[judges] device is 'cuda' but PyTorch sees no CUDA GPU: install a CUDA build of PyTorch "
-                          "or set device = 'auto'.")
+        raise FlexIPError(
+            "[judges] device is 'cuda' but PyTorch sees no CUDA GPU: install a CUDA build of PyTorch "
+            "or set device = 'auto'."
+        )
     if name == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", torch.cuda.current_device())
@@ -164,7 +196,7 @@ def _first_line(error: Exception) -> str:
     return shown(text.splitlines()[0], 120) if text else type(error).__name__
 
 
-def _missing_file(folder: Path, tokenizer: bool) -> Optional[str]:
+def _missing_file(folder: Path, tokenizer: bool) -> str | None:
     """What a judge's folder lacks of the files transformers loads, or None."""
     if not (folder / "config.json").is_file():
         return "config.json"
@@ -173,7 +205,8 @@ def _missing_file(folder: Path, tokenizer: bool) -> Optional[str]:
     if not (folder / "preprocessor_config.json").is_file():
         return "preprocessor_config.json (its image preprocessing)"
     has_tokenizer = (folder / "tokenizer.json").is_file() or all(
-        (folder / name).is_file() for name in ("vocab.json", "merges.txt"))
+        (folder / name).is_file() for name in ("vocab.json", "merges.txt")
+    )
     if tokenizer and not has_tokenizer:
         return "tokenizer files (tokenizer.json, or vocab.json and merges.txt)"
     return None
@@ -183,28 +216,36 @@ def _model_config(folder: Path, key: str, model: str, tokenizer: bool) -> Pretra
     """The folder's model config, after checking it holds every file a judge loads; no weights are read."""
     place = f"[judges] {key} folder {folder}"
     if not folder.is_dir():
-        raise FlexIPError(f"the {place} does not exist: download {model} (Hugging Face layout) into it or point "
-                          f"[judges] {key} at its folder.")
+        raise FlexIPError(
+            f"the {place} does not exist: download {model} (Hugging Face layout) into it or point "
+            f"[judges] {key} at its folder."
+        )
     missing = _missing_file(folder, tokenizer)
     if missing:
         raise FlexIPError(f"the {place} has no {missing}: put the files of {model} there (Hugging Face layout).")
     try:
         return AutoConfig.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, KeyError) as error:
-        raise FlexIPError(f"the {place} has a config.json transformers cannot read ({_first_line(error)}): "
-                          f"download the files of {model} again.") from None
+        raise FlexIPError(
+            f"the {place} has a config.json transformers cannot read ({_first_line(error)}): "
+            f"download the files of {model} again."
+        ) from None
 
 
 def _clip_config(folder: Path, key: str) -> CLIPConfig:
     config = _model_config(folder, key, CLIP_MODEL, tokenizer=True)
     if not isinstance(config, CLIPConfig):
-        raise FlexIPError(f"the [judges] {key} folder {folder} holds a {config.model_type!r} model, not a CLIPModel: "
-                          f"point it at a folder of {CLIP_MODEL}.")
+        raise FlexIPError(
+            f"the [judges] {key} folder {folder} holds a {config.model_type!r} model, not a CLIPModel: "
+            f"point it at a folder of {CLIP_MODEL}."
+        )
     # a CLIP is known by the width of its hidden states, which its vision config gives
     encoder = encoder_name(HIDDEN_STATES, config.vision_config.hidden_size)
     if encoder in CONDITIONING_CLIPS:
-        raise FlexIPError(f"the [judges] {key} folder {folder} holds {encoder}, the image encoder "
-                          f"the adapters condition on, so it would judge them on their own features: use {CLIP_MODEL}.")
+        raise FlexIPError(
+            f"the [judges] {key} folder {folder} holds {encoder}, the image encoder "
+            f"the adapters condition on, so it would judge them on their own features: use {CLIP_MODEL}."
+        )
     return config
 
 
@@ -213,8 +254,9 @@ def _loaded(load, folder: Path, model: str):
     try:
         return load()
     except (OSError, ValueError, RuntimeError) as error:
-        raise FlexIPError(f"{folder} could not be loaded ({_first_line(error)}): download the files of {model} "
-                          "again.") from None
+        raise FlexIPError(
+            f"{folder} could not be loaded ({_first_line(error)}): download the files of {model} again."
+        ) from None
 
 
 def _clip_judge(folder: Path, device: torch.device) -> ClipJudge:
@@ -231,20 +273,25 @@ def load_judges(config: JudgesConfig) -> Judges:
     device = judge_device(config.device)
     aesthetic_folder = config.aesthetic_clip or config.clip
     clip_config = _clip_config(config.clip, "clip")
-    aesthetic_config = clip_config if aesthetic_folder == config.clip else _clip_config(aesthetic_folder,
-                                                                                       "aesthetic_clip")
+    aesthetic_config = (
+        clip_config if aesthetic_folder == config.clip else _clip_config(aesthetic_folder, "aesthetic_clip")
+    )
     dino_config = _model_config(config.dino, "dino", DINO_MODEL, tokenizer=False)
     if not isinstance(dino_config, ViTConfig):
-        raise FlexIPError(f"the [judges] dino folder {config.dino} holds a {dino_config.model_type!r} model, not "
-                          f"DINO's ViTModel (DINOv2 is what the adapters condition on): put {DINO_MODEL} there.")
+        raise FlexIPError(
+            f"the [judges] dino folder {config.dino} holds a {dino_config.model_type!r} model, not "
+            f"DINO's ViTModel (DINOv2 is what the adapters condition on): put {DINO_MODEL} there."
+        )
     aesthetic = load_aesthetic_head(config.aesthetic, aesthetic_config.projection_dim)
 
     clip = _clip_judge(config.clip, device)
     aesthetic_clip = clip if aesthetic_folder == config.clip else _clip_judge(aesthetic_folder, device)
     path = str(config.dino)
-    dino = _loaded(lambda: ViTModel.from_pretrained(path, add_pooling_layer=False, local_files_only=True),
-                   config.dino, DINO_MODEL)
-    dino_images = _loaded(lambda: ViTImageProcessor.from_pretrained(path, local_files_only=True), config.dino,
-                          DINO_MODEL)
+    dino = _loaded(
+        lambda: ViTModel.from_pretrained(path, add_pooling_layer=False, local_files_only=True), config.dino, DINO_MODEL
+    )
+    dino_images = _loaded(
+        lambda: ViTImageProcessor.from_pretrained(path, local_files_only=True), config.dino, DINO_MODEL
+    )
     log.info("judges on %s: CLIP %s, DINO %s, aesthetic head %s", device, config.clip, config.dino, config.aesthetic)
     return Judges(clip, dino.to(device, torch.float32).eval(), dino_images, aesthetic_clip, aesthetic.to(device))

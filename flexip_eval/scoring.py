@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -22,15 +22,19 @@ from .worklist import Item
 
 def judges_key(config: JudgesConfig) -> dict[str, str]:
     """Which judges gave a score: the [judges] files (a changed file means new scores)."""
-    return {"clip": str(config.clip), "dino": str(config.dino), "aesthetic": str(config.aesthetic),
-            "aesthetic_clip": str(config.aesthetic_clip or config.clip)}
+    return {
+        "clip": str(config.clip),
+        "dino": str(config.dino),
+        "aesthetic": str(config.aesthetic),
+        "aesthetic_clip": str(config.aesthetic_clip or config.clip),
+    }
 
 
 def scores_path(output: Path, item: Item) -> Path:
     return output / item.image.with_suffix(".json")
 
 
-def stored_scores(output: Path, item: Item, key: dict[str, str]) -> Optional[dict[str, float]]:
+def stored_scores(output: Path, item: Item, key: dict[str, str]) -> dict[str, float] | None:
     """The item's scores if the judges of `key` gave them, else None."""
     try:
         stored = json.loads(scores_path(output, item).read_text(encoding="utf-8"))
@@ -56,8 +60,15 @@ def _runs(items: list[Item], size: int) -> Iterator[list[Item]]:
         start = end
 
 
-def score_images(judges: Judges, items: list[Item], output: Path, key: dict[str, str], batch_size: int,
-                 resolution: int, done: Callable[[Item], None] = lambda item: None) -> None:
+def score_images(
+    judges: Judges,
+    items: list[Item],
+    output: Path,
+    key: dict[str, str],
+    batch_size: int,
+    resolution: int,
+    done: Callable[[Item], None] = lambda item: None,
+) -> None:
     """Score each item's PNG against its prompt and all photos of its subject; write the scores beside it."""
     references: dict[str, torch.Tensor] = {}
     for run in _runs(items, batch_size):

@@ -9,13 +9,17 @@ from __future__ import annotations
 import csv
 import io
 import math
-from typing import Optional
 
 from flexip_model.errors import FlexIPError
 
 METRICS = ("clip_t", "clip_i", "dino_i", "clip_iqa", "aesthetic")
-HEADINGS = {"clip_t": "CLIP-T", "clip_i": "CLIP-I", "dino_i": "DINO-I", "clip_iqa": "CLIP-IQA",
-            "aesthetic": "Aesthetic"}
+HEADINGS = {
+    "clip_t": "CLIP-T",
+    "clip_i": "CLIP-I",
+    "dino_i": "DINO-I",
+    "clip_iqa": "CLIP-IQA",
+    "aesthetic": "Aesthetic",
+}
 CSV_COLUMNS = ("method", "gamma", "n", "mrank", *METRICS)
 
 
@@ -24,24 +28,32 @@ def mean_rows(records: list[dict]) -> list[dict]:
 
     A record is one image's {"method": str, "gamma": float or None, metric: float, ...}; other keys are ignored.
     """
-    groups: dict[tuple[str, Optional[float]], list[dict]] = {}
+    groups: dict[tuple[str, float | None], list[dict]] = {}
     for record in records:
         missing = [metric for metric in METRICS if metric not in record]
         if missing:
-            raise FlexIPError(f"a metric record of {record.get('method')!r} at γ {record.get('gamma')} lacks "
-                              f"{', '.join(missing)}: delete that line of the records file and run again to rescore.")
+            raise FlexIPError(
+                f"a metric record of {record.get('method')!r} at γ {record.get('gamma')} lacks "
+                f"{', '.join(missing)}: delete that line of the records file and run again to rescore."
+            )
         groups.setdefault((record["method"], record["gamma"]), []).append(record)
     return [
-        {"method": method, "gamma": gamma, **{metric: math.fsum(r[metric] for r in group) / len(group)
-                                              for metric in METRICS}, "n": len(group)}
+        {
+            "method": method,
+            "gamma": gamma,
+            **{metric: math.fsum(r[metric] for r in group) / len(group) for metric in METRICS},
+            "n": len(group),
+        }
         for (method, gamma), group in groups.items()
     ]
 
 
 def _average_ranks(values: list[float]) -> list[float]:
     """Rank 1 for the highest; tied values share the mean of the ranks they span."""
-    return [1 + sum(other > value for other in values) + (sum(other == value for other in values) - 1) / 2
-            for value in values]
+    return [
+        1 + sum(other > value for other in values) + (sum(other == value for other in values) - 1) / 2
+        for value in values
+    ]
 
 
 def with_mrank(rows: list[dict]) -> list[dict]:
@@ -65,14 +77,16 @@ def with_mrank(rows: list[dict]) -> list[dict]:
     return [{**row, "mrank": rank_sum / len(METRICS)} for row, rank_sum in zip(rows, rank_sums)]
 
 
-def _gamma(gamma: Optional[float]) -> str:
+def _gamma(gamma: float | None) -> str:
     return "—" if gamma is None else f"{gamma:g}"
 
 
 def markdown_table(rows: list[dict]) -> str:
     """Rows from `with_mrank` as a Markdown table like the paper's Table 1 (metrics to 3 decimals)."""
-    lines = ["| Method | γ | n | mRank↓ | " + " | ".join(HEADINGS[m] + "↑" for m in METRICS) + " |",
-             "|---|---|---|---|" + "---|" * len(METRICS)]
+    lines = [
+        "| Method | γ | n | mRank↓ | " + " | ".join(HEADINGS[m] + "↑" for m in METRICS) + " |",
+        "|---|---|---|---|" + "---|" * len(METRICS),
+    ]
     for row in rows:
         cells = [row["method"], _gamma(row["gamma"]), str(row["n"]), f"{row['mrank']:.1f}"]
         lines.append("| " + " | ".join(cells + [f"{row[m]:.3f}" for m in METRICS]) + " |")

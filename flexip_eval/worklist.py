@@ -7,10 +7,10 @@ exists was done by an earlier run (or another rank count) and is skipped.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
-from typing import Iterator, Optional
 
 from .benchmark import Benchmark, Subject
 from .config import GenerationConfig, MethodConfig
@@ -18,7 +18,7 @@ from .config import GenerationConfig, MethodConfig
 IMAGES = "images"
 
 
-def gate_label(method: MethodConfig, gamma: Optional[float]) -> str:
+def gate_label(method: MethodConfig, gamma: float | None) -> str:
     """The γ part of a row's name and folder: 'gamma_0.5', 'schedule' or 'no_adapter' (the base model)."""
     if gamma is not None:
         return f"gamma_{gamma:g}"
@@ -30,7 +30,7 @@ class Item:
     """One image to make and score."""
 
     method: MethodConfig
-    gamma: Optional[float]  # None: the method's schedule, or the base model
+    gamma: float | None  # None: the method's schedule, or the base model
     subject: Subject
     prompt_index: int  # position in the subject's prompt list
     seed: int
@@ -42,8 +42,13 @@ class Item:
     @property
     def image(self) -> Path:
         """Relative to the output folder, e.g. images/FlexIP/gamma_0.5/dog/p03_s0.png."""
-        return (Path(IMAGES) / self.method.name / gate_label(self.method, self.gamma) / self.subject.name
-                / f"p{self.prompt_index:02d}_s{self.seed}.png")
+        return (
+            Path(IMAGES)
+            / self.method.name
+            / gate_label(self.method, self.gamma)
+            / self.subject.name
+            / f"p{self.prompt_index:02d}_s{self.seed}.png"
+        )
 
     @property
     def batch_key(self) -> tuple:
@@ -52,17 +57,30 @@ class Item:
 
     def record(self) -> dict:
         """What identifies the image in results.jsonl and in its PNG metadata."""
-        return {"image": self.image.as_posix(), "method": self.method.name, "kind": self.method.kind,
-                "gamma": self.gamma, "schedule": self.method.schedule, "subject": self.subject.name,
-                "class_noun": self.subject.class_noun, "prompt_index": self.prompt_index, "prompt": self.prompt,
-                "seed": self.seed}
+        return {
+            "image": self.image.as_posix(),
+            "method": self.method.name,
+            "kind": self.method.kind,
+            "gamma": self.gamma,
+            "schedule": self.method.schedule,
+            "subject": self.subject.name,
+            "class_noun": self.subject.class_noun,
+            "prompt_index": self.prompt_index,
+            "prompt": self.prompt,
+            "seed": self.seed,
+        }
 
 
 def work_items(methods: tuple[MethodConfig, ...], benchmark: Benchmark, seeds: tuple[int, ...]) -> list[Item]:
     """Every image of the evaluation, in the fixed order."""
-    return [Item(method, gamma, subject, index, seed)
-            for method in methods for gamma in method.gates for subject in benchmark.subjects
-            for index in range(len(subject.prompts)) for seed in seeds]
+    return [
+        Item(method, gamma, subject, index, seed)
+        for method in methods
+        for gamma in method.gates
+        for subject in benchmark.subjects
+        for index in range(len(subject.prompts))
+        for seed in seeds
+    ]
 
 
 def rank_share(items: list[Item], rank: int, world_size: int) -> list[Item]:
@@ -80,5 +98,4 @@ def batches(items: list[Item], generation: GenerationConfig) -> Iterator[list[It
     for _, group in groupby(items, key=lambda item: item.batch_key):
         group = list(group)
         for start in range(0, len(group), generation.batch_size):
-            yield group[start:start + generation.batch_size]
-
+            yield group[start : start + generation.batch_size]

@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from flexip_model.errors import FlexIPError
 
@@ -39,11 +39,12 @@ def comfyui_path() -> Path:
         origin = f"COMFYUI_PATH={configured}" if configured else "the default location (no COMFYUI_PATH set)"
         raise FlexIPError(
             f"ComfyUI was not found at {path} ({origin}): run `make setup` to extract the pinned ComfyUI "
-            "into .cache/comfyui, or set COMFYUI_PATH to your ComfyUI folder, the one that holds main.py and comfy/.")
+            "into .cache/comfyui, or set COMFYUI_PATH to your ComfyUI folder, the one that holds main.py and comfy/."
+        )
     return path.resolve()
 
 
-def import_comfy(cpu: bool, base_directory: Optional[Path] = None, **flags: Any) -> Path:
+def import_comfy(cpu: bool, base_directory: Path | None = None, **flags: Any) -> Path:
     """Make `comfy.*` importable and fix ComfyUI's device choice; returns ComfyUI's folder.
 
     `base_directory` points folder_paths (models/, input/, output/) away from the host's own
@@ -67,12 +68,12 @@ def import_comfy(cpu: bool, base_directory: Optional[Path] = None, **flags: Any)
             Path(base_directory).mkdir(parents=True, exist_ok=True)
             comfy.cli_args.args.base_directory = str(base_directory)
         log.info("ComfyUI from %s", host)
-    import comfy.model_management  # noqa: F401  (reads the device flags once, now)
+    import comfy.model_management
 
     return host
 
 
-_loaded: Optional[Pack] = None
+_loaded: Pack | None = None
 
 
 def load_pack() -> Pack:
@@ -85,7 +86,8 @@ def load_pack() -> Pack:
         if not asyncio.run(nodes.load_custom_node(root)):
             raise FlexIPError(
                 f"ComfyUI could not import the pack at {root}: the traceback is in the log above; "
-                "reinstall the pack's requirements (pip install -r requirements.txt).")
+                "reinstall the pack's requirements (pip install -r requirements.txt)."
+            )
         init = str(PACK_ROOT / "__init__.py")  # found by file: the module name is the loader's choice
         _loaded = Pack(next(m for m in list(sys.modules.values()) if getattr(m, "__file__", None) == init))
     return _loaded

@@ -46,8 +46,9 @@ def setup(device: str, timeout_minutes: int) -> Topology:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "cuda" and not torch.cuda.is_available():
-        raise FlexIPError("device is 'cuda' but PyTorch sees no CUDA GPU: install a CUDA build of "
-                          "PyTorch or set device = 'cpu'.")
+        raise FlexIPError(
+            "device is 'cuda' but PyTorch sees no CUDA GPU: install a CUDA build of PyTorch or set device = 'cpu'."
+        )
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
         torch.cuda.set_device(local_rank)  # before ComfyUI is imported: it uses the current device
@@ -55,8 +56,11 @@ def setup(device: str, timeout_minutes: int) -> Topology:
     else:
         target = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timedelta(minutes=timeout_minutes),
-                                **({"device_id": target} if use_cuda else {}))
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo",
+            timeout=timedelta(minutes=timeout_minutes),
+            **({"device_id": target} if use_cuda else {}),
+        )
     return Topology(rank, local_rank, world_size, target)
 
 

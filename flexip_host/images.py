@@ -15,9 +15,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from flexip_model.errors import FlexIPError
 
 
-def decode_image(data: bytes, where: str, mask: bool = False,
-                 fix: str = "re-save it as PNG or JPEG and pack again, or run --check-data to list every bad line"
-                 ) -> torch.Tensor:
+def decode_image(
+    data: bytes,
+    where: str,
+    mask: bool = False,
+    fix: str = "re-save it as PNG or JPEG and pack again, or run --check-data to list every bad line",
+) -> torch.Tensor:
     """[H, W, 3] RGB (or [H, W] for a mask) float in [0, 1] from encoded bytes; FlexIPError naming `where`
     and how to `fix` it."""
     try:
@@ -41,7 +44,7 @@ def fit_square(image: torch.Tensor, size: int) -> torch.Tensor:
     """Resize the short side to `size` and center-crop: [H, W, C] -> [size, size, C]."""
     resized_height, resized_width, top, left = square_crop(image.shape[0], image.shape[1], size)
     resized = resize_image(image, (resized_height, resized_width))
-    return resized[top:top + size, left:left + size]
+    return resized[top : top + size, left : left + size]
 
 
 def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -10,9 +10,10 @@ imported for the type checker only (run from the repository root, where `nodes` 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -97,8 +98,9 @@ class Pack:
 
     # The model patch (nodes/patch.py), as the trainer installs it.
 
-    def call_subjects_patch(self, flexip: LoadedFlexIP, layers: tuple[LayerSpec, ...],
-                            inputs_key: str) -> CallSubjectsPatch:
+    def call_subjects_patch(
+        self, flexip: LoadedFlexIP, layers: tuple[LayerSpec, ...], inputs_key: str
+    ) -> CallSubjectsPatch:
         """The patch that reads each model call's subjects from transformer_options[`inputs_key`]."""
         return self.package.nodes.patch.CallSubjectsPatch(flexip, layers, inputs_key)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from flexip_model.errors import FlexIPError
 
@@ -18,8 +17,8 @@ class ModelConfig:
     """The frozen base: a ComfyUI checkpoint and the two image encoders (files from models/)."""
 
     checkpoint: Path
-    clip_vision: Optional[Path] = None
-    dino: Optional[Path] = None
+    clip_vision: Path | None = None
+    dino: Path | None = None
     # "module:function" returning the ComfyUI object instead of loading a file (tests, custom builds)
     unet_factory: str = ""
     clip_vision_factory: str = ""

@@ -9,8 +9,9 @@ Nothing here reads a tensor value on the host: gates may change per step and per
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -46,8 +47,8 @@ def sdpa_attention(
     k: Tensor,
     v: Tensor,
     heads: int,
-    mask: Optional[Tensor] = None,
-    attn_precision: Optional[torch.dtype] = None,
+    mask: Tensor | None = None,
+    attn_precision: torch.dtype | None = None,
     skip_reshape: bool = False,
     skip_output_reshape: bool = False,
     **kwargs: object,
@@ -95,9 +96,9 @@ class JointKV:
 class LayerKV:
     """What one layer needs from the adapter; a branch is None when its tokens are absent."""
 
-    preservation: Optional[BranchKV]
-    personalization: Optional[BranchKV]
-    joint: Optional[JointKV] = None  # token mode cache; `join_branches` fills it
+    preservation: BranchKV | None
+    personalization: BranchKV | None
+    joint: JointKV | None = None  # token mode cache; `join_branches` fills it
 
 
 def join_branches(kv: LayerKV) -> LayerKV:
@@ -142,8 +143,8 @@ def adapter_attention(
     gate: Weight,
     gate_mode: str,
     attention: AttentionFn = sdpa_attention,
-    attn_precision: Optional[torch.dtype] = None,
-) -> Optional[Tensor]:
+    attn_precision: torch.dtype | None = None,
+) -> Tensor | None:
     """The adapter term of one layer, without the text term: [B, H, N, dh], or None if nothing is live.
 
     `q_heads` is [B, H, N, dh]; `strength` (s) and `gate` (γ) are floats or tensors of shape [],
@@ -159,9 +160,17 @@ def adapter_attention(
         return None
     heads = q_heads.shape[1]
 
-    def attend(key: Tensor, value: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        return attention(q_heads, key, value, heads, mask=mask, attn_precision=attn_precision,
-                         skip_reshape=True, skip_output_reshape=True)
+    def attend(key: Tensor, value: Tensor, mask: Tensor | None = None) -> Tensor:
+        return attention(
+            q_heads,
+            key,
+            value,
+            heads,
+            mask=mask,
+            attn_precision=attn_precision,
+            skip_reshape=True,
+            skip_output_reshape=True,
+        )
 
     if gate_mode == OUTPUT_MODE:
         if pers is None:
@@ -208,9 +217,9 @@ def gated_attention(
     strength: Weight,
     gate: Weight,
     gate_mode: str = OUTPUT_MODE,
-    mask: Optional[Tensor] = None,
+    mask: Tensor | None = None,
     attention: AttentionFn = sdpa_attention,
-    attn_precision: Optional[torch.dtype] = None,
+    attn_precision: torch.dtype | None = None,
 ) -> Tensor:
     """The full layer Z: the text term plus the adapter term, [B, N, inner].
 

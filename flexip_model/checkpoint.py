@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 import torch
 from safetensors import safe_open
@@ -114,7 +114,7 @@ def save(path: PathLike, adapter: FlexIPAdapter) -> None:
 
 
 def load(
-    path: PathLike, device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = None
+    path: PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> FlexIPAdapter:
     """Validate, then load the adapter onto `device` (optionally cast to `dtype`), in eval mode."""
     config = validate(path)
@@ -125,8 +125,13 @@ def load(
     with torch.device("meta"):
         adapter = FlexIPAdapter.from_config(config)
     adapter.load_state_dict(tensors, strict=True, assign=True)
-    logger.info("loaded FlexIP %s: %s, %d layers, gate_mode %s", Path(path).name, config.base, len(config.layers),
-                config.gate_mode)
+    logger.info(
+        "loaded FlexIP %s: %s, %d layers, gate_mode %s",
+        Path(path).name,
+        config.base,
+        len(config.layers),
+        config.gate_mode,
+    )
     return adapter.eval()
 
 
@@ -134,11 +139,11 @@ _ATTN2_PREFIXES = ("model.diffusion_model.", "")  # full checkpoint, or a UNet-o
 _TO_K = ".to_k.weight"
 
 
-def _attn2_layer(name: str) -> Optional[tuple[str, str, int, int]]:
+def _attn2_layer(name: str) -> tuple[str, str, int, int] | None:
     """'...input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight' -> (stem, 'input', 1, 0); None otherwise."""
     stem = name[: -len(_TO_K)] if name.endswith(_TO_K) else ""
     for prefix in _ATTN2_PREFIXES:
-        layer = attn2_layer(stem[len(prefix):]) if stem.startswith(prefix) else None
+        layer = attn2_layer(stem[len(prefix) :]) if stem.startswith(prefix) else None
         if layer is not None:
             return (stem, *layer)
     return None
@@ -168,6 +173,7 @@ def read_unet_cross_attention(path: PathLike) -> dict[str, tuple[torch.Tensor, t
     with safe_open(str(path), framework="pt") as handle:
         for stem, block, block_id, index in found:
             weights[layer_key(block, block_id, index)] = (
-                handle.get_tensor(f"{stem}.to_k.weight"), handle.get_tensor(f"{stem}.to_v.weight")
+                handle.get_tensor(f"{stem}.to_k.weight"),
+                handle.get_tensor(f"{stem}.to_v.weight"),
             )
     return weights

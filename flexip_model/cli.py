@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -21,8 +21,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     init = commands.add_parser("init", help="write a valid random-init FlexIP checkpoint")
     init.add_argument("--base", choices=BASES, required=True)
-    init.add_argument("--layers-from", metavar="CHECKPOINT.safetensors",
-                      help="take the layer list and the K/V init from this SD checkpoint's attn2 weights")
+    init.add_argument(
+        "--layers-from",
+        metavar="CHECKPOINT.safetensors",
+        help="take the layer list and the K/V init from this SD checkpoint's attn2 weights",
+    )
     init.add_argument("--tiny", action="store_true", help="small widths and depths (tests, demos)")
     init.add_argument("--gate-mode", choices=GATE_MODES, default=OUTPUT_MODE)
     init.add_argument("--seed", type=int, default=0)
@@ -63,8 +66,10 @@ def _init(args: argparse.Namespace) -> int:
     if base_weights is not None:
         adapter.layers.init_from_base({key: (k.float(), v.float()) for key, (k, v) in base_weights.items()})
     checkpoint.save(args.out, adapter)
-    print(f"wrote {args.out}: {config.base} FlexIP adapter, {len(config.layers)} layers, "
-          f"{parameter_counts(config)['total']:,} parameters")
+    print(
+        f"wrote {args.out}: {config.base} FlexIP adapter, {len(config.layers)} layers, "
+        f"{parameter_counts(config)['total']:,} parameters"
+    )
     return 0
 
 
@@ -94,7 +99,7 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (1 with a one-sentence message for a FlexIPError)."""
     args = _parser().parse_args(argv)
     try:

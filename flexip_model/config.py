@@ -11,8 +11,17 @@ from .errors import FlexIPError, shown
 from .mapping import Rules, Source, dataclass_from_mapping
 from .safetensors_header import parse_bounded_json
 from .vocabulary import (
-    BASES, GATE_MODES, INPUT_BLOCK, MIDDLE_BLOCK, OUTPUT_BLOCK, OUTPUT_MODE, check_base, context_dim_for,
-    is_layer_key, layer_key, parse_layer_key,
+    BASES,
+    GATE_MODES,
+    INPUT_BLOCK,
+    MIDDLE_BLOCK,
+    OUTPUT_BLOCK,
+    OUTPUT_MODE,
+    check_base,
+    context_dim_for,
+    is_layer_key,
+    layer_key,
+    parse_layer_key,
 )
 
 FORMAT_VERSION = 1
@@ -21,37 +30,39 @@ FORMAT_VERSION = 1
 # range accepted, checked before anything is allocated or run: a value outside is a damaged or
 # hostile file, never a real model. Low ends are 1 (tiny test models are real files too); high
 # ends are several times the largest real model, so the work a file can ask for stays bounded.
-SIZE_BOUNDS = MappingProxyType({
-    # widths: SD1.5 768, SDXL 2048, CLIP-L/H/bigG 768/1024/1280, DINOv2-L/g 1024/1536
-    "context_dim": (1, 8192),
-    "clip_embed_dim": (1, 8192),
-    "dino_dim": (1, 8192),
-    "preservation_width": (1, 8192),
-    "inner_dim": (1, 8192),  # a UNet layer's attention width; SDXL's widest is 1280
-    "feature_dim": (1, 8192),  # IP-Adapter: the CLIP output it reads (1024..1664)
-    "resampler_width": (1, 8192),  # IP-Adapter plus: 768 (SD1.5), 1280 (SDXL)
-    # DINOv2 input side in px: 224 by default, 518 native; 1036 px is 74 patches a side
-    "dino_resolution": (14, 1036),
-    # heads: 8..32 in real models
-    "preservation_heads": (1, 128),
-    "personalization_heads": (1, 128),
-    "heads": (1, 128),
-    "resampler_heads": (1, 128),
-    # token counts: 4..16 in real files
-    "num_queries": (1, 1024),
-    "cls_tokens": (1, 256),
-    "personalization_kv_tokens": (1, 256),
-    "tokens": (1, 1024),  # IP-Adapter image tokens (4, or 16 for plus)
-    # depths: 2..4 in real models; each block is a loop step at every run
-    "query_depth": (1, 64),
-    "cls_depth": (1, 64),
-    "personalization_depth": (1, 64),
-    "resampler_depth": (1, 64),
-    "ffn_mult": (1, 16),  # 4 everywhere
-    "resampler_ff_mult": (1, 16),
-    # UNet cross-attention layers: SD1.5 16, SDXL 70
-    "layers": (1, 1024),
-})
+SIZE_BOUNDS = MappingProxyType(
+    {
+        # widths: SD1.5 768, SDXL 2048, CLIP-L/H/bigG 768/1024/1280, DINOv2-L/g 1024/1536
+        "context_dim": (1, 8192),
+        "clip_embed_dim": (1, 8192),
+        "dino_dim": (1, 8192),
+        "preservation_width": (1, 8192),
+        "inner_dim": (1, 8192),  # a UNet layer's attention width; SDXL's widest is 1280
+        "feature_dim": (1, 8192),  # IP-Adapter: the CLIP output it reads (1024..1664)
+        "resampler_width": (1, 8192),  # IP-Adapter plus: 768 (SD1.5), 1280 (SDXL)
+        # DINOv2 input side in px: 224 by default, 518 native; 1036 px is 74 patches a side
+        "dino_resolution": (14, 1036),
+        # heads: 8..32 in real models
+        "preservation_heads": (1, 128),
+        "personalization_heads": (1, 128),
+        "heads": (1, 128),
+        "resampler_heads": (1, 128),
+        # token counts: 4..16 in real files
+        "num_queries": (1, 1024),
+        "cls_tokens": (1, 256),
+        "personalization_kv_tokens": (1, 256),
+        "tokens": (1, 1024),  # IP-Adapter image tokens (4, or 16 for plus)
+        # depths: 2..4 in real models; each block is a loop step at every run
+        "query_depth": (1, 64),
+        "cls_depth": (1, 64),
+        "personalization_depth": (1, 64),
+        "resampler_depth": (1, 64),
+        "ffn_mult": (1, 16),  # 4 everywhere
+        "resampler_ff_mult": (1, 16),
+        # UNet cross-attention layers: SD1.5 16, SDXL 70
+        "layers": (1, 1024),
+    }
+)
 # the config JSON: ~60 bytes per layer, depth 3 ({... "layers": [{...}]})
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_CONFIG_DEPTH = 4
@@ -97,10 +108,12 @@ class _UNetShape:
         return self.num_heads if self.num_heads > 0 else channels // self.head_channels
 
 
-_UNETS = MappingProxyType({  # one per vocabulary.BASES
-    "sd15": _UNetShape(320, (1, 2, 4, 4), 2, (1, 1, 1, 0), 1, num_heads=8),
-    "sdxl": _UNetShape(320, (1, 2, 4), 2, (0, 2, 10), 10, head_channels=64),
-})
+_UNETS = MappingProxyType(
+    {  # one per vocabulary.BASES
+        "sd15": _UNetShape(320, (1, 2, 4, 4), 2, (1, 1, 1, 0), 1, num_heads=8),
+        "sdxl": _UNetShape(320, (1, 2, 4), 2, (0, 2, 10), 10, head_channels=64),
+    }
+)
 
 
 def default_layers(base: str) -> tuple[LayerSpec, ...]:
@@ -226,8 +239,9 @@ class FlexIPConfig(LayerLookup):
     @classmethod
     def from_json(cls, text: str, source: str) -> FlexIPConfig:
         """Parse and validate a config; every error names `source` (usually the file name)."""
-        data = parse_bounded_json(text, f"{source}'s FlexIP config", MAX_CONFIG_BYTES, MAX_CONFIG_BYTES,
-                                  MAX_CONFIG_DEPTH)
+        data = parse_bounded_json(
+            text, f"{source}'s FlexIP config", MAX_CONFIG_BYTES, MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH
+        )
         if not isinstance(data, dict):
             raise FlexIPError(f"{source} has a FlexIP config that is not a JSON object: re-export the file.")
         version = data.get("format_version")
@@ -251,10 +265,19 @@ def _bounded(label: str, key: str, value: object) -> None:
         check_size(label, key, value)
 
 
-_TINY = MappingProxyType(dict(
-    preservation_width=64, preservation_heads=2, num_queries=4, query_depth=1, cls_tokens=2, cls_depth=1,
-    personalization_kv_tokens=2, personalization_depth=1, personalization_heads=2,
-))
+_TINY = MappingProxyType(
+    dict(
+        preservation_width=64,
+        preservation_heads=2,
+        num_queries=4,
+        query_depth=1,
+        cls_tokens=2,
+        cls_depth=1,
+        personalization_kv_tokens=2,
+        personalization_depth=1,
+        personalization_heads=2,
+    )
+)
 
 
 def config_for(base: str, layers: tuple[LayerSpec, ...] | None = None, tiny: bool = False) -> FlexIPConfig:

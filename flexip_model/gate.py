@@ -10,8 +10,9 @@ tensor value on the host.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -29,7 +30,7 @@ class LiveGates(Protocol):
 
     per_step: bool  # True when γ depends on this step's progress
 
-    def at(self, progress: Optional[Tensor], chunks: int, batch: int, like: Tensor) -> Sequence[Tensor]:
+    def at(self, progress: Tensor | None, chunks: int, batch: int, like: Tensor) -> Sequence[Tensor]:
         """γ per layer (index = layer) for a call of `batch` rows in `chunks` cond/uncond chunks.
 
         Each γ is [] (the same for every row) or [batch].
@@ -68,16 +69,22 @@ class GatePlan:
     it is `live.at(...)[i]`. Outside [start_at, end_at] the strength is 0.
     """
 
-    constants: tuple[Optional[float], ...]
-    live: Optional[LiveGates]
+    constants: tuple[float | None, ...]
+    live: LiveGates | None
     start_at: float
     end_at: float
     sigma_grid: Tensor  # [G] the model's sigma at progress_grid; only read when needs_progress
     progress_grid: Tensor
 
     @classmethod
-    def build(cls, constants: tuple[Optional[float], ...], live: Optional[LiveGates], start_at: float,
-              end_at: float, sigma_at: Callable[[float], float]) -> GatePlan:
+    def build(
+        cls,
+        constants: tuple[float | None, ...],
+        live: LiveGates | None,
+        start_at: float,
+        end_at: float,
+        sigma_at: Callable[[float], float],
+    ) -> GatePlan:
         """A plan; the sigma grid is only computed when a call will need its progress."""
         progress = torch.linspace(0.0, 1.0, PROGRESS_POINTS)
         plan = cls(constants, live, start_at, end_at, torch.zeros_like(progress), progress)
@@ -94,11 +101,16 @@ class GatePlan:
         return self.windowed or (self.live is not None and self.live.per_step)
 
     def to(self, device: torch.device) -> GatePlan:
-        return replace(self, live=None if self.live is None else self.live.to(device),
-                       sigma_grid=self.sigma_grid.to(device), progress_grid=self.progress_grid.to(device))
+        return replace(
+            self,
+            live=None if self.live is None else self.live.to(device),
+            sigma_grid=self.sigma_grid.to(device),
+            progress_grid=self.progress_grid.to(device),
+        )
 
-    def call_gates(self, sigmas: Optional[Tensor], chunks: int, batch: int, strength: float,
-                   like: Tensor) -> tuple[tuple[Weight, ...], Weight]:
+    def call_gates(
+        self, sigmas: Tensor | None, chunks: int, batch: int, strength: float, like: Tensor
+    ) -> tuple[tuple[Weight, ...], Weight]:
         """(γ per layer, s) for one model call of `batch` rows; `sigmas` are the call's (read only if needed).
 
         Each γ is a float, a [] or a [batch] tensor; s is `strength`, or a [] tensor in `like`'s

@@ -7,8 +7,8 @@ The schedule is built and checked on the host once; its table is read per step w
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -199,6 +199,4 @@ def static_gate_range(schedule: GateSchedule, layers: Sequence[LayerSpec]) -> di
     min == 1 means the personalization branch is dead for the whole run, max == 0 the preservation one.
     """
     per_layer = _layer_keyframes(schedule, layers)
-    return {
-        spec.key: (min(g for _, g in frames), max(g for _, g in frames)) for spec, frames in zip(layers, per_layer)
-    }
+    return {spec.key: (min(g for _, g in frames), max(g for _, g in frames)) for spec, frames in zip(layers, per_layer)}

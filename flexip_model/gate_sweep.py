@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -54,7 +54,8 @@ class ItemGammas:
         if items * chunks != batch:
             raise FlexIPError(
                 f"FlexIPGateSweep has {items} gate values but the latent batch has {batch // chunks} "
-                f"images: connect the sweep's latent output to the sampler (or use a batch of {items}).")
+                f"images: connect the sweep's latent output to the sampler (or use a batch of {items})."
+            )
         return (self.values.to(device=like.device, dtype=like.dtype).repeat(chunks),) * self.layers
 
 
@@ -67,7 +68,9 @@ def parse_gammas(text: str, source: str) -> tuple[float, ...]:
         except ValueError:
             gamma = math.nan
         if not 0.0 <= gamma <= 1.0:  # also false for nan
-            raise FlexIPError(f"{source} has {shown(item)}, which is not a γ in [0, 1]: write e.g. '0, 0.25, 0.5, 0.75, 1'.")
+            raise FlexIPError(
+                f"{source} has {shown(item)}, which is not a γ in [0, 1]: write e.g. '0, 0.25, 0.5, 0.75, 1'."
+            )
         gammas.append(gamma)
     if not gammas:
         raise FlexIPError(f"{source} is empty: write at least one γ, e.g. '0, 0.5, 1'.")
@@ -79,7 +82,8 @@ def range_gammas(start: float, stop: float, count: int, source: str) -> tuple[fl
     if not (0.0 <= start <= 1.0 and 0.0 <= stop <= 1.0 and 1 <= count <= MAX_SWEEP_GAMMAS):
         raise FlexIPError(
             f"{source} {start}..{stop} x {count} is invalid: start and stop lie in [0, 1], "
-            f"count in 1..{MAX_SWEEP_GAMMAS}.")
+            f"count in 1..{MAX_SWEEP_GAMMAS}."
+        )
     if count == 1:
         return (float(start),)
     step = (stop - start) / (count - 1)

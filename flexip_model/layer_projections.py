@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -30,12 +30,14 @@ class LayerProjections(nn.ModuleDict):
     """Keyed by layer key; state-dict names `<key>.{pres,pers}.{to_k,to_v}.weight` (or `<key>.joint...`)."""
 
     def __init__(self, config: FlexIPConfig) -> None:
-        super().__init__({
-            spec.key: nn.ModuleDict({
-                name: KVProjection(config.context_dim, spec.inner_dim) for name in _branch_names(config.gate_mode)
-            })
-            for spec in config.layers
-        })
+        super().__init__(
+            {
+                spec.key: nn.ModuleDict(
+                    {name: KVProjection(config.context_dim, spec.inner_dim) for name in _branch_names(config.gate_mode)}
+                )
+                for spec in config.layers
+            }
+        )
 
     @torch.no_grad()
     def init_from_base(self, base: Mapping[str, tuple[Tensor, Tensor]]) -> None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, TypeVar
+from typing import Any, TypeVar
 
 from .errors import FlexIPError, shown
 
@@ -43,12 +44,13 @@ class Rules:
     """How one kind of mapping is read."""
 
     require_all: bool = False  # every field present, defaults or not (a file that lacks one is damaged)
-    path: Optional[Callable[[str], Path]] = None  # turns a string into a Path (relative to the file)
-    check: Optional[Callable[[str, str, Any], None]] = None  # check(label, key, value) after each conversion
+    path: Callable[[str], Path] | None = None  # turns a string into a Path (relative to the file)
+    check: Callable[[str, str, Any], None] | None = None  # check(label, key, value) after each conversion
 
 
-def dataclass_from_mapping(cls: type[T], data: object, source: Source, rules: Rules = Rules(),
-                           given: Optional[Mapping[str, Any]] = None) -> T:
+def dataclass_from_mapping(
+    cls: type[T], data: object, source: Source, rules: Rules = Rules(), given: Mapping[str, Any] | None = None
+) -> T:
     """Instantiate dataclass `cls` from `data`; tuples are lists, nested dataclasses nested mappings.
 
     `given` are fields the caller supplies (never read from `data`). Optional[X] reads "" as None.
@@ -66,7 +68,9 @@ def dataclass_from_mapping(cls: type[T], data: object, source: Source, rules: Ru
             optional = field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
             if rules.require_all or not optional:
                 table = dataclasses.is_dataclass(hints[name])
-                raise source.error(f"lacks the [{source.child(name).table}] table" if table else f"lacks the key {name!r}")
+                raise source.error(
+                    f"lacks the [{source.child(name).table}] table" if table else f"lacks the key {name!r}"
+                )
             continue
         values[name] = _typed(hints[name], data[name], source, name, rules)
         if rules.check is not None:
@@ -79,13 +83,15 @@ def _typed(hint: Any, value: Any, source: Source, name: str, rules: Rules) -> An
         return dataclass_from_mapping(hint, value, source.child(name), rules)
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):  # Optional[X]: "" (or an absent key) means None
-        inner = [arg for arg in typing.get_args(hint) if arg is not type(None)][0]
+        inner = next(arg for arg in typing.get_args(hint) if arg is not type(None))
         return None if value == "" else _typed(inner, value, source, name, rules)
     if origin is tuple:
         return _tuple(hint, value, source, name, rules)
     if hint is Path and rules.path is not None:
         if not isinstance(value, str) or not value:
-            raise source.error(f"{name} is {shown(value)}, expected a path in quotes (relative to the file or absolute)")
+            raise source.error(
+                f"{name} is {shown(value)}, expected a path in quotes (relative to the file or absolute)"
+            )
         return rules.path(value)
     if hint not in _KINDS:
         raise TypeError(f"unsupported config type {hint!r}")  # a programming error, not a user's
@@ -106,6 +112,8 @@ def _tuple(hint: Any, value: Any, source: Source, name: str, rules: Rules) -> tu
     if dataclasses.is_dataclass(args[0]):
         if rules.check is not None:  # the count is bounded before any item is read
             rules.check(source.label, name, value)
-        return tuple(dataclass_from_mapping(args[0], item, source.child(f"{name}.{index}"), rules)
-                     for index, item in enumerate(value))
+        return tuple(
+            dataclass_from_mapping(args[0], item, source.child(f"{name}.{index}"), rules)
+            for index, item in enumerate(value)
+        )
     return tuple(_typed(args[0], item, source, name, rules) for item in value)

@@ -30,8 +30,21 @@ MAX_JSON_DEPTH = 8
 MAX_TENSORS = 65_536
 MAX_RANK = 8  # conv weights are rank 4; nothing in these files is above 5
 ITEM_SIZES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
 }
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 _CHUNK = 1 << 22
@@ -63,7 +76,7 @@ def _check_structure(text: bytes, what: str, max_structure: int, max_depth: int)
     plain = numpy.frombuffer(text.replace(b"\\\\", b"__").replace(b'\\"', b"__"), dtype=numpy.uint8)
     structure, level, quotes = 0, 0, 0
     for start in range(0, len(plain), _CHUNK):
-        chunk = plain[start:start + _CHUNK]
+        chunk = plain[start : start + _CHUNK]
         quote = chunk == ord('"')
         counted = numpy.cumsum(quote, dtype=numpy.int64) + quotes
         outside = ((counted & 1) == 0) & ~quote
@@ -75,7 +88,8 @@ def _check_structure(text: bytes, what: str, max_structure: int, max_depth: int)
         if structure > max_structure:
             raise FlexIPError(
                 f"{what} holds over {max_structure:,} bytes of JSON structure (brackets, numbers) outside "
-                "strings: re-export the file.")
+                "strings: re-export the file."
+            )
         if int(levels.max()) > max_depth:
             raise FlexIPError(f"{what} nests JSON deeper than {max_depth} levels: re-export the file.")
 
@@ -100,20 +114,30 @@ def _entry(name: str, entry: object, data_bytes: int, file: str) -> TensorInfo:
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if not isinstance(dtype, str) or dtype not in ITEM_SIZES:
         raise FlexIPError(f"{where} has unknown dtype {str(dtype)[:20]!r}: download or export it again.")
-    if (not isinstance(shape, list) or len(shape) > MAX_RANK
-            or not all(type(size) is int and 0 <= size <= data_bytes for size in shape)):
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_RANK
+        or not all(type(size) is int and 0 <= size <= data_bytes for size in shape)
+    ):
         raise FlexIPError(
             f"{where} has shape {str(shape)[:80]}, not a list of at most {MAX_RANK} sizes that fit the file: "
-            "download or export it again.")
-    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(x) is int for x in offsets)
-            or not 0 <= offsets[0] <= offsets[1] <= data_bytes):
+            "download or export it again."
+        )
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(type(x) is int for x in offsets)
+        or not 0 <= offsets[0] <= offsets[1] <= data_bytes
+    ):
         raise FlexIPError(
             f"{where} has data_offsets {str(offsets)[:80]} outside the file's {data_bytes:,} data bytes: "
-            "the file is truncated or damaged, download or export it again.")
+            "the file is truncated or damaged, download or export it again."
+        )
     if math.prod(shape) * ITEM_SIZES[dtype] != offsets[1] - offsets[0]:
         raise FlexIPError(
             f"{where} has {offsets[1] - offsets[0]:,} bytes for shape {shape} of {dtype}: "
-            "the file is damaged, download or export it again.")
+            "the file is damaged, download or export it again."
+        )
     return TensorInfo(tuple(shape), dtype)
 
 
@@ -130,12 +154,14 @@ def read_header(path: Path) -> Header:
                 raise FlexIPError(
                     f"{path.name} is truncated or not a safetensors file (its header length field says "
                     f"{length:,} bytes, the file has {size:,}, at most {MAX_HEADER_BYTES:,} accepted): "
-                    "download or export it again.")
+                    "download or export it again."
+                )
             raw = handle.read(length)
     except OSError as error:
         raise FlexIPError(f"{path.name} cannot be read ({error.strerror}): check the file's permissions.") from None
-    data = parse_bounded_json(raw, f"{path.name}'s safetensors header", MAX_HEADER_BYTES, MAX_STRUCTURE_BYTES,
-                              MAX_JSON_DEPTH)
+    data = parse_bounded_json(
+        raw, f"{path.name}'s safetensors header", MAX_HEADER_BYTES, MAX_STRUCTURE_BYTES, MAX_JSON_DEPTH
+    )
     if not isinstance(data, dict):
         raise FlexIPError(f"{path.name} has a safetensors header that is not a JSON object: download it again.")
     metadata = data.pop("__metadata__", None) or {}
@@ -144,7 +170,8 @@ def read_header(path: Path) -> Header:
     if len(data) > MAX_TENSORS:
         raise FlexIPError(
             f"{path.name} lists {len(data):,} tensors, over the {MAX_TENSORS:,} accepted: it is not a model file "
-            "this pack reads.")
+            "this pack reads."
+        )
     data_bytes = size - 8 - length
     tensors = {name: _entry(name, entry, data_bytes, path.name) for name, entry in data.items()}
     return Header(metadata, tensors)
@@ -168,4 +195,5 @@ def check_finite(tensors: dict[str, torch.Tensor], file: str) -> None:
     if bool(bad.any()):
         name = names[int(bad.nonzero()[0, 0])]
         raise FlexIPError(
-            f"{file} has NaN or infinite values in {name}: the weights are broken, use another copy or checkpoint.")
+            f"{file} has NaN or infinite values in {name}: the weights are broken, use another copy or checkpoint."
+        )

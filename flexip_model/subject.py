@@ -7,8 +7,9 @@ the adapter declares, let it encode the subject once, and ask it for each run's 
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Optional, Protocol, Self, Sequence, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +26,7 @@ class FeatureNeed:
 
     feature: str  # IMAGE_EMBEDS or HIDDEN_STATES (CLIP vision), DINO_FEATURES (DINOv2): see vocabulary.py
     width: int
-    file: Optional[str] = None  # the file that needs it, when not the adapter as a whole (a pair's branch)
+    file: str | None = None  # the file that needs it, when not the adapter as a whole (a pair's branch)
     hint: str = ""  # appended to the fix of a width mismatch, e.g. another version of that file
 
 
@@ -39,8 +40,8 @@ class ImageFeatures:
     """
 
     needs: tuple[FeatureNeed, ...]
-    uncond: Optional[str]
-    dino_resolution: Optional[int] = None  # DINOv2 input size in px, when a need is dino_features
+    uncond: str | None
+    dino_resolution: int | None = None  # DINOv2 input size in px, when a need is dino_features
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -131,12 +132,14 @@ class SubjectAdapter(Protocol):
     def reference_tokens(self, features: Mapping[str, Tensor]) -> SubjectTokens:
         """The tokens of each image's features ([B, ...] each, `image_features.names`), one row per image."""
 
-    def encode_subject(self, references: Mapping[str, Tensor], uncond: Mapping[str, Tensor],
-                       batch_mode: str) -> SubjectTokens:
+    def encode_subject(
+        self, references: Mapping[str, Tensor], uncond: Mapping[str, Tensor], batch_mode: str
+    ) -> SubjectTokens:
         """N references' features [N, ...] and the uncond input's [1, ...] -> the subject's two rows."""
 
-    def run_kv(self, subject: SubjectTokens, context: Tensor, pick: Tensor,
-               layers: Sequence[str]) -> tuple[LayerKV, ...]:
+    def run_kv(
+        self, subject: SubjectTokens, context: Tensor, pick: Tensor, layers: Sequence[str]
+    ) -> tuple[LayerKV, ...]:
         """Head-split K/V of `layers` for a batch whose item i reads subject row pick[i] ([B]).
 
         `context` [B, L, d] is the text context of the same batch (FlexIP makes its personalization

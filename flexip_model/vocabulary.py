@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from types import MappingProxyType
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +34,8 @@ _KEY_PATTERN = re.compile(rf"^({'|'.join(BLOCKS)})_(\d{{1,6}})_(\d{{1,6}})$")
 # attn2 of a transformer block in ComfyUI's (LDM) UNet, e.g. "output_blocks.3.1.transformer_blocks.0.attn2";
 # the middle block has no id (it is 0 in the key)
 _ATTN2_PATTERN = re.compile(
-    r"^(?:(input|output)_blocks\.(\d{1,6})|(middle)_block)\.\d{1,6}\.transformer_blocks\.(\d{1,6})\.attn2$")
+    r"^(?:(input|output)_blocks\.(\d{1,6})|(middle)_block)\.\d{1,6}\.transformer_blocks\.(\d{1,6})\.attn2$"
+)
 
 
 def layer_key(block: str, block_id: int, index: int) -> str:
@@ -58,7 +58,7 @@ def parse_layer_key(key: str) -> tuple[str, int, int]:
     return match.group(1), int(match.group(2)), int(match.group(3))
 
 
-def attn2_layer(module_name: str) -> Optional[tuple[str, int, int]]:
+def attn2_layer(module_name: str) -> tuple[str, int, int] | None:
     """'input_blocks.1.1.transformer_blocks.0.attn2' -> ("input", 1, 0); None for any other module name."""
     match = _ATTN2_PATTERN.match(module_name)
     if match is None:
@@ -79,12 +79,12 @@ _FAMILIES = MappingProxyType({768: ("sd15", "SD1.5"), 2048: ("sdxl", "SDXL")})
 BASES = tuple(base for base, _ in _FAMILIES.values())
 
 
-def base_of(context_dim: Optional[int]) -> str:
+def base_of(context_dim: int | None) -> str:
     """'sd15', 'sdxl', or '' for a UNet of another context width."""
     return _FAMILIES[context_dim][0] if context_dim in _FAMILIES else ""
 
 
-def family_name(context_dim: Optional[int]) -> str:
+def family_name(context_dim: int | None) -> str:
     """'SD1.5', 'SDXL', or 'context <d>' for other UNets."""
     return _FAMILIES[context_dim][1] if context_dim in _FAMILIES else f"context {context_dim}"
 
@@ -103,15 +103,23 @@ def context_dim_for(base: str) -> int:
 
 # image encoders by what the adapters read from them and its width
 CLIP_L, CLIP_H, CLIP_BIGG = "CLIP ViT-L/14", "CLIP ViT-H/14", "CLIP ViT-bigG/14"
-_ENCODERS = MappingProxyType({
-    (IMAGE_EMBEDS, 768): CLIP_L, (IMAGE_EMBEDS, 1024): CLIP_H, (IMAGE_EMBEDS, 1280): CLIP_BIGG,
-    (HIDDEN_STATES, 1024): CLIP_L, (HIDDEN_STATES, 1280): CLIP_H, (HIDDEN_STATES, 1664): CLIP_BIGG,
-    (DINO_FEATURES, 1024): "DINOv2-L", (DINO_FEATURES, 1536): "DINOv2-g",
-})
+_ENCODERS = MappingProxyType(
+    {
+        (IMAGE_EMBEDS, 768): CLIP_L,
+        (IMAGE_EMBEDS, 1024): CLIP_H,
+        (IMAGE_EMBEDS, 1280): CLIP_BIGG,
+        (HIDDEN_STATES, 1024): CLIP_L,
+        (HIDDEN_STATES, 1280): CLIP_H,
+        (HIDDEN_STATES, 1664): CLIP_BIGG,
+        (DINO_FEATURES, 1024): "DINOv2-L",
+        (DINO_FEATURES, 1536): "DINOv2-g",
+    }
+)
 # the CLIPs that FlexIP and IP-Adapter files condition on; ViT-L/14 is only named, to say what a wrong input is
 CONDITIONING_CLIPS = (CLIP_H, CLIP_BIGG)
-_FEATURE_WORDS = MappingProxyType({IMAGE_EMBEDS: "image embeddings", HIDDEN_STATES: "hidden states",
-                                   DINO_FEATURES: "features"})
+_FEATURE_WORDS = MappingProxyType(
+    {IMAGE_EMBEDS: "image embeddings", HIDDEN_STATES: "hidden states", DINO_FEATURES: "features"}
+)
 
 
 def feature_words(feature: str) -> str:
@@ -130,7 +138,7 @@ def mask_batch(mask: torch.Tensor) -> torch.Tensor:
     return (mask.unsqueeze(0) if mask.ndim == 2 else mask).float()
 
 
-def image_masks(mask: Optional[torch.Tensor], count: int, size: tuple[int, int], where: str) -> Optional[torch.Tensor]:
+def image_masks(mask: torch.Tensor | None, count: int, size: tuple[int, int], where: str) -> torch.Tensor | None:
     """MASK [H, W] or [1 or count, H, W] -> float [1 or count, *size] (bilinear when the size differs);
     FlexIPError naming `where` when the mask count fits neither one mask nor one per image."""
     if mask is None:
@@ -138,8 +146,8 @@ def image_masks(mask: Optional[torch.Tensor], count: int, size: tuple[int, int],
     mask = mask_batch(mask)
     if mask.shape[0] not in (1, count):
         raise FlexIPError(
-            f"{where} got {count} images but {mask.shape[0]} masks: give one mask "
-            "for all images or one per image.")
+            f"{where} got {count} images but {mask.shape[0]} masks: give one mask for all images or one per image."
+        )
     if tuple(mask.shape[1:]) != tuple(size):
         mask = F.interpolate(mask.unsqueeze(1), size=tuple(size), mode="bilinear").squeeze(1)
     return mask

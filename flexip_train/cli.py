@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from flexip_host.bootstrap import comfyui_path
 from flexip_model.errors import FlexIPError
@@ -21,24 +21,38 @@ from .data import Pair, read_manifest
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m flexip_train",
-                                     description="Train a FlexIP adapter (see flexip_train/train.example.toml).")
+    parser = argparse.ArgumentParser(
+        prog="python -m flexip_train", description="Train a FlexIP adapter (see flexip_train/train.example.toml)."
+    )
     parser.add_argument("--config", required=True, metavar="TRAIN.toml", help="the training config")
-    parser.add_argument("--check-data", action="store_true",
-                        help="check every manifest line (files exist and decode, caption, kind), then exit: "
-                             "0 clean, 1 problems")
-    parser.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
-                        help="continue from the newest checkpoint in [output] dir, or from CHECKPOINT.safetensors")
+    parser.add_argument(
+        "--check-data",
+        action="store_true",
+        help="check every manifest line (files exist and decode, caption, kind), then exit: 0 clean, 1 problems",
+    )
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        metavar="CHECKPOINT",
+        help="continue from the newest checkpoint in [output] dir, or from CHECKPOINT.safetensors",
+    )
     parser.add_argument("--max-steps", type=int, metavar="N", help="override [train] max_steps")
     return parser
 
 
 def _pack_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m flexip_train pack",
-                                     description="Check the pairs (a JSONL manifest as --check-data does), then "
-                                                 "write them as litdata shards (docs/training-data.md).")
-    parser.add_argument("source", type=Path, metavar="SOURCE",
-                        help="a JSONL manifest (today's format) or a folder of img2dataset WebDataset tars")
+    parser = argparse.ArgumentParser(
+        prog="python -m flexip_train pack",
+        description="Check the pairs (a JSONL manifest as --check-data does), then "
+        "write them as litdata shards (docs/training-data.md).",
+    )
+    parser.add_argument(
+        "source",
+        type=Path,
+        metavar="SOURCE",
+        help="a JSONL manifest (today's format) or a folder of img2dataset WebDataset tars",
+    )
     parser.add_argument("output", type=Path, metavar="OUTPUT", help="a new or empty folder for the shards")
     parser.add_argument("--chunk-mb", type=int, default=64, metavar="N", help="shard size in MB (default 64)")
     return parser
@@ -85,7 +99,7 @@ def pack(argv: Sequence[str]) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["pack"]:
         return pack(argv[1:])

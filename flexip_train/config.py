@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from flexip_host.distributed import DEVICES
 from flexip_host.model_section import ModelConfig, check_model_section
@@ -25,10 +25,17 @@ ADAPTER_SIZES = ("full", "tiny")
 # Upper ends of the keys that choose sizes (tensors, processes, files): far above any real run,
 # low enough that a typo (an extra digit or three) is an error, not an out-of-memory crash.
 SIZE_LIMITS = {
-    ("data", "resolution"): 4096, ("data", "reference_resolution"): 4096, ("data", "num_workers"): 256,
-    ("cache", "variants"): 1024, ("cache", "shard_size"): 65536, ("train", "batch_size"): 4096,
-    ("train", "grad_accumulation"): 4096, ("output", "eval_pairs"): 100_000, ("output", "eval_timesteps"): 1000,
-    ("samples", "pairs"): 64, ("samples", "steps"): 1000,
+    ("data", "resolution"): 4096,
+    ("data", "reference_resolution"): 4096,
+    ("data", "num_workers"): 256,
+    ("cache", "variants"): 1024,
+    ("cache", "shard_size"): 65536,
+    ("train", "batch_size"): 4096,
+    ("train", "grad_accumulation"): 4096,
+    ("output", "eval_pairs"): 100_000,
+    ("output", "eval_timesteps"): 1000,
+    ("samples", "pairs"): 64,
+    ("samples", "steps"): 1000,
 }
 
 
@@ -38,7 +45,7 @@ class AdapterConfig:
 
     size: str = "full"
     gate_mode: str = "output"
-    init_from: Optional[Path] = None
+    init_from: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -62,10 +69,10 @@ class DataConfig:
     """Where the pairs are (a JSONL manifest, packed by the trainer, or a pack's folder or URL) and how
     they become training inputs."""
 
-    manifest: Optional[Path] = None
+    manifest: Path | None = None
     shards: str = ""
-    stream_cache: Optional[Path] = None  # where chunks streamed from a URL are kept (default: litdata's)
-    variant_fraction: Optional[float] = None
+    stream_cache: Path | None = None  # where chunks streamed from a URL are kept (default: litdata's)
+    variant_fraction: float | None = None
     resolution: int = 512
     reference_resolution: int = 224
     invariant_gate: tuple[float, float] = (0.7, 1.0)
@@ -82,7 +89,7 @@ class CacheConfig:
     """Encoder outputs and target latents precomputed once into safetensors shards."""
 
     enabled: bool = False
-    dir: Optional[Path] = None
+    dir: Path | None = None
     variants: int = 4
     shard_size: int = 256
 
@@ -178,25 +185,39 @@ def _check(condition: bool, message: str) -> None:
 
 
 def _validate(config: TrainConfig, name: str) -> None:
-    model, data, train, out, cache, samples = (config.model, config.data, config.train, config.output,
-                                               config.cache, config.samples)
+    model, data, train, out, cache, samples = (
+        config.model,
+        config.data,
+        config.train,
+        config.output,
+        config.cache,
+        config.samples,
+    )
     check_model_section(model, name)
     _check(config.adapter.size in ADAPTER_SIZES, f"{name} [adapter] size must be one of {ADAPTER_SIZES}.")
     _check(config.adapter.gate_mode in GATE_MODES, f"{name} [adapter] gate_mode must be one of {GATE_MODES}.")
-    _check((data.manifest is None) != (not data.shards),
-           f"{name} [data] needs either manifest (a JSONL file, packed for you) or shards (a folder or URL written "
-           "by `python -m flexip_train pack`), not both.")
-    _check(data.variant_fraction is None or 0.0 <= data.variant_fraction <= 1.0,
-           f"{name} [data] variant_fraction is the share of variant pairs per batch, between 0 and 1 (e.g. 0.1).")
-    _check(data.resolution % 8 == 0 and data.resolution >= 16,
-           f"{name} [data] resolution {data.resolution} must be a multiple of 8 (the VAE's factor), e.g. 512.")
+    _check(
+        (data.manifest is None) != (not data.shards),
+        f"{name} [data] needs either manifest (a JSONL file, packed for you) or shards (a folder or URL written "
+        "by `python -m flexip_train pack`), not both.",
+    )
+    _check(
+        data.variant_fraction is None or 0.0 <= data.variant_fraction <= 1.0,
+        f"{name} [data] variant_fraction is the share of variant pairs per batch, between 0 and 1 (e.g. 0.1).",
+    )
+    _check(
+        data.resolution % 8 == 0 and data.resolution >= 16,
+        f"{name} [data] resolution {data.resolution} must be a multiple of 8 (the VAE's factor), e.g. 512.",
+    )
     _check(data.reference_resolution >= 14, f"{name} [data] reference_resolution must be at least 14 px.")
     for key in ("invariant_gate", "variant_gate"):
         low, high = getattr(data, key)
         _check(0.0 <= low <= high <= 1.0, f"{name} [data] {key} must be [low, high] with 0 <= low <= high <= 1.")
     dropout = (data.text_dropout, data.image_dropout, data.both_dropout)
-    _check(all(p >= 0 for p in dropout) and sum(dropout) <= 1.0,
-           f"{name} [data] text_dropout + image_dropout + both_dropout must be probabilities summing to at most 1.")
+    _check(
+        all(p >= 0 for p in dropout) and sum(dropout) <= 1.0,
+        f"{name} [data] text_dropout + image_dropout + both_dropout must be probabilities summing to at most 1.",
+    )
     _check(data.num_workers >= 0, f"{name} [data] num_workers must be 0 or more.")
     low, high = data.augment.scale
     _check(0.0 < low <= high <= 1.0, f"{name} [data.augment] scale must be [low, high] with 0 < low <= high <= 1.")
@@ -205,20 +226,27 @@ def _validate(config: TrainConfig, name: str) -> None:
     _check(cache.variants >= 1 and cache.shard_size >= 1, f"{name} [cache] variants and shard_size must be at least 1.")
     for key in ("batch_size", "grad_accumulation", "max_steps", "timeout_minutes"):
         _check(getattr(train, key) >= 1, f"{name} [train] {key} must be at least 1.")
-    _check(train.learning_rate > 0 and train.weight_decay >= 0 and train.warmup_steps >= 0,
-           f"{name} [train] learning_rate must be positive, weight_decay and warmup_steps 0 or more.")
+    _check(
+        train.learning_rate > 0 and train.weight_decay >= 0 and train.warmup_steps >= 0,
+        f"{name} [train] learning_rate must be positive, weight_decay and warmup_steps 0 or more.",
+    )
     _check(0.0 <= train.ema_decay < 1.0, f"{name} [train] ema_decay must be in [0, 1) (0 turns EMA off).")
     _check(train.mixed_precision in PRECISIONS, f"{name} [train] mixed_precision must be one of {PRECISIONS}.")
     _check(train.device in DEVICES, f"{name} [train] device must be one of {DEVICES}.")
     _check(out.save_dtype in SAVE_DTYPES, f"{name} [output] save_dtype must be one of {SAVE_DTYPES}.")
     for key in ("checkpoint_every", "log_every", "eval_timesteps"):
         _check(getattr(out, key) >= 1, f"{name} [output] {key} must be at least 1.")
-    _check(out.eval_every >= 0 and out.eval_pairs >= 0 and out.keep_last >= 0,
-           f"{name} [output] eval_every, eval_pairs and keep_last must be 0 or more.")
-    _check(out.name and "/" not in out.name,
-           f"{name} [output] name must be a plain file name stem, e.g. 'flexip_sd15'.")
-    _check(samples.every >= 0 and samples.pairs >= 1 and samples.steps >= 1 and samples.gates,
-           f"{name} [samples] every must be 0 or more, pairs and steps at least 1, gates non-empty.")
+    _check(
+        out.eval_every >= 0 and out.eval_pairs >= 0 and out.keep_last >= 0,
+        f"{name} [output] eval_every, eval_pairs and keep_last must be 0 or more.",
+    )
+    _check(
+        out.name and "/" not in out.name, f"{name} [output] name must be a plain file name stem, e.g. 'flexip_sd15'."
+    )
+    _check(
+        samples.every >= 0 and samples.pairs >= 1 and samples.steps >= 1 and samples.gates,
+        f"{name} [samples] every must be 0 or more, pairs and steps at least 1, gates non-empty.",
+    )
     _check(all(0.0 <= g <= 1.0 for g in samples.gates), f"{name} [samples] gates must lie in [0, 1].")
     _check(len(samples.gates) <= MAX_SWEEP_GAMMAS, f"{name} [samples] gates lists more than {MAX_SWEEP_GAMMAS} values.")
     for (section, key), high in SIZE_LIMITS.items():

@@ -14,7 +14,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -39,7 +39,7 @@ class Pair:
     line: int
     target: Path
     reference: Path
-    reference_mask: Optional[Path]
+    reference_mask: Path | None
     caption: str
     kind: str
 
@@ -74,22 +74,23 @@ def read_manifest(path: Path, check_images: bool = False) -> tuple[list[Pair], l
     return pairs, problems
 
 
-def _parse_line(text: str, number: int, manifest: Path) -> tuple[Optional[Pair], list[str]]:
+def _parse_line(text: str, number: int, manifest: Path) -> tuple[Pair | None, list[str]]:
     where = f"{manifest.name} line {number}"
     try:
         item = json.loads(text.strip())
     except json.JSONDecodeError as error:
-        return None, [f"{where} is not valid JSON ({error.msg} at column {error.colno}): "
-                      "write one JSON object per line."]
+        return None, [
+            f"{where} is not valid JSON ({error.msg} at column {error.colno}): write one JSON object per line."
+        ]
     if not isinstance(item, dict):
-        return None, [f"{where} is not a JSON object: write {{\"target\": ..., \"caption\": ..., \"kind\": ...}}."]
+        return None, [f'{where} is not a JSON object: write {{"target": ..., "caption": ..., "kind": ...}}.']
     problems = []
     unknown = sorted(set(item) - set(FIELDS))
     if unknown:
         problems.append(f"{where} has unknown field {unknown[0]!r}: use {', '.join(FIELDS)}.")
     kind = item.get("kind")
     if kind not in KINDS:
-        problems.append(f"{where} has kind {kind!r}: use \"invariant\" or \"variant\".")
+        problems.append(f'{where} has kind {kind!r}: use "invariant" or "variant".')
     caption = item.get("caption")
     if not isinstance(caption, str) or not caption.strip():
         problems.append(f"{where} has an empty or missing caption: write what the target image shows.")
@@ -103,21 +104,28 @@ def _parse_line(text: str, number: int, manifest: Path) -> tuple[Optional[Pair],
             continue
         paths[name] = (manifest.parent / value).resolve()
     if "target" not in paths and not any("target" in p for p in problems):
-        problems.append(f"{where} has no target image: add \"target\": \"path/to/image.png\".")
+        problems.append(f'{where} has no target image: add "target": "path/to/image.png".')
     if kind == "variant" and "reference" not in paths:
-        problems.append(f"{where} is a variant pair without a reference: add the other frame or view as \"reference\".")
+        problems.append(f'{where} is a variant pair without a reference: add the other frame or view as "reference".')
     if problems:
         return None, problems
-    return Pair(line=number, target=paths["target"], reference=paths.get("reference", paths["target"]),
-                reference_mask=paths.get("reference_mask"), caption=caption.strip(), kind=kind), []
+    return Pair(
+        line=number,
+        target=paths["target"],
+        reference=paths.get("reference", paths["target"]),
+        reference_mask=paths.get("reference_mask"),
+        caption=caption.strip(),
+        kind=kind,
+    ), []
 
 
 def _check_files(pair: Pair, decode: bool) -> list[str]:
     problems = []
     for name, path in pair.files():
         if not path.is_file():
-            problems.append(f"{name} {path.name} was not found in {path.parent}: "
-                            "fix the path (it is relative to the manifest).")
+            problems.append(
+                f"{name} {path.name} was not found in {path.parent}: fix the path (it is relative to the manifest)."
+            )
         elif decode:
             try:
                 with Image.open(path) as image:
@@ -135,8 +143,9 @@ def size_conditions(height: int, width: int, size: int) -> torch.Tensor:
     return torch.tensor([height, width, top, left], dtype=torch.float32)
 
 
-def _subject_box(mask: Optional[torch.Tensor], height: int, width: int,
-                 margin: float) -> tuple[float, float, float, float]:
+def _subject_box(
+    mask: torch.Tensor | None, height: int, width: int, margin: float
+) -> tuple[float, float, float, float]:
     """(top, left, bottom, right) of the subject: the mask's bounding box plus a margin, else the image."""
     if mask is None or not bool((mask > 0.5).any()):
         return 0.0, 0.0, float(height), float(width)
@@ -153,11 +162,11 @@ def _crop_square(image: torch.Tensor, center: tuple[float, float], side: float) 
     side = max(1, round(side))
     top, left = round(center[0] - side / 2), round(center[1] - side / 2)
     height, width = image.shape[:2]
-    out = image.new_zeros((side, side) + tuple(image.shape[2:]))
+    out = image.new_zeros((side, side, *tuple(image.shape[2:])))
     y0, x0 = max(top, 0), max(left, 0)
     y1, x1 = min(top + side, height), min(left + side, width)
     if y1 > y0 and x1 > x0:
-        out[y0 - top:y1 - top, x0 - left:x1 - left] = image[y0:y1, x0:x1]
+        out[y0 - top : y1 - top, x0 - left : x1 - left] = image[y0:y1, x0:x1]
     return out
 
 
@@ -171,8 +180,13 @@ def _jitter(image: torch.Tensor, strength: float, generator: torch.Generator) ->
     return ((image - gray) * saturation + gray).clamp(0.0, 1.0)
 
 
-def subject_reference(image: torch.Tensor, mask: Optional[torch.Tensor], size: int, augment: AugmentConfig,
-                      generator: Optional[torch.Generator]) -> torch.Tensor:
+def subject_reference(
+    image: torch.Tensor,
+    mask: torch.Tensor | None,
+    size: int,
+    augment: AugmentConfig,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
     """The reference [size, size, 3] cut from `image` around the subject, background black where masked.
 
     With `generator` None the crop is the canonical one (the whole subject, centred, no
@@ -230,8 +244,9 @@ class PairImageSource:
     """Decodes packed pairs (shard samples, see flexip_train/shards.py) and builds their references;
     reference variant v > 0 of an invariant pair is an augmented draw keyed by (seed, pair, v)."""
 
-    def __init__(self, pairs: ShardPairs, resolution: int, reference_resolution: int, augment: AugmentConfig,
-                 seed: int) -> None:
+    def __init__(
+        self, pairs: ShardPairs, resolution: int, reference_resolution: int, augment: AugmentConfig, seed: int
+    ) -> None:
         self.pairs = pairs
         self.resolution = resolution
         self.reference_resolution = reference_resolution
@@ -251,21 +266,25 @@ class PairImageSource:
         where = sample["source"]
         own = sample["reference"]  # empty for an invariant pair cut from its target
         image = decode_image(own or sample["target"], f"the {'reference' if own else 'target'} of {where}")
-        mask = decode_image(sample["reference_mask"], f"the mask of {where}", mask=True) \
-            if sample["reference_mask"] else None
+        mask = (
+            decode_image(sample["reference_mask"], f"the mask of {where}", mask=True)
+            if sample["reference_mask"]
+            else None
+        )
         augmented = sample["kind"] == "invariant" and variant != CANONICAL
         generator = keyed_generator("reference", self.seed, index, variant) if augmented else None
         return subject_reference(image, mask, self.reference_resolution, self.augment, generator)
 
-    def load(self, index: int, variant: int, sample: Optional[dict] = None) -> PairImages:
+    def load(self, index: int, variant: int, sample: dict | None = None) -> PairImages:
         """Pair `index` decoded (from `sample` when the caller has read it already)."""
         sample = self.pairs.sample(index) if sample is None else sample
         target, sizes = self.target(sample)
-        return PairImages(index, target, self.reference(index, sample, variant), sample["caption"], sample["kind"],
-                          sizes)
+        return PairImages(
+            index, target, self.reference(index, sample, variant), sample["caption"], sample["kind"], sizes
+        )
 
 
-def training_variant(seed: int, epoch: int, index: int, cached_variants: Optional[int]) -> int:
+def training_variant(seed: int, epoch: int, index: int, cached_variants: int | None) -> int:
     """The augmented reference (>= 1) an invariant pair gets in `epoch`: a fresh draw per epoch, or with a
     feature cache one of its `cached_variants` precomputed draws. Variant pairs ignore it."""
     if cached_variants is None:

@@ -17,7 +17,6 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 from safetensors import safe_open
@@ -100,12 +99,18 @@ class Encoders:
         clip, dino = self.image(torch.stack([item.reference for item in items]))
         texts = [self.text(item.caption) for item in items]
         return Features(
-            indices=tuple(item.index for item in items), kinds=tuple(item.kind for item in items), latents=latents,
-            contexts=tuple(context for context, _ in texts), clip=clip, dino=dino,
-            pooled=torch.stack([pooled for _, pooled in texts]), sizes=torch.stack([item.sizes for item in items]))
+            indices=tuple(item.index for item in items),
+            kinds=tuple(item.kind for item in items),
+            latents=latents,
+            contexts=tuple(context for context, _ in texts),
+            clip=clip,
+            dino=dino,
+            pooled=torch.stack([pooled for _, pooled in texts]),
+            sizes=torch.stack([item.sizes for item in items]),
+        )
 
 
-def _file_stamp(path: Optional[Path]) -> object:
+def _file_stamp(path: Path | None) -> object:
     if path is None:
         return None
     stat = path.stat()
@@ -151,7 +156,7 @@ class FeatureCache:
     def null_path(self) -> Path:
         return self.directory / "null.safetensors"
 
-    def _fingerprint(self, shard: Optional[int]) -> str:
+    def _fingerprint(self, shard: int | None) -> str:
         if shard is None:
             return _digest(self._settings)
         indices = self._indices(shard)
@@ -161,23 +166,26 @@ class FeatureCache:
         return range(shard * self.shard_size, min((shard + 1) * self.shard_size, len(self.source)))
 
     @staticmethod
-    def _stored_fingerprint(path: Path) -> Optional[str]:
+    def _stored_fingerprint(path: Path) -> str | None:
         try:
             with safe_open(str(path), framework="pt") as handle:
                 return (handle.metadata() or {}).get("fingerprint")
         except Exception:  # missing, truncated, not safetensors: all mean "rebuild"
             return None
 
-    def stale(self) -> list[Optional[int]]:
+    def stale(self) -> list[int | None]:
         """Shards (None = the null conditions) whose file is missing or was made from other inputs."""
-        out: list[Optional[int]] = []
+        out: list[int | None] = []
         if self._stored_fingerprint(self.null_path) != self._fingerprint(None):
             out.append(None)
-        out += [shard for shard in range(self.shard_count)
-                if self._stored_fingerprint(self.shard_path(shard)) != self._fingerprint(shard)]
+        out += [
+            shard
+            for shard in range(self.shard_count)
+            if self._stored_fingerprint(self.shard_path(shard)) != self._fingerprint(shard)
+        ]
         return out
 
-    def build(self, encoders: Encoders, shards: list[Optional[int]], progress: bool) -> None:
+    def build(self, encoders: Encoders, shards: list[int | None], progress: bool) -> None:
         """Encode and write `shards` (each atomically: a temporary file renamed into place)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         for shard in shards:
@@ -191,8 +199,12 @@ class FeatureCache:
 
     def _encode_null(self, encoders: Encoders) -> dict[str, torch.Tensor]:
         null = encoders.null(self.source.reference_resolution)
-        return {"context": null.context.to(CACHE_DTYPE), "clip": null.clip.to(CACHE_DTYPE),
-                "dino": null.dino.to(CACHE_DTYPE).contiguous(), "pooled": null.pooled.to(CACHE_DTYPE)}
+        return {
+            "context": null.context.to(CACHE_DTYPE),
+            "clip": null.clip.to(CACHE_DTYPE),
+            "dino": null.dino.to(CACHE_DTYPE).contiguous(),
+            "pooled": null.pooled.to(CACHE_DTYPE),
+        }
 
     def _encode_shard(self, encoders: Encoders, shard: int) -> dict[str, torch.Tensor]:
         tensors, sizes = {}, {}
@@ -224,7 +236,8 @@ class FeatureCache:
         kind = self.source.pairs.kind(index)
         row = variant if kind == "invariant" else CANONICAL
         return {
-            "index": index, "kind": kind,
+            "index": index,
+            "kind": kind,
             "latent": handle.get_tensor(f"{index}.latent").float(),
             "context": handle.get_tensor(f"{index}.context").float(),
             "pooled": handle.get_tensor(f"{index}.pooled").float(),
@@ -244,12 +257,12 @@ class PairItems:
     un-augmented reference, for evaluation).
     """
 
-    def __init__(self, source: PairImageSource, cache: Optional[FeatureCache], seed: int) -> None:
+    def __init__(self, source: PairImageSource, cache: FeatureCache | None, seed: int) -> None:
         self.source = source
         self.cache = cache
         self.seed = seed
 
-    def __call__(self, index: int, epoch: Optional[int], sample: Optional[dict] = None):
+    def __call__(self, index: int, epoch: int | None, sample: dict | None = None):
         variant = CANONICAL
         if epoch is not None:
             variant = training_variant(self.seed, epoch, index, None if self.cache is None else self.cache.variants)
@@ -274,11 +287,15 @@ def collate(items: list) -> object:
     if isinstance(items[0], PairImages):
         return list(items)
     return Features(
-        indices=tuple(item["index"] for item in items), kinds=tuple(item["kind"] for item in items),
+        indices=tuple(item["index"] for item in items),
+        kinds=tuple(item["kind"] for item in items),
         latents=torch.stack([item["latent"] for item in items]),
         contexts=tuple(item["context"] for item in items),
-        clip=torch.stack([item["clip"] for item in items]), dino=torch.stack([item["dino"] for item in items]),
-        pooled=torch.stack([item["pooled"] for item in items]), sizes=torch.stack([item["sizes"] for item in items]))
+        clip=torch.stack([item["clip"] for item in items]),
+        dino=torch.stack([item["dino"] for item in items]),
+        pooled=torch.stack([item["pooled"] for item in items]),
+        sizes=torch.stack([item["sizes"] for item in items]),
+    )
 
 
 def check_cache_complete(cache: FeatureCache) -> None:
@@ -286,5 +303,7 @@ def check_cache_complete(cache: FeatureCache) -> None:
     stale = cache.stale()
     if stale:
         names = ", ".join("null" if shard is None else str(shard) for shard in stale[:3])
-        raise FlexIPError(f"the feature cache in {cache.directory} is incomplete after building (shards {names}): "
-                          "make sure all ranks see the same cache directory (a shared file system), then run again.")
+        raise FlexIPError(
+            f"the feature cache in {cache.directory} is incomplete after building (shards {names}): "
+            "make sure all ranks see the same cache directory (a shared file system), then run again."
+        )

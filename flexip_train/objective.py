@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -31,15 +30,16 @@ class ModelInputs:
     gates: torch.Tensor  # [B]
     noise: torch.Tensor  # [B, 4, h, w]
     sigmas: torch.Tensor  # [B]
-    pooled: Optional[torch.Tensor] = None  # [B, P] pooled text embeddings; required by SDXL
-    sizes: Optional[torch.Tensor] = None  # [B, 4] original height, width, crop top, left of each target (SDXL)
+    pooled: torch.Tensor | None = None  # [B, P] pooled text embeddings; required by SDXL
+    sizes: torch.Tensor | None = None  # [B, 4] original height, width, crop top, left of each target (SDXL)
 
     def to(self, device: torch.device) -> ModelInputs:
-        def move(name: str) -> Optional[torch.Tensor]:
+        def move(name: str) -> torch.Tensor | None:
             tensor = getattr(self, name)
             if tensor is None or name == "sizes":  # sizes are plain numbers for the size embedder: stay on the CPU
                 return tensor
             return tensor.to(device, non_blocking=True)
+
         return ModelInputs(*(move(name) for name in self.__dataclass_fields__))
 
 
@@ -57,8 +57,9 @@ def gate_ranges(data: DataConfig, kinds: tuple[str, ...]) -> tuple[torch.Tensor,
     return torch.tensor([r[0] for r in ranges]), torch.tensor([r[1] for r in ranges])
 
 
-def training_inputs(features: Features, null: NullConditions, data: DataConfig, sampling,
-                    generator: torch.Generator) -> ModelInputs:
+def training_inputs(
+    features: Features, null: NullConditions, data: DataConfig, sampling, generator: torch.Generator
+) -> ModelInputs:
     """Draw γ, the dropout, the timesteps and the noise of one micro-batch from `generator` (CPU)."""
     batch = len(features.indices)
     low, high = gate_ranges(data, features.kinds)
@@ -68,7 +69,8 @@ def training_inputs(features: Features, null: NullConditions, data: DataConfig, 
     text_off = draw < data.text_dropout
     image_off = (draw >= data.text_dropout) & (draw < data.text_dropout + data.image_dropout)
     both_off = (draw >= data.text_dropout + data.image_dropout) & (
-        draw < data.text_dropout + data.image_dropout + data.both_dropout)
+        draw < data.text_dropout + data.image_dropout + data.both_dropout
+    )
     text_off, image_off = text_off | both_off, image_off | both_off
     contexts = [null.context if off else context for context, off in zip(features.contexts, text_off.tolist())]
     pooled = torch.where(text_off[:, None], null.pooled[None], features.pooled)
@@ -76,8 +78,17 @@ def training_inputs(features: Features, null: NullConditions, data: DataConfig, 
     dino = torch.where(image_off[:, None, None], null.dino[None], features.dino)
     steps = torch.randint(len(sampling.sigmas), (batch,), generator=generator)
     noise = torch.randn(features.latents.shape, generator=generator)
-    return ModelInputs(features.latents, stack_contexts(contexts), clip, dino, gates, noise,
-                       sampling.sigmas.cpu()[steps], pooled, features.sizes)
+    return ModelInputs(
+        features.latents,
+        stack_contexts(contexts),
+        clip,
+        dino,
+        gates,
+        noise,
+        sampling.sigmas.cpu()[steps],
+        pooled,
+        features.sizes,
+    )
 
 
 def evaluation_inputs(features: Features, data: DataConfig, sampling, seed: int, timesteps: int) -> list[ModelInputs]:
@@ -85,16 +96,26 @@ def evaluation_inputs(features: Features, data: DataConfig, sampling, seed: int,
     for every pair and every evaluation, γ at the middle of the kind's range, no dropout."""
     generator = torch.Generator().manual_seed(seed)
     shape = features.latents.shape[1:]
-    noises = torch.randn((timesteps,) + tuple(shape), generator=generator)
+    noises = torch.randn((timesteps, *tuple(shape)), generator=generator)
     count = len(sampling.sigmas)
     steps = torch.linspace(0, count - 1, timesteps + 2)[1:-1].round().long()  # skip the two extremes
     low, high = gate_ranges(data, features.kinds)
     context, gates = stack_contexts(list(features.contexts)), (low + high) / 2
     batch, sigmas = len(features.indices), sampling.sigmas.cpu()
-    return [ModelInputs(features.latents, context, features.clip, features.dino, gates,
-                        noises[i].expand(batch, *shape).clone(), sigmas[steps[i]].repeat(batch), features.pooled,
-                        features.sizes)
-            for i in range(timesteps)]
+    return [
+        ModelInputs(
+            features.latents,
+            context,
+            features.clip,
+            features.dino,
+            gates,
+            noises[i].expand(batch, *shape).clone(),
+            sigmas[steps[i]].repeat(batch),
+            features.pooled,
+            features.sizes,
+        )
+        for i in range(timesteps)
+    ]
 
 
 def prediction_error(sampling, sigmas: torch.Tensor, denoised: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
@@ -121,9 +142,16 @@ def model_conditions(model, inputs: ModelInputs) -> dict[str, torch.Tensor]:
 
     def build(rows: slice, original_height: float, original_width: float, top: float, left: float) -> dict:
         conds = model.extra_conds(
-            cross_attn=inputs.context[rows], pooled_output=None if inputs.pooled is None else inputs.pooled[rows],
-            device=inputs.latents.device, width=original_width, height=original_height, crop_w=left, crop_h=top,
-            target_width=width, target_height=height)
+            cross_attn=inputs.context[rows],
+            pooled_output=None if inputs.pooled is None else inputs.pooled[rows],
+            device=inputs.latents.device,
+            width=original_width,
+            height=original_height,
+            crop_w=left,
+            crop_h=top,
+            target_width=width,
+            target_height=height,
+        )
         return {name: cond.cond for name, cond in conds.items()}
 
     conditions = build(slice(None), height, width, 0, 0)
@@ -166,11 +194,17 @@ class DenoisingLoss(torch.nn.Module):
         sampling = base.model_sampling
         noisy = sampling.noise_scaling(inputs.sigmas, inputs.noise, inputs.latents)
         options = dict(self.transformer_options)
-        options.update(sigmas=inputs.sigmas, cond_or_uncond=[0],
-                       **{self.inputs_key: subject_inputs(inputs.clip, inputs.dino, inputs.gates)})
+        options.update(
+            sigmas=inputs.sigmas,
+            cond_or_uncond=[0],
+            **{self.inputs_key: subject_inputs(inputs.clip, inputs.dino, inputs.gates)},
+        )
         conditions = model_conditions(base, inputs)
-        autocast = contextlib.nullcontext() if self.autocast_dtype is None else torch.autocast(
-            inputs.latents.device.type, dtype=self.autocast_dtype)
+        autocast = (
+            contextlib.nullcontext()
+            if self.autocast_dtype is None
+            else torch.autocast(inputs.latents.device.type, dtype=self.autocast_dtype)
+        )
         with autocast:
             denoised = base.apply_model(noisy, inputs.sigmas, transformer_options=options, **conditions)
         return prediction_error(sampling, inputs.sigmas, denoised, inputs.latents)

@@ -17,15 +17,15 @@ import json
 import os
 import shutil
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 from PIL import Image, UnidentifiedImageError
 
 from flexip_model.errors import FlexIPError
 
 from .data import KINDS, Pair
-from .shards import PACK_INFO, PACK_FORMAT, litdata_streaming
+from .shards import PACK_FORMAT, PACK_INFO, litdata_streaming
 
 CHUNK_BYTES = 64 << 20  # litdata's usual chunk size: few files per set, small enough to stream
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # what img2dataset writes
@@ -69,7 +69,7 @@ def _tar_samples(archive_path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
         yield key, members
 
 
-def _webdataset_sample(archive: Path, key: str, members: dict[str, bytes]) -> tuple[Optional[dict], Optional[str]]:
+def _webdataset_sample(archive: Path, key: str, members: dict[str, bytes]) -> tuple[dict | None, str | None]:
     """The invariant pair of one img2dataset sample, or the sentence that says what is wrong with it."""
     where = f"{archive.name} sample {key}"
     image = next((members[extension] for extension in IMAGE_EXTENSIONS if extension in members), None)
@@ -83,16 +83,24 @@ def _webdataset_sample(archive: Path, key: str, members: dict[str, bytes]) -> tu
             decoded.load()
     except (UnidentifiedImageError, OSError, ValueError) as error:
         return None, f"{where} is not a readable image ({error}): re-download it or drop the sample."
-    return {"target": image, "reference": b"", "reference_mask": b"", "caption": caption, "kind": "invariant",
-            "source": f"{archive.name}:{key}"}, None
+    return {
+        "target": image,
+        "reference": b"",
+        "reference_mask": b"",
+        "caption": caption,
+        "kind": "invariant",
+        "source": f"{archive.name}:{key}",
+    }, None
 
 
 def webdataset_problems(folder: Path) -> tuple[int, list[str]]:
     """(good samples, one sentence per bad sample) of an img2dataset folder; every image is decoded."""
     archives = sorted(Path(folder).glob("*.tar"))
     if not archives:
-        raise FlexIPError(f"{folder} holds no .tar files: give img2dataset's output folder "
-                          "(output_format webdataset) or a JSONL manifest.")
+        raise FlexIPError(
+            f"{folder} holds no .tar files: give img2dataset's output folder "
+            "(output_format webdataset) or a JSONL manifest."
+        )
     good, problems = 0, []
     for archive in archives:
         for key, members in _tar_samples(archive):
@@ -126,13 +134,14 @@ def _chunks(folder: Path, digests: bytes) -> list[list]:
     sizes = [chunk["chunk_size"] for chunk in json.loads((folder / "index.json").read_text())["chunks"]]
     out, start = [], 0
     for size in sizes:
-        out.append([size, hashlib.sha256(digests[start * 32:(start + size) * 32]).hexdigest()])
+        out.append([size, hashlib.sha256(digests[start * 32 : (start + size) * 32]).hexdigest()])
         start += size
     return out
 
 
-def write_shards(samples: Iterator[dict], output: Path, chunk_bytes: Optional[int] = None,
-                 note: Optional[dict] = None) -> int:
+def write_shards(
+    samples: Iterator[dict], output: Path, chunk_bytes: int | None = None, note: dict | None = None
+) -> int:
     """Writes `samples` (the schema's keys but the digest, which is added) into the empty or new folder
     `output`, one subset per kind, and `pack.json` (per kind: its chunks' sizes and digests; plus `note`);
     returns how many pairs were written. Holds 32 bytes per pair until the end (390 MB at 12.3 M pairs)."""

@@ -26,8 +26,15 @@ def _conditioning(clip, text: str) -> list:
 
 
 @torch.no_grad()
-def sample_grid(pack: Pack, models: FrozenModels, adapter: FlexIPAdapter, source: PairImageSource,
-                indices: list[int], config: SamplesConfig, path: Path) -> Path:
+def sample_grid(
+    pack: Pack,
+    models: FrozenModels,
+    adapter: FlexIPAdapter,
+    source: PairImageSource,
+    indices: list[int],
+    config: SamplesConfig,
+    path: Path,
+) -> Path:
     """Write the grid PNG to `path`; `adapter` is a CPU copy (the nodes place and cast it)."""
     import comfy.sample
 
@@ -38,15 +45,27 @@ def sample_grid(pack: Pack, models: FrozenModels, adapter: FlexIPAdapter, source
     for index in indices:
         images = source.load(index, CANONICAL)
         (subject,) = pack.encode_subject_node().encode(
-            loaded, models.clip_vision, images.reference[None], "average", dino=models.dino)
+            loaded, models.clip_vision, images.reference[None], "average", dino=models.dino
+        )
         positive = _conditioning(models.clip, images.caption)
         latent = torch.zeros(1, 4, size // 8, size // 8)
         row = [fit_square(images.reference, size)]
         for gate in config.gates:
             (model,) = pack.apply_node().apply(models.unet, loaded, subject, config.strength, gate, 0.0, 1.0)
             noise = comfy.sample.prepare_noise(latent, config.seed)
-            samples = comfy.sample.sample(model, noise, config.steps, config.cfg, config.sampler, config.scheduler,
-                                          positive, negative, latent, seed=config.seed, disable_pbar=True)
+            samples = comfy.sample.sample(
+                model,
+                noise,
+                config.steps,
+                config.cfg,
+                config.sampler,
+                config.scheduler,
+                positive,
+                negative,
+                latent,
+                seed=config.seed,
+                disable_pbar=True,
+            )
             row.append(models.vae.decode(samples)[0, ..., :3].float().cpu())
         rows.append(torch.cat(row, dim=1))
     grid = (torch.cat(rows, dim=0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()

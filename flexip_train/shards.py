@@ -13,9 +13,10 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Optional
+from typing import Any
 
 from flexip_model.errors import FlexIPError
 
@@ -25,7 +26,7 @@ from .data import KINDS
 PACK_INFO = "pack.json"
 PACK_FORMAT = 1
 # Prepare(global pair index, epoch or None for the canonical item, shard sample) -> training item
-Prepare = Callable[[int, Optional[int], dict], Any]
+Prepare = Callable[[int, int | None, dict], Any]
 
 
 def litdata_streaming() -> ModuleType:
@@ -34,8 +35,9 @@ def litdata_streaming() -> ModuleType:
     try:
         import litdata.streaming
     except ImportError:
-        raise FlexIPError("training data is read and written with litdata: pip install 'comfyui-flexip[train]' "
-                          "(litdata==0.2.76).") from None
+        raise FlexIPError(
+            "training data is read and written with litdata: pip install 'comfyui-flexip[train]' (litdata==0.2.76)."
+        ) from None
     return litdata.streaming
 
 
@@ -58,15 +60,20 @@ def read_pack_info(root: str) -> dict[str, list[tuple[int, str]]]:
                 text = Path(local).read_text(encoding="utf-8")
         else:
             text = Path(where).read_text(encoding="utf-8")
-    except Exception as error:  # noqa: BLE001 - a missing file, a refused download: the same advice
-        raise FlexIPError(f"{where} cannot be read ({_reason(error)}): point [data] shards at a folder or URL "
-                          "written by `python -m flexip_train pack`.") from None
+    except Exception as error:
+        raise FlexIPError(
+            f"{where} cannot be read ({_reason(error)}): point [data] shards at a folder or URL "
+            "written by `python -m flexip_train pack`."
+        ) from None
     try:
         info = json.loads(text)
         if info["format"] != PACK_FORMAT:
             raise ValueError(f"format {info['format']}, this trainer reads {PACK_FORMAT}")
-        return {kind: [(int(size), str(digest)) for size, digest in info["chunks"][kind]]
-                for kind in KINDS if info["chunks"].get(kind)}
+        return {
+            kind: [(int(size), str(digest)) for size, digest in info["chunks"][kind]]
+            for kind in KINDS
+            if info["chunks"].get(kind)
+        }
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise FlexIPError(f"{where} is not a pack description ({_reason(error)}): pack the pairs again.") from None
 
@@ -75,7 +82,7 @@ class ShardPairs:
     """The packed pairs of `root` (a local folder or a URL litdata reads), in one index space; chunks
     streamed from a URL are kept in `stream_cache` (default: litdata's cache folder)."""
 
-    def __init__(self, root: str, stream_cache: Optional[str] = None) -> None:
+    def __init__(self, root: str, stream_cache: str | None = None) -> None:
         streaming = litdata_streaming()
         self.root = root
         self.stream_cache = stream_cache
@@ -86,11 +93,11 @@ class ShardPairs:
         offset = 0
         for kind, kind_chunks in chunks.items():
             try:
-                dataset = streaming.StreamingDataset(pack_location(root, kind), cache_dir=stream_cache,
-                                                     shuffle=False)
-            except Exception as error:  # noqa: BLE001 - litdata raises many types for a missing or bad index
-                raise FlexIPError(f"the {kind} shards in {root} cannot be opened ({_reason(error)}): "
-                                  "pack the pairs again.") from None
+                dataset = streaming.StreamingDataset(pack_location(root, kind), cache_dir=stream_cache, shuffle=False)
+            except Exception as error:
+                raise FlexIPError(
+                    f"the {kind} shards in {root} cannot be opened ({_reason(error)}): pack the pairs again."
+                ) from None
             self.subsets.append((kind, offset, dataset))
             for size, digest in kind_chunks:
                 self._chunk_starts.append(offset)
@@ -119,7 +126,7 @@ class ShardPairs:
         """The kinds the pack holds, in index order."""
         return [kind for kind, _, _ in self.subsets]
 
-    def damage(self) -> Optional[str]:
+    def damage(self) -> str | None:
         """For a local pack, the sentence naming its first missing or short chunk; else None."""
         return None if is_url(self.root) else damaged_chunk(self.root, self.kinds)
 
@@ -140,7 +147,7 @@ def _damaged(chunk: str, folder: object, what: str) -> str:
     return f"shard {chunk} in {folder} is damaged ({what}): restore it from where it was packed, or pack again."
 
 
-def _chunk_problem(path: Path, size: int) -> Optional[str]:
+def _chunk_problem(path: Path, size: int) -> str | None:
     """What is wrong with a chunk file on disk against its index entry, or None."""
     if not path.is_file():
         return "the file is missing"
@@ -148,7 +155,7 @@ def _chunk_problem(path: Path, size: int) -> Optional[str]:
     return None if found == size else f"{found} bytes, its index says {size}"
 
 
-def damaged_chunk(root: str, kinds: list[str]) -> Optional[str]:
+def damaged_chunk(root: str, kinds: list[str]) -> str | None:
     """The sentence for the first chunk of a local pack that is missing or not the size its index says
     (one stat per chunk: litdata itself would wait for a short chunk to grow), else None."""
     for kind in kinds:

@@ -81,8 +81,15 @@ def export_adapter(config: FlexIPConfig, weights: dict[str, torch.Tensor], dtype
     return adapter.eval()
 
 
-def save(directory: Path, name: str, step: int, config: FlexIPConfig, published: dict[str, torch.Tensor],
-         save_dtype: str, state: dict) -> Path:
+def save(
+    directory: Path,
+    name: str,
+    step: int,
+    config: FlexIPConfig,
+    published: dict[str, torch.Tensor],
+    save_dtype: str,
+    state: dict,
+) -> Path:
     """Write the FlexIP file and then its state (a checkpoint counts once both exist); returns the file."""
     directory.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(directory, name, step)
@@ -106,15 +113,19 @@ def find_resume(resume: str, directory: Path, name: str) -> Path:
     if resume == "latest":
         found = saved_checkpoints(directory, name)
         if not found:
-            raise FlexIPError(f"--resume found no checkpoint {name}-<step>.safetensors with its {STATE_SUFFIX} in "
-                              f"{directory}: train without --resume first, or pass a checkpoint path.")
+            raise FlexIPError(
+                f"--resume found no checkpoint {name}-<step>.safetensors with its {STATE_SUFFIX} in "
+                f"{directory}: train without --resume first, or pass a checkpoint path."
+            )
         return found[-1][1]
     path = Path(resume)
     if path.name.endswith(STATE_SUFFIX):
         path = path.with_name(path.name[: -len(STATE_SUFFIX)] + ".safetensors")
     if not state_path(path).is_file():
-        raise FlexIPError(f"--resume {resume}: {state_path(path).name} was not found beside it; only checkpoints "
-                          "written by the trainer (with their state file) can be resumed.")
+        raise FlexIPError(
+            f"--resume {resume}: {state_path(path).name} was not found beside it; only checkpoints "
+            "written by the trainer (with their state file) can be resumed."
+        )
     return path
 
 
@@ -124,14 +135,20 @@ def load_state(path: Path, config: FlexIPConfig) -> dict:
     try:
         state = torch.load(state_path(path), map_location="cpu", weights_only=True)
     except Exception as error:  # truncated or foreign file: say which and stop
-        raise FlexIPError(f"{name} cannot be read ({type(error).__name__}): resume from an earlier checkpoint.") from None
+        raise FlexIPError(
+            f"{name} cannot be read ({type(error).__name__}): resume from an earlier checkpoint."
+        ) from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise FlexIPError(f"{name} has trainer-state format {str(found)[:40]!r}, this trainer reads {STATE_FORMAT}: "
-                          "resume with the trainer version that wrote it.")
+        raise FlexIPError(
+            f"{name} has trainer-state format {str(found)[:40]!r}, this trainer reads {STATE_FORMAT}: "
+            "resume with the trainer version that wrote it."
+        )
     if state.get("adapter_config") != config.to_json():
-        raise FlexIPError(f"{path.name} was trained with another adapter config (models, sizes or gate mode): resume "
-                          "with the same [model] and [adapter] settings.")
+        raise FlexIPError(
+            f"{path.name} was trained with another adapter config (models, sizes or gate mode): resume "
+            "with the same [model] and [adapter] settings."
+        )
     _check_fields(state, config, name)
     return state
 
@@ -163,8 +180,11 @@ def _check_fields(state: dict, config: FlexIPConfig, name: str) -> None:
     if state.get("ema") is not None:
         _check_weights(state["ema"], expected, name, "EMA")
     optimizer = state.get("optimizer")
-    if (not isinstance(optimizer, dict) or not isinstance(optimizer.get("state"), dict)
-            or not isinstance(optimizer.get("param_groups"), list)):
+    if (
+        not isinstance(optimizer, dict)
+        or not isinstance(optimizer.get("state"), dict)
+        or not isinstance(optimizer.get("param_groups"), list)
+    ):
         _refuse(name, "no optimizer state and parameter groups")
     for index, entry in optimizer["state"].items():
         if type(index) is not int or not 0 <= index < len(parameters) or not isinstance(entry, dict):
@@ -178,7 +198,14 @@ def _check_fields(state: dict, config: FlexIPConfig, name: str) -> None:
     if not isinstance(state.get("schedule"), dict) or not isinstance(state.get("scaler"), (dict, type(None))):
         _refuse(name, "no learning-rate schedule or grad-scaler state")
     rng = state.get("rng")
-    if (not isinstance(rng, dict) or not isinstance(rng.get("torch"), torch.Tensor) or rng["torch"].numel() > 1 << 16
-            or not isinstance(rng.get("cuda"), list) or not isinstance(rng.get("python"), list)
-            or len(rng["python"]) != 3 or not isinstance(rng["python"][1], list) or len(rng["python"][1]) != 625):
+    if (
+        not isinstance(rng, dict)
+        or not isinstance(rng.get("torch"), torch.Tensor)
+        or rng["torch"].numel() > 1 << 16
+        or not isinstance(rng.get("cuda"), list)
+        or not isinstance(rng.get("python"), list)
+        or len(rng["python"]) != 3
+        or not isinstance(rng["python"][1], list)
+        or len(rng["python"][1]) != 625
+    ):
         _refuse(name, "random-number states that are not those of torch and Python")

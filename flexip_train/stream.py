@@ -11,7 +11,7 @@ is the exact data position that checkpoints save.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from flexip_model.errors import FlexIPError
 
@@ -25,8 +25,9 @@ from litdata.streaming.sampler import ChunkedIndex  # noqa: E402 - after the ver
 class PairStream(streaming.StreamingDataset):
     """One kind's shuffled subset; each sample goes through `prepare` (in the data-loader worker)."""
 
-    def __init__(self, location: str, offset: int, prepare: Prepare, seed: int, cache: Optional[str],
-                 even_ranks: bool) -> None:
+    def __init__(
+        self, location: str, offset: int, prepare: Prepare, seed: int, cache: str | None, even_ranks: bool
+    ) -> None:
         super().__init__(location, cache_dir=cache, shuffle=True, drop_last=even_ranks, seed=seed)
         self.offset = offset
         self.prepare = prepare
@@ -35,7 +36,7 @@ class PairStream(streaming.StreamingDataset):
         local = index.index if isinstance(index, ChunkedIndex) else int(index)
         try:
             sample = super().__getitem__(index)
-        except Exception as error:  # noqa: BLE001 - whatever litdata raises for a damaged chunk
+        except Exception as error:
             return BadPair(damaged_chunk_sentence(self, index, error))
         try:
             return self.prepare(self.offset + local, self.current_epoch, sample)
@@ -43,16 +44,27 @@ class PairStream(streaming.StreamingDataset):
             return BadPair(str(error))
 
 
-def training_loader(pairs: ShardPairs, prepare: Prepare, seed: int, batch_size: int, num_workers: int,
-                    variant_fraction: Optional[float], collate, pin_memory: bool, even_ranks: bool = False) -> Any:
+def training_loader(
+    pairs: ShardPairs,
+    prepare: Prepare,
+    seed: int,
+    batch_size: int,
+    num_workers: int,
+    variant_fraction: float | None,
+    collate,
+    pin_memory: bool,
+    even_ranks: bool = False,
+) -> Any:
     """The `StreamingDataLoader` of this rank's micro-batches (one epoch per iteration). `even_ranks` (under
     torchrun) drops the pairs that would give ranks and workers unequal shares."""
-    streams = [PairStream(pack_location(pairs.root, kind), offset, prepare, seed, pairs.stream_cache, even_ranks)
-               for kind, offset, _ in pairs.subsets]
+    streams = [
+        PairStream(pack_location(pairs.root, kind), offset, prepare, seed, pairs.stream_cache, even_ranks)
+        for kind, offset, _ in pairs.subsets
+    ]
     weights = None
     if variant_fraction is not None and len(pairs.kinds) == 2:
         weights = [1.0 - variant_fraction, variant_fraction]  # KINDS order: invariant, variant
-    combined = streaming.CombinedStreamingDataset(streams, seed=seed, weights=weights,
-                                                  iterate_over_all=weights is None)
-    return streaming.StreamingDataLoader(combined, batch_size=batch_size, num_workers=num_workers,
-                                         collate_fn=collate, pin_memory=pin_memory)
+    combined = streaming.CombinedStreamingDataset(streams, seed=seed, weights=weights, iterate_over_all=weights is None)
+    return streaming.StreamingDataLoader(
+        combined, batch_size=batch_size, num_workers=num_workers, collate_fn=collate, pin_memory=pin_memory
+    )

@@ -18,8 +18,10 @@ from .config import AdapterConfig
 
 def cross_attention_weights(models: FrozenModels, pack: Pack) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Each attn2 layer's frozen (to_k, to_v) weights [inner, d], keyed like 'input_1_0'."""
-    return {key: (module.to_k.weight, module.to_v.weight)
-            for key, module in pack.cross_attention_modules(models.diffusion_model)}
+    return {
+        key: (module.to_k.weight, module.to_v.weight)
+        for key, module in pack.cross_attention_modules(models.diffusion_model)
+    }
 
 
 def adapter_config(models: FrozenModels, pack: Pack, adapter: AdapterConfig) -> FlexIPConfig:
@@ -44,13 +46,16 @@ def build_adapter(models: FrozenModels, pack: Pack, adapter: AdapterConfig, seed
         loaded = checkpoint.load(adapter.init_from, dtype=torch.float32)
         fits = ("layers", "context_dim", "clip_embed_dim", "dino_dim")
         if any(getattr(loaded.config, key) != getattr(config, key) for key in fits):
-            raise FlexIPError(f"[adapter] init_from {adapter.init_from.name} was made for other models (layers, "
-                              "context or encoder widths differ): start from a file trained on this base and "
-                              "these encoders.")
+            raise FlexIPError(
+                f"[adapter] init_from {adapter.init_from.name} was made for other models (layers, "
+                "context or encoder widths differ): start from a file trained on this base and "
+                "these encoders."
+            )
         return loaded.train()
     with torch.random.fork_rng(devices=[]):  # seed locally, leave the process RNG as it was
         torch.manual_seed(seed)
         module = FlexIPAdapter(config)
-    module.layers.init_from_base({key: (k.float(), v.float())
-                                  for key, (k, v) in cross_attention_weights(models, pack).items()})
+    module.layers.init_from_base(
+        {key: (k.float(), v.float()) for key, (k, v) in cross_attention_weights(models, pack).items()}
+    )
     return module.train()

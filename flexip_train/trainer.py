@@ -13,9 +13,10 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -43,7 +44,7 @@ _UNET_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float
 @dataclass(frozen=True)
 class TrainResult:
     step: int
-    checkpoint: Optional[Path]
+    checkpoint: Path | None
     eval_losses: dict[int, float]
 
 
@@ -73,7 +74,7 @@ def _summary_line(path: Path, record: dict) -> None:
 class Trainer:
     """One training run on this rank; `run()` trains to [train] max_steps."""
 
-    def __init__(self, config: TrainConfig, topology: distributed.Topology, resume: Optional[str] = None) -> None:
+    def __init__(self, config: TrainConfig, topology: distributed.Topology, resume: str | None = None) -> None:
         self.config = config
         train = config.train
         self.topology = topology
@@ -85,8 +86,10 @@ class Trainer:
 
         self.output = config.output.dir
         if not resume and state.saved_checkpoints(self.output, config.output.name):
-            raise FlexIPError(f"{self.output} already holds checkpoints of {config.output.name}: pass --resume to "
-                              "continue that run, or set another [output] dir or name.")
+            raise FlexIPError(
+                f"{self.output} already holds checkpoints of {config.output.name}: pass --resume to "
+                "continue that run, or set another [output] dir or name."
+            )
         stream_cache = config.data.stream_cache
         self.shards = ShardPairs(self._packed_pairs(), None if stream_cache is None else str(stream_cache))
         _check_pairs(self.shards, config, topology.world_size)
@@ -106,8 +109,9 @@ class Trainer:
             count = enable_gradient_checkpointing(self.models.diffusion_model)
             log.info("gradient checkpointing on %d UNet blocks", count)
 
-        self.source = PairImageSource(self.shards, config.data.resolution, config.data.reference_resolution,
-                                      config.data.augment, train.seed)
+        self.source = PairImageSource(
+            self.shards, config.data.resolution, config.data.reference_resolution, config.data.augment, train.seed
+        )
         self.encoders = Encoders(self.models, self.pack, self.adapter.config.dino_resolution)
         self.cache = self._prepare_cache() if config.cache.enabled else None
         self.null = self.cache.null() if self.cache else self.encoders.null(config.data.reference_resolution)
@@ -118,17 +122,19 @@ class Trainer:
         self.forward = self.loss
         if self.topology.distributed:
             # gradients live in DDP's buckets: no second copy of them
-            self.forward = DistributedDataParallel(self.loss, device_ids=[self.device.index] if self.on_gpu else None,
-                                                   gradient_as_bucket_view=True)
-        self.optimizer = torch.optim.AdamW(self.adapter.parameters(), lr=train.learning_rate, betas=train.betas,
-                                           weight_decay=train.weight_decay)
+            self.forward = DistributedDataParallel(
+                self.loss, device_ids=[self.device.index] if self.on_gpu else None, gradient_as_bucket_view=True
+            )
+        self.optimizer = torch.optim.AdamW(
+            self.adapter.parameters(), lr=train.learning_rate, betas=train.betas, weight_decay=train.weight_decay
+        )
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(train.warmup_steps))
         self.scaler = torch.amp.GradScaler("cuda") if self.on_gpu and precision == "fp16" else None
         self.ema = EMA(self.adapter, train.ema_decay) if train.ema_decay > 0 else None
         self.step = 0
         self.position = 0  # micro-batches this rank has consumed
         self.loader: Any = None
-        self.data_state: Optional[tuple[dict, int]] = None  # the loader position to resume from, its rank count
+        self.data_state: tuple[dict, int] | None = None  # the loader position to resume from, its rank count
         if resume:
             self._restore(state.find_resume(resume, self.output, config.output.name))
 
@@ -155,10 +161,11 @@ class Trainer:
     def _prepare_cache(self) -> FeatureCache:
         cache = FeatureCache(self.config, self.source, self.adapter.config.dino_resolution)
         stale = cache.stale()
-        mine = stale[self.topology.rank::self.topology.world_size]  # each shard is written by one rank
+        mine = stale[self.topology.rank :: self.topology.world_size]  # each shard is written by one rank
         if stale and self.topology.is_main:
-            log.info("feature cache: building %d of %d shards in %s", len(stale), cache.shard_count + 1,
-                     cache.directory)
+            log.info(
+                "feature cache: building %d of %d shards in %s", len(stale), cache.shard_count + 1, cache.directory
+            )
         cache.build(self.encoders, mine, progress=self.topology.is_main)
         distributed.barrier(self.topology)
         check_cache_complete(cache)
@@ -169,7 +176,7 @@ class Trainer:
         size = self.config.train.batch_size
         batches = []
         for start in range(0, len(indices), size):
-            items = collate([self.items(index, None) for index in indices[start:start + size]])
+            items = collate([self.items(index, None) for index in indices[start : start + size]])
             batches.append(items if isinstance(items, Features) else self.encoders.encode(items))
         return batches
 
@@ -201,8 +208,17 @@ class Trainer:
             self.output.mkdir(parents=True, exist_ok=True)
         from .stream import training_loader
 
-        self.loader = training_loader(self.shards, self.items, train.seed, train.batch_size, config.data.num_workers,
-                                      config.data.variant_fraction, collate, self.on_gpu, topology.distributed)
+        self.loader = training_loader(
+            self.shards,
+            self.items,
+            train.seed,
+            train.batch_size,
+            config.data.num_workers,
+            config.data.variant_fraction,
+            collate,
+            self.on_gpu,
+            topology.distributed,
+        )
         if self.data_state is not None:
             _resume_data(self.loader, *self.data_state, topology.world_size)
         batches = _endless(self.loader, self._empty_epoch())
@@ -211,8 +227,13 @@ class Trainer:
         evals: dict[int, float] = {}
         if self.step == 0 and self.eval_features:
             evals[0] = self._evaluate()
-        progress = tqdm(total=train.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
-                        disable=not (topology.is_main and config.output.progress))
+        progress = tqdm(
+            total=train.max_steps,
+            initial=self.step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (topology.is_main and config.output.progress),
+        )
         running, count, started = torch.zeros((), device=self.device), 0, time.perf_counter()
         last_checkpoint = None
         while self.step < train.max_steps:
@@ -241,8 +262,12 @@ class Trainer:
             if self.step % config.output.log_every == 0 or at_end:
                 mean = float(distributed.all_sum(topology, running)) / (count * topology.world_size)
                 elapsed = time.perf_counter() - started
-                record = {"step": self.step, "loss": mean, "lr": self.schedule.get_last_lr()[0],
-                          "steps_per_s": count / elapsed}
+                record = {
+                    "step": self.step,
+                    "loss": mean,
+                    "lr": self.schedule.get_last_lr()[0],
+                    "steps_per_s": count / elapsed,
+                }
                 if self.on_gpu:
                     record["max_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
                 progress.set_postfix(loss=f"{mean:.4f}")
@@ -262,9 +287,11 @@ class Trainer:
 
     def _empty_epoch(self) -> str:
         data, topology = self.config.data, self.topology
-        return (f"{self.shards.root} gives no batch of {self.config.train.batch_size} on {topology.world_size} GPU(s) "
-                f"with {data.num_workers} data-loader workers (each kind fills whole batches per GPU and worker under "
-                "torchrun): add pairs, or lower [train] batch_size or [data] num_workers.")
+        return (
+            f"{self.shards.root} gives no batch of {self.config.train.batch_size} on {topology.world_size} GPU(s) "
+            f"with {data.num_workers} data-loader workers (each kind fills whole batches per GPU and worker under "
+            "torchrun): add pairs, or lower [train] batch_size or [data] num_workers."
+        )
 
     def _next_batch(self, batches: Iterator[Any]) -> Any:
         """The next micro-batch; a chunk damaged while training (litdata reads ahead) ends in one sentence."""
@@ -308,8 +335,9 @@ class Trainer:
         for number, features in enumerate(self.eval_features):
             if number % topology.world_size != topology.rank:
                 continue
-            for inputs in evaluation_inputs(features, config.data, sampling, config.train.seed,
-                                            config.output.eval_timesteps):
+            for inputs in evaluation_inputs(
+                features, config.data, sampling, config.train.seed, config.output.eval_timesteps
+            ):
                 errors = self.loss.per_sample(inputs.to(self.device))
                 total += torch.tensor([float(errors.double().sum()), errors.numel()], dtype=torch.float64)
         total = distributed.all_sum(topology, total.to(self.device)).cpu()
@@ -329,16 +357,24 @@ class Trainer:
 
         adapter = state.export_adapter(self.adapter.config, self._published_weights(), torch.float32)
         indices = list(range(min(self.config.samples.pairs, len(self.source))))
-        path = sample_grid(self.pack, self.models, adapter, self.source, indices, self.config.samples,
-                           self.output / "samples" / f"{self.config.output.name}-{self.step:06d}.png")
+        path = sample_grid(
+            self.pack,
+            self.models,
+            adapter,
+            self.source,
+            indices,
+            self.config.samples,
+            self.output / "samples" / f"{self.config.output.name}-{self.step:06d}.png",
+        )
         log.info("step %d: sample grid %s", self.step, path)
 
-    def _checkpoint(self) -> Optional[Path]:
+    def _checkpoint(self) -> Path | None:
         topology, output = self.topology, self.config.output
         digests = distributed.gather_strings(topology, distributed.weights_digest(self.adapter.state_dict()))
         if len(set(digests)) > 1:
-            log.error("the ranks' adapter weights differ at step %d (digests %s): training is not in sync",
-                      self.step, digests)
+            log.error(
+                "the ranks' adapter weights differ at step %d (digests %s): training is not in sync", self.step, digests
+            )
         path = None
         if topology.is_main:
             ema = self.ema.weights if self.ema is not None else None
@@ -356,24 +392,36 @@ class Trainer:
                 "adapter_config": self.adapter.config.to_json(),
                 "rank_digests": digests,
             }
-            path = state.save(self.output, output.name, self.step, self.adapter.config, self._published_weights(),
-                              output.save_dtype, payload)
+            path = state.save(
+                self.output,
+                output.name,
+                self.step,
+                self.adapter.config,
+                self._published_weights(),
+                output.save_dtype,
+                payload,
+            )
             state.prune(self.output, output.name, output.keep_last)
             log.info("step %d: wrote %s", self.step, path)
         distributed.barrier(topology)
         return path
 
+
 def _check_pairs(shards: ShardPairs, config: TrainConfig, world_size: int) -> None:
     """Enough pairs for one step, and both kinds where [data] variant_fraction asks for them."""
     per_step = config.train.batch_size * world_size
     if len(shards) < per_step:
-        raise FlexIPError(f"{shards.root} has {len(shards)} pairs but one step needs batch_size x GPUs = {per_step}: "
-                          "add pairs or lower [train] batch_size.")
+        raise FlexIPError(
+            f"{shards.root} has {len(shards)} pairs but one step needs batch_size x GPUs = {per_step}: "
+            "add pairs or lower [train] batch_size."
+        )
     fraction = config.data.variant_fraction
     for kind, share in zip(KINDS, (None if fraction is None else 1.0 - fraction, fraction)):
         if share and kind not in shards.kinds:
-            raise FlexIPError(f"[data] variant_fraction = {fraction} asks for {kind} pairs but {shards.root} has none: "
-                              "pack some, or set variant_fraction to " + ("0." if kind == "variant" else "1."))
+            raise FlexIPError(
+                f"[data] variant_fraction = {fraction} asks for {kind} pairs but {shards.root} has none: "
+                "pack some, or set variant_fraction to " + ("0." if kind == "variant" else "1.")
+            )
 
 
 def _endless(loader, empty: str) -> Iterator[Any]:
@@ -391,22 +439,27 @@ def _resume_data(loader, saved: dict, saved_ranks: int, ranks: int) -> None:
     """Put `loader` where the checkpoint's was; on another number of ranks, at the start of the next epoch
     (litdata resumes a mix of subsets only on the same number of ranks)."""
     if saved_ranks != ranks:
-        log.warning("resuming with %d ranks from a checkpoint written by %d: the data starts a new epoch here",
-                    ranks, saved_ranks)
+        log.warning(
+            "resuming with %d ranks from a checkpoint written by %d: the data starts a new epoch here",
+            ranks,
+            saved_ranks,
+        )
         loader.current_epoch = int(saved["current_epoch"])  # the next pass is the next epoch, freshly shuffled
         return
     try:
         loader.load_state_dict(saved)
     except (ValueError, KeyError, TypeError) as error:
-        raise FlexIPError(f"the checkpoint's data position does not fit this run ({error}): resume with the same "
-                          "shards, [train] batch_size and [data] num_workers.") from None
+        raise FlexIPError(
+            f"the checkpoint's data position does not fit this run ({error}): resume with the same "
+            "shards, [train] batch_size and [data] num_workers."
+        ) from None
 
 
 def _pair_indices(batch) -> list[int]:
     return list(batch.indices) if isinstance(batch, Features) else [item.index for item in batch]
 
 
-def train(config: TrainConfig, resume: Optional[str] = None) -> TrainResult:
+def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
     """Train per `config` (resuming from `resume`: 'latest' or a checkpoint path) and return the summary."""
     topology = distributed.setup(config.train.device, config.train.timeout_minutes)
     try:

@@ -10,7 +10,7 @@ through the same adapter contract and `install()`, so every attn2 call runs the 
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.utils.checkpoint
@@ -53,7 +53,8 @@ def enable_gradient_checkpointing(diffusion_model: torch.nn.Module) -> int:
     count = 0
     for module in diffusion_model.modules():
         if isinstance(module, BasicTransformerBlock) or (
-                isinstance(module, TimestepBlock) and not isinstance(module, TimestepEmbedSequential)):
+            isinstance(module, TimestepBlock) and not isinstance(module, TimestepEmbedSequential)
+        ):
             module.forward = _checkpointed(module.forward)
             count += 1
     return count
@@ -69,4 +70,5 @@ def _checkpointed(forward: Callable) -> Callable:
             # recomputation must see this block's view, or it would patch the wrong layer
             kwargs["transformer_options"] = dict(kwargs["transformer_options"])
         return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
     return run

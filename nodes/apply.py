@@ -8,6 +8,7 @@ from flexip_model.errors import FlexIPError
 from flexip_model.gate import Gate
 from flexip_model.gate_schedule import constant_schedule
 from flexip_model.vocabulary import mask_batch
+
 from .bundles import EncodedSubject, LoadedFlexIP
 from .layers import matching_layers
 from .patch import FlexIPPatch, install
@@ -15,7 +16,9 @@ from .patch import FlexIPPatch, install
 
 class FlexIPApply:
     DISPLAY_NAME = "Apply FlexIP"
-    DESCRIPTION = "Adds the subject to the model: identity (preservation) and editability (personalization), blended by the gate."
+    DESCRIPTION = (
+        "Adds the subject to the model: identity (preservation) and editability (personalization), blended by the gate."
+    )
     CATEGORY = "FlexIP"
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
@@ -27,39 +30,99 @@ class FlexIPApply:
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "The diffusion model to personalise (a patched copy is returned)."}),
-                "flexip": ("FLEXIP", {"tooltip": "Adapters from FlexIPLoader (the same ones that encoded the subject)."}),
+                "flexip": (
+                    "FLEXIP",
+                    {"tooltip": "Adapters from FlexIPLoader (the same ones that encoded the subject)."},
+                ),
                 "subject": ("FLEXIP_SUBJECT", {"tooltip": "The subject from FlexIPEncodeSubject."}),
-                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.01,
-                                       "tooltip": "Overall strength s of the subject; 0 leaves the model unchanged."}),
-                "preservation": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
-                    "Gate γ: 1 locks identity (preservation adapter), 0 favours editing (personalization "
-                    "adapter). Ignored when a gate schedule or sweep is connected.")}),
-                "start_at": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001,
-                                       "tooltip": "Sampling progress at which the subject starts to act."}),
-                "end_at": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001,
-                                     "tooltip": "Sampling progress after which the subject stops acting."}),
+                "strength": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": 0.0,
+                        "max": 2.0,
+                        "step": 0.01,
+                        "tooltip": "Overall strength s of the subject; 0 leaves the model unchanged.",
+                    },
+                ),
+                "preservation": (
+                    "FLOAT",
+                    {
+                        "default": 0.5,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.01,
+                        "tooltip": (
+                            "Gate γ: 1 locks identity (preservation adapter), 0 favours editing (personalization "
+                            "adapter). Ignored when a gate schedule or sweep is connected."
+                        ),
+                    },
+                ),
+                "start_at": (
+                    "FLOAT",
+                    {
+                        "default": 0.0,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.001,
+                        "tooltip": "Sampling progress at which the subject starts to act.",
+                    },
+                ),
+                "end_at": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.001,
+                        "tooltip": "Sampling progress after which the subject stops acting.",
+                    },
+                ),
             },
             "optional": {
-                "gate": ("FLEXIP_GATE", {"tooltip": (
-                    "A FlexIPGateSchedule (γ per step and block) or a FlexIPGateSweep (one γ per latent batch "
-                    "item); replaces preservation.")}),
+                "gate": (
+                    "FLEXIP_GATE",
+                    {
+                        "tooltip": (
+                            "A FlexIPGateSchedule (γ per step and block) or a FlexIPGateSweep (one γ per latent batch "
+                            "item); replaces preservation."
+                        )
+                    },
+                ),
                 "attn_mask": ("MASK", {"tooltip": "Where in the image the subject acts (white = on)."}),
             },
         }
 
-    def apply(self, model, flexip: LoadedFlexIP, subject: EncodedSubject, strength: float, preservation: float,
-              start_at: float, end_at: float, gate: Gate | None = None,
-              attn_mask: torch.Tensor | None = None) -> tuple:
+    def apply(
+        self,
+        model,
+        flexip: LoadedFlexIP,
+        subject: EncodedSubject,
+        strength: float,
+        preservation: float,
+        start_at: float,
+        end_at: float,
+        gate: Gate | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> tuple:
         if subject.flexip is not flexip:
             raise FlexIPError(
                 f"FlexIPApply's subject was encoded with {subject.flexip.name} but the flexip input is "
-                f"{flexip.name}: encode the subject with the same FlexIPLoader output.")
+                f"{flexip.name}: encode the subject with the same FlexIPLoader output."
+            )
         layers = matching_layers(model, flexip)
         gate = gate if gate is not None else constant_schedule(preservation)
         gate = gate.with_window(start_at, end_at, "FlexIPApply")
         plan = gate.plan(layers, model.get_model_object("model_sampling").percent_to_sigma)
         patched = model.clone()
-        install(patched, FlexIPPatch(subject, layers, float(strength), plan, None if attn_mask is None else mask_batch(attn_mask).unsqueeze(1)))
+        install(
+            patched,
+            FlexIPPatch(
+                subject,
+                layers,
+                float(strength),
+                plan,
+                None if attn_mask is None else mask_batch(attn_mask).unsqueeze(1),
+            ),
+        )
         return (patched,)
-
-

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Optional
 
 import comfy.model_management
 import comfy.model_patcher
@@ -30,7 +30,7 @@ class LoadedFlexIP:
         return self.adapter.config
 
     @classmethod
-    def wrap(cls, name: str, adapter: SubjectAdapter, dtype: Optional[torch.dtype] = None) -> LoadedFlexIP:
+    def wrap(cls, name: str, adapter: SubjectAdapter, dtype: torch.dtype | None = None) -> LoadedFlexIP:
         """`adapter` in a ModelPatcher, in `dtype` (default: the UNet's compute type, unet_compute_dtype)."""
         load_device = comfy.model_management.get_torch_device()
         offload_device = comfy.model_management.unet_offload_device()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import torch
-
 import comfy.model_management
+import torch
 
 from flexip_model.errors import FlexIPError
 from flexip_model.subject import BATCH_MODES
 from flexip_model.vocabulary import image_masks
+
 from .bundles import EncodedSubject, LoadedFlexIP
 from .encoders import check_encoders, reference_features
 from .faces_runtime import FACE_MODELS_TYPE
@@ -17,8 +17,10 @@ from .faces_select import crop_for_encoding
 
 class FlexIPEncodeSubject:
     DISPLAY_NAME = "FlexIP Encode Subject"
-    DESCRIPTION = ("Encodes the subject once: CLIP-H and DINOv2 features of the reference through the "
-                   "preservation adapter. Changing gate or strength later does not re-run this node.")
+    DESCRIPTION = (
+        "Encodes the subject once: CLIP-H and DINOv2 features of the reference through the "
+        "preservation adapter. Changing gate or strength later does not re-run this node."
+    )
     CATEGORY = "FlexIP"
     RETURN_TYPES = ("FLEXIP_SUBJECT",)
     RETURN_NAMES = ("subject",)
@@ -29,25 +31,58 @@ class FlexIPEncodeSubject:
     def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
-                "flexip": ("FLEXIP", {"tooltip": "Adapters from FlexIPLoader, or an IP-Adapter pair (compatibility mode)."}),
-                "clip_vision": ("CLIP_VISION", {"tooltip": "CLIP ViT-H/14 from Load CLIP Vision (the file IP-Adapter uses)."}),
+                "flexip": (
+                    "FLEXIP",
+                    {"tooltip": "Adapters from FlexIPLoader, or an IP-Adapter pair (compatibility mode)."},
+                ),
+                "clip_vision": (
+                    "CLIP_VISION",
+                    {"tooltip": "CLIP ViT-H/14 from Load CLIP Vision (the file IP-Adapter uses)."},
+                ),
                 "image": ("IMAGE", {"tooltip": "The reference image of the subject; a batch gives several views."}),
-                "batch_mode": (BATCH_MODES, {"default": "average", "tooltip": (
-                    "How several reference images combine: average their tokens, or concatenate them "
-                    "(more tokens, more detail, a little slower).")}),
+                "batch_mode": (
+                    BATCH_MODES,
+                    {
+                        "default": "average",
+                        "tooltip": (
+                            "How several reference images combine: average their tokens, or concatenate them "
+                            "(more tokens, more detail, a little slower)."
+                        ),
+                    },
+                ),
             },
             "optional": {
-                "dino": ("CLIP_VISION", {"tooltip": (
-                    "DINOv2-L from Load CLIP Vision (low-level detail features); not used by an IP-Adapter pair.")}),
+                "dino": (
+                    "CLIP_VISION",
+                    {
+                        "tooltip": (
+                            "DINOv2-L from Load CLIP Vision (low-level detail features); not used by an IP-Adapter pair."
+                        )
+                    },
+                ),
                 "mask": ("MASK", {"tooltip": "Subject mask over the reference: the background is blacked out."}),
-                "insightface": (FACE_MODELS_TYPE, {"tooltip": (
-                    "Optional face models: each reference is first cropped to its largest face, aligned as "
-                    "FlexIP Face Crop does by default (use that node for other choices).")}),
+                "insightface": (
+                    FACE_MODELS_TYPE,
+                    {
+                        "tooltip": (
+                            "Optional face models: each reference is first cropped to its largest face, aligned as "
+                            "FlexIP Face Crop does by default (use that node for other choices)."
+                        )
+                    },
+                ),
             },
         }
 
-    def encode(self, flexip: LoadedFlexIP, clip_vision, image: torch.Tensor, batch_mode: str,
-               dino=None, mask: torch.Tensor | None = None, insightface=None) -> tuple[EncodedSubject]:
+    def encode(
+        self,
+        flexip: LoadedFlexIP,
+        clip_vision,
+        image: torch.Tensor,
+        batch_mode: str,
+        dino=None,
+        mask: torch.Tensor | None = None,
+        insightface=None,
+    ) -> tuple[EncodedSubject]:
         if insightface is not None:  # faces: the aligned crop replaces the photo, the mask is cropped alike
             image, mask = crop_for_encoding(insightface, image, mask)
         features = flexip.adapter.image_features

@@ -8,19 +8,19 @@ interpolated to the smaller grid as DINOv2 itself does.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
-
-import torch
-import torch.nn.functional as F
+from collections.abc import Callable, Sequence
 
 import comfy.clip_model
 import comfy.clip_vision
 import comfy.model_management
+import torch
+import torch.nn.functional as F
 from comfy.image_encoders.dino2 import Dinov2Model
 
 from flexip_model.errors import FlexIPError
 from flexip_model.subject import FeatureNeed, ImageFeatures
 from flexip_model.vocabulary import DINO_FEATURES, HIDDEN_STATES, IMAGE_EMBEDS, encoder_name, feature_words
+
 from .progress import with_progress
 
 # ComfyUI moved clip_preprocess to comfy.clip_model (after 0.3.75); comfy.clip_vision keeps the old
@@ -53,7 +53,8 @@ def check_width(where: str, feature: str, given: int, adapter: str, expected: in
     if given != expected:
         raise FlexIPError(
             f"{where} gives {given}-d {feature_words(feature)} ({encoder_name(feature, given)}) but {adapter} "
-            f"expects {expected}-d ({encoder_name(feature, expected)}): {fix}.")
+            f"expects {expected}-d ({encoder_name(feature, expected)}): {fix}."
+        )
 
 
 def check_encoders(features: ImageFeatures, clip_vision, dino, adapter_name: str) -> None:
@@ -68,12 +69,20 @@ def check_encoders(features: ImageFeatures, clip_vision, dino, adapter_name: str
 def check_clip(clip_vision, need: FeatureNeed, adapter_name: str) -> None:
     """The `clip_vision` input must be a CLIP vision model giving `need.feature` at `need.width`."""
     model = clip_vision_model(
-        clip_vision, "FlexIPEncodeSubject's clip_vision input",
-        "connect CLIP ViT-H/14 from Load CLIP Vision there (and any DINOv2 encoder to the dino input)")
+        clip_vision,
+        "FlexIPEncodeSubject's clip_vision input",
+        "connect CLIP ViT-H/14 from Load CLIP Vision there (and any DINOv2 encoder to the dino input)",
+    )
     hidden = model.vision_model.post_layernorm.weight.shape[0]
     given = model.visual_projection.out_features if need.feature == IMAGE_EMBEDS else hidden
-    check_width("FlexIPEncodeSubject's clip_vision", need.feature, given, adapter_name, need.width,
-                f"load {encoder_name(need.feature, need.width)} in Load CLIP Vision{need.hint}")
+    check_width(
+        "FlexIPEncodeSubject's clip_vision",
+        need.feature,
+        given,
+        adapter_name,
+        need.width,
+        f"load {encoder_name(need.feature, need.width)} in Load CLIP Vision{need.hint}",
+    )
 
 
 def check_dino(dino, hidden_dim: int, adapter_name: str) -> None:
@@ -81,15 +90,26 @@ def check_dino(dino, hidden_dim: int, adapter_name: str) -> None:
     if dino is None:
         raise FlexIPError(
             f"{adapter_name} needs DINOv2 features but FlexIPEncodeSubject's dino input is empty: "
-            "load DINOv2-L (models/clip_vision) with Load CLIP Vision and connect it.")
-    model = dino_model(dino, "FlexIPEncodeSubject's dino input",
-                       "load a DINOv2-L file (the model.safetensors of dinov2-large) with Load CLIP Vision")
-    check_width("FlexIPEncodeSubject's dino", DINO_FEATURES, model.layernorm.weight.shape[0], adapter_name,
-                hidden_dim, "load the DINOv2 file the adapter was trained with in dino")
+            "load DINOv2-L (models/clip_vision) with Load CLIP Vision and connect it."
+        )
+    model = dino_model(
+        dino,
+        "FlexIPEncodeSubject's dino input",
+        "load a DINOv2-L file (the model.safetensors of dinov2-large) with Load CLIP Vision",
+    )
+    check_width(
+        "FlexIPEncodeSubject's dino",
+        DINO_FEATURES,
+        model.layernorm.weight.shape[0],
+        adapter_name,
+        hidden_dim,
+        "load the DINOv2 file the adapter was trained with in dino",
+    )
 
 
-def reference_features(features: ImageFeatures, clip_vision, dino,
-                       references: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def reference_features(
+    features: ImageFeatures, clip_vision, dino, references: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The declared features of IMAGE references [N, H, W, 3] ([N, ...] each) and of the uncond input
     ([1, ...] each), on the intermediate device."""
     black = features.uncond == "black"
@@ -100,8 +120,10 @@ def reference_features(features: ImageFeatures, clip_vision, dino,
         clip = {}
         if any(name != DINO_FEATURES for name in features.names):
             clip = clip_vision.encode_image(image, crop=True)
-        return tuple(dino_tokens(dino, image, features.dino_resolution) if name == DINO_FEATURES else clip[name]
-                     for name in features.names)
+        return tuple(
+            dino_tokens(dino, image, features.dino_resolution) if name == DINO_FEATURES else clip[name]
+            for name in features.names
+        )
 
     rows = dict(zip(features.names, encode_each(images, encode)))
     if black:
@@ -125,8 +147,9 @@ def neutral_hidden_states(clip_vision) -> torch.Tensor:
     return hidden.to(comfy.model_management.intermediate_device())
 
 
-def encode_each(images: Sequence[torch.Tensor],
-                encode: Callable[[torch.Tensor], tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+def encode_each(
+    images: Sequence[torch.Tensor], encode: Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
+) -> tuple[torch.Tensor, ...]:
     """`encode` (IMAGE [1, H, W, C] -> tensors [1, ...]) of each image [H, W, C] in turn, each output
     concatenated over the images: one progress step per image, and no result depends on its batch neighbours."""
     outputs = [encode(image.unsqueeze(0)) for image in with_progress(images)]
@@ -143,7 +166,8 @@ def dino_tokens(dino, images: torch.Tensor, resolution: int) -> torch.Tensor:
     """IMAGE [N, H, W, 3] -> DINOv2 `last_hidden_state` [N, 1 + (resolution/14)^2, D] at `resolution`."""
     comfy.model_management.load_model_gpu(dino.patcher)
     pixels = clip_preprocess(
-        images.to(dino.load_device), size=resolution, mean=dino.image_mean, std=dino.image_std, crop=True).float()
+        images.to(dino.load_device), size=resolution, mean=dino.image_mean, std=dino.image_std, crop=True
+    ).float()
     model: Dinov2Model = dino.model
     embeddings = model.embeddings
     patches = embeddings.patch_embeddings(pixels)
@@ -157,7 +181,7 @@ def dino_tokens(dino, images: torch.Tensor, resolution: int) -> torch.Tensor:
 def _resized_positions(position: torch.Tensor, patch_count: int) -> torch.Tensor:
     """Bicubic resize of DINOv2's position embeddings [1, 1 + G*G, D] to a grid of `patch_count`."""
     grid = round((position.shape[1] - 1) ** 0.5)
-    target = round(patch_count ** 0.5)
+    target = round(patch_count**0.5)
     if target == grid:
         return position
     cls, patches = position[:, :1], position[:, 1:]

@@ -13,8 +13,10 @@ import torch
 import torch.nn.functional as F
 
 # ArcFace's 5 points (left eye, right eye, nose tip, left and right mouth corner) in a 112 px crop.
-ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
-                             [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float64)
+ARCFACE_TEMPLATE = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float64,
+)
 
 
 def template_points(size: int, scale: float = 1.0) -> np.ndarray:
@@ -51,8 +53,12 @@ def centre_crop_matrix(height: int, width: int, size: int) -> np.ndarray:
     """Image -> crop matrix [2, 3] of the largest centred square, resized to `size`."""
     side = min(height, width)
     factor = size / side
-    return np.array([[factor, 0.0, -(width - side) / 2 * factor + (factor - 1) / 2],
-                     [0.0, factor, -(height - side) / 2 * factor + (factor - 1) / 2]])
+    return np.array(
+        [
+            [factor, 0.0, -(width - side) / 2 * factor + (factor - 1) / 2],
+            [0.0, factor, -(height - side) / 2 * factor + (factor - 1) / 2],
+        ]
+    )
 
 
 def warp(image: torch.Tensor, matrix: np.ndarray, size: int) -> torch.Tensor:
@@ -67,16 +73,23 @@ def warp(image: torch.Tensor, matrix: np.ndarray, size: int) -> torch.Tensor:
     shrink = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
     if shrink < 0.5:
         new_height, new_width = max(round(height * shrink), 1), max(round(width * shrink), 1)
-        pixels = F.interpolate(pixels, size=(new_height, new_width), mode="bilinear", antialias=True,
-                               align_corners=False)
+        pixels = F.interpolate(
+            pixels, size=(new_height, new_width), mode="bilinear", antialias=True, align_corners=False
+        )
         # pixel centres move with the resize: x_new = (x + 0.5) * w_new / w - 0.5
-        to_resized = np.array([[new_width / width, 0, 0.5 * new_width / width - 0.5],
-                               [0, new_height / height, 0.5 * new_height / height - 0.5], [0, 0, 1]])
+        to_resized = np.array(
+            [
+                [new_width / width, 0, 0.5 * new_width / width - 0.5],
+                [0, new_height / height, 0.5 * new_height / height - 0.5],
+                [0, 0, 1],
+            ]
+        )
         matrix = np.vstack([matrix, [0, 0, 1]]) @ np.linalg.inv(to_resized)
         matrix, height, width = matrix[:2], new_height, new_width
     source = image_coordinates(matrix, size)
-    grid = torch.stack([source[..., 0] * 2 / max(width - 1, 1) - 1,
-                        source[..., 1] * 2 / max(height - 1, 1) - 1], dim=-1).unsqueeze(0)
+    grid = torch.stack(
+        [source[..., 0] * 2 / max(width - 1, 1) - 1, source[..., 1] * 2 / max(height - 1, 1) - 1], dim=-1
+    ).unsqueeze(0)
     crop = F.grid_sample(pixels, grid.to(pixels), mode="bilinear", padding_mode="zeros", align_corners=True)
     return crop[0].permute(1, 2, 0).to(image.dtype)
 
@@ -84,8 +97,9 @@ def warp(image: torch.Tensor, matrix: np.ndarray, size: int) -> torch.Tensor:
 def image_coordinates(matrix: np.ndarray, size: int) -> torch.Tensor:
     """Where each crop pixel comes from in the image: [size, size, 2] (x, y)."""
     inverse = np.linalg.inv(np.vstack([np.asarray(matrix, np.float64), [0, 0, 1]]))[:2]
-    v, u = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64),
-                          indexing="ij")
+    v, u = torch.meshgrid(
+        torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64), indexing="ij"
+    )
     crop_points = torch.stack([u, v, torch.ones_like(u)], dim=-1)
     return (crop_points @ torch.from_numpy(inverse).T).float()
 
@@ -95,6 +109,7 @@ def ellipse_mask(box: np.ndarray, matrix: np.ndarray, size: int) -> torch.Tensor
     x1, y1, x2, y2 = (float(value) for value in box[:4])
     source = image_coordinates(matrix, size)
     half_width, half_height = max((x2 - x1) / 2, 1e-3), max((y2 - y1) / 2, 1e-3)
-    distance = (((source[..., 0] - (x1 + x2) / 2) / half_width) ** 2
-                + ((source[..., 1] - (y1 + y2) / 2) / half_height) ** 2)
+    distance = ((source[..., 0] - (x1 + x2) / 2) / half_width) ** 2 + (
+        (source[..., 1] - (y1 + y2) / 2) / half_height
+    ) ** 2
     return (distance <= 1).float()

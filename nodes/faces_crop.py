@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import torch
 
-from .faces_select import DEFAULT_CROP_SCALE, DEFAULT_CROP_SIZE, FACE_CHOICES, NO_FACE_POLICIES, crop_faces
 from .faces_preview import draw_preview
 from .faces_runtime import FACE_MODELS_TYPE
+from .faces_select import DEFAULT_CROP_SCALE, DEFAULT_CROP_SIZE, FACE_CHOICES, NO_FACE_POLICIES, crop_faces
 
 
 class FlexIPFaceCrop:
     DISPLAY_NAME = "FlexIP Face Crop"
-    DESCRIPTION = ("Finds a face in each image with InsightFace and aligns it (eyes, nose and mouth on ArcFace's "
-                   "template) into square crops for FlexIP Encode Subject, with a mask of the face and a preview "
-                   "of what was found.")
+    DESCRIPTION = (
+        "Finds a face in each image with InsightFace and aligns it (eyes, nose and mouth on ArcFace's "
+        "template) into square crops for FlexIP Encode Subject, with a mask of the face and a preview "
+        "of what was found."
+    )
     CATEGORY = "FlexIP/faces"
     RETURN_TYPES = ("IMAGE", "MASK", "IMAGE")
     RETURN_NAMES = ("crops", "masks", "preview")
@@ -28,25 +30,82 @@ class FlexIPFaceCrop:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        return {"required": {
-            "image": ("IMAGE", {"tooltip": "The photo(s) with the face; each image of a batch gets one crop."}),
-            "insightface": (FACE_MODELS_TYPE, {"tooltip": (
-                "Face models from FlexIP InsightFace Loader, or the face analysis loader of InstantID or PuLID.")}),
-            "face": (FACE_CHOICES, {"default": "largest", "tooltip": (
-                "Which face to crop when an image has several: the largest, or the one at face_index.")}),
-            "face_index": ("INT", {"default": 0, "min": 0, "max": 63, "tooltip": (
-                "With face = by index: which face, counting from 0 left to right (the preview shows the numbers).")}),
-            "crop_size": ("INT", {"default": DEFAULT_CROP_SIZE, "min": 112, "max": 1024, "step": 16, "tooltip": (
-                "Side of the square crops in pixels; the encoders read 224.")}),
-            "crop_scale": ("FLOAT", {"default": DEFAULT_CROP_SCALE, "min": 0.5, "max": 4.0, "step": 0.05, "tooltip": (
-                "How much around the face: 1.0 is ArcFace's tight crop (eyebrows to chin), 1.5 the whole head, "
-                "larger values add shoulders and background.")}),
-            "no_face": (NO_FACE_POLICIES, {"default": "error", "tooltip": (
-                "When an image has no face (after retrying detection at smaller sizes): stop with an error naming "
-                "the image, use the whole image (centre square) instead, or leave the image out.")}),
-        }}
+        return {
+            "required": {
+                "image": ("IMAGE", {"tooltip": "The photo(s) with the face; each image of a batch gets one crop."}),
+                "insightface": (
+                    FACE_MODELS_TYPE,
+                    {
+                        "tooltip": (
+                            "Face models from FlexIP InsightFace Loader, or the face analysis loader of InstantID or PuLID."
+                        )
+                    },
+                ),
+                "face": (
+                    FACE_CHOICES,
+                    {
+                        "default": "largest",
+                        "tooltip": (
+                            "Which face to crop when an image has several: the largest, or the one at face_index."
+                        ),
+                    },
+                ),
+                "face_index": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 63,
+                        "tooltip": (
+                            "With face = by index: which face, counting from 0 left to right (the preview shows the numbers)."
+                        ),
+                    },
+                ),
+                "crop_size": (
+                    "INT",
+                    {
+                        "default": DEFAULT_CROP_SIZE,
+                        "min": 112,
+                        "max": 1024,
+                        "step": 16,
+                        "tooltip": ("Side of the square crops in pixels; the encoders read 224."),
+                    },
+                ),
+                "crop_scale": (
+                    "FLOAT",
+                    {
+                        "default": DEFAULT_CROP_SCALE,
+                        "min": 0.5,
+                        "max": 4.0,
+                        "step": 0.05,
+                        "tooltip": (
+                            "How much around the face: 1.0 is ArcFace's tight crop (eyebrows to chin), 1.5 the whole head, "
+                            "larger values add shoulders and background."
+                        ),
+                    },
+                ),
+                "no_face": (
+                    NO_FACE_POLICIES,
+                    {
+                        "default": "error",
+                        "tooltip": (
+                            "When an image has no face (after retrying detection at smaller sizes): stop with an error naming "
+                            "the image, use the whole image (centre square) instead, or leave the image out."
+                        ),
+                    },
+                ),
+            }
+        }
 
-    def crop(self, image: torch.Tensor, insightface, face: str, face_index: int, crop_size: int,
-             crop_scale: float, no_face: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def crop(
+        self,
+        image: torch.Tensor,
+        insightface,
+        face: str,
+        face_index: int,
+        crop_size: int,
+        crop_scale: float,
+        no_face: str,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         faces = crop_faces(insightface, image, face, face_index, crop_size, crop_scale, no_face)
         return faces.crops, faces.masks, draw_preview(image, faces.faces, faces.chosen)

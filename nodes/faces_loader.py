@@ -8,25 +8,44 @@ from .faces_runtime import PROVIDERS, load_face_analysis
 
 class FlexIPInsightFaceLoader:
     DISPLAY_NAME = "FlexIP InsightFace Loader"
-    DESCRIPTION = ("Loads an InsightFace model pack (face detection with landmarks, and ArcFace recognition) from "
-                   "models/insightface/models/. Needs the optional packages insightface and onnxruntime.")
+    DESCRIPTION = (
+        "Loads an InsightFace model pack (face detection with landmarks, and ArcFace recognition) from "
+        "models/insightface/models/. Needs the optional packages insightface and onnxruntime."
+    )
     CATEGORY = "FlexIP/faces"
     RETURN_TYPES = ("INSIGHTFACE",)
     RETURN_NAMES = ("insightface",)
-    OUTPUT_TOOLTIPS = ("The face models, for FlexIP Face Crop, FlexIP Face Similarity and FlexIP Encode Subject "
-                       "(the same INSIGHTFACE other face packs use).",)
+    OUTPUT_TOOLTIPS = (
+        "The face models, for FlexIP Face Crop, FlexIP Face Similarity and FlexIP Encode Subject "
+        "(the same INSIGHTFACE other face packs use).",
+    )
     FUNCTION = "load"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        return {"required": {
-            "pack": (pack_names(), {"tooltip": (
-                "The model pack: a folder in models/insightface/models/ holding its .onnx files "
-                "(antelopev2 or buffalo_l; see docs/faces.md).")}),
-            "provider": (list(PROVIDERS), {"default": "CPU", "tooltip": (
-                "Where ONNX Runtime runs the face models; falls back to the CPU (with a warning in the log) "
-                "when the installed onnxruntime build lacks it.")}),
-        }}
+        return {
+            "required": {
+                "pack": (
+                    pack_names(),
+                    {
+                        "tooltip": (
+                            "The model pack: a folder in models/insightface/models/ holding its .onnx files "
+                            "(antelopev2 or buffalo_l; see docs/faces.md)."
+                        )
+                    },
+                ),
+                "provider": (
+                    list(PROVIDERS),
+                    {
+                        "default": "CPU",
+                        "tooltip": (
+                            "Where ONNX Runtime runs the face models; falls back to the CPU (with a warning in the log) "
+                            "when the installed onnxruntime build lacks it."
+                        ),
+                    },
+                ),
+            }
+        }
 
     def load(self, pack: str, provider: str):
         folder = pack_folder(pack)

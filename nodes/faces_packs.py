@@ -14,6 +14,7 @@ from pathlib import Path
 import folder_paths
 
 from flexip_model.errors import FlexIPError
+
 from .folders import check_inside, check_name
 
 KNOWN_PACKS = ("antelopev2", "buffalo_l")
@@ -49,8 +50,10 @@ def pack_folder(pack: str) -> Path:
     check_name(pack, "insightface", _WHERE, single=True)
     roots = insightface_roots()
     if not roots:
-        raise FlexIPError("No insightface model folder is registered with ComfyUI: restart ComfyUI so the "
-                          "FlexIP pack can register models/insightface.")
+        raise FlexIPError(
+            "No insightface model folder is registered with ComfyUI: restart ComfyUI so the "
+            "FlexIP pack can register models/insightface."
+        )
     expected = roots[0] / "models" / pack
     for root in roots:
         folder = root / "models" / pack
@@ -62,17 +65,21 @@ def pack_folder(pack: str) -> Path:
         if nested:
             raise FlexIPError(
                 f"The InsightFace pack '{pack}' is nested one folder too deep ({nested[0]}{os.sep}*.onnx): move "
-                f"the .onnx files up into {folder}{os.sep}, where insightface looks for them.")
+                f"the .onnx files up into {folder}{os.sep}, where insightface looks for them."
+            )
         raise FlexIPError(
             f"The InsightFace pack folder {folder} has no .onnx files: unzip the complete '{pack}' pack so that "
-            f"its .onnx files sit directly in {folder}{os.sep}.")
+            f"its .onnx files sit directly in {folder}{os.sep}."
+        )
     for root in roots:
         misplaced = root / pack
         if misplaced.is_dir():
             raise FlexIPError(
                 f"The InsightFace pack '{pack}' is at {misplaced} but insightface reads packs from "
-                f"{root / 'models' / pack}: move the folder into {root / 'models'}{os.sep}.")
+                f"{root / 'models' / pack}: move the folder into {root / 'models'}{os.sep}."
+            )
     looked = ", ".join(str(root / "models") for root in roots)
     raise FlexIPError(
         f"The InsightFace pack '{pack}' was not found (looked in {looked}): download it and unzip it so that its "
-        f".onnx files sit in {expected}{os.sep}.")
+        f".onnx files sit in {expected}{os.sep}."
+    )

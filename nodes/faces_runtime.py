@@ -37,9 +37,11 @@ FACE_MODELS_TYPE = "INSIGHTFACE,FACEANALYSIS"
 # Detection input sizes, tried in turn until a face is found: SCRFD misses faces that fill
 # most of a 640 px input, and finds them again at a smaller size.
 DETECTION_SIZES = (640, 512, 384, 256)
-_INSTALL = ("install them into ComfyUI's Python environment with `python -m pip install \"insightface>=1.0\" onnxruntime` "
-            "(for CUDA, then swap in the GPU runtime with `python -m pip uninstall -y onnxruntime onnxruntime-gpu` "
-            "and `python -m pip install onnxruntime-gpu`) and restart ComfyUI")
+_INSTALL = (
+    'install them into ComfyUI\'s Python environment with `python -m pip install "insightface>=1.0" onnxruntime` '
+    "(for CUDA, then swap in the GPU runtime with `python -m pip uninstall -y onnxruntime onnxruntime-gpu` "
+    "and `python -m pip install onnxruntime-gpu`) and restart ComfyUI"
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,7 +65,8 @@ def import_insightface():
         except ImportError as error:
             raise FlexIPError(
                 f"The FlexIP face nodes need the optional packages insightface and onnxruntime, and {name} could "
-                f"not be imported ({error}): {_INSTALL}.") from None
+                f"not be imported ({error}): {_INSTALL}."
+            ) from None
     return importlib.import_module("insightface")
 
 
@@ -73,8 +76,13 @@ def onnx_providers(choice: str, available: list[str]) -> list[str]:
     if wanted == CPU:
         return [CPU]
     if wanted not in available:
-        log.warning("FlexIP faces: ONNX Runtime has no %s (available: %s); running InsightFace on the CPU. "
-                    "Install the onnxruntime build for %s to use it.", wanted, ", ".join(available) or "none", choice)
+        log.warning(
+            "FlexIP faces: ONNX Runtime has no %s (available: %s); running InsightFace on the CPU. "
+            "Install the onnxruntime build for %s to use it.",
+            wanted,
+            ", ".join(available) or "none",
+            choice,
+        )
         return [CPU]
     return [wanted, CPU]
 
@@ -87,19 +95,30 @@ def load_face_analysis(pack: str, folder: Path, choice: str):
     providers = onnx_providers(choice, list(onnxruntime.get_available_providers()))
     try:
         # An absolute folder as the name: insightface reads it in place and never downloads.
-        analysis = insightface.app.FaceAnalysis(name=str(folder), root=str(folder.parent.parent),
-                                                providers=providers, allowed_modules=["detection", "recognition"])
+        analysis = insightface.app.FaceAnalysis(
+            name=str(folder),
+            root=str(folder.parent.parent),
+            providers=providers,
+            allowed_modules=["detection", "recognition"],
+        )
     except AssertionError:  # insightface asserts that a detection model was found
         raise FlexIPError(
             f"The InsightFace pack '{pack}' in {folder} has no face detection model: put the complete pack there "
-            "(antelopev2 has scrfd_10g_bnkps.onnx, buffalo_l has det_10g.onnx).") from None
+            "(antelopev2 has scrfd_10g_bnkps.onnx, buffalo_l has det_10g.onnx)."
+        ) from None
     except Exception as error:  # a truncated or foreign .onnx file
         raise FlexIPError(
             f"insightface could not load the pack '{pack}' in {folder} ({type(error).__name__}: {error}): download "
-            "the pack again and unzip it there.") from None
+            "the pack again and unzip it there."
+        ) from None
     analysis.prepare(ctx_id=0, det_size=(DETECTION_SIZES[0], DETECTION_SIZES[0]))
-    log.info("FlexIP faces: loaded InsightFace pack %s from %s (%s) on %s", pack, folder,
-             ", ".join(sorted(analysis.models)), ", ".join(providers))
+    log.info(
+        "FlexIP faces: loaded InsightFace pack %s from %s (%s) on %s",
+        pack,
+        folder,
+        ", ".join(sorted(analysis.models)),
+        ", ".join(providers),
+    )
     return analysis
 
 
@@ -109,7 +128,8 @@ def check_face_analysis(analysis, node: str) -> None:
         raise FlexIPError(
             f"{node}'s insightface input is not an InsightFace FaceAnalysis with a face detector (got "
             f"{type(analysis).__name__}): connect FlexIP InsightFace Loader or the InsightFace/face analysis "
-            "loader of IPAdapter plus, InstantID or PuLID.")
+            "loader of IPAdapter plus, InstantID or PuLID."
+        )
 
 
 def bgr_pixels(image: torch.Tensor) -> np.ndarray:
@@ -127,9 +147,12 @@ def detect_faces(analysis, image: torch.Tensor) -> tuple[list[DetectedFace], int
             if landmarks is None:
                 raise FlexIPError(
                     "The InsightFace detection model gives no facial landmarks, so faces cannot be aligned: use "
-                    "a pack whose detector has landmarks (antelopev2 or buffalo_l).")
-            return [DetectedFace(np.asarray(box[:4], np.float64), np.asarray(points, np.float64), float(box[4]))
-                    for box, points in zip(boxes, landmarks)], size
+                    "a pack whose detector has landmarks (antelopev2 or buffalo_l)."
+                )
+            return [
+                DetectedFace(np.asarray(box[:4], np.float64), np.asarray(points, np.float64), float(box[4]))
+                for box, points in zip(boxes, landmarks)
+            ], size
     return [], None
 
 
@@ -139,7 +162,8 @@ def recognition_model(analysis, node: str):
     if model is None:
         raise FlexIPError(
             f"{node} needs a face recognition model but the loaded InsightFace pack has none: load antelopev2 or "
-            "buffalo_l (they include glintr100.onnx or w600k_r50.onnx).")
+            "buffalo_l (they include glintr100.onnx or w600k_r50.onnx)."
+        )
     return model
 
 
@@ -147,6 +171,7 @@ def face_embedding(model, image: torch.Tensor, face: DetectedFace) -> np.ndarray
     """The unit-length ArcFace embedding [D] of `face` in IMAGE [H, W, C], aligned the way ArcFace expects."""
     from insightface.app.common import Face
 
-    embedding = np.asarray(model.get(bgr_pixels(image), Face(bbox=face.box, kps=face.landmarks,
-                                                             det_score=face.score)), np.float64).ravel()
+    embedding = np.asarray(
+        model.get(bgr_pixels(image), Face(bbox=face.box, kps=face.landmarks, det_score=face.score)), np.float64
+    ).ravel()
     return embedding / max(np.linalg.norm(embedding), 1e-12)

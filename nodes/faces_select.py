@@ -10,6 +10,7 @@ import torch
 
 from flexip_model.errors import FlexIPError
 from flexip_model.vocabulary import image_masks
+
 from .faces_align import centre_crop_matrix, ellipse_mask, face_crop_matrix, warp
 from .faces_runtime import DETECTION_SIZES, DetectedFace, check_face_analysis, detect_faces
 from .progress import with_progress
@@ -37,9 +38,16 @@ class FaceCrops:
     chosen: list[int | None]
 
 
-def crop_faces(analysis, images: torch.Tensor, face: str = "largest", face_index: int = 0,
-               crop_size: int = DEFAULT_CROP_SIZE, crop_scale: float = DEFAULT_CROP_SCALE,
-               no_face: str = "error", node: str = "FlexIPFaceCrop") -> FaceCrops:
+def crop_faces(
+    analysis,
+    images: torch.Tensor,
+    face: str = "largest",
+    face_index: int = 0,
+    crop_size: int = DEFAULT_CROP_SIZE,
+    crop_scale: float = DEFAULT_CROP_SCALE,
+    no_face: str = "error",
+    node: str = "FlexIPFaceCrop",
+) -> FaceCrops:
     """Detect, choose and align one face per image of IMAGE [N, H, W, C]; `no_face` decides the rest."""
     if images.shape[0] == 0:
         raise FlexIPError(f"{node}'s image batch is empty: connect at least one image.")
@@ -68,7 +76,8 @@ def crop_faces(analysis, images: torch.Tensor, face: str = "largest", face_index
     if not kept:
         raise FlexIPError(
             f"{node} found no face in any of the {len(images)} images and no_face is skip_image, which leaves "
-            "nothing to crop: use photos with visible faces or set no_face to use_whole_image.")
+            "nothing to crop: use photos with visible faces or set no_face to use_whole_image."
+        )
     return FaceCrops(torch.stack(crops), torch.stack(masks), kept, matrices, all_faces, chosen)
 
 
@@ -83,19 +92,22 @@ def _choose(faces: list[DetectedFace], face: str, face_index: int) -> int | None
 def _no_face_message(node: str, index: int, count: int, faces: list, face: str, face_index: int) -> str:
     where = f"image {index} (counting from 0, of {count})"
     if faces and face == "by index":
-        return (f"{node} found {len(faces)} face(s) in {where} but face_index is {face_index}: faces count from 0, "
-                "left to right (see the preview); lower face_index or set no_face to use_whole_image or skip_image.")
+        return (
+            f"{node} found {len(faces)} face(s) in {where} but face_index is {face_index}: faces count from 0, "
+            "left to right (see the preview); lower face_index or set no_face to use_whole_image or skip_image."
+        )
     sizes = ", ".join(str(size) for size in DETECTION_SIZES)
-    return (f"{node} found no face in {where} at detection sizes {sizes} px: use a photo with a clearly visible "
-            "face, or set no_face to use_whole_image or skip_image.")
+    return (
+        f"{node} found no face in {where} at detection sizes {sizes} px: use a photo with a clearly visible "
+        "face, or set no_face to use_whole_image or skip_image."
+    )
 
 
 def crop_like(crops: FaceCrops, values: torch.Tensor) -> torch.Tensor:
     """Crop another per-image tensor [N or 1, H', W', C] (a mask, say) exactly as `crops` cropped the images."""
     out = []
     for position, index in enumerate(crops.kept):
-        out.append(warp(values[index if values.shape[0] > 1 else 0], crops.matrices[position],
-                        crops.crops.shape[1]))
+        out.append(warp(values[index if values.shape[0] > 1 else 0], crops.matrices[position], crops.crops.shape[1]))
     return torch.stack(out)
 
 

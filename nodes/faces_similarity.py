@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 
+import comfy.utils
 import numpy as np
 import torch
 
-import comfy.utils
-
 from flexip_model.errors import FlexIPError
+
 from .faces_runtime import FACE_MODELS_TYPE, check_face_analysis, detect_faces, face_embedding, recognition_model
 from .progress import with_progress
 
@@ -38,7 +38,8 @@ def identity_similarities(analysis, reference: torch.Tensor, generated: torch.Te
         if embedding is None:
             raise FlexIPError(
                 f"{NODE} found no face in reference image {index} (counting from 0, of {len(reference)}): use a "
-                "reference photo with a clearly visible face.")
+                "reference photo with a clearly visible face."
+            )
         identities.append(embedding)
     identity = np.mean(identities, axis=0)
     identity /= max(np.linalg.norm(identity), 1e-12)
@@ -51,8 +52,11 @@ def identity_similarities(analysis, reference: torch.Tensor, generated: torch.Te
 
 def similarity_table(similarities: list[float | None], reference_count: int) -> str:
     """A plain-text table: one row per generated image, then the mean over the images with a face."""
-    lines = [f"ArcFace cosine similarity to the reference identity ({reference_count} reference image(s); "
-             "1 = same face, around 0 = unrelated)", "image  similarity"]
+    lines = [
+        f"ArcFace cosine similarity to the reference identity ({reference_count} reference image(s); "
+        "1 = same face, around 0 = unrelated)",
+        "image  similarity",
+    ]
     for index, value in enumerate(similarities):
         lines.append(f"{index:<5}  {'no face (0.0)' if value is None else f'{value:.4f}'}")
     found = [value for value in similarities if value is not None]
@@ -63,8 +67,10 @@ def similarity_table(similarities: list[float | None], reference_count: int) -> 
 
 class FlexIPFaceSimilarity:
     DISPLAY_NAME = "FlexIP Face Similarity (ArcFace)"
-    DESCRIPTION = ("Measures identity preservation: the ArcFace cosine similarity between the reference face and "
-                   "the largest face in each generated image.")
+    DESCRIPTION = (
+        "Measures identity preservation: the ArcFace cosine similarity between the reference face and "
+        "the largest face in each generated image."
+    )
     CATEGORY = "FlexIP/faces"
     RETURN_TYPES = ("FLOAT", "STRING")
     RETURN_NAMES = ("similarity", "table")
@@ -77,14 +83,24 @@ class FlexIPFaceSimilarity:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        return {"required": {
-            "reference": ("IMAGE", {"tooltip": (
-                "The reference photo(s) of the person; several are averaged into one identity.")}),
-            "generated": ("IMAGE", {"tooltip": "The generated images to score, e.g. from VAE Decode."}),
-            "insightface": (FACE_MODELS_TYPE, {"tooltip": (
-                "Face models from FlexIP InsightFace Loader, or InstantID's or PuLID's (the pack must include a "
-                "recognition model).")}),
-        }}
+        return {
+            "required": {
+                "reference": (
+                    "IMAGE",
+                    {"tooltip": ("The reference photo(s) of the person; several are averaged into one identity.")},
+                ),
+                "generated": ("IMAGE", {"tooltip": "The generated images to score, e.g. from VAE Decode."}),
+                "insightface": (
+                    FACE_MODELS_TYPE,
+                    {
+                        "tooltip": (
+                            "Face models from FlexIP InsightFace Loader, or InstantID's or PuLID's (the pack must include a "
+                            "recognition model)."
+                        )
+                    },
+                ),
+            }
+        }
 
     def measure(self, reference: torch.Tensor, generated: torch.Tensor, insightface) -> tuple[list[float], str]:
         similarities = identity_similarities(insightface, reference, generated)

@@ -11,7 +11,7 @@ import functools
 import inspect
 import math
 import numbers
-from typing import Iterable
+from collections.abc import Iterable
 
 from flexip_model.errors import FlexIPError
 
@@ -19,9 +19,12 @@ from flexip_model.errors import FlexIPError
 def _float_inputs(node_class: type) -> dict[str, dict]:
     """name -> options of each FLOAT input (required and optional)."""
     declared = node_class.INPUT_TYPES()
-    return {name: (spec[1] if len(spec) > 1 else {})
-            for section in ("required", "optional") for name, spec in declared.get(section, {}).items()
-            if spec[0] == "FLOAT"}
+    return {
+        name: (spec[1] if len(spec) > 1 else {})
+        for section in ("required", "optional")
+        for name, spec in declared.get(section, {}).items()
+        if spec[0] == "FLOAT"
+    }
 
 
 def _non_finite(value) -> tuple[int | None, float] | None:

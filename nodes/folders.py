@@ -52,12 +52,19 @@ def check_name(name: object, folder: str, where: str, single: bool = False) -> s
     if not isinstance(name, str) or not name.strip():
         raise FlexIPError(f"{where} is empty or not a name ({name!r}): {fix}.")
     parts = re.split(r"[\\/]", name)
-    problem = ("contains a NUL byte" if "\0" in name
-               else "is an absolute path" if os.path.isabs(name) or name.startswith(("/", "\\")) or _DRIVE.match(name)
-               else "contains '..'" if ".." in parts
-               else "contains a backslash" if "\\" in name and os.sep != "\\"
-               else "contains a folder separator" if single and len(parts) > 1
-               else None)
+    problem = (
+        "contains a NUL byte"
+        if "\0" in name
+        else "is an absolute path"
+        if os.path.isabs(name) or name.startswith(("/", "\\")) or _DRIVE.match(name)
+        else "contains '..'"
+        if ".." in parts
+        else "contains a backslash"
+        if "\\" in name and os.sep != "\\"
+        else "contains a folder separator"
+        if single and len(parts) > 1
+        else None
+    )
     if problem:
         raise FlexIPError(f"{where} {name!r} {problem}, so it could leave {shown}: {fix}.")
     return name
@@ -74,8 +81,10 @@ def check_inside(path: Path, folder: str, where: str, listed: Callable[[], Itera
         return path
     if name in set(listed()):  # listing reads the disk: only for paths that leave the folder
         return path
-    raise FlexIPError(f"{where} {name!r} leads to {real}, outside {_shown(folder)}: pick a file listed in the node "
-                      f"or move the model into {_shown(folder)}.")
+    raise FlexIPError(
+        f"{where} {name!r} leads to {real}, outside {_shown(folder)}: pick a file listed in the node "
+        f"or move the model into {_shown(folder)}."
+    )
 
 
 def _within(real: str, root: str) -> bool:
@@ -91,6 +100,8 @@ def model_file(folder: str, name: object, where: str) -> str:
     path = folder_paths.get_full_path(folder, name)
     if path is None:
         looked = ", ".join(folder_paths.get_folder_paths(folder)) or _shown(folder)
-        raise FlexIPError(f"{where} {name!r} was not found (looked in {looked}): put the file into "
-                          f"{_shown(folder)} and refresh the node list (press R).")
+        raise FlexIPError(
+            f"{where} {name!r} was not found (looked in {looked}): put the file into "
+            f"{_shown(folder)} and refresh the node list (press R)."
+        )
     return str(check_inside(Path(path), folder, where, lambda: folder_paths.get_filename_list(folder), name))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
 from flexip_model.config import LayerSpec
 from flexip_model.errors import FlexIPError
 from flexip_model.vocabulary import attn2_layer, comfy_order, family_name, layer_key
+
 from .bundles import LoadedFlexIP
 
 
@@ -25,8 +26,10 @@ def cross_attention_modules(diffusion_model: torch.nn.Module) -> Iterator[tuple[
 
 def layer_specs_of(diffusion_model: torch.nn.Module) -> tuple[LayerSpec, ...]:
     """Every attn2 layer of a UNet in ComfyUI's patch order; the middle block's id is 0."""
-    return tuple(LayerSpec(key, module.to_q.out_features, module.heads)
-                 for key, module in cross_attention_modules(diffusion_model))
+    return tuple(
+        LayerSpec(key, module.to_q.out_features, module.heads)
+        for key, module in cross_attention_modules(diffusion_model)
+    )
 
 
 def context_dim_of(diffusion_model: torch.nn.Module) -> int | None:
@@ -46,16 +49,19 @@ def matching_layers(model, flexip: LoadedFlexIP) -> tuple[LayerSpec, ...]:
         expected, actual = family_name(config.context_dim), family_name(context)
         raise FlexIPError(
             f"{flexip.name} is an {expected} adapter (context {config.context_dim}) but the model is {actual} "
-            f"(context {context}): load an {actual} FlexIP file or an {expected} checkpoint.")
+            f"(context {context}): load an {actual} FlexIP file or an {expected} checkpoint."
+        )
     layers = layer_specs_of(diffusion_model)
     expected_layers = {spec.key: spec for spec in config.layers}
     if {spec.key for spec in layers} != set(expected_layers):
         raise FlexIPError(
             f"{flexip.name} has {len(config.layers)} cross-attention layers but the model has {len(layers)}: "
-            "use a FlexIP file made for this model's architecture (flexip_model init --layers-from <checkpoint>).")
+            "use a FlexIP file made for this model's architecture (flexip_model init --layers-from <checkpoint>)."
+        )
     for spec in layers:
         if expected_layers[spec.key].inner_dim != spec.inner_dim:
             raise FlexIPError(
                 f"{flexip.name} layer {spec.key} is {expected_layers[spec.key].inner_dim} wide but the model's is "
-                f"{spec.inner_dim}: use a FlexIP file made for this model's architecture.")
+                f"{spec.inner_dim}: use a FlexIP file made for this model's architecture."
+            )
     return tuple(expected_layers[spec.key] for spec in layers)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import folder_paths
 
 from flexip_model import checkpoint
+
 from .bundles import LoadedFlexIP
 from .folders import model_file
 
 
 class FlexIPLoader:
     DISPLAY_NAME = "Load FlexIP Adapters"
-    DESCRIPTION = "Loads a FlexIP adapter file (preservation + personalization adapters and their per-layer projections)."
+    DESCRIPTION = (
+        "Loads a FlexIP adapter file (preservation + personalization adapters and their per-layer projections)."
+    )
     CATEGORY = "FlexIP"
     RETURN_TYPES = ("FLEXIP",)
     RETURN_NAMES = ("flexip",)
@@ -20,10 +23,14 @@ class FlexIPLoader:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        return {"required": {
-            "adapter_name": (folder_paths.get_filename_list("flexip"), {
-                "tooltip": "A FlexIP .safetensors file in models/flexip (see README: Model files)."}),
-        }}
+        return {
+            "required": {
+                "adapter_name": (
+                    folder_paths.get_filename_list("flexip"),
+                    {"tooltip": "A FlexIP .safetensors file in models/flexip (see README: Model files)."},
+                ),
+            }
+        }
 
     def load(self, adapter_name: str) -> tuple[LoadedFlexIP]:
         path = model_file("flexip", adapter_name, "FlexIPLoader's adapter_name")

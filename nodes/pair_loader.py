@@ -11,6 +11,7 @@ import logging
 import folder_paths
 
 from flexip_model.ip_adapter import load_pair
+
 from .bundles import LoadedFlexIP
 from .folders import model_file
 from .layers import context_dim_of, layer_specs_of
@@ -24,7 +25,8 @@ class FlexIPAdapterPairLoader:
         "Compatibility mode over IP-Adapter weights, not trained FlexIP: loads two public IP-Adapter files "
         "from models/ipadapter as the preservation and personalization branches, and the FlexIP gate blends "
         "them. γ = 1 is plain IP-Adapter with the preservation file, γ = 0 with the personalization file. "
-        "FlexIP Encode Subject needs only CLIP ViT-H/14 here (no DINOv2).")
+        "FlexIP Encode Subject needs only CLIP ViT-H/14 here (no DINOv2)."
+    )
     CATEGORY = "FlexIP"
     RETURN_TYPES = ("FLEXIP",)
     RETURN_NAMES = ("flexip",)
@@ -34,21 +36,46 @@ class FlexIPAdapterPairLoader:
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         files = folder_paths.get_filename_list("ipadapter")
-        return {"required": {
-            "model": ("MODEL", {"tooltip": (
-                "The model to patch later: the files' layers are matched to its cross-attention layers here.")}),
-            "preservation": (files, {"tooltip": (
-                "IP-Adapter file for identity, weighted by γ (e.g. ip-adapter-plus_sd15 or ip-adapter-plus-face_sd15).")}),
-            "personalization": (files, {"tooltip": (
-                "IP-Adapter file for editability, weighted by 1 − γ (e.g. ip-adapter_sd15 or ip-adapter_sd15_light).")}),
-        }}
+        return {
+            "required": {
+                "model": (
+                    "MODEL",
+                    {
+                        "tooltip": (
+                            "The model to patch later: the files' layers are matched to its cross-attention layers here."
+                        )
+                    },
+                ),
+                "preservation": (
+                    files,
+                    {
+                        "tooltip": (
+                            "IP-Adapter file for identity, weighted by γ (e.g. ip-adapter-plus_sd15 or ip-adapter-plus-face_sd15)."
+                        )
+                    },
+                ),
+                "personalization": (
+                    files,
+                    {
+                        "tooltip": (
+                            "IP-Adapter file for editability, weighted by 1 − γ (e.g. ip-adapter_sd15 or ip-adapter_sd15_light)."
+                        )
+                    },
+                ),
+            }
+        }
 
     def load(self, model, preservation: str, personalization: str) -> tuple[LoadedFlexIP]:
         preservation_file = model_file("ipadapter", preservation, "FlexIPAdapterPairLoader's preservation")
         personalization_file = model_file("ipadapter", personalization, "FlexIPAdapterPairLoader's personalization")
         diffusion_model = model.get_model_object("diffusion_model")
-        pair = load_pair(preservation_file, personalization_file,
-                         layer_specs_of(diffusion_model), context_dim_of(diffusion_model))
-        logger.info("FlexIP compatibility mode: preservation %s, personalization %s, %d layers.",
-                    pair.preservation.spec.describe(), pair.personalization.spec.describe(), len(pair.config.layers))
+        pair = load_pair(
+            preservation_file, personalization_file, layer_specs_of(diffusion_model), context_dim_of(diffusion_model)
+        )
+        logger.info(
+            "FlexIP compatibility mode: preservation %s, personalization %s, %d layers.",
+            pair.preservation.spec.describe(),
+            pair.personalization.spec.describe(),
+            len(pair.config.layers),
+        )
         return (LoadedFlexIP.wrap(f"{preservation} + {personalization}", pair),)

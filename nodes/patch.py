@@ -12,13 +12,13 @@ from __future__ import annotations
 import copy
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
-
-import torch
+from typing import Any
 
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.patcher_extension
+import torch
 
 from flexip_model.attention import LayerKV, Weight, gated_attention, join_branches
 from flexip_model.config import LayerSpec
@@ -26,6 +26,7 @@ from flexip_model.errors import FlexIPError
 from flexip_model.gate import GatePlan
 from flexip_model.subject import CallSubjects, SubjectAdapter, SubjectTokens
 from flexip_model.vocabulary import TOKEN_MODE, parse_layer_key
+
 from .bundles import EncodedSubject, LoadedFlexIP
 
 logger = logging.getLogger(__name__)
@@ -40,11 +41,11 @@ class CallState:
     kv: tuple[LayerKV, ...]
     gates: tuple[Weight, ...]  # float, 0-d tensor, or [B] tensor (γ per row) per layer
     strength: Weight  # float or 0-d tensor (0 outside start_at/end_at)
-    mask: Optional[torch.Tensor]  # [B, 1, H, W] over the latent, or None
+    mask: torch.Tensor | None  # [B, 1, H, W] over the latent, or None
     masks_by_tokens: dict[int, torch.Tensor] = field(default_factory=dict)
     layers_run: set[int] = field(default_factory=set)  # for the end-of-run log line
 
-    def mask_for(self, tokens: int, original_shape: list[int]) -> Optional[torch.Tensor]:
+    def mask_for(self, tokens: int, original_shape: list[int]) -> torch.Tensor | None:
         """The attention mask resized to a layer's token grid: [B, N, 1], cached per call."""
         if self.mask is None:
             return None
@@ -75,11 +76,11 @@ class AttentionPatch(ABC):
         self._run_calls = 0
 
     @abstractmethod
-    def call_state(self, x: torch.Tensor, context: torch.Tensor, options: dict) -> Optional[CallState]:
+    def call_state(self, x: torch.Tensor, context: torch.Tensor, options: dict) -> CallState | None:
         """What the layer patches of this model call read; None runs the base model."""
 
     @torch.compiler.disable
-    def _host_call_state(self, x: torch.Tensor, context: torch.Tensor, options: dict) -> Optional[CallState]:
+    def _host_call_state(self, x: torch.Tensor, context: torch.Tensor, options: dict) -> CallState | None:
         """`call_state`, never traced by torch.compile: it looks up caches and, on a run's first call,
         has ComfyUI load the adapter, which dynamo cannot trace; its result enters the graph as input."""
         return self.call_state(x, context, options)
@@ -97,19 +98,35 @@ class AttentionPatch(ABC):
         try:
             return executor(*args, **kwargs)
         finally:
-            logger.info("FlexIP (%s): %d of %d cross-attention layers patched, %d model calls.",
-                        self.flexip.name, len(self._run_layers), len(self.layers), self._run_calls)
+            logger.info(
+                "FlexIP (%s): %d of %d cross-attention layers patched, %d model calls.",
+                self.flexip.name,
+                len(self._run_layers),
+                len(self.layers),
+                self._run_calls,
+            )
             self._run_layers = set()
             self._run_calls = 0
 
     @torch.compiler.disable(recursive=False)
-    def diffusion_model_wrapper(self, executor: Callable, x: torch.Tensor, timesteps, context: torch.Tensor,
-                                y=None, control=None, transformer_options: dict = {}, **kwargs):
+    def diffusion_model_wrapper(
+        self,
+        executor: Callable,
+        x: torch.Tensor,
+        timesteps,
+        context: torch.Tensor,
+        y=None,
+        control=None,
+        transformer_options: dict | None = None,
+        **kwargs,
+    ):
         """Once per model call: prepare what every layer patch of this call reads.
 
         torch.compile skips this frame only (the one graph break FlexIP adds) and compiles the UNet
         that `executor` runs, layer patches included, as a graph of its own.
         """
+        if transformer_options is None:
+            transformer_options = {}
         options = dict(transformer_options)
         call = self._host_call_state(x, context, options)
         if call is None:
@@ -120,14 +137,17 @@ class AttentionPatch(ABC):
         self._run_calls += 1
         return out
 
-    def _kv(self, adapter: SubjectAdapter, subject: SubjectTokens, context: torch.Tensor,
-            pick: torch.Tensor) -> tuple[LayerKV, ...]:
+    def _kv(
+        self, adapter: SubjectAdapter, subject: SubjectTokens, context: torch.Tensor, pick: torch.Tensor
+    ) -> tuple[LayerKV, ...]:
         """The adapter's K/V of every layer, in the UNet's compute dtype and device (the context's)."""
         kv = adapter.run_kv(subject, context, pick, [spec.key for spec in self.layers])
         token_mode = self.flexip.config.gate_mode == TOKEN_MODE
         # cast first, then join: token mode's joint K/V is made once, in the compute dtype
-        return tuple(join_branches(layer) if token_mode else layer
-                     for layer in (_cast_kv(layer, context.dtype, context.device) for layer in kv))
+        return tuple(
+            join_branches(layer) if token_mode else layer
+            for layer in (_cast_kv(layer, context.dtype, context.device) for layer in kv)
+        )
 
 
 class FlexIPPatch(AttentionPatch):
@@ -137,8 +157,14 @@ class FlexIPPatch(AttentionPatch):
     cond/uncond order, rows, dtype, device) and cleared when the sampling run ends.
     """
 
-    def __init__(self, subject: EncodedSubject, layers: tuple[LayerSpec, ...], strength: float,
-                 gate: GatePlan, mask: Optional[torch.Tensor]) -> None:
+    def __init__(
+        self,
+        subject: EncodedSubject,
+        layers: tuple[LayerSpec, ...],
+        strength: float,
+        gate: GatePlan,
+        mask: torch.Tensor | None,
+    ) -> None:
         super().__init__(subject.flexip, layers)
         self.subject = subject
         self.strength = strength
@@ -173,7 +199,7 @@ class FlexIPPatch(AttentionPatch):
         gates, strength = self.gate.call_gates(options.get("sigmas"), len(order), x.shape[0], self.strength, context)
         return CallState(kv, gates, strength, self._mask_rows(x, len(order)))
 
-    def _mask_rows(self, x: torch.Tensor, chunks: int) -> Optional[torch.Tensor]:
+    def _mask_rows(self, x: torch.Tensor, chunks: int) -> torch.Tensor | None:
         """The attention mask per batch item: one mask for all, or one per latent in the batch."""
         if self.mask is None:
             return None
@@ -183,7 +209,8 @@ class FlexIPPatch(AttentionPatch):
         if mask.shape[0] * chunks != x.shape[0]:
             raise FlexIPError(
                 f"FlexIPApply attn_mask has {mask.shape[0]} masks but the latent batch has "
-                f"{x.shape[0] // chunks} images: give one mask, or one per latent.")
+                f"{x.shape[0] // chunks} images: give one mask, or one per latent."
+            )
         return mask.repeat(chunks, 1, 1, 1)
 
     @torch.no_grad()
@@ -207,8 +234,8 @@ class CallSubjectsPatch(AttentionPatch):
         super().__init__(flexip, layers)
         self.inputs_key = inputs_key
 
-    def call_state(self, x: torch.Tensor, context: torch.Tensor, options: dict) -> Optional[CallState]:
-        inputs: Optional[CallSubjects] = options.get(self.inputs_key)
+    def call_state(self, x: torch.Tensor, context: torch.Tensor, options: dict) -> CallState | None:
+        inputs: CallSubjects | None = options.get(self.inputs_key)
         if inputs is None:
             return None
         adapter = self.flexip.adapter
@@ -223,13 +250,14 @@ def _cast_kv(kv: LayerKV, dtype: torch.dtype, device: torch.device) -> LayerKV:
         if branch is None:
             return None
         return type(branch)(branch.key.to(device, dtype), branch.value.to(device, dtype))
+
     return LayerKV(cast(kv.preservation), cast(kv.personalization))
 
 
 class LayerPatch:
     """The attn2 replace patch of one layer; chains the patch it replaced (never drops it)."""
 
-    def __init__(self, state: AttentionPatch, index: int, previous: Optional[Callable]) -> None:
+    def __init__(self, state: AttentionPatch, index: int, previous: Callable | None) -> None:
         self.state = state
         self.index = index
         self.previous = previous
@@ -239,16 +267,29 @@ class LayerPatch:
             out = self.previous(q, k, v, extra_options)
         else:
             out = comfy_attention.optimized_attention(
-                q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
-                transformer_options=extra_options)
-        call: Optional[CallState] = extra_options.get(self.state.options_key)
+                q,
+                k,
+                v,
+                extra_options["n_heads"],
+                attn_precision=extra_options.get("attn_precision"),
+                transformer_options=extra_options,
+            )
+        call: CallState | None = extra_options.get(self.state.options_key)
         if call is None:  # a model call that bypassed the wrapper: behave like the base model
             return out
         call.layers_run.add(self.index)
         return gated_attention(
-            q, out, call.kv[self.index], extra_options["n_heads"], call.strength, call.gates[self.index],
-            self.state.flexip.config.gate_mode, mask=call.mask_for(q.shape[1], extra_options["original_shape"]),
-            attention=_comfy_attention(extra_options), attn_precision=extra_options.get("attn_precision"))
+            q,
+            out,
+            call.kv[self.index],
+            extra_options["n_heads"],
+            call.strength,
+            call.gates[self.index],
+            self.state.flexip.config.gate_mode,
+            mask=call.mask_for(q.shape[1], extra_options["original_shape"]),
+            attention=_comfy_attention(extra_options),
+            attn_precision=extra_options.get("attn_precision"),
+        )
 
     def models(self) -> list:
         """Only the chained patch's models: the adapter is not loaded with the UNet for the run, it is
@@ -268,8 +309,10 @@ class LayerPatch:
 
 def _comfy_attention(extra_options: dict) -> Callable:
     """ComfyUI's selected attention with this call's overrides (sage, flash, a user's override)."""
+
     def attend(q, k, v, heads, **kwargs):
         return comfy_attention.optimized_attention(q, k, v, heads, transformer_options=extra_options, **kwargs)
+
     return attend
 
 
@@ -284,7 +327,7 @@ def install(model, state: AttentionPatch) -> None:
         block, block_id, transformer_index = parse_layer_key(spec.key)
         previous = replace.get((block, block_id, transformer_index)) or replace.get((block, block_id))
         model.set_model_attn2_replace(LayerPatch(state, index, previous), block, block_id, transformer_index)
-    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
-                               state.diffusion_model_wrapper)
-    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY,
-                               state.outer_sample_wrapper)
+    model.add_wrapper_with_key(
+        comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, state.diffusion_model_wrapper
+    )
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, state.outer_sample_wrapper)

@@ -13,52 +13,85 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from flexip_model.errors import FlexIPError
+
 from .progress import with_progress
 
 METRIC_SLOTS = 4
 DEFAULT_LABELS = "CLIP-I, DINO-I, face similarity, metric 4"
 _DPI = 100
-_INSTALL = ("FlexIPTradeoffPlot needs matplotlib, an optional dependency of ComfyUI-FlexIP: run "
-            "'python -m pip install matplotlib' with ComfyUI's Python and restart ComfyUI.")
+_INSTALL = (
+    "FlexIPTradeoffPlot needs matplotlib, an optional dependency of ComfyUI-FlexIP: run "
+    "'python -m pip install matplotlib' with ComfyUI's Python and restart ComfyUI."
+)
 
 
 class FlexIPTradeoffPlot:
     DISPLAY_NAME = "FlexIP Trade-off Plot"
-    DESCRIPTION = ("The identity/editability trade-off of a gate sweep: each metric (CLIP-I, DINO-I, face "
-                   "similarity, any list of numbers) against γ, and the generated images labelled with their γ.")
+    DESCRIPTION = (
+        "The identity/editability trade-off of a gate sweep: each metric (CLIP-I, DINO-I, face "
+        "similarity, any list of numbers) against γ, and the generated images labelled with their γ."
+    )
     CATEGORY = "FlexIP/sweep"
     INPUT_IS_LIST = True
     RETURN_TYPES = ("IMAGE", "IMAGE")
     RETURN_NAMES = ("chart", "contact_sheet")
-    OUTPUT_TOOLTIPS = ("The chart: metrics against γ, labelled axes and legend.",
-                       "The images side by side, each captioned with its γ and metric values.")
+    OUTPUT_TOOLTIPS = (
+        "The chart: metrics against γ, labelled axes and legend.",
+        "The images side by side, each captioned with its γ and metric values.",
+    )
     FUNCTION = "plot"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        metric = {"forceInput": True, "tooltip": (
-            "A list of numbers, one per image (e.g. FlexIPSubjectSimilarity's clip_i); its name comes from labels.")}
+        metric = {
+            "forceInput": True,
+            "tooltip": (
+                "A list of numbers, one per image (e.g. FlexIPSubjectSimilarity's clip_i); its name comes from labels."
+            ),
+        }
         return {
             "required": {
                 "gammas": ("FLOAT", {"forceInput": True, "tooltip": "FlexIPGateSweep's gammas: the x axis."}),
                 "images": ("IMAGE", {"tooltip": "The generated images, one per γ, in sweep order."}),
                 "metric_1": ("FLOAT", metric),
-                "labels": ("STRING", {"default": DEFAULT_LABELS, "tooltip": (
-                    "Legend names of metric_1 .. metric_4, comma separated.")}),
-                "width": ("INT", {"default": 768, "min": 256, "max": 4096, "step": 16,
-                                  "tooltip": "Chart width in pixels."}),
-                "height": ("INT", {"default": 512, "min": 192, "max": 4096, "step": 16,
-                                   "tooltip": "Chart height in pixels."}),
-                "thumbnail": ("INT", {"default": 256, "min": 64, "max": 1024, "step": 16,
-                                      "tooltip": "Contact sheet: width of each image in pixels."}),
-                "columns": ("INT", {"default": 5, "min": 1, "max": 16,
-                                    "tooltip": "Contact sheet: images per row."}),
+                "labels": (
+                    "STRING",
+                    {"default": DEFAULT_LABELS, "tooltip": ("Legend names of metric_1 .. metric_4, comma separated.")},
+                ),
+                "width": (
+                    "INT",
+                    {"default": 768, "min": 256, "max": 4096, "step": 16, "tooltip": "Chart width in pixels."},
+                ),
+                "height": (
+                    "INT",
+                    {"default": 512, "min": 192, "max": 4096, "step": 16, "tooltip": "Chart height in pixels."},
+                ),
+                "thumbnail": (
+                    "INT",
+                    {
+                        "default": 256,
+                        "min": 64,
+                        "max": 1024,
+                        "step": 16,
+                        "tooltip": "Contact sheet: width of each image in pixels.",
+                    },
+                ),
+                "columns": ("INT", {"default": 5, "min": 1, "max": 16, "tooltip": "Contact sheet: images per row."}),
             },
             "optional": {f"metric_{slot}": ("FLOAT", metric) for slot in range(2, METRIC_SLOTS + 1)},
         }
 
-    def plot(self, gammas: list, images: list, labels: list, width: list, height: list, thumbnail: list,
-             columns: list, **metrics: list) -> tuple[torch.Tensor, torch.Tensor]:
+    def plot(
+        self,
+        gammas: list,
+        images: list,
+        labels: list,
+        width: list,
+        height: list,
+        thumbnail: list,
+        columns: list,
+        **metrics: list,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         gammas = [float(gamma) for gamma in gammas]
         names = [name.strip() for name in labels[0].split(",")]
         series = {}
@@ -69,14 +102,16 @@ class FlexIPTradeoffPlot:
             if len(values) != len(gammas):
                 raise FlexIPError(
                     f"FlexIPTradeoffPlot's metric_{slot} has {len(values)} values but gammas has {len(gammas)}: "
-                    "give one value per γ (score the images of this sweep).")
+                    "give one value per γ (score the images of this sweep)."
+                )
             name = names[slot - 1] if slot <= len(names) and names[slot - 1] else f"metric {slot}"
             series[name] = [float(value) for value in values]
         batch = torch.cat([image[..., :3] for image in images])
         if batch.shape[0] != len(gammas):
             raise FlexIPError(
                 f"FlexIPTradeoffPlot got {batch.shape[0]} images but {len(gammas)} γ values: connect the images "
-                "this sweep generated (one per γ).")
+                "this sweep generated (one per γ)."
+            )
         chart = render_chart(gammas, series, width[0], height[0])
         sheet = render_contact_sheet(batch, gammas, series, thumbnail[0], columns[0])
         return _as_image(chart), _as_image(sheet)
@@ -84,9 +119,9 @@ class FlexIPTradeoffPlot:
 
 def _matplotlib():
     try:
+        from matplotlib import font_manager
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
-        from matplotlib import font_manager
     except ImportError:
         raise FlexIPError(_INSTALL) from None
     return Figure, FigureCanvasAgg, font_manager
@@ -121,8 +156,9 @@ def render_chart(gammas: list[float], series: dict[str, list[float]], width: int
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def render_contact_sheet(images: torch.Tensor, gammas: list[float], series: dict[str, list[float]],
-                         thumbnail: int, columns: int) -> np.ndarray:
+def render_contact_sheet(
+    images: torch.Tensor, gammas: list[float], series: dict[str, list[float]], thumbnail: int, columns: int
+) -> np.ndarray:
     """IMAGE [N, H, W, 3] -> uint8 sheet: `columns` per row, each image captioned with γ and its metrics."""
     count, height, width = images.shape[:3]
     thumb_height = max(1, round(height * thumbnail / width))

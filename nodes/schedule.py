@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from flexip_model.gate_schedule import (
-    INTERPOLATIONS, BlockOverride, GateSchedule, parse_keyframes, parse_layer_indices, validate_schedule,
+    INTERPOLATIONS,
+    BlockOverride,
+    GateSchedule,
+    parse_keyframes,
+    parse_layer_indices,
+    validate_schedule,
 )
 from flexip_model.vocabulary import INPUT_BLOCK, MIDDLE_BLOCK, OUTPUT_BLOCK
 
@@ -12,8 +17,10 @@ _KEYFRAMES_HELP = "'progress:gamma' pairs, e.g. '0:1.0, 0.6:0.2' (progress 0 = f
 
 class FlexIPGateSchedule:
     DISPLAY_NAME = "FlexIP Gate Schedule"
-    DESCRIPTION = ("How much identity (γ = 1, preservation) versus editability (γ = 0, personalization) "
-                   "at each point of sampling, optionally different per UNet block.")
+    DESCRIPTION = (
+        "How much identity (γ = 1, preservation) versus editability (γ = 0, personalization) "
+        "at each point of sampling, optionally different per UNet block."
+    )
     CATEGORY = "FlexIP"
     RETURN_TYPES = ("FLEXIP_GATE",)
     RETURN_NAMES = ("gate",)
@@ -22,39 +29,74 @@ class FlexIPGateSchedule:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        override = {"default": "", "tooltip": f"Optional override for these blocks: {_KEYFRAMES_HELP} Empty = use keyframes."}
+        override = {
+            "default": "",
+            "tooltip": f"Optional override for these blocks: {_KEYFRAMES_HELP} Empty = use keyframes.",
+        }
         return {
             "required": {
-                "keyframes": ("STRING", {"default": "0:1.0, 0.5:0.5, 1:0.2", "multiline": True,
-                                         "tooltip": f"γ over sampling progress: {_KEYFRAMES_HELP}"}),
-                "interpolation": (INTERPOLATIONS, {"default": "linear",
-                                                   "tooltip": "Between keyframes: linear, cosine ease, or step (hold)."}),
+                "keyframes": (
+                    "STRING",
+                    {
+                        "default": "0:1.0, 0.5:0.5, 1:0.2",
+                        "multiline": True,
+                        "tooltip": f"γ over sampling progress: {_KEYFRAMES_HELP}",
+                    },
+                ),
+                "interpolation": (
+                    INTERPOLATIONS,
+                    {"default": "linear", "tooltip": "Between keyframes: linear, cosine ease, or step (hold)."},
+                ),
             },
             "optional": {
                 "input_blocks": ("STRING", override),
                 "middle_block": ("STRING", override),
                 "output_blocks": ("STRING", override),
-                "layer_indices": ("STRING", {"default": "", "tooltip": (
-                    "Optional comma-separated cross-attention layer indices (0 = first input layer) that get "
-                    "layer_keyframes instead.")}),
-                "layer_keyframes": ("STRING", {"default": "", "tooltip": f"Keyframes for layer_indices: {_KEYFRAMES_HELP}"}),
+                "layer_indices": (
+                    "STRING",
+                    {
+                        "default": "",
+                        "tooltip": (
+                            "Optional comma-separated cross-attention layer indices (0 = first input layer) that get "
+                            "layer_keyframes instead."
+                        ),
+                    },
+                ),
+                "layer_keyframes": (
+                    "STRING",
+                    {"default": "", "tooltip": f"Keyframes for layer_indices: {_KEYFRAMES_HELP}"},
+                ),
             },
         }
 
-    def build(self, keyframes: str, interpolation: str, input_blocks: str = "", middle_block: str = "",
-              output_blocks: str = "", layer_indices: str = "", layer_keyframes: str = "") -> tuple[GateSchedule]:
+    def build(
+        self,
+        keyframes: str,
+        interpolation: str,
+        input_blocks: str = "",
+        middle_block: str = "",
+        output_blocks: str = "",
+        layer_indices: str = "",
+        layer_keyframes: str = "",
+    ) -> tuple[GateSchedule]:
         overrides = []
-        by_block = {INPUT_BLOCK: ("input_blocks", input_blocks), MIDDLE_BLOCK: ("middle_block", middle_block),
-                    OUTPUT_BLOCK: ("output_blocks", output_blocks)}
+        by_block = {
+            INPUT_BLOCK: ("input_blocks", input_blocks),
+            MIDDLE_BLOCK: ("middle_block", middle_block),
+            OUTPUT_BLOCK: ("output_blocks", output_blocks),
+        }
         for block, (name, text) in by_block.items():
             if text.strip():
                 overrides.append(BlockOverride(parse_keyframes(text, f"FlexIPGateSchedule {name}"), blocks=(block,)))
         if layer_indices.strip():
-            overrides.append(BlockOverride(
-                parse_keyframes(layer_keyframes, "FlexIPGateSchedule layer_keyframes"),
-                layer_indices=parse_layer_indices(layer_indices, "FlexIPGateSchedule layer_indices")))
-        schedule = GateSchedule(parse_keyframes(keyframes, "FlexIPGateSchedule keyframes"), interpolation,
-                                overrides=tuple(overrides))
+            overrides.append(
+                BlockOverride(
+                    parse_keyframes(layer_keyframes, "FlexIPGateSchedule layer_keyframes"),
+                    layer_indices=parse_layer_indices(layer_indices, "FlexIPGateSchedule layer_indices"),
+                )
+            )
+        schedule = GateSchedule(
+            parse_keyframes(keyframes, "FlexIPGateSchedule keyframes"), interpolation, overrides=tuple(overrides)
+        )
         validate_schedule(schedule, "FlexIPGateSchedule")
         return (schedule,)
-

@@ -6,13 +6,13 @@ biased judges of it. `python -m flexip_eval` scores with independent ones (CLIP 
 
 from __future__ import annotations
 
+import comfy.clip_model
 import torch
 import torch.nn.functional as F
-
-import comfy.clip_model
 from comfy.image_encoders.dino2 import Dinov2Model
 
 from flexip_model.errors import FlexIPError
+
 from .encoders import clip_image_embeds, clip_vision_model, dino_model, dino_tokens, encode_each
 
 DINO_RESOLUTION = 224  # DINO-I as usually reported: the [CLS] of a 224 px centre crop
@@ -20,17 +20,21 @@ DINO_RESOLUTION = 224  # DINO-I as usually reported: the [CLS] of a 224 px centr
 
 class FlexIPSubjectSimilarity:
     DISPLAY_NAME = "FlexIP Subject Similarity (conditioning encoders)"
-    DESCRIPTION = ("How much each generated image looks like the subject, seen by the encoders that condition "
-                   "the model: cosine of CLIP image embeddings and of DINOv2 [CLS] features. 1.0 = the same image. "
-                   "A quick check, not the paper's CLIP-I and DINO-I: those need independent judges "
-                   "(python -m flexip_eval).")
+    DESCRIPTION = (
+        "How much each generated image looks like the subject, seen by the encoders that condition "
+        "the model: cosine of CLIP image embeddings and of DINOv2 [CLS] features. 1.0 = the same image. "
+        "A quick check, not the paper's CLIP-I and DINO-I: those need independent judges "
+        "(python -m flexip_eval)."
+    )
     CATEGORY = "FlexIP/evaluation"
     RETURN_TYPES = ("FLOAT", "FLOAT", "STRING")
     RETURN_NAMES = ("clip_i", "dino_i", "table")
     OUTPUT_IS_LIST = (True, True, False)
-    OUTPUT_TOOLTIPS = ("CLIP-I per generated image, as a list in batch order.",
-                       "DINO-I per generated image, as a list in batch order.",
-                       "Both metrics as a text table with their means; connect to Preview as Text.")
+    OUTPUT_TOOLTIPS = (
+        "CLIP-I per generated image, as a list in batch order.",
+        "DINO-I per generated image, as a list in batch order.",
+        "Both metrics as a text table with their means; connect to Preview as Text.",
+    )
     FUNCTION = "measure"
 
     @classmethod
@@ -39,8 +43,10 @@ class FlexIPSubjectSimilarity:
             "required": {
                 "clip_vision": ("CLIP_VISION", {"tooltip": "CLIP ViT-H/14 from Load CLIP Vision (for CLIP-I)."}),
                 "dino": ("CLIP_VISION", {"tooltip": "DINOv2-L from Load CLIP Vision (for DINO-I)."}),
-                "reference": ("IMAGE", {"tooltip": (
-                    "The subject's reference image(s); with several, each score is the mean over them.")}),
+                "reference": (
+                    "IMAGE",
+                    {"tooltip": ("The subject's reference image(s); with several, each score is the mean over them.")},
+                ),
                 "images": ("IMAGE", {"tooltip": "The generated images to score (a batch gives one score each)."}),
             },
         }
@@ -51,8 +57,10 @@ class FlexIPSubjectSimilarity:
             if batch.shape[0] == 0:
                 raise FlexIPError(f"FlexIPSubjectSimilarity's {name} batch is empty: connect at least one image.")
         reference, images = reference[..., :3], images[..., :3]
-        clip, dino_cls = encode_each([*images, *reference], lambda one: (
-            clip_image_embeds(clip_vision, one), dino_tokens(dino, one, DINO_RESOLUTION)[:, 0]))
+        clip, dino_cls = encode_each(
+            [*images, *reference],
+            lambda one: (clip_image_embeds(clip_vision, one), dino_tokens(dino, one, DINO_RESOLUTION)[:, 0]),
+        )
         count = images.shape[0]
         clip_i = mean_cosine(clip[:count], clip[count:])
         dino_i = mean_cosine(dino_cls[:count], dino_cls[count:])
@@ -81,8 +89,15 @@ def _check_encoders(clip_vision, dino) -> None:
     if isinstance(clip_model, Dinov2Model) and isinstance(dino_encoder, comfy.clip_model.CLIPVisionModelProjection):
         raise FlexIPError(
             "FlexIPSubjectSimilarity's clip_vision and dino inputs are swapped: connect CLIP ViT-H/14 to "
-            "clip_vision and DINOv2 to dino.")
-    clip_vision_model(clip_vision, "FlexIPSubjectSimilarity's clip_vision input",
-                      "load CLIP ViT-H/14 with Load CLIP Vision and connect it there")
-    dino_model(dino, "FlexIPSubjectSimilarity's dino input",
-               "load DINOv2-L (the model.safetensors of dinov2-large) with Load CLIP Vision")
+            "clip_vision and DINOv2 to dino."
+        )
+    clip_vision_model(
+        clip_vision,
+        "FlexIPSubjectSimilarity's clip_vision input",
+        "load CLIP ViT-H/14 with Load CLIP Vision and connect it there",
+    )
+    dino_model(
+        dino,
+        "FlexIPSubjectSimilarity's dino input",
+        "load DINOv2-L (the model.safetensors of dinov2-large) with Load CLIP Vision",
+    )

@@ -10,8 +10,10 @@ MODES = ("list", "range")
 
 class FlexIPGateSweep:
     DISPLAY_NAME = "FlexIP Gate Sweep"
-    DESCRIPTION = ("A sweep of the gate γ over a latent batch: item i of the batch gets the i-th value, so one "
-                   "KSampler run renders identity (γ = 1) to editability (γ = 0) side by side.")
+    DESCRIPTION = (
+        "A sweep of the gate γ over a latent batch: item i of the batch gets the i-th value, so one "
+        "KSampler run renders identity (γ = 1) to editability (γ = 0) side by side."
+    )
     CATEGORY = "FlexIP/sweep"
     RETURN_TYPES = ("FLEXIP_GATE", "FLOAT", "LATENT")
     RETURN_NAMES = ("gate", "gammas", "latent")
@@ -27,25 +29,67 @@ class FlexIPGateSweep:
     def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
-                "latent": ("LATENT", {"tooltip": "One latent (Empty Latent Image with batch_size 1, or an encoded image)."}),
-                "mode": (MODES, {"default": "list", "tooltip": (
-                    "list: the γ values written in values; range: count values evenly from start to stop.")}),
-                "values": ("STRING", {"default": "0, 0.25, 0.5, 0.75, 1", "tooltip": (
-                    "mode list: γ values in [0, 1], comma or newline separated (1 = identity, 0 = editability).")}),
-                "start": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                    "tooltip": "mode range: the first γ."}),
-                "stop": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                   "tooltip": "mode range: the last γ (included)."}),
-                "count": ("INT", {"default": 5, "min": 1, "max": MAX_SWEEP_GAMMAS,
-                                  "tooltip": "mode range: how many γ values (and images)."}),
-                "same_noise": ("BOOLEAN", {"default": True, "tooltip": (
-                    "On: every image starts from the same noise, so only γ differs between them. "
-                    "Off: each image gets its own noise, as in a normal batch.")}),
+                "latent": (
+                    "LATENT",
+                    {"tooltip": "One latent (Empty Latent Image with batch_size 1, or an encoded image)."},
+                ),
+                "mode": (
+                    MODES,
+                    {
+                        "default": "list",
+                        "tooltip": (
+                            "list: the γ values written in values; range: count values evenly from start to stop."
+                        ),
+                    },
+                ),
+                "values": (
+                    "STRING",
+                    {
+                        "default": "0, 0.25, 0.5, 0.75, 1",
+                        "tooltip": (
+                            "mode list: γ values in [0, 1], comma or newline separated (1 = identity, 0 = editability)."
+                        ),
+                    },
+                ),
+                "start": (
+                    "FLOAT",
+                    {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "mode range: the first γ."},
+                ),
+                "stop": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.01,
+                        "tooltip": "mode range: the last γ (included).",
+                    },
+                ),
+                "count": (
+                    "INT",
+                    {
+                        "default": 5,
+                        "min": 1,
+                        "max": MAX_SWEEP_GAMMAS,
+                        "tooltip": "mode range: how many γ values (and images).",
+                    },
+                ),
+                "same_noise": (
+                    "BOOLEAN",
+                    {
+                        "default": True,
+                        "tooltip": (
+                            "On: every image starts from the same noise, so only γ differs between them. "
+                            "Off: each image gets its own noise, as in a normal batch."
+                        ),
+                    },
+                ),
             },
         }
 
-    def sweep(self, latent: dict, mode: str, values: str, start: float, stop: float, count: int,
-              same_noise: bool) -> tuple:
+    def sweep(
+        self, latent: dict, mode: str, values: str, start: float, stop: float, count: int, same_noise: bool
+    ) -> tuple:
         if mode == "list":
             gammas = parse_gammas(values, "FlexIPGateSweep values")
         else:
@@ -63,7 +107,8 @@ def repeated_latent(latent: dict, count: int, same_noise: bool) -> dict:
     if samples.shape[0] != 1:
         raise FlexIPError(
             f"FlexIPGateSweep's latent has a batch of {samples.shape[0]}: give one latent (Empty Latent Image "
-            "with batch_size 1); the sweep makes one image per γ.")
+            "with batch_size 1); the sweep makes one image per γ."
+        )
     out = dict(latent)  # a single noise_mask applies to every item as it is
     out["samples"] = samples.repeat((count,) + (1,) * (samples.ndim - 1))
     first = latent.get("batch_index", [0])[0]

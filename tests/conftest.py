@@ -5,6 +5,7 @@ tests/ui -> ui, tests/gpu -> gpu, so `pytest -m comfy` (make test-comfy) selects
 layers, the other layers' folders are not even collected (their conftests import ComfyUI or start
 processes).
 """
+
 from __future__ import annotations
 
 import re
@@ -17,7 +18,8 @@ import pytest
 # (flexip_host.bootstrap), so the name is bound to this folder now, before any layer's conftest runs.
 import tests  # noqa: F401
 from flexip_model.errors import FlexIPError
-from tools.fixtures import CACHE_DIR, REPO_ROOT, comfyui_path as resolve_comfyui_path
+from tools.fixtures import CACHE_DIR, REPO_ROOT
+from tools.fixtures import comfyui_path as resolve_comfyui_path
 
 TESTS_DIR = Path(__file__).resolve().parent
 LAYERS = ("unit", "comfy", "train", "eval", "server", "ui", "gpu")

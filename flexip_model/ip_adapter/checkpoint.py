@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Union
 
 import torch
 from safetensors.torch import load_file
@@ -46,19 +47,26 @@ def _check_archive(path: Path) -> None:
     are (torch.save never compresses, so a record cannot expand beyond the file)."""
     size = path.stat().st_size
     if size > MAX_BIN_BYTES:
-        raise FlexIPError(f"{path.name} is {size:,} bytes, over the {MAX_BIN_BYTES:,} accepted for an IP-Adapter "
-                          ".bin: use the .safetensors version of this IP-Adapter file.")
+        raise FlexIPError(
+            f"{path.name} is {size:,} bytes, over the {MAX_BIN_BYTES:,} accepted for an IP-Adapter "
+            ".bin: use the .safetensors version of this IP-Adapter file."
+        )
     try:
         with zipfile.ZipFile(path) as archive:
             records = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError):  # also the pre-1.6 torch format, which is not a zip
-        raise FlexIPError(f"{path.name} is damaged or not a torch file: download it again or use its "
-                          ".safetensors version.") from None
-    if len(records) > MAX_TENSORS + _ARCHIVE_EXTRA_RECORDS or any(
-            record.compress_type != zipfile.ZIP_STORED for record in records) or sum(
-            record.file_size for record in records) > size:
-        raise FlexIPError(f"{path.name} holds {len(records):,} records or compressed ones, not a torch.save "
-                          "archive of an IP-Adapter: use the .safetensors version of this IP-Adapter file.")
+        raise FlexIPError(
+            f"{path.name} is damaged or not a torch file: download it again or use its .safetensors version."
+        ) from None
+    if (
+        len(records) > MAX_TENSORS + _ARCHIVE_EXTRA_RECORDS
+        or any(record.compress_type != zipfile.ZIP_STORED for record in records)
+        or sum(record.file_size for record in records) > size
+    ):
+        raise FlexIPError(
+            f"{path.name} holds {len(records):,} records or compressed ones, not a torch.save "
+            "archive of an IP-Adapter: use the .safetensors version of this IP-Adapter file."
+        )
 
 
 def _open_torch(path: Path) -> tuple[dict[str, Shape], Reader]:
@@ -71,25 +79,34 @@ def _open_torch(path: Path) -> tuple[dict[str, Shape], Reader]:
         if any(word in str(error).lower() for word in ("global", "reduce", "build")):
             raise FlexIPError(
                 f"{path.name} holds more than tensors and would need full unpickling, which can run code: "
-                "use the .safetensors version of this IP-Adapter file.") from None
+                "use the .safetensors version of this IP-Adapter file."
+            ) from None
         raise FlexIPError(f"{path.name} is damaged or not a torch file: download it again.") from None
-    except Exception:  # noqa: BLE001  a damaged archive fails in many ways (zip, pickle, storage sizes)
+    except Exception:
         raise FlexIPError(f"{path.name} is damaged or not a torch file: download it again.") from None
     if not isinstance(data, dict) or set(data) != set(_PARTS):
         found = sorted(str(key)[:40] for key in data)[:4] if isinstance(data, dict) else type(data).__name__
         raise FlexIPError(
             f"{path.name} holds {found}, not the image_proj and ip_adapter weights of an IP-Adapter file: "
-            "pick an IP-Adapter .safetensors or .bin file in models/ipadapter.")
+            "pick an IP-Adapter .safetensors or .bin file in models/ipadapter."
+        )
     tensors = {}
     for part in _PARTS:
         if not isinstance(data[part], dict) or len(data[part]) > MAX_TENSORS:
-            raise FlexIPError(f"{path.name} has a {part} that is not a dict of at most {MAX_TENSORS:,} tensors: "
-                              "download the file again.")
+            raise FlexIPError(
+                f"{path.name} has a {part} that is not a dict of at most {MAX_TENSORS:,} tensors: "
+                "download the file again."
+            )
         for name, tensor in data[part].items():
-            if (not isinstance(name, str) or not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point()
-                    or tensor.ndim > MAX_RANK):
-                raise FlexIPError(f"{path.name} has {part}.{str(name)[:80]} that is not a float tensor: "
-                                  "download the file again.")
+            if (
+                not isinstance(name, str)
+                or not isinstance(tensor, torch.Tensor)
+                or not tensor.is_floating_point()
+                or tensor.ndim > MAX_RANK
+            ):
+                raise FlexIPError(
+                    f"{path.name} has {part}.{str(name)[:80]} that is not a float tensor: download the file again."
+                )
             tensors[f"{part}.{name}"] = tensor
     return {name: tuple(tensor.shape) for name, tensor in tensors.items()}, lambda: tensors
 
@@ -113,8 +130,13 @@ def _detect(path: PathLike) -> tuple[IPAdapterSpec, Reader]:
     return describe(path.name, shapes), read
 
 
-def _branch(spec: IPAdapterSpec, read: Reader, layers: tuple[LayerSpec, ...], context_dim: Optional[int],
-            dtype: Optional[torch.dtype]) -> IPAdapterBranch:
+def _branch(
+    spec: IPAdapterSpec,
+    read: Reader,
+    layers: tuple[LayerSpec, ...],
+    context_dim: int | None,
+    dtype: torch.dtype | None,
+) -> IPAdapterBranch:
     """Match the file's layers to the model's, then read its tensors into an IPAdapterBranch."""
     ordered = match_layers(spec, layers, context_dim)
     tensors = read()
@@ -122,7 +144,9 @@ def _branch(spec: IPAdapterSpec, read: Reader, layers: tuple[LayerSpec, ...], co
     state = {name: tensor for name, tensor in tensors.items() if name.startswith(IMAGE_PROJ)}
     for number, layer in enumerate(ordered):
         for kind in ("k", "v"):
-            state[f"layers.{layer.key}.to_{kind}.weight"] = tensors[f"{IP_LAYERS}{ip_adapter_index(number)}.to_{kind}_ip.weight"]
+            state[f"layers.{layer.key}.to_{kind}.weight"] = tensors[
+                f"{IP_LAYERS}{ip_adapter_index(number)}.to_{kind}_ip.weight"
+            ]
     if dtype is not None:
         state = {name: tensor.to(dtype) for name, tensor in state.items()}
     with torch.device("meta"):
@@ -131,8 +155,13 @@ def _branch(spec: IPAdapterSpec, read: Reader, layers: tuple[LayerSpec, ...], co
     return branch.eval()
 
 
-def load_pair(preservation: PathLike, personalization: PathLike, layers: Sequence[LayerSpec],
-              context_dim: Optional[int] = None, dtype: Optional[torch.dtype] = None) -> IPAdapterPair:
+def load_pair(
+    preservation: PathLike,
+    personalization: PathLike,
+    layers: Sequence[LayerSpec],
+    context_dim: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> IPAdapterPair:
     """Two IP-Adapter files as the preservation and personalization branches of one FLEXIP adapter.
 
     Both are detected (headers only for .safetensors) and checked against each other and the
@@ -143,8 +172,12 @@ def load_pair(preservation: PathLike, personalization: PathLike, layers: Sequenc
     if pres_spec.context_dim != pers_spec.context_dim:
         raise FlexIPError(
             f"{pres_spec.name} is for {family_name(pres_spec.context_dim)} but {pers_spec.name} for "
-            f"{family_name(pers_spec.context_dim)}: pick two IP-Adapter files of the same base model.")
+            f"{family_name(pers_spec.context_dim)}: pick two IP-Adapter files of the same base model."
+        )
     for spec in (pres_spec, pers_spec):
         match_layers(spec, layers, context_dim)
-    return IPAdapterPair(_branch(pres_spec, pres_read, layers, context_dim, dtype),
-                         _branch(pers_spec, pers_read, layers, context_dim, dtype), layers).eval()
+    return IPAdapterPair(
+        _branch(pres_spec, pres_read, layers, context_dim, dtype),
+        _branch(pers_spec, pers_read, layers, context_dim, dtype),
+        layers,
+    ).eval()

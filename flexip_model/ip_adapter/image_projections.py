@@ -41,7 +41,10 @@ class MLPProjection(nn.Module):
     def __init__(self, feature_dim: int, context_dim: int) -> None:
         super().__init__()
         self.proj = nn.Sequential(
-            nn.Linear(feature_dim, feature_dim), nn.GELU(), nn.Linear(feature_dim, context_dim), nn.LayerNorm(context_dim)
+            nn.Linear(feature_dim, feature_dim),
+            nn.GELU(),
+            nn.Linear(feature_dim, context_dim),
+            nn.LayerNorm(context_dim),
         )
 
     def forward(self, hidden_states: Tensor) -> Tensor:
@@ -74,15 +77,19 @@ class PerceiverAttention(nn.Module):
 def feed_forward(width: int, mult: int) -> nn.Sequential:
     """LN -> Linear -> GELU -> Linear, bias-free (indices 0, 1, 3 in the files)."""
     return nn.Sequential(
-        nn.LayerNorm(width), nn.Linear(width, width * mult, bias=False), nn.GELU(), nn.Linear(width * mult, width, bias=False)
+        nn.LayerNorm(width),
+        nn.Linear(width, width * mult, bias=False),
+        nn.GELU(),
+        nn.Linear(width * mult, width, bias=False),
     )
 
 
 class Resampler(nn.Module):
     """Perceiver resampler: `queries` learned latents read the projected CLIP hidden states."""
 
-    def __init__(self, feature_dim: int, context_dim: int, width: int, heads: int, depth: int, queries: int,
-                 ff_mult: int = 4) -> None:
+    def __init__(
+        self, feature_dim: int, context_dim: int, width: int, heads: int, depth: int, queries: int, ff_mult: int = 4
+    ) -> None:
         super().__init__()
         self.latents = nn.Parameter(torch.zeros(1, queries, width))
         self.proj_in = nn.Linear(feature_dim, width)

@@ -10,8 +10,8 @@ reference image only (no text): its tokens come from its own image projection.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -68,7 +68,7 @@ class IPAdapterBranch(nn.Module):
         """CLIP features ([B, C] embeds or [B, N, C] hidden states) -> image prompt tokens [B, T, d]."""
         return self.image_proj(features)
 
-    def subject_tokens(self, features: Mapping[str, Tensor], neutral: Optional[Mapping[str, Tensor]] = None) -> Tensor:
+    def subject_tokens(self, features: Mapping[str, Tensor], neutral: Mapping[str, Tensor] | None = None) -> Tensor:
         """Tokens [N + 1, T, d] of N references plus, last, the unconditional row.
 
         The unconditional row follows the file's training: base/light files dropped the image
@@ -82,7 +82,8 @@ class IPAdapterBranch(nn.Module):
             if neutral is None or self.feature not in neutral:
                 raise FlexIPError(
                     f"{self.spec.name} needs the hidden states of the neutral (zero) image for its unconditional "
-                    "tokens: pass them as `neutral`.")
+                    "tokens: pass them as `neutral`."
+                )
             uncond = neutral[self.feature].to(cond)
         return self.tokens(torch.cat([cond, uncond]))
 
@@ -99,14 +100,16 @@ class IPAdapterPair(nn.Module):
     keeps both token sets and `run_kv` ignores the text context.
     """
 
-    def __init__(self, preservation: IPAdapterBranch, personalization: IPAdapterBranch,
-                 layers: tuple[LayerSpec, ...]) -> None:
+    def __init__(
+        self, preservation: IPAdapterBranch, personalization: IPAdapterBranch, layers: tuple[LayerSpec, ...]
+    ) -> None:
         super().__init__()
         if preservation.spec.context_dim != personalization.spec.context_dim:
             raise FlexIPError(
                 f"{preservation.spec.name} is for context {preservation.spec.context_dim} but "
                 f"{personalization.spec.name} for context {personalization.spec.context_dim}: "
-                "pick two IP-Adapter files of the same base model (both SD1.5 or both SDXL).")
+                "pick two IP-Adapter files of the same base model (both SD1.5 or both SDXL)."
+            )
         self.preservation = preservation
         self.personalization = personalization
         self.config = IPAdapterPairConfig(preservation.spec, personalization.spec, tuple(layers))
@@ -123,35 +126,52 @@ class IPAdapterPair(nn.Module):
     @property
     def image_features(self) -> ImageFeatures:
         """The CLIP output each file was trained on; no DINOv2. Base files make their own uncond (zeros)."""
-        needs = tuple(FeatureNeed(branch.feature, branch.spec.feature_dim, branch.spec.name,
-                                  " or use the _vit-h version of this IP-Adapter" if "bigG" in branch.spec.encoder else "")
-                      for branch in self.branches)
+        needs = tuple(
+            FeatureNeed(
+                branch.feature,
+                branch.spec.feature_dim,
+                branch.spec.name,
+                " or use the _vit-h version of this IP-Adapter" if "bigG" in branch.spec.encoder else "",
+            )
+            for branch in self.branches
+        )
         return ImageFeatures(needs, "neutral" if self.needs_neutral_image else None)
 
     def reference_tokens(self, features: Mapping[str, Tensor]) -> SubjectTokens:
         """Each file's tokens [B, T, d] of each image's CLIP features, in the adapter's dtype."""
         param = next(self.parameters())
-        return SubjectTokens({name: branch.tokens(features[branch.feature].to(param))
-                              for name, branch in zip(("preservation", "personalization"), self.branches)})
+        return SubjectTokens(
+            {
+                name: branch.tokens(features[branch.feature].to(param))
+                for name, branch in zip(("preservation", "personalization"), self.branches)
+            }
+        )
 
-    def encode_subject(self, references: Mapping[str, Tensor], uncond: Mapping[str, Tensor],
-                       batch_mode: str) -> SubjectTokens:
+    def encode_subject(
+        self, references: Mapping[str, Tensor], uncond: Mapping[str, Tensor], batch_mode: str
+    ) -> SubjectTokens:
         """Rows subject, uncond of both files' tokens; `uncond` holds the neutral hidden states if needed."""
         param = next(self.parameters())
         features = {name: tensor.to(param) for name, tensor in references.items()}
         neutral = {name: tensor.to(param) for name, tensor in uncond.items()}
-        return SubjectTokens({name: subject_rows(branch.subject_tokens(features, neutral), batch_mode)
-                              for name, branch in zip(("preservation", "personalization"), self.branches)})
+        return SubjectTokens(
+            {
+                name: subject_rows(branch.subject_tokens(features, neutral), batch_mode)
+                for name, branch in zip(("preservation", "personalization"), self.branches)
+            }
+        )
 
-    def run_kv(self, subject: SubjectTokens, context: Tensor, pick: Tensor,
-               layers: Sequence[str]) -> tuple[LayerKV, ...]:
+    def run_kv(
+        self, subject: SubjectTokens, context: Tensor, pick: Tensor, layers: Sequence[str]
+    ) -> tuple[LayerKV, ...]:
         """K/V of `layers` for a batch, each file through its own projections; `context` is not read."""
         param = next(self.parameters())
         rows = subject.to(param.device, param.dtype).pick(pick)
         return tuple(self.layer_kv(key, rows["preservation"], rows["personalization"]) for key in layers)
 
-    def layer_kv(self, key: str, preservation_tokens: Optional[Tensor],
-                 personalization_tokens: Optional[Tensor]) -> LayerKV:
+    def layer_kv(
+        self, key: str, preservation_tokens: Tensor | None, personalization_tokens: Tensor | None
+    ) -> LayerKV:
         """Head-split K/V [B, H, T, dh] of layer `key`, each file through its own projections.
 
         Call once per run, never per layer call: the tokens do not depend on the step.
@@ -159,6 +179,7 @@ class IPAdapterPair(nn.Module):
         heads = self.config.layer(key).heads
         return LayerKV(
             preservation=None if preservation_tokens is None else self.preservation.kv(key, preservation_tokens, heads),
-            personalization=None if personalization_tokens is None
+            personalization=None
+            if personalization_tokens is None
             else self.personalization.kv(key, personalization_tokens, heads),
         )

@@ -5,6 +5,7 @@ modules may `import comfy.*` at the top. `comfy.cli_args.args.cpu` is set before
 `comfy.model_management` is first imported (it reads the flag once); ComfyUI's folders
 (models/, output/, ...) point at .cache/inprocess-comfy, never at the host.
 """
+
 from __future__ import annotations
 
 from collections import namedtuple
@@ -12,9 +13,9 @@ from collections import namedtuple
 import pytest
 import torch
 
-from flexip_model.errors import FlexIPError
 from flexip_host.bootstrap import load_pack
 from flexip_host.loaded_pack import Pack
+from flexip_model.errors import FlexIPError
 from tools.fixtures import import_inprocess_comfy
 
 try:

@@ -12,7 +12,8 @@ every attn2 patch): ComfyUI's own samplers read sigmas on the host, which is the
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -21,9 +22,18 @@ from tests.comfy.tiny_world import PatchProbe, attn2_patches
 
 # ops that read values on the host, or whose output shape depends on values (a sync on CUDA)
 _SYNC_OPS = {
-    "aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.equal", "aten.nonzero",
-    "aten.nonzero_static", "aten.masked_select", "aten._unique2", "aten.unique_consecutive",
-    "aten.unique_dim", "aten.repeat_interleave.Tensor", "aten.repeat_interleave.self_Tensor",
+    "aten._local_scalar_dense",
+    "aten.item",
+    "aten.is_nonzero",
+    "aten.equal",
+    "aten.nonzero",
+    "aten.nonzero_static",
+    "aten.masked_select",
+    "aten._unique2",
+    "aten.unique_consecutive",
+    "aten.unique_dim",
+    "aten.repeat_interleave.Tensor",
+    "aten.repeat_interleave.self_Tensor",
 }
 _HOST_METHODS = ("tolist", "numpy", "__array__")
 
@@ -39,7 +49,8 @@ class _SyncGuard(TorchDispatchMode):
         if name in _SYNC_OPS or packet in _SYNC_OPS:
             raise HostSyncFound(f"host sync inside the FlexIP patch: {name}")
         if packet == "aten.index" and any(
-                isinstance(index, torch.Tensor) and index.dtype == torch.bool for index in args[1]):
+            isinstance(index, torch.Tensor) and index.dtype == torch.bool for index in args[1]
+        ):
             raise HostSyncFound("host sync inside the FlexIP patch: boolean indexing")
         return func(*args, **(kwargs or {}))
 
@@ -47,9 +58,11 @@ class _SyncGuard(TorchDispatchMode):
 @contextlib.contextmanager
 def no_host_sync() -> Iterator[None]:
     """Fail on any host sync in the block (dispatcher ops, and the Tensor methods that bypass it)."""
+
     def refuse(name):
         def method(*args, **kwargs):
             raise HostSyncFound(f"host sync inside the FlexIP patch: Tensor.{name}")
+
         return method
 
     saved = {name: torch.Tensor.__dict__.get(name) for name in _HOST_METHODS}

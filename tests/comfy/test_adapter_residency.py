@@ -57,8 +57,9 @@ def test_a_second_run_rebuilds_the_kv_and_gives_the_same_image(world):
 def test_encoding_a_subject_leaves_the_adapter_unloaded(world):
     flexip = world["flexip"]
     with watch_build(flexip) as build:
-        node(world["pack"], "FlexIPEncodeSubject").encode(flexip, world["clip"], world["image"], "average",
-                                                          dino=world["dino"])
+        node(world["pack"], "FlexIPEncodeSubject").encode(
+            flexip, world["clip"], world["image"], "average", dino=world["dino"]
+        )
     assert build and min(build) > 0  # loaded while it encoded
     assert not flexip.held
     assert flexip.patcher.loaded_size() == 0

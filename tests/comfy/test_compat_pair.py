@@ -17,11 +17,11 @@ from safetensors.torch import load_file
 import flexip_model
 from tests.comfy.tiny_world import attn2_patches, node
 from tests.comfy.tiny_world import sample as tiny_sample
+from tests.unit.flexip_unit_helpers import assert_one_sentence
 from tools.fixtures import comfyui_path
 from tools.fixtures import ip_adapter_reference as reference
 from tools.fixtures.ip_adapter_files import build_ip_adapter, ip_adapter_file, linear_projection, resampler_projection
 from tools.fixtures.tiny import tiny_clip_vision, tiny_unet_patcher
-from tests.unit.flexip_unit_helpers import assert_one_sentence
 
 pytestmark = pytest.mark.comfy
 
@@ -29,8 +29,15 @@ STEPS = 2
 STRENGTH = 0.7  # not 1, so a missing or doubled strength factor shows
 # The tiny UNet's attn2 layers in the files' numbering (diffusers registers down, up, then mid
 # blocks), written out by hand: file layer n (ip_adapter.<2n+1>) belongs to TINY_IP_ORDER[n].
-TINY_IP_ORDER = [("input", 1, 0), ("input", 3, 0), ("output", 0, 0), ("output", 1, 0), ("output", 2, 0),
-                 ("output", 3, 0), ("middle", 0, 0)]
+TINY_IP_ORDER = [
+    ("input", 1, 0),
+    ("input", 3, 0),
+    ("output", 0, 0),
+    ("output", 1, 0),
+    ("output", 2, 0),
+    ("output", 3, 0),
+    ("middle", 0, 0),
+]
 TINY_WIDTHS = (32, 64, 64, 64, 32, 32, 64)  # inner width of those layers (channels 32 and 64)
 TINY_FILES = {  # tiny CLIP: image_embeds and hidden states are both 64-d
     "ip-adapter_sd15.safetensors": linear_projection(64, 768),
@@ -54,7 +61,9 @@ def files(tmp_path_factory):
     paths = {}
     for seed, (name, projection) in enumerate(TINY_FILES.items()):
         variant = name.rsplit(".", 1)[0]
-        paths[name] = build_ip_adapter(folder / name, variant, seed=seed, layer_widths=TINY_WIDTHS, projection=projection)
+        paths[name] = build_ip_adapter(
+            folder / name, variant, seed=seed, layer_widths=TINY_WIDTHS, projection=projection
+        )
     return folder, paths
 
 
@@ -77,13 +86,16 @@ def world(flexip_pack):
 
 
 def load_pair(world, preservation, personalization, model=None):
-    (flexip,) = node(world["pack"], "FlexIPAdapterPairLoader").load(model or world["model"], preservation, personalization)
+    (flexip,) = node(world["pack"], "FlexIPAdapterPairLoader").load(
+        model or world["model"], preservation, personalization
+    )
     return flexip
 
 
 def encode(world, flexip, batch_mode="average", image=None):
     (subject,) = node(world["pack"], "FlexIPEncodeSubject").encode(
-        flexip, world["clip"], world["image"] if image is None else image, batch_mode)
+        flexip, world["clip"], world["image"] if image is None else image, batch_mode
+    )
     return subject
 
 
@@ -99,6 +111,7 @@ def reference_tokens(world):
         if path not in cache:
             cache[path] = _reference_tokens(world, path)
         return cache[path]
+
     return tokens
 
 
@@ -114,8 +127,10 @@ def _reference_tokens(world, path) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         if reference.uses_hidden_states(weights):
             zero = clip.model(pixel_values=torch.zeros(1, 3, 224, 224), intermediate_output=-2)[1]
-            return (reference.image_tokens(weights, features["penultimate_hidden_states"]),
-                    reference.image_tokens(weights, zero))
+            return (
+                reference.image_tokens(weights, features["penultimate_hidden_states"]),
+                reference.image_tokens(weights, zero),
+            )
         embeds = features["image_embeds"]
         return reference.image_tokens(weights, embeds), reference.image_tokens(weights, torch.zeros_like(embeds))
 
@@ -148,7 +163,8 @@ class ReferenceLayer:
 
         if self.gate in (0.0, 1.0):
             out = reference.decoupled_attention(
-                q, k, v, heads, *tokens_and_weights(0 if self.gate == 1.0 else 1), self.strength)
+                q, k, v, heads, *tokens_and_weights(0 if self.gate == 1.0 else 1), self.strength
+            )
         else:
             out = reference.attention(q.double(), k.double(), v.double(), heads)
             for branch, share in enumerate((self.gate, 1.0 - self.gate)):
@@ -166,8 +182,14 @@ class Compare:
         out = self.inner(q, k, v, extra_options)
         expected = self.expected(q, k, v, extra_options)
         text = reference.attention(q.double(), k.double(), v.double(), extra_options["n_heads"])
-        self.record.append((self.key, tuple(extra_options["cond_or_uncond"]), (out.double() - expected.double()).abs().max().item(),
-                            (expected.double() - text).abs().max().item()))
+        self.record.append(
+            (
+                self.key,
+                tuple(extra_options["cond_or_uncond"]),
+                (out.double() - expected.double()).abs().max().item(),
+                (expected.double() - text).abs().max().item(),
+            )
+        )
         return out
 
     def models(self):
@@ -181,19 +203,25 @@ class Compare:
         return self
 
 
-PAIRS = [("ip-adapter-plus_sd15.safetensors", "ip-adapter_sd15.safetensors"),
-         ("ip-adapter_sd15_light.bin", "ip-adapter-plus-face_sd15.bin")]
+PAIRS = [
+    ("ip-adapter-plus_sd15.safetensors", "ip-adapter_sd15.safetensors"),
+    ("ip-adapter_sd15_light.bin", "ip-adapter-plus-face_sd15.bin"),
+]
 
 
-@pytest.mark.parametrize("pair,gate", [
-    pytest.param(PAIRS[0], 1.0, id="plus+base-gate1-is-plain-plus"),
-    pytest.param(PAIRS[0], 0.0, id="plus+base-gate0-is-plain-base"),
-    pytest.param(PAIRS[1], 1.0, id="light+plus-face-gate1-is-plain-light"),
-    pytest.param(PAIRS[1], 0.0, id="light+plus-face-gate0-is-plain-plus-face"),
-    pytest.param(PAIRS[0], 0.3, id="plus+base-gate0.3-blends-both"),
-])
-def test_gate_extremes_equal_plain_ip_adapter_of_one_file_layer_by_layer(world, files, ipadapter_folder,
-                                                                         reference_tokens, pair, gate):
+@pytest.mark.parametrize(
+    "pair,gate",
+    [
+        pytest.param(PAIRS[0], 1.0, id="plus+base-gate1-is-plain-plus"),
+        pytest.param(PAIRS[0], 0.0, id="plus+base-gate0-is-plain-base"),
+        pytest.param(PAIRS[1], 1.0, id="light+plus-face-gate1-is-plain-light"),
+        pytest.param(PAIRS[1], 0.0, id="light+plus-face-gate0-is-plain-plus-face"),
+        pytest.param(PAIRS[0], 0.3, id="plus+base-gate0.3-blends-both"),
+    ],
+)
+def test_gate_extremes_equal_plain_ip_adapter_of_one_file_layer_by_layer(
+    world, files, ipadapter_folder, reference_tokens, pair, gate
+):
     flexip = load_pair(world, *pair)
     subject = encode(world, flexip)
     (patched,) = node(world["pack"], "FlexIPApply").apply(world["model"], flexip, subject, STRENGTH, gate, 0.0, 1.0)
@@ -221,7 +249,9 @@ def test_gate_extremes_equal_plain_ip_adapter_of_one_file_layer_by_layer(world, 
 
 def test_strength_zero_leaves_the_model_unchanged(world, ipadapter_folder):
     flexip = load_pair(world, *PAIRS[0])
-    (patched,) = node(world["pack"], "FlexIPApply").apply(world["model"], flexip, encode(world, flexip), 0.0, 1.0, 0.0, 1.0)
+    (patched,) = node(world["pack"], "FlexIPApply").apply(
+        world["model"], flexip, encode(world, flexip), 0.0, 1.0, 0.0, 1.0
+    )
     assert torch.equal(sample(patched), sample(world["model"]))
 
 
@@ -229,12 +259,18 @@ def test_pair_loader_matches_file_layers_to_model_layers_in_diffusers_order(worl
     flexip = load_pair(world, "ip-adapter-plus_sd15.safetensors", "ip-adapter_sd15.safetensors")
     layers = world["pack"].nodes.layers.layer_specs_of(world["model"].model.diffusion_model)
     assert flexip.config.layers == layers and flexip.config.gate_mode == "output"
-    for branch, name in zip(flexip.adapter.branches, ("ip-adapter-plus_sd15.safetensors", "ip-adapter_sd15.safetensors")):
+    for branch, name in zip(
+        flexip.adapter.branches, ("ip-adapter-plus_sd15.safetensors", "ip-adapter_sd15.safetensors")
+    ):
         weights = load_weights(files[1][name])
         for number, (block, block_id, index) in enumerate(TINY_IP_ORDER):
             projection = branch.layers[f"{block}_{block_id}_{index}"]
-            torch.testing.assert_close(projection.to_k.weight, weights[f"ip_adapter.{2 * number + 1}.to_k_ip.weight"].float())
-            torch.testing.assert_close(projection.to_v.weight, weights[f"ip_adapter.{2 * number + 1}.to_v_ip.weight"].float())
+            torch.testing.assert_close(
+                projection.to_k.weight, weights[f"ip_adapter.{2 * number + 1}.to_k_ip.weight"].float()
+            )
+            torch.testing.assert_close(
+                projection.to_v.weight, weights[f"ip_adapter.{2 * number + 1}.to_v_ip.weight"].float()
+            )
 
 
 def test_encode_needs_only_clip_and_stores_both_token_sets(world, ipadapter_folder):
@@ -244,7 +280,11 @@ def test_encode_needs_only_clip_and_stores_both_token_sets(world, ipadapter_fold
     assert subject.tokens["personalization"].shape == (2, 4, 768)  # ip-adapter: 4 tokens
     images = torch.rand(3, 64, 64, 3, generator=torch.Generator().manual_seed(5))
     concat = encode(world, flexip, "concat", images)
-    assert concat.tokens["preservation"].shape == (2, 48, 768) and concat.tokens["personalization"].shape == (2, 12, 768)
+    assert concat.tokens["preservation"].shape == (2, 48, 768) and concat.tokens["personalization"].shape == (
+        2,
+        12,
+        768,
+    )
     assert concat.image_count == 3
 
 
@@ -258,10 +298,18 @@ def test_loader_refuses_an_sdxl_file_for_an_sd15_model(world, tmp_path, monkeypa
     import folder_paths
 
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "ipadapter", ([str(tmp_path)], {".safetensors"}))
-    build_ip_adapter(tmp_path / "ip-adapter_sdxl_vit-h.safetensors", "ip-adapter_sdxl_vit-h",
-                     layer_widths=TINY_WIDTHS, projection=linear_projection(64, 2048))
-    build_ip_adapter(tmp_path / "ip-adapter_sd15.safetensors", "ip-adapter_sd15", layer_widths=TINY_WIDTHS,
-                     projection=linear_projection(64, 768))
+    build_ip_adapter(
+        tmp_path / "ip-adapter_sdxl_vit-h.safetensors",
+        "ip-adapter_sdxl_vit-h",
+        layer_widths=TINY_WIDTHS,
+        projection=linear_projection(64, 2048),
+    )
+    build_ip_adapter(
+        tmp_path / "ip-adapter_sd15.safetensors",
+        "ip-adapter_sd15",
+        layer_widths=TINY_WIDTHS,
+        projection=linear_projection(64, 768),
+    )
     with pytest.raises(flexip_model.FlexIPError) as error:
         load_pair(world, "ip-adapter_sd15.safetensors", "ip-adapter_sdxl_vit-h.safetensors")
     assert_one_sentence(str(error.value), "ip-adapter_sdxl_vit-h.safetensors", "SDXL", "SD1.5")
@@ -293,8 +341,13 @@ def test_encode_refuses_a_clip_bigg_adapter_with_a_clip_h_encoder(world, tmp_pat
 
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "ipadapter", ([str(tmp_path)], {".safetensors"}))
     # ip-adapter_sdxl projects CLIP-bigG's 1280-d image_embeds; sized here for the tiny UNet
-    build_ip_adapter(tmp_path / "ip-adapter_sdxl.safetensors", "ip-adapter_sdxl", layer_widths=TINY_WIDTHS,
-                     projection=linear_projection(1280, 768), context_dim=768)
+    build_ip_adapter(
+        tmp_path / "ip-adapter_sdxl.safetensors",
+        "ip-adapter_sdxl",
+        layer_widths=TINY_WIDTHS,
+        projection=linear_projection(1280, 768),
+        context_dim=768,
+    )
     flexip = load_pair(world, "ip-adapter_sdxl.safetensors", "ip-adapter_sdxl.safetensors")
     # CLIP ViT-H/14 as ComfyUI builds it (weights are not needed: the check fails before encoding)
     clip_h = comfy.clip_vision.ClipVisionModel(str(comfyui_path() / "comfy" / "clip_vision_config_h.json"))
@@ -314,7 +367,10 @@ def test_encode_refuses_a_dino_model_as_clip_vision(world, ipadapter_folder):
 
 def test_node_says_it_is_a_compatibility_mode_not_trained_flexip(world):
     pack = world["pack"]
-    assert pack.package.NODE_DISPLAY_NAME_MAPPINGS["FlexIPAdapterPairLoader"] == "Load IP-Adapter Pair (FlexIP compatibility mode)"
+    assert (
+        pack.package.NODE_DISPLAY_NAME_MAPPINGS["FlexIPAdapterPairLoader"]
+        == "Load IP-Adapter Pair (FlexIP compatibility mode)"
+    )
     description = pack.node_classes["FlexIPAdapterPairLoader"].DESCRIPTION
     assert "Compatibility mode over IP-Adapter weights, not trained FlexIP" in description
     json.dumps(pack.node_classes["FlexIPAdapterPairLoader"].INPUT_TYPES())  # what /object_info serves

@@ -62,8 +62,9 @@ def python_layer_calls(model) -> list:
     calls = []
     patches = attn2_patches(model)
     for key, patch in list(patches.items()):
-        patches[key] = PatchProbe(patch, observe=lambda q, options: None if torch.compiler.is_compiling()
-                                  else calls.append(1))
+        patches[key] = PatchProbe(
+            patch, observe=lambda q, options: None if torch.compiler.is_compiling() else calls.append(1)
+        )
     return calls
 
 
@@ -73,13 +74,26 @@ def compiled_run(model) -> dict:
     breaks_before = collections.Counter(counters["graph_break"])
     graphs_before = counters["stats"]["unique_graphs"]
     calls = python_layer_calls(model)
-    latent = sample(model, STEPS, size=SIZE,
-                    callback=lambda step, x0, x, total: graphs_after_step.append(counters["stats"]["unique_graphs"]))
+    latent = sample(
+        model,
+        STEPS,
+        size=SIZE,
+        callback=lambda step, x0, x, total: graphs_after_step.append(counters["stats"]["unique_graphs"]),
+    )
     breaks = collections.Counter(counters["graph_break"]) - breaks_before
-    run = dict(latent=latent, compiled=graphs_after_step[0] - graphs_before,
-               recompiled=graphs_after_step[-1] - graphs_after_step[0], breaks=breaks, python_layer_calls=len(calls))
-    logger.info("compile: %d graphs compiled in the first step, %d after it, graph breaks %s",
-                   run["compiled"], run["recompiled"], {reason.split("\n")[0]: n for reason, n in breaks.items()})
+    run = dict(
+        latent=latent,
+        compiled=graphs_after_step[0] - graphs_before,
+        recompiled=graphs_after_step[-1] - graphs_after_step[0],
+        breaks=breaks,
+        python_layer_calls=len(calls),
+    )
+    logger.info(
+        "compile: %d graphs compiled in the first step, %d after it, graph breaks %s",
+        run["compiled"],
+        run["recompiled"],
+        {reason.split("\n")[0]: n for reason, n in breaks.items()},
+    )
     return run
 
 
@@ -113,8 +127,9 @@ def test_compile_after_apply_matches_eager_in_one_compile_with_only_the_designed
 
 
 def test_compile_before_apply_matches_eager(world, compiled_base):
-    assert_compiled_like_eager(compiled_run(apply(world, preservation=0.5, model=compiled_base)),
-                               eager(world, preservation=0.5))
+    assert_compiled_like_eager(
+        compiled_run(apply(world, preservation=0.5, model=compiled_base)), eager(world, preservation=0.5)
+    )
 
 
 def changed_settings(world) -> dict:
@@ -122,8 +137,9 @@ def changed_settings(world) -> dict:
     pack = world["pack"]
     schedule = node(pack, "FlexIPGateSchedule").build("0:1, 1:0", "cosine", output_blocks="0:0.2, 1:0.9")[0]
     image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(5))
-    (other,) = node(pack, "FlexIPEncodeSubject").encode(world["flexip"], world["clip"], image, "average",
-                                                         dino=world["dino"])
+    (other,) = node(pack, "FlexIPEncodeSubject").encode(
+        world["flexip"], world["clip"], image, "average", dino=world["dino"]
+    )
     return {
         "gamma 0.2": dict(preservation=0.2),
         "gamma 0.3": dict(preservation=0.3),  # dynamo made γ symbolic at 0.2: this one reuses that graph
@@ -147,5 +163,6 @@ def test_changing_gamma_schedule_or_subject_between_runs_works_compiled(world, c
 def test_token_mode_follows_gamma_changes_between_runs_compiled(world, compiled_base):
     token = tiny_world(world["pack"], gate_mode="token", model=world["model"])
     for gamma in (0.2, 0.3, 0.4):  # 0.3 makes dynamo's γ symbolic, 0.4 reuses that graph
-        assert_compiled_like_eager(compiled_run(apply(token, preservation=gamma, model=compiled_base)),
-                                   eager(token, preservation=gamma))
+        assert_compiled_like_eager(
+            compiled_run(apply(token, preservation=gamma, model=compiled_base)), eager(token, preservation=gamma)
+        )

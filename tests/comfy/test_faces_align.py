@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-pytestmark = [pytest.mark.comfy,
-              pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")]  # insightface's skimage call
+pytestmark = [
+    pytest.mark.comfy,
+    pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning"),
+]  # insightface's skimage call
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +37,9 @@ def test_crop_matrix_matches_insightface_estimate_norm(align):
     landmarks = (align.ARCFACE_TEMPLATE * 2.3 @ _rotation(-12).T + [140.0, 95.0] + noise).astype(np.float32)
     for size in (112, 224):
         # the same Umeyama estimate; 1e-6 relative leaves room for skimage's float32 template only
-        np.testing.assert_allclose(align.face_crop_matrix(landmarks, size), estimate_norm(landmarks, size),
-                                   rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            align.face_crop_matrix(landmarks, size), estimate_norm(landmarks, size), rtol=1e-6, atol=1e-6
+        )
 
 
 def test_warp_matches_opencv_warp_affine_of_norm_crop(align):

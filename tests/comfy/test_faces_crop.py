@@ -12,8 +12,10 @@ import flexip_model
 from tools.fixtures.faces import draw_faces, face_at
 from tools.fixtures.tiny import tiny_clip_vision, tiny_dino, tiny_unet_patcher
 
-pytestmark = [pytest.mark.comfy,
-              pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")]  # insightface's skimage call
+pytestmark = [
+    pytest.mark.comfy,
+    pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning"),
+]  # insightface's skimage call
 
 BLUE_EYES, GREEN_EYES = (30, 30, 200), (30, 160, 30)
 
@@ -23,10 +25,10 @@ def crop_module(flexip_pack):
     return flexip_pack.nodes.faces_select
 
 
-def crop(flexip_pack, insightface, image, face="largest", face_index=0, crop_size=112, crop_scale=1.0,
-         no_face="error"):
+def crop(flexip_pack, insightface, image, face="largest", face_index=0, crop_size=112, crop_scale=1.0, no_face="error"):
     return flexip_pack.node_classes["FlexIPFaceCrop"]().crop(
-        image, insightface, face, face_index, crop_size, crop_scale, no_face)
+        image, insightface, face, face_index, crop_size, crop_scale, no_face
+    )
 
 
 def two_faces():
@@ -55,8 +57,9 @@ def test_the_generated_detector_finds_the_face_where_it_was_drawn(flexip_pack, i
 
 
 def test_crops_put_the_eyes_on_arcfaces_template(flexip_pack, insightface):
-    crops, masks, preview = crop(flexip_pack, insightface, draw_faces(256, 192, [face_at(120, 100, 60,
-                                                                                          eyes=BLUE_EYES)]))
+    crops, masks, preview = crop(
+        flexip_pack, insightface, draw_faces(256, 192, [face_at(120, 100, 60, eyes=BLUE_EYES)])
+    )
     assert crops.shape == (1, 112, 112, 3) and masks.shape == (1, 112, 112) and preview.shape == (1, 192, 256, 3)
     assert_colour(eye_colour(crops), BLUE_EYES)
     right_eye = tuple((crops[0, 51, 74] * 255).round().int().tolist())
@@ -144,7 +147,7 @@ def test_the_preview_boxes_every_face_and_marks_the_chosen_one(flexip_pack, insi
     faces.sort(key=lambda face: face.box[0])
 
     def colours_near(x, y):
-        patch = (preview[0, int(y) - 1:int(y) + 2, int(x) - 1:int(x) + 2] * 255).round().int().reshape(-1, 3)
+        patch = (preview[0, int(y) - 1 : int(y) + 2, int(x) - 1 : int(x) + 2] * 255).round().int().reshape(-1, 3)
         return {tuple(row) for row in patch.tolist()}
 
     small, large = faces
@@ -169,7 +172,8 @@ def encoder_parts(flexip_pack):
 def encode(flexip_pack, parts, image, **optional):
     flexip, clip, dino = parts
     (subject,) = flexip_pack.node_classes["FlexIPEncodeSubject"]().encode(
-        flexip, clip, image, "average", dino=dino, **optional)
+        flexip, clip, image, "average", dino=dino, **optional
+    )
     return subject.tokens["preservation"]
 
 
@@ -195,12 +199,16 @@ def test_encode_subject_crops_a_subject_mask_like_the_image(flexip_pack, insight
     assert crops.shape[:3] == cropped_mask.shape
     half = crop_module.DEFAULT_CROP_SIZE // 2
     # bilinear resampling of a 0/1 mask: exact 0 and 1 away from the edge, up to float round-off
-    assert cropped_mask[0, :, : half - 4].max() < 1e-6 and cropped_mask[0, half // 2:-half // 2, half + 4:].min() > 1 - 1e-6
+    assert (
+        cropped_mask[0, :, : half - 4].max() < 1e-6
+        and cropped_mask[0, half // 2 : -half // 2, half + 4 :].min() > 1 - 1e-6
+    )
 
 
 def test_encode_subject_with_insightface_names_the_reference_without_a_face(flexip_pack, insightface, encoder_parts):
-    with pytest.raises(flexip_model.errors.FlexIPError,
-                       match=r"FlexIPEncodeSubject found no face in image 1 \(counting from 0, of 3\)"):
+    with pytest.raises(
+        flexip_model.errors.FlexIPError, match=r"FlexIPEncodeSubject found no face in image 1 \(counting from 0, of 3\)"
+    ):
         encode(flexip_pack, encoder_parts, batch_with_a_blank_image(), insightface=insightface)
 
 
@@ -213,6 +221,9 @@ def test_a_faceanalysis_from_instantid_or_pulid_crops_like_the_flexip_loader(fle
 
 def test_an_insightface_input_that_is_no_face_analysis_is_a_readable_error(flexip_pack):
     error = flexip_model.errors.FlexIPError
-    with pytest.raises(error, match=r"FlexIPFaceCrop's insightface input is not an InsightFace FaceAnalysis .*\(got "
-                                    r"dict\): connect FlexIP InsightFace Loader"):
+    with pytest.raises(
+        error,
+        match=r"FlexIPFaceCrop's insightface input is not an InsightFace FaceAnalysis .*\(got "
+        r"dict\): connect FlexIP InsightFace Loader",
+    ):
         crop(flexip_pack, {"detection": None}, two_faces())

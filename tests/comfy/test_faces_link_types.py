@@ -14,17 +14,25 @@ import pytest
 
 pytestmark = pytest.mark.comfy
 
-FACE_NODES = {"FlexIPFaceCrop": {"face": "largest", "face_index": 0, "crop_size": 224, "crop_scale": 1.5,
-                                 "no_face": "error"},
-              "FlexIPFaceSimilarity": {"reference": ["image", 0], "generated": ["image", 0]},
-              "FlexIPEncodeSubject": {"flexip": ["flexip", 0], "clip_vision": ["clip_vision", 0],
-                                      "batch_mode": "average"}}
+FACE_NODES = {
+    "FlexIPFaceCrop": {"face": "largest", "face_index": 0, "crop_size": 224, "crop_scale": 1.5, "no_face": "error"},
+    "FlexIPFaceSimilarity": {"reference": ["image", 0], "generated": ["image", 0]},
+    "FlexIPEncodeSubject": {"flexip": ["flexip", 0], "clip_vision": ["clip_vision", 0], "batch_mode": "average"},
+}
 
 
 def _source(*types: str) -> type:
     """A test-only node with no inputs whose outputs have `types`."""
-    return type("Source", (), {"RETURN_TYPES": types, "FUNCTION": "run", "CATEGORY": "testing",
-                               "INPUT_TYPES": classmethod(lambda cls: {"required": {}})})
+    return type(
+        "Source",
+        (),
+        {
+            "RETURN_TYPES": types,
+            "FUNCTION": "run",
+            "CATEGORY": "testing",
+            "INPUT_TYPES": classmethod(lambda cls: {"required": {}}),
+        },
+    )
 
 
 @pytest.fixture
@@ -33,9 +41,14 @@ def node_table(flexip_pack, monkeypatch):
 
     for name in FACE_NODES:
         monkeypatch.setitem(nodes.NODE_CLASS_MAPPINGS, name, flexip_pack.node_classes[name])
-    for name, output in (("FaceAnalysisLoader", "FACEANALYSIS"), ("InsightFaceLoader", "INSIGHTFACE"),
-                         ("OtherModelLoader", "BBOX_DETECTOR"), ("ImageSource", "IMAGE"), ("FlexIPSource", "FLEXIP"),
-                         ("ClipVisionSource", "CLIP_VISION")):
+    for name, output in (
+        ("FaceAnalysisLoader", "FACEANALYSIS"),
+        ("InsightFaceLoader", "INSIGHTFACE"),
+        ("OtherModelLoader", "BBOX_DETECTOR"),
+        ("ImageSource", "IMAGE"),
+        ("FlexIPSource", "FLEXIP"),
+        ("ClipVisionSource", "CLIP_VISION"),
+    ):
         monkeypatch.setitem(nodes.NODE_CLASS_MAPPINGS, name, _source(output))
 
 
@@ -43,12 +56,13 @@ def validate(node: str, face_loader: str) -> tuple[bool, list]:
     """ComfyUI's validation of `node` with its insightface input linked to `face_loader`'s output."""
     import execution
 
-    prompt = {"face": {"class_type": face_loader, "inputs": {}},
-              "image": {"class_type": "ImageSource", "inputs": {}},
-              "flexip": {"class_type": "FlexIPSource", "inputs": {}},
-              "clip_vision": {"class_type": "ClipVisionSource", "inputs": {}},
-              "node": {"class_type": node,
-                       "inputs": {"image": ["image", 0], "insightface": ["face", 0], **FACE_NODES[node]}}}
+    prompt = {
+        "face": {"class_type": face_loader, "inputs": {}},
+        "image": {"class_type": "ImageSource", "inputs": {}},
+        "flexip": {"class_type": "FlexIPSource", "inputs": {}},
+        "clip_vision": {"class_type": "ClipVisionSource", "inputs": {}},
+        "node": {"class_type": node, "inputs": {"image": ["image", 0], "insightface": ["face", 0], **FACE_NODES[node]}},
+    }
     if node == "FlexIPFaceSimilarity":
         del prompt["node"]["inputs"]["image"]
     valid, errors, _ = asyncio.run(execution.validate_inputs("test", prompt, "node", {}))

@@ -12,10 +12,18 @@ import pytest
 import flexip_model
 from tools.fixtures import REPO_ROOT
 from tools.fixtures.faces import (
-    DETECTOR_FILE, FACE_PACK_NAME, RECOGNITION_FILE, detector_onnx, face_pack, insightface_root)
+    DETECTOR_FILE,
+    FACE_PACK_NAME,
+    RECOGNITION_FILE,
+    detector_onnx,
+    face_pack,
+    insightface_root,
+)
 
-pytestmark = [pytest.mark.comfy,
-              pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")]  # insightface's skimage call
+pytestmark = [
+    pytest.mark.comfy,
+    pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning"),
+]  # insightface's skimage call
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +44,17 @@ def load(pack, pack_name=FACE_PACK_NAME, provider="CPU"):
     return analysis
 
 
-@pytest.mark.parametrize("choice, name", [
-    ("CPU", "CPUExecutionProvider"), ("CUDA", "CUDAExecutionProvider"), ("ROCm", "ROCMExecutionProvider"),
-    ("CoreML", "CoreMLExecutionProvider"), ("DirectML", "DmlExecutionProvider"),
-    ("OpenVINO", "OpenVINOExecutionProvider"),
-])
+@pytest.mark.parametrize(
+    "choice, name",
+    [
+        ("CPU", "CPUExecutionProvider"),
+        ("CUDA", "CUDAExecutionProvider"),
+        ("ROCm", "ROCMExecutionProvider"),
+        ("CoreML", "CoreMLExecutionProvider"),
+        ("DirectML", "DmlExecutionProvider"),
+        ("OpenVINO", "OpenVINOExecutionProvider"),
+    ],
+)
 def test_each_provider_maps_to_its_onnx_runtime_name_with_cpu_after_it(flexip_pack, choice, name):
     runtime = flexip_pack.nodes.faces_runtime
     expected = [name] if name == "CPUExecutionProvider" else [name, "CPUExecutionProvider"]
@@ -148,8 +162,14 @@ with insightface_root(Path(tempfile.mkdtemp())) as root:
 @pytest.mark.parametrize("missing", ["insightface", "onnxruntime"])
 def test_the_pack_imports_without_the_face_packages_and_the_loader_says_how_to_install(missing):
     detector_onnx()  # generated here, where the packages are importable
-    result = subprocess.run([sys.executable, "-c", f"MISSING = {missing!r}\n" + WITHOUT_PACKAGE],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", f"MISSING = {missing!r}\n" + WITHOUT_PACKAGE],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert re.search(f"REFUSED: .*{missing} could not be imported .*pip install \"insightface>=1.0\" onnxruntime",
-                     result.stdout), result.stdout[-2000:]
+    assert re.search(
+        f'REFUSED: .*{missing} could not be imported .*pip install "insightface>=1.0" onnxruntime', result.stdout
+    ), result.stdout[-2000:]

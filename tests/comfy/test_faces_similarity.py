@@ -10,8 +10,10 @@ import torch
 import flexip_model
 from tools.fixtures.faces import draw_faces, face_at, face_pack, insightface_root
 
-pytestmark = [pytest.mark.comfy,
-              pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")]  # insightface's skimage call
+pytestmark = [
+    pytest.mark.comfy,
+    pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning"),
+]  # insightface's skimage call
 
 OTHER_PERSON = dict(eyes=(30, 160, 30), mouth=(30, 30, 30), skin=(250, 175, 200))
 
@@ -59,8 +61,9 @@ def test_a_generated_image_without_a_face_scores_zero_and_says_so(flexip_pack, i
 
 def test_a_reference_without_a_face_is_an_error_naming_it(flexip_pack, insightface):
     references = torch.cat([person(), draw_faces(192, 160, [])])
-    with pytest.raises(flexip_model.errors.FlexIPError,
-                       match=r"no face in reference image 1 \(counting from 0, of 2\)"):
+    with pytest.raises(
+        flexip_model.errors.FlexIPError, match=r"no face in reference image 1 \(counting from 0, of 2\)"
+    ):
         measure(flexip_pack, insightface, references, person())
 
 

@@ -81,8 +81,9 @@ def test_existing_attn2_replace_patch_is_chained_and_both_contribute(world, flex
 def _unet_call(model, x, context, order, uuids):
     """One diffusion-model call with the transformer_options a sampler would pass."""
     options = copy.copy(model.model_options["transformer_options"])
-    options.update(cond_or_uncond=order, uuids=uuids, sigmas=torch.full((x.shape[0] // len(order),), 5.0),
-                   wrappers=model.wrappers)
+    options.update(
+        cond_or_uncond=order, uuids=uuids, sigmas=torch.full((x.shape[0] // len(order),), 5.0), wrappers=model.wrappers
+    )
     timestep = torch.full((x.shape[0],), 500.0)
     return model.model.diffusion_model(x, timestep, context, transformer_options=options)
 

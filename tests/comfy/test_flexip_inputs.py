@@ -21,14 +21,18 @@ def parts(flexip_pack):
     config = dataclasses.replace(fm.config_for("sd15", tiny=True), layers=layers, clip_embed_dim=64, dino_dim=64)
     torch.manual_seed(0)
     flexip = flexip_pack.nodes.bundles.LoadedFlexIP.wrap("tiny_flexip.safetensors", fm.FlexIPAdapter(config))
-    return dict(pack=flexip_pack, fm=fm, model=model, config=config, flexip=flexip,
-                clip=tiny_clip_vision(), dino=tiny_dino())
+    return dict(
+        pack=flexip_pack, fm=fm, model=model, config=config, flexip=flexip, clip=tiny_clip_vision(), dino=tiny_dino()
+    )
 
 
 def encode(parts, image, batch_mode="average", mask=None, clip=None, dino="default", flexip=None):
     dino = parts["dino"] if dino == "default" else dino
-    (subject,) = parts["pack"].node_classes["FlexIPEncodeSubject"]().encode(
-        flexip or parts["flexip"], clip or parts["clip"], image, batch_mode, dino=dino, mask=mask)
+    (subject,) = (
+        parts["pack"]
+        .node_classes["FlexIPEncodeSubject"]()
+        .encode(flexip or parts["flexip"], clip or parts["clip"], image, batch_mode, dino=dino, mask=mask)
+    )
     return subject
 
 
@@ -37,16 +41,22 @@ def images(count, seed=1):
 
 
 def test_uncond_tokens_come_from_a_black_reference_image(parts, flexip_pack):
-    clip_image_embeds, dino_tokens = flexip_pack.nodes.encoders.clip_image_embeds, flexip_pack.nodes.encoders.dino_tokens
+    clip_image_embeds, dino_tokens = (
+        flexip_pack.nodes.encoders.clip_image_embeds,
+        flexip_pack.nodes.encoders.dino_tokens,
+    )
 
     subject = encode(parts, images(1))
     black = torch.zeros(1, 48, 64, 3)
     with torch.no_grad():
         expected = parts["flexip"].adapter.preservation_tokens(
-            clip_image_embeds(parts["clip"], black), dino_tokens(parts["dino"], black, parts["config"].dino_resolution))
+            clip_image_embeds(parts["clip"], black), dino_tokens(parts["dino"], black, parts["config"].dino_resolution)
+        )
     # same inputs through the same modules; 1e-5 covers batch-size-dependent matmul blocking
     torch.testing.assert_close(subject.tokens["preservation"][1:], expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(subject.tokens["clip_embeds"][1:], clip_image_embeds(parts["clip"], black), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        subject.tokens["clip_embeds"][1:], clip_image_embeds(parts["clip"], black), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_dino_features_are_read_at_the_configured_resolution(parts, flexip_pack):
@@ -71,14 +81,17 @@ def test_subject_mask_blacks_out_the_background(parts):
     torch.testing.assert_close(masked.tokens["preservation"][0], black.tokens["preservation"][0], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("case, message", [
-    ("empty batch", "image batch is empty"),
-    ("mask batch", "got 2 images but 3 masks"),
-    ("dino in clip_vision", "clip_vision input got a DINOv2 encoder"),
-    ("clip in dino", "dino input is not a DINOv2 encoder"),
-    ("no dino", "dino input is empty"),
-    ("clip width", "expects 1024-d (CLIP ViT-H/14)"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("empty batch", "image batch is empty"),
+        ("mask batch", "got 2 images but 3 masks"),
+        ("dino in clip_vision", "clip_vision input got a DINOv2 encoder"),
+        ("clip in dino", "dino input is not a DINOv2 encoder"),
+        ("no dino", "dino input is empty"),
+        ("clip width", "expects 1024-d (CLIP ViT-H/14)"),
+    ],
+)
 def test_encode_rejects_bad_inputs_with_one_clear_sentence(parts, case, message):
     fm = parts["fm"]
     arguments = dict(image=images(2))
@@ -94,15 +107,20 @@ def test_encode_rejects_bad_inputs_with_one_clear_sentence(parts, case, message)
         arguments["dino"] = None
     elif case == "clip width":
         config = dataclasses.replace(parts["config"], clip_embed_dim=1024)
-        arguments["flexip"] = parts["pack"].nodes.bundles.LoadedFlexIP.wrap("wide.safetensors", fm.FlexIPAdapter(config))
+        arguments["flexip"] = parts["pack"].nodes.bundles.LoadedFlexIP.wrap(
+            "wide.safetensors", fm.FlexIPAdapter(config)
+        )
     with pytest.raises(fm.FlexIPError, match=message.replace("(", r"\(").replace(")", r"\)")) as error:
         encode(parts, **arguments)
     assert str(error.value).count(". ") == 0 and str(error.value).endswith(".")  # one sentence
 
 
 def _apply(parts, subject, flexip=None, model=None, gate=None, start_at=0.0, end_at=1.0):
-    return parts["pack"].node_classes["FlexIPApply"]().apply(
-        model or parts["model"], flexip or parts["flexip"], subject, 1.0, 0.5, start_at, end_at, gate=gate)
+    return (
+        parts["pack"]
+        .node_classes["FlexIPApply"]()
+        .apply(model or parts["model"], flexip or parts["flexip"], subject, 1.0, 0.5, start_at, end_at, gate=gate)
+    )
 
 
 def test_apply_names_both_families_when_the_adapter_is_for_sdxl(parts):
@@ -110,7 +128,9 @@ def test_apply_names_both_families_when_the_adapter_is_for_sdxl(parts):
     config = dataclasses.replace(parts["config"], base="sdxl", context_dim=2048)
     sdxl = parts["pack"].nodes.bundles.LoadedFlexIP.wrap("flexip_sdxl.safetensors", fm.FlexIPAdapter(config))
     subject = encode(parts, images(1), flexip=sdxl)
-    with pytest.raises(fm.FlexIPError, match=r"flexip_sdxl.safetensors is an SDXL adapter \(context 2048\) but the model is SD1.5"):
+    with pytest.raises(
+        fm.FlexIPError, match=r"flexip_sdxl.safetensors is an SDXL adapter \(context 2048\) but the model is SD1.5"
+    ):
         _apply(parts, subject, flexip=sdxl)
 
 
@@ -134,15 +154,23 @@ def test_apply_rejects_start_after_end(parts):
         _apply(parts, encode(parts, images(1)), start_at=0.8, end_at=0.2)
 
 
-@pytest.mark.parametrize("inputs, message", [
-    (dict(keyframes="0:1, oops"), "'oops', which is not 'progress:gamma'"),
-    (dict(keyframes="0:1.5"), "outside \\[0, 1\\]"),
-    (dict(keyframes="0.5:1, 0.5:0"), "repeats a progress value"),
-    (dict(keyframes="0:1", output_blocks="x"), "output_blocks"),
-    (dict(keyframes="0:1", layer_indices="1,a", layer_keyframes="0.3"), "layer_indices '1,a' is not a list of integers"),
-    (dict(keyframes="0:1", layer_indices="0," * 1025, layer_keyframes="0.3"),
-     "layer_indices has 1025 items, more than the 1024 accepted"),
-])
+@pytest.mark.parametrize(
+    "inputs, message",
+    [
+        (dict(keyframes="0:1, oops"), "'oops', which is not 'progress:gamma'"),
+        (dict(keyframes="0:1.5"), "outside \\[0, 1\\]"),
+        (dict(keyframes="0.5:1, 0.5:0"), "repeats a progress value"),
+        (dict(keyframes="0:1", output_blocks="x"), "output_blocks"),
+        (
+            dict(keyframes="0:1", layer_indices="1,a", layer_keyframes="0.3"),
+            "layer_indices '1,a' is not a list of integers",
+        ),
+        (
+            dict(keyframes="0:1", layer_indices="0," * 1025, layer_keyframes="0.3"),
+            "layer_indices has 1025 items, more than the 1024 accepted",
+        ),
+    ],
+)
 def test_malformed_schedule_gets_a_clear_error(parts, inputs, message):
     schedule = parts["pack"].node_classes["FlexIPGateSchedule"]()
     with pytest.raises(parts["fm"].FlexIPError, match=message):

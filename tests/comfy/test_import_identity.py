@@ -1,4 +1,5 @@
 """One import identity: ComfyUI's loader imports the pack, and the core exists once per process."""
+
 from __future__ import annotations
 
 import ast
@@ -22,8 +23,9 @@ def test_the_node_layer_and_the_tests_share_one_flexip_model():
     pack = load_pack()
     assert pack.nodes.patch.FlexIPError is flexip_model.errors.FlexIPError
     assert pack.nodes.bundles.SubjectAdapter is flexip_model.SubjectAdapter
-    copies = [name for name, module in sys.modules.items()
-              if name.endswith(".flexip_model") or ".flexip_model." in name]
+    copies = [
+        name for name, module in sys.modules.items() if name.endswith(".flexip_model") or ".flexip_model." in name
+    ]
     assert copies == []
 
 
@@ -44,8 +46,11 @@ def test_no_code_assigns_sys_modules_and_only_the_host_changes_sys_path():
             targets = node.targets if isinstance(node, ast.Assign) else []
             if any(isinstance(t, ast.Subscript) and ast.unparse(t.value) == "sys.modules" for t in targets):
                 offenders.append(f"{path}: sys.modules[...] =")
-            if (isinstance(node, ast.Call) and ast.unparse(node.func).startswith("sys.path.")
-                    and path not in SYS_PATH_OWNERS):
+            if (
+                isinstance(node, ast.Call)
+                and ast.unparse(node.func).startswith("sys.path.")
+                and path not in SYS_PATH_OWNERS
+            ):
                 offenders.append(f"{path}: {ast.unparse(node.func)}")
     assert offenders == []
 
@@ -56,7 +61,10 @@ def test_nothing_outside_tests_imports_tests():
         if path.relative_to(PACK_ROOT).parts[0] == "tests":
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            )
             offenders += [f"{path}: {name}" for name in names if name == "tests" or name.startswith("tests.")]
     assert offenders == []

@@ -5,6 +5,7 @@ values), so the loaders themselves must refuse names that leave the folder: '..'
 paths, drive letters, backslashes on POSIX, NUL bytes, empty names, and symlinks out of the
 folder that ComfyUI does not list. Each refusal is one sentence naming the node input and the folder.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,12 +15,14 @@ import pytest
 
 import flexip_model
 from flexip_host.bootstrap import load_pack
+from tests.unit.flexip_unit_helpers import assert_one_sentence
 from tools.fixtures.adapters import flexip_sd15
 from tools.fixtures.faces import FACE_PACK_NAME, face_pack, insightface_root
-from tests.unit.flexip_unit_helpers import assert_one_sentence
 
-pytestmark = [pytest.mark.comfy,
-              pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")]  # insightface's skimage call
+pytestmark = [
+    pytest.mark.comfy,
+    pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning"),
+]  # insightface's skimage call
 
 PACK = load_pack()
 FlexIPError = flexip_model.errors.FlexIPError
@@ -44,8 +47,9 @@ def models(tmp_path, monkeypatch):
     monkeypatch.setattr(folder_paths, "filename_list_cache", {})
     for folder in ("flexip", "ipadapter"):
         (tmp_path / "models" / folder).mkdir(parents=True)
-        monkeypatch.setitem(folder_paths.folder_names_and_paths, folder,
-                            ([str(tmp_path / "models" / folder)], {".safetensors"}))
+        monkeypatch.setitem(
+            folder_paths.folder_names_and_paths, folder, ([str(tmp_path / "models" / folder)], {".safetensors"})
+        )
     (tmp_path / "models" / "outside.safetensors").write_bytes(flexip_sd15().read_bytes())
     # the pair's other input: resolved, never read (the refused name stops the node first)
     (tmp_path / "models" / "ipadapter" / "ip-adapter_sd15.safetensors").write_bytes(b"never read")
@@ -60,9 +64,11 @@ def run(key: str, **inputs):
 LOADERS = {
     "FlexIPLoader's adapter_name": lambda name: run("FlexIPLoader", adapter_name=name),
     "FlexIPAdapterPairLoader's preservation": lambda name: run(
-        "FlexIPAdapterPairLoader", model=None, preservation=name, personalization="ip-adapter_sd15.safetensors"),
+        "FlexIPAdapterPairLoader", model=None, preservation=name, personalization="ip-adapter_sd15.safetensors"
+    ),
     "FlexIPAdapterPairLoader's personalization": lambda name: run(
-        "FlexIPAdapterPairLoader", model=None, preservation="ip-adapter_sd15.safetensors", personalization=name),
+        "FlexIPAdapterPairLoader", model=None, preservation="ip-adapter_sd15.safetensors", personalization=name
+    ),
 }
 
 
@@ -79,8 +85,9 @@ def test_an_adapter_name_that_leaves_its_folder_is_refused_naming_the_input_and_
 def test_a_missing_adapter_is_refused_naming_the_input_and_the_folder(models):
     with pytest.raises(FlexIPError) as error:
         run("FlexIPLoader", adapter_name="absent.safetensors")
-    assert_one_sentence(str(error.value), "FlexIPLoader's adapter_name", "'absent.safetensors' was not found",
-                        str(models / "flexip"))
+    assert_one_sentence(
+        str(error.value), "FlexIPLoader's adapter_name", "'absent.safetensors' was not found", str(models / "flexip")
+    )
 
 
 def test_an_unlisted_file_behind_a_symlink_out_of_the_folder_is_refused(models, tmp_path):
@@ -90,8 +97,9 @@ def test_an_unlisted_file_behind_a_symlink_out_of_the_folder_is_refused(models, 
     (models / "flexip" / "escape").symlink_to(outside, target_is_directory=True)
     with pytest.raises(FlexIPError) as error:
         PACK.nodes.folders.model_file("flexip", "escape/notes.txt", "FlexIPLoader's adapter_name")
-    assert_one_sentence(str(error.value), "FlexIPLoader's adapter_name", str(outside / "notes.txt"),
-                        f"outside {models / 'flexip'}")
+    assert_one_sentence(
+        str(error.value), "FlexIPLoader's adapter_name", str(outside / "notes.txt"), f"outside {models / 'flexip'}"
+    )
 
 
 def test_a_listed_file_symlinked_from_elsewhere_loads(models, tmp_path):
@@ -125,16 +133,20 @@ def insightface_models(tmp_path):
         yield root
 
 
-@pytest.mark.parametrize("pack, problem", [
-    ("../../outside_pack", "contains '..'"),
-    ("..", "contains '..'"),
-    ("sub/" + FACE_PACK_NAME, "contains a folder separator"),
-    ("", "is empty"),
-    ("pack\0", "contains a NUL byte"),
-    ("/outside_pack", "is an absolute path"),
-])
-def test_an_insightface_pack_name_that_leaves_the_folder_is_refused_before_onnx_runtime(insightface_models, pack,
-                                                                                         problem):
+@pytest.mark.parametrize(
+    "pack, problem",
+    [
+        ("../../outside_pack", "contains '..'"),
+        ("..", "contains '..'"),
+        ("sub/" + FACE_PACK_NAME, "contains a folder separator"),
+        ("", "is empty"),
+        ("pack\0", "contains a NUL byte"),
+        ("/outside_pack", "is an absolute path"),
+    ],
+)
+def test_an_insightface_pack_name_that_leaves_the_folder_is_refused_before_onnx_runtime(
+    insightface_models, pack, problem
+):
     with pytest.raises(FlexIPError) as error:
         run("FlexIPInsightFaceLoader", pack=pack, provider="CPU")
     message = str(error.value)

@@ -1,5 +1,6 @@
 """Each node is declared once (its class, with its display name): the ids saved workflows hold
 stay the node ids, and the names in the README are the names ComfyUI shows."""
+
 from __future__ import annotations
 
 import json
@@ -40,7 +41,7 @@ def test_display_names_come_from_the_node_classes_and_cover_every_node():
 
 def test_readme_names_each_node_by_its_display_name_and_id():
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    named = dict((node_id, display) for display, node_id in re.findall(r"\*\*([^*]+)\*\* \(`(FlexIP\w+)`\)", readme))
+    named = {node_id: display for display, node_id in re.findall(r"\*\*([^*]+)\*\* \(`(FlexIP\w+)`\)", readme)}
     assert len(named) >= 5, "the README's node table was not found"
     for node_id, display in named.items():
         assert PACK.package.NODE_DISPLAY_NAME_MAPPINGS.get(node_id) == display, node_id

@@ -4,6 +4,7 @@ The cases are read from the nodes' INPUT_TYPES, so a node or FLOAT input added l
 without editing this file. The other inputs are None: the check must refuse before the node
 looks at any of them.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,12 @@ def declared_inputs(node_class: type) -> dict[str, tuple]:
     return {**declared.get("required", {}), **declared.get("optional", {})}
 
 
-FLOAT_INPUTS = [(key, name) for key, node_class in PACK.node_classes.items()
-                for name, spec in declared_inputs(node_class).items() if spec[0] == "FLOAT"]
+FLOAT_INPUTS = [
+    (key, name)
+    for key, node_class in PACK.node_classes.items()
+    for name, spec in declared_inputs(node_class).items()
+    if spec[0] == "FLOAT"
+]
 
 
 def call(key: str, **overrides):
@@ -41,10 +46,17 @@ def call(key: str, **overrides):
 
 def test_the_cases_cover_the_float_inputs_of_the_pack():
     # a guard against an empty parametrization: these FLOAT inputs exist today
-    assert {("FlexIPApply", "strength"), ("FlexIPApply", "preservation"), ("FlexIPApply", "start_at"),
-            ("FlexIPApply", "end_at"), ("FlexIPFaceCrop", "crop_scale"), ("FlexIPGateSweep", "start"),
-            ("FlexIPGateSweep", "stop"), ("FlexIPTradeoffPlot", "gammas"),
-            ("FlexIPTradeoffPlot", "metric_4")} <= set(FLOAT_INPUTS)
+    assert {
+        ("FlexIPApply", "strength"),
+        ("FlexIPApply", "preservation"),
+        ("FlexIPApply", "start_at"),
+        ("FlexIPApply", "end_at"),
+        ("FlexIPFaceCrop", "crop_scale"),
+        ("FlexIPGateSweep", "start"),
+        ("FlexIPGateSweep", "stop"),
+        ("FlexIPTradeoffPlot", "gammas"),
+        ("FlexIPTradeoffPlot", "metric_4"),
+    } <= set(FLOAT_INPUTS)
 
 
 @pytest.mark.parametrize("bad", BAD, ids=BAD)
@@ -68,8 +80,16 @@ def test_the_preservation_message_names_the_input_not_a_keyframe():
 def test_a_non_finite_item_of_a_list_input_is_refused_with_its_index():
     node_class = PACK.node_classes["FlexIPTradeoffPlot"]
     with pytest.raises(flexip_model.FlexIPError) as error:
-        node_class().plot(gammas=[0.0, 0.5, 1.0], images=[None], metric_1=[0.9, math.inf, 0.1], labels=["a"],
-                          width=[768], height=[512], thumbnail=[256], columns=[5])
+        node_class().plot(
+            gammas=[0.0, 0.5, 1.0],
+            images=[None],
+            metric_1=[0.9, math.inf, 0.1],
+            labels=["a"],
+            width=[768],
+            height=[512],
+            thumbnail=[256],
+            columns=[5],
+        )
     assert_one_sentence(str(error.value), "FlexIP Trade-off Plot", "metric_1 item 1", "inf")
 
 
@@ -83,6 +103,7 @@ def test_finite_floats_reach_the_node():
     # the sweep runs on plain Python values, so a finite call must come back with its result
     node_class = PACK.node_classes["FlexIPGateSweep"]
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
-    _, gammas, _ = node_class().sweep(latent=latent, mode="range", values="", start=0.0, stop=1.0, count=3,
-                                       same_noise=True)
+    _, gammas, _ = node_class().sweep(
+        latent=latent, mode="range", values="", start=0.0, stop=1.0, count=3, same_noise=True
+    )
     assert gammas == [0.0, 0.5, 1.0]

@@ -19,9 +19,11 @@ STEPS = 6
 
 def guarded_sampling(patched, grad_mode) -> tuple[int, int]:
     """Sample `patched` under `grad_mode` with FlexIP's code guarded: (preparations, layer calls)."""
+
     def run():
         with grad_mode():
             sample(patched, STEPS)
+
     return run_guarded(patched, run)
 
 

@@ -1,12 +1,13 @@
 """FlexIP under ComfyUI's UNet precisions: which type the adapter computes in, and how far its
 term of one layer is from float64 math in each type (tiny UNet, real ModelPatcher and sampler)."""
-from __future__ import annotations
 
-import pytest
-import torch
+from __future__ import annotations
 
 import comfy.cli_args
 import comfy.sd
+import pytest
+import torch
+
 import flexip_model
 from tests.comfy.tiny_world import apply, attn2_patches, sample, sd15_conds, tiny_world
 from tools.fixtures import sd15_checkpoint
@@ -44,6 +45,7 @@ def _probe_first_layer(model, seen: list) -> None:
         if not seen:
             seen.append((q, k, v, dict(extra_options), out))
         return out
+
     patches[key] = probe
 
 
@@ -68,8 +70,9 @@ def test_adapter_term_of_one_layer_matches_float64_math(flexip_pack, case):
     q, k, v, options, out = seen[0]
     assert q.dtype == out.dtype == compute
     heads = options["n_heads"]
-    text = comfy_attention.optimized_attention(q, k, v, heads, attn_precision=options.get("attn_precision"),
-                                               transformer_options=options)
+    text = comfy_attention.optimized_attention(
+        q, k, v, heads, attn_precision=options.get("attn_precision"), transformer_options=options
+    )
     got = out.double() - text.double()
 
     fm = flexip_model
@@ -78,11 +81,15 @@ def test_adapter_term_of_one_layer_matches_float64_math(flexip_pack, case):
     positive, negative = sd15_conds()
     context = torch.cat([positive[0][0], negative[0][0]]).double()[rows]
     personalization = adapter64.personalization_tokens(context, subject64.tokens["clip_embeds"].double()[rows])
-    kv = adapter64.layer_kv(fm.vocabulary.layer_key(*options["block"], options["block_index"]),
-                            subject64.tokens["preservation"][rows], personalization)
+    kv = adapter64.layer_kv(
+        fm.vocabulary.layer_key(*options["block"], options["block_index"]),
+        subject64.tokens["preservation"][rows],
+        personalization,
+    )
     q64 = fm.attention.split_heads(q.double(), heads)
-    blend = GATE * _attention64(q64, kv.preservation.key, kv.preservation.value) + \
-        (1 - GATE) * _attention64(q64, kv.personalization.key, kv.personalization.value)
+    blend = GATE * _attention64(q64, kv.preservation.key, kv.preservation.value) + (1 - GATE) * _attention64(
+        q64, kv.personalization.key, kv.personalization.value
+    )
     expected = STRENGTH * fm.attention.merge_heads(blend)
 
     scale = max(out.double().abs().max().item(), expected.abs().max().item())
@@ -98,5 +105,6 @@ def test_adapter_computes_in_the_type_the_unet_computes_in_under_each_switch(fle
     model = comfy.sd.load_checkpoint_guess_config(str(sd15_checkpoint()), output_vae=False, output_clip=False)[0]
     unet_compute = model.model.manual_cast_dtype or model.model.get_dtype()
     world_adapter = flexip_pack.nodes.bundles.LoadedFlexIP.wrap(
-        "flexip.safetensors", flexip_model.FlexIPAdapter(flexip_model.config_for("sd15", tiny=True)))
+        "flexip.safetensors", flexip_model.FlexIPAdapter(flexip_model.config_for("sd15", tiny=True))
+    )
     assert next(world_adapter.adapter.parameters()).dtype == unet_compute

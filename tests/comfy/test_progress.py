@@ -13,8 +13,11 @@ import torch
 from tests.comfy.tiny_world import node
 from tools.fixtures.faces import draw_faces, face_at
 
-pytestmark = [pytest.mark.comfy, pytest.mark.usefixtures("one_thread"),
-              pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")]  # insightface's skimage call
+pytestmark = [
+    pytest.mark.comfy,
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning"),
+]  # insightface's skimage call
 
 
 def steps(count: int) -> list[tuple[int, int]]:
@@ -28,14 +31,16 @@ def faces(count: int) -> torch.Tensor:
 
 def test_encode_subject_advances_once_per_reference_and_once_for_the_black_reference(world, progress):
     references = torch.rand(3, 64, 64, 3, generator=torch.Generator().manual_seed(5))
-    node(world["pack"], "FlexIPEncodeSubject").encode(world["flexip"], world["clip"], references, "average",
-                                                      dino=world["dino"])
+    node(world["pack"], "FlexIPEncodeSubject").encode(
+        world["flexip"], world["clip"], references, "average", dino=world["dino"]
+    )
     assert progress == steps(4)
 
 
 def test_encode_subject_with_faces_shows_the_crop_then_the_encoding(world, insightface, progress):
-    node(world["pack"], "FlexIPEncodeSubject").encode(world["flexip"], world["clip"], faces(2), "average",
-                                                      dino=world["dino"], insightface=insightface)
+    node(world["pack"], "FlexIPEncodeSubject").encode(
+        world["flexip"], world["clip"], faces(2), "average", dino=world["dino"], insightface=insightface
+    )
     assert progress == steps(2) + steps(3)
 
 
@@ -58,6 +63,13 @@ def test_face_similarity_advances_once_per_reference_and_generated_image(flexip_
 def test_tradeoff_plot_advances_once_per_thumbnail(flexip_pack, progress):
     images = torch.rand(3, 32, 32, 3, generator=torch.Generator().manual_seed(7))
     node(flexip_pack, "FlexIPTradeoffPlot").plot(
-        gammas=[0.0, 0.5, 1.0], images=[images], labels=["CLIP-I"], width=[320], height=[240], thumbnail=[64],
-        columns=[3], metric_1=[0.9, 0.8, 0.7])
+        gammas=[0.0, 0.5, 1.0],
+        images=[images],
+        labels=["CLIP-I"],
+        width=[320],
+        height=[240],
+        thumbnail=[64],
+        columns=[3],
+        metric_1=[0.9, 0.8, 0.7],
+    )
     assert progress == steps(3)

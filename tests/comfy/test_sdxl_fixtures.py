@@ -1,16 +1,16 @@
 """The generated SDXL checkpoint is what ComfyUI 0.3.75 itself detects and loads as SDXL."""
+
 from __future__ import annotations
 
 import logging
-
-import pytest
-import torch
 
 import comfy.model_base
 import comfy.sd
 import comfy.sdxl_clip
 import comfy.supported_models
 import comfy.taesd.taesd
+import pytest
+import torch
 
 from tools.fixtures import sdxl_checkpoint
 

@@ -59,16 +59,22 @@ def subject_for(pack, flexip, encoders):
 
 
 def apply(pack, model, flexip, subject, strength=1.0, preservation=0.5):
-    (patched,) = pack.node_classes["FlexIPApply"]().apply(model, flexip, subject, strength, preservation,
-                                                                 0.0, 1.0)
+    (patched,) = pack.node_classes["FlexIPApply"]().apply(model, flexip, subject, strength, preservation, 0.0, 1.0)
     return patched
 
 
 def sdxl_conds(**extra):
     """Positive and negative SDXL conditioning: context [1, 77, 2048] and bigG pooled [1, 1280]."""
     generator = torch.Generator().manual_seed(7)
-    return tuple([[torch.randn(1, 77, 2048, generator=generator),
-                   {"pooled_output": torch.randn(1, 1280, generator=generator), **extra}]] for _ in range(2))
+    return tuple(
+        [
+            [
+                torch.randn(1, 77, 2048, generator=generator),
+                {"pooled_output": torch.randn(1, 1280, generator=generator), **extra},
+            ]
+        ]
+        for _ in range(2)
+    )
 
 
 def sample(model, latent, conds, steps=2, cfg=5.0, noise=None, seed=0):
@@ -76,8 +82,9 @@ def sample(model, latent, conds, steps=2, cfg=5.0, noise=None, seed=0):
 
     positive, negative = conds
     noise = comfy.sample.prepare_noise(latent, seed) if noise is None else noise
-    return comfy.sample.sample(model, noise, steps, cfg, "euler", "normal", positive, negative, latent,
-                               disable_pbar=True, seed=seed)
+    return comfy.sample.sample(
+        model, noise, steps, cfg, "euler", "normal", positive, negative, latent, disable_pbar=True, seed=seed
+    )
 
 
 def patched_run(caplog, name: str) -> tuple[int, int]:
@@ -110,7 +117,8 @@ def test_adapter_for_full_sdxl_depths_on_an_ssd1b_model_names_both_layer_counts(
         apply(flexip_pack, tiny_sdxl_unet_patcher("SSD1B"), flexip, subject)
     assert str(error.value) == (
         "flexip_sdxl.safetensors has 70 cross-attention layers but the model has 34: use a FlexIP file made for "
-        "this model's architecture (flexip_model init --layers-from <checkpoint>).")
+        "this model's architecture (flexip_model init --layers-from <checkpoint>)."
+    )
 
 
 @pytest.fixture(scope="module")
@@ -120,13 +128,15 @@ def sdxl_inpaint():
 
     from tools.fixtures.generate import sdxl_unet_state_dict
 
-    model, clip, vae, _ = comfy.sd.load_state_dict_guess_config(
-        sdxl_unet_state_dict(in_channels=9), output_vae=False, output_clip=False)
+    model, _clip, _vae, _ = comfy.sd.load_state_dict_guess_config(
+        sdxl_unet_state_dict(in_channels=9), output_vae=False, output_clip=False
+    )
     return model
 
 
 def test_sdxl_inpainting_checkpoint_is_fully_patched_and_strength_zero_is_exact(
-        flexip_pack, encoders, sdxl_inpaint, caplog):
+    flexip_pack, encoders, sdxl_inpaint, caplog
+):
     import comfy.model_base
     import comfy.supported_models
 
@@ -188,8 +198,9 @@ def test_animation_batch_of_latents_gets_the_one_subject_in_every_frame(flexip_p
     for frame in frames:
         torch.testing.assert_close(frame, single[0], atol=tolerance, rtol=0)
     assert ((frames - base).abs().amax(dim=(1, 2, 3)) > 1e-3).all()
-    assert torch.equal(sample(apply(flexip_pack, model, flexip, subject, strength=0.0), latent, sd15_conds(),
-                              noise=noise), base)
+    assert torch.equal(
+        sample(apply(flexip_pack, model, flexip, subject, strength=0.0), latent, sd15_conds(), noise=noise), base
+    )
 
 
 def test_context_windows_over_the_frames_give_each_frame_what_the_whole_batch_gives(flexip_pack, sd15_world):
@@ -206,8 +217,9 @@ def test_context_windows_over_the_frames_give_each_frame_what_the_whole_batch_gi
     def call(rows):
         half = len(rows) // 2
         options = copy.copy(patched.model_options["transformer_options"])
-        options.update(cond_or_uncond=[0, 1], uuids=["p", "n"], sigmas=torch.full((half,), 5.0),
-                       wrappers=patched.wrappers)
+        options.update(
+            cond_or_uncond=[0, 1], uuids=["p", "n"], sigmas=torch.full((half,), 5.0), wrappers=patched.wrappers
+        )
         timestep = torch.full((len(rows),), 500.0)
         return patched.model.diffusion_model(x[rows], timestep, context[rows], transformer_options=options)
 
@@ -219,4 +231,4 @@ def test_context_windows_over_the_frames_give_each_frame_what_the_whole_batch_gi
     # AVX2, 3e-6 of the scale for 2 rows against 1 elsewhere in this suite); 1e-5 of the scale (~2.8)
     tolerance = 1e-5 * float(whole.abs().max())
     torch.testing.assert_close(part[:window], whole[:window], atol=tolerance, rtol=0)
-    torch.testing.assert_close(part[window:], whole[FRAMES:FRAMES + window], atol=tolerance, rtol=0)
+    torch.testing.assert_close(part[window:], whole[FRAMES : FRAMES + window], atol=tolerance, rtol=0)

@@ -56,6 +56,7 @@ def recorded_orders(model):
     def recording(x, context, options):
         orders.append(list(options["cond_or_uncond"]))
         return prepare(x, context, options)
+
     state.call_state = recording
     return orders
 
@@ -102,8 +103,12 @@ def test_sweep_stays_aligned_when_cond_and_uncond_run_in_separate_model_calls(wo
 def _unet_call(model, x, context, order):
     """One diffusion-model call with the transformer_options a sampler passes for these chunks."""
     options = copy.copy(model.model_options["transformer_options"])
-    options.update(cond_or_uncond=order, uuids=[f"chunk{i}" for i in range(len(order))],
-                   sigmas=torch.full((x.shape[0] // len(order),), 5.0), wrappers=model.wrappers)
+    options.update(
+        cond_or_uncond=order,
+        uuids=[f"chunk{i}" for i in range(len(order))],
+        sigmas=torch.full((x.shape[0] // len(order),), 5.0),
+        wrappers=model.wrappers,
+    )
     timestep = torch.full((x.shape[0],), 500.0)
     return model.model.diffusion_model(x, timestep, context, transformer_options=options)
 
@@ -163,11 +168,14 @@ def test_sweep_layer_patches_and_per_call_gates_do_no_host_sync(world):
     assert preparations == STEPS and layer_calls > 0
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("0, 0.25, 0.5, 0.75, 1", (0.0, 0.25, 0.5, 0.75, 1.0)),
-    ("1\n0.3\n\n0,", (1.0, 0.3, 0.0)),
-    ("0.7", (0.7,)),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("0, 0.25, 0.5, 0.75, 1", (0.0, 0.25, 0.5, 0.75, 1.0)),
+        ("1\n0.3\n\n0,", (1.0, 0.3, 0.0)),
+        ("0.7", (0.7,)),
+    ],
+)
 def test_sweep_values_text_is_parsed_in_order(flexip_pack, text, expected):
     assert flexip_model.parse_gammas(text, "FlexIPGateSweep values") == expected
 
@@ -179,11 +187,14 @@ def test_sweep_range_mode_spaces_count_values_from_start_to_stop(flexip_pack):
     assert out["samples"].shape[0] == 5
 
 
-@pytest.mark.parametrize("text, message", [
-    ("0, half, 1", "has 'half', which is not a γ in [0, 1]"),
-    ("0, 1.5", "has '1.5', which is not a γ in [0, 1]"),
-    (" , ", "values is empty"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("0, half, 1", "has 'half', which is not a γ in [0, 1]"),
+        ("0, 1.5", "has '1.5', which is not a γ in [0, 1]"),
+        (" , ", "values is empty"),
+    ],
+)
 def test_bad_sweep_values_are_readable_errors(flexip_pack, text, message):
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
     with pytest.raises(flexip_model.FlexIPError, match=message.replace("[", r"\[").replace("]", r"\]")):

@@ -53,7 +53,8 @@ def test_identical_images_score_one_and_unrelated_images_score_lower(flexip_pack
     reference = subject()
     images = torch.cat([reference, unrelated()])
     clip_i, dino_i, table = node(flexip_pack, "FlexIPSubjectSimilarity").measure(
-        tiny_clip_vision, tiny_dino, reference, images)
+        tiny_clip_vision, tiny_dino, reference, images
+    )
     assert len(clip_i) == len(dino_i) == 3
     # cosine of two identical float32 vectors: 1 up to rounding (~1e-7)
     assert clip_i[0] == pytest.approx(1.0, abs=1e-5) and dino_i[0] == pytest.approx(1.0, abs=1e-5)
@@ -86,13 +87,29 @@ def sweep_images(size: int = 64) -> torch.Tensor:
     return torch.cat([torch.ones(1, size, size, 3) * torch.tensor(colour) / 255.0 for colour in COLOURS])
 
 
-def plot(pack, metrics: dict[str, list[float]], images=None, gammas=GAMMAS, width=768, height=512,
-         thumbnail=128, columns=5, labels="CLIP-I, DINO-I, face similarity, metric 4"):
+def plot(
+    pack,
+    metrics: dict[str, list[float]],
+    images=None,
+    gammas=GAMMAS,
+    width=768,
+    height=512,
+    thumbnail=128,
+    columns=5,
+    labels="CLIP-I, DINO-I, face similarity, metric 4",
+):
     """Call the node the way ComfyUI calls an INPUT_IS_LIST node: every input is a list."""
     images = sweep_images() if images is None else images
     return node(pack, "FlexIPTradeoffPlot").plot(
-        gammas=list(gammas), images=[images], labels=[labels], width=[width], height=[height],
-        thumbnail=[thumbnail], columns=[columns], **metrics)
+        gammas=list(gammas),
+        images=[images],
+        labels=[labels],
+        width=[width],
+        height=[height],
+        thumbnail=[thumbnail],
+        columns=[columns],
+        **metrics,
+    )
 
 
 # Illustrative numbers with the shape the paper reports: identity rises with γ.
@@ -125,7 +142,7 @@ def test_contact_sheet_shows_each_image_in_order_with_a_caption(flexip_pack):
         assert len(xs) > 0.9 * 96 * 96, f"image {index} is missing"
         # its pixels lie in its own cell: column `column` of 3, row `row` of 2
         assert int(xs.mean() * 3 / width) == column and int(ys.mean() * 2 / height) == row, f"image {index}"
-        caption = pixels[ys.max() + 1:ys.max() + 40, xs.min():xs.max() + 1]
+        caption = pixels[ys.max() + 1 : ys.max() + 40, xs.min() : xs.max() + 1]
         assert (caption.max(axis=-1) < 100).sum() > 30, f"image {index} has no caption"  # dark text
 
 
@@ -165,6 +182,7 @@ def test_missing_matplotlib_is_a_one_sentence_install_message(flexip_pack, monke
 def test_plot_module_imports_matplotlib_only_when_the_node_runs(repo_root):
     tree = ast.parse((repo_root / "nodes" / "plot.py").read_text())
     top_level = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-    names = [alias.name for n in top_level for alias in n.names] + [n.module or "" for n in top_level
-                                                                       if isinstance(n, ast.ImportFrom)]
+    names = [alias.name for n in top_level for alias in n.names] + [
+        n.module or "" for n in top_level if isinstance(n, ast.ImportFrom)
+    ]
     assert not any(name.startswith("matplotlib") for name in names)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Callable, ContextManager, Optional
+from collections.abc import Callable
+from typing import Any, ContextManager
 
 import torch
 
@@ -19,7 +20,7 @@ def node(pack: Any, name: str) -> Any:
     return pack.node_classes[name]()
 
 
-def tiny_world(pack: Any, gate_mode: str = "output", model: Any = None, dtype: Optional[torch.dtype] = None) -> dict:
+def tiny_world(pack: Any, gate_mode: str = "output", model: Any = None, dtype: torch.dtype | None = None) -> dict:
     """A tiny UNet (or `model`), tiny encoders, a random FlexIP adapter of `gate_mode` and the subject it encoded.
 
     The adapter's weights have std 0.2: large enough that the subject and γ visibly move the image;
@@ -31,8 +32,9 @@ def tiny_world(pack: Any, gate_mode: str = "output", model: Any = None, dtype: O
     clip, dino = tiny_clip_vision(), tiny_dino()
     fm = flexip_model
     layers = pack.nodes.layers.layer_specs_of(model.model.diffusion_model)
-    config = dataclasses.replace(fm.config_for("sd15", tiny=True), layers=layers, clip_embed_dim=64, dino_dim=64,
-                                 gate_mode=gate_mode)
+    config = dataclasses.replace(
+        fm.config_for("sd15", tiny=True), layers=layers, clip_embed_dim=64, dino_dim=64, gate_mode=gate_mode
+    )
     torch.manual_seed(0)
     adapter = fm.FlexIPAdapter(config)
     with torch.no_grad():
@@ -44,12 +46,28 @@ def tiny_world(pack: Any, gate_mode: str = "output", model: Any = None, dtype: O
     return dict(pack=pack, model=model, flexip=flexip, subject=subject, clip=clip, dino=dino, image=image)
 
 
-def apply(world: dict, strength: float = 1.0, preservation: float = 0.5, start_at: float = 0.0, end_at: float = 1.0,
-          gate: Any = None, attn_mask: Optional[torch.Tensor] = None, model: Any = None) -> Any:
+def apply(
+    world: dict,
+    strength: float = 1.0,
+    preservation: float = 0.5,
+    start_at: float = 0.0,
+    end_at: float = 1.0,
+    gate: Any = None,
+    attn_mask: torch.Tensor | None = None,
+    model: Any = None,
+) -> Any:
     """FlexIPApply of the world's adapter and subject on `model` (default: the world's own model)."""
     (patched,) = node(world["pack"], "FlexIPApply").apply(
-        model or world["model"], world["flexip"], world["subject"], strength, preservation, start_at, end_at,
-        gate=gate, attn_mask=attn_mask)
+        model or world["model"],
+        world["flexip"],
+        world["subject"],
+        strength,
+        preservation,
+        start_at,
+        end_at,
+        gate=gate,
+        attn_mask=attn_mask,
+    )
     return patched
 
 
@@ -59,16 +77,36 @@ def sd15_conds() -> tuple[list, list]:
     return tuple([[torch.randn(1, 77, 768, generator=generator), {}]] for _ in range(2))
 
 
-def sample(model: Any, steps: int, batch: int = 1, size: int = 16, seed: int = 0, cfg: float = 5.0,
-           batch_index: Optional[list[int]] = None, callback: Optional[Callable] = None) -> torch.Tensor:
+def sample(
+    model: Any,
+    steps: int,
+    batch: int = 1,
+    size: int = 16,
+    seed: int = 0,
+    cfg: float = 5.0,
+    batch_index: list[int] | None = None,
+    callback: Callable | None = None,
+) -> torch.Tensor:
     """ComfyUI's euler/normal sampling of `model` from a zero latent [batch, 4, size, size] with sd15_conds()."""
     import comfy.sample
 
     latent = torch.zeros(batch, 4, size, size)
     noise = comfy.sample.prepare_noise(latent, seed, batch_index)
     positive, negative = sd15_conds()
-    return comfy.sample.sample(model, noise, steps, cfg, "euler", "normal", positive, negative, latent,
-                               disable_pbar=True, seed=seed, callback=callback)
+    return comfy.sample.sample(
+        model,
+        noise,
+        steps,
+        cfg,
+        "euler",
+        "normal",
+        positive,
+        negative,
+        latent,
+        disable_pbar=True,
+        seed=seed,
+        callback=callback,
+    )
 
 
 def attn2_patches(model: Any) -> dict:
@@ -80,8 +118,12 @@ class PatchProbe:
     """Stands in front of one attn2 patch: `observe(q, extra_options)` sees every call, which runs
     inside `guard()`; models() and to() reach the patch, as ComfyUI calls them."""
 
-    def __init__(self, inner: Any, observe: Optional[Callable[[torch.Tensor, dict], None]] = None,
-                 guard: Callable[[], ContextManager] = contextlib.nullcontext) -> None:
+    def __init__(
+        self,
+        inner: Any,
+        observe: Callable[[torch.Tensor, dict], None] | None = None,
+        guard: Callable[[], ContextManager] = contextlib.nullcontext,
+    ) -> None:
         self.inner, self.observe, self.guard = inner, observe, guard
 
     def __call__(self, q, k, v, extra_options):
@@ -93,7 +135,6 @@ class PatchProbe:
     def models(self) -> list:
         return self.inner.models()
 
-    def to(self, device) -> "PatchProbe":
+    def to(self, device) -> PatchProbe:
         self.inner = self.inner.to(device)
         return self
-

@@ -2,6 +2,7 @@
 
 No ComfyUI and no models: files the config names are empty stand-ins (only their existence is checked here).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -48,8 +49,11 @@ def write(folder: Path, text: str) -> Path:
 def test_example_config_loads_and_shows_the_defaults(tmp_path: Path):
     config_path = tmp_path / "eval.toml"
     shutil.copy(EXAMPLE, config_path)
-    for name in ("runs/flexip_sd15/flexip_sd15-010000.safetensors", "models/ipadapter/ip-adapter_sd15.safetensors",
-                 "models/ipadapter/ip-adapter_sd15_light.safetensors"):  # the methods' files must exist
+    for name in (
+        "runs/flexip_sd15/flexip_sd15-010000.safetensors",
+        "models/ipadapter/ip-adapter_sd15.safetensors",
+        "models/ipadapter/ip-adapter_sd15_light.safetensors",
+    ):  # the methods' files must exist
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).touch()
     config = load_config(config_path)
@@ -57,32 +61,38 @@ def test_example_config_loads_and_shows_the_defaults(tmp_path: Path):
     assert_example_shows_defaults(config, "flexip_eval/eval.example.toml")
 
 
-@pytest.mark.parametrize("methods, mention", [
-    ("", "'methods'"),
-    (FLEXIP.replace('"flexip"\nfile', '"flexipp"\nfile'), "kind"),
-    (FLEXIP.replace("flexip.safetensors", "other.safetensors"), "other.safetensors"),
-    (FLEXIP.replace("gammas = [0.5, 1.0]", 'gammas = [0.5]\nschedule = "0:1, 1:0"'), "not both"),
-    (FLEXIP.replace("gammas = [0.5, 1.0]", "gammas = [1.5]"), "[0, 1]"),
-    (FLEXIP.replace("gammas = [0.5, 1.0]", 'schedule = "0:1, 1:2"'), "schedule"),
-    (BASE_METHOD + "gammas = [0.5]\n", "no gate"),
-    (BASE_METHOD + 'file = "flexip.safetensors"\n', "file"),
-    (FLEXIP + FLEXIP.replace('"FlexIP"', '"flexip"'), "used twice"),
-    (FLEXIP.replace('"FlexIP"', '"../up"'), "name"),
-    (FLEXIP + "colour = 1\n", "colour"),
-])
+@pytest.mark.parametrize(
+    "methods, mention",
+    [
+        ("", "'methods'"),
+        (FLEXIP.replace('"flexip"\nfile', '"flexipp"\nfile'), "kind"),
+        (FLEXIP.replace("flexip.safetensors", "other.safetensors"), "other.safetensors"),
+        (FLEXIP.replace("gammas = [0.5, 1.0]", 'gammas = [0.5]\nschedule = "0:1, 1:0"'), "not both"),
+        (FLEXIP.replace("gammas = [0.5, 1.0]", "gammas = [1.5]"), "[0, 1]"),
+        (FLEXIP.replace("gammas = [0.5, 1.0]", 'schedule = "0:1, 1:2"'), "schedule"),
+        (BASE_METHOD + "gammas = [0.5]\n", "no gate"),
+        (BASE_METHOD + 'file = "flexip.safetensors"\n', "file"),
+        (FLEXIP + FLEXIP.replace('"FlexIP"', '"flexip"'), "used twice"),
+        (FLEXIP.replace('"FlexIP"', '"../up"'), "name"),
+        (FLEXIP + "colour = 1\n", "colour"),
+    ],
+)
 def test_a_bad_method_is_one_sentence(tmp_path: Path, methods: str, mention: str):
     with pytest.raises(FlexIPError) as error:
         load_config(write(tmp_path, BASE + methods))
     assert_one_sentence(str(error.value), mention)
 
 
-@pytest.mark.parametrize("change, mention", [
-    ("[generation]\nresolution = 500\n", "multiple of 8"),
-    ("[generation]\nseeds = [1, 1]\n", "seeds"),
-    ("[generation]\nsteps = 10000\n", "steps"),
-    ("[generation]\ndevice = \"tpu\"\n", "device"),
-    ("[benchmark2]\n", "benchmark2"),
-])
+@pytest.mark.parametrize(
+    "change, mention",
+    [
+        ("[generation]\nresolution = 500\n", "multiple of 8"),
+        ("[generation]\nseeds = [1, 1]\n", "seeds"),
+        ("[generation]\nsteps = 10000\n", "steps"),
+        ('[generation]\ndevice = "tpu"\n', "device"),
+        ("[benchmark2]\n", "benchmark2"),
+    ],
+)
 def test_a_bad_setting_is_one_sentence(tmp_path: Path, change: str, mention: str):
     with pytest.raises(FlexIPError) as error:
         load_config(write(tmp_path, BASE + change + FLEXIP))
@@ -91,23 +101,33 @@ def test_a_bad_setting_is_one_sentence(tmp_path: Path, change: str, mention: str
 
 def test_benchmark_puts_the_class_noun_in_each_prompt(tmp_path: Path):
     write_benchmark(tmp_path / "bench")
-    config = load_config(write(tmp_path, BASE.replace('folder = "bench"', 'folder = "bench"\nprompts_per_subject = 2')
-                               + FLEXIP))
+    config = load_config(
+        write(tmp_path, BASE.replace('folder = "bench"', 'folder = "bench"\nprompts_per_subject = 2') + FLEXIP)
+    )
     benchmark = read_benchmark(config.benchmark)
-    assert [(s.name, s.class_noun, len(s.images)) for s in benchmark.subjects] == [("blue_cat", "cat", 3),
-                                                                                  ("red_toy", "toy", 3)]
+    assert [(s.name, s.class_noun, len(s.images)) for s in benchmark.subjects] == [
+        ("blue_cat", "cat", 3),
+        ("red_toy", "toy", 3),
+    ]
     assert benchmark.subject("blue_cat").prompts == ("a cat sleeping on a sofa", "a cat in a garden")  # live list
     assert benchmark.subject("red_toy").prompts == ("a toy on a beach", "a toy in the snow")  # object list
 
 
-@pytest.mark.parametrize("damage, mention", [
-    (lambda bench: (bench / "green_dog").mkdir(), "green_dog"),
-    (lambda bench: shutil.rmtree(bench / "red_toy"), "red_toy"),
-    (lambda bench: [path.unlink() for path in (bench / "red_toy").iterdir()], "red_toy"),
-    (lambda bench: (bench / "prompts.toml").write_text((bench / "prompts.toml").read_text()
-                                                       .replace("a {} on a beach", "a beach")), "a beach"),
-    (lambda bench: (bench / "prompts.toml").unlink(), "prompts.toml"),
-])
+@pytest.mark.parametrize(
+    "damage, mention",
+    [
+        (lambda bench: (bench / "green_dog").mkdir(), "green_dog"),
+        (lambda bench: shutil.rmtree(bench / "red_toy"), "red_toy"),
+        (lambda bench: [path.unlink() for path in (bench / "red_toy").iterdir()], "red_toy"),
+        (
+            lambda bench: (bench / "prompts.toml").write_text(
+                (bench / "prompts.toml").read_text().replace("a {} on a beach", "a beach")
+            ),
+            "a beach",
+        ),
+        (lambda bench: (bench / "prompts.toml").unlink(), "prompts.toml"),
+    ],
+)
 def test_a_bad_benchmark_folder_is_one_sentence(tmp_path: Path, damage, mention: str):
     damage(write_benchmark(tmp_path / "bench"))
     config = load_config(write(tmp_path, BASE + FLEXIP))
@@ -159,8 +179,11 @@ def test_dreambench_prompts_and_classes_file_is_read_as_it_is(tmp_path: Path):
     bench = write_benchmark(tmp_path / "bench")
     (bench / "prompts.toml").unlink()
     (bench / "prompts_and_classes.txt").write_text(DREAMBENCH_PROMPTS)  # DreamBench's own layout and syntax
-    config = load_config(write(tmp_path, BASE.replace('folder = "bench"', 'folder = "bench"\n'
-                                                      'prompts = "prompts_and_classes.txt"') + FLEXIP))
+    config = load_config(
+        write(
+            tmp_path, BASE.replace('folder = "bench"', 'folder = "bench"\nprompts = "prompts_and_classes.txt"') + FLEXIP
+        )
+    )
     benchmark = read_benchmark(config.benchmark)
     # the class noun in place of DreamBench's learned token and class; cats and dogs take the live list
     assert benchmark.subject("blue_cat").prompts == ("a cat in the jungle", "a cat wearing a red hat")

@@ -4,6 +4,7 @@ A 2-subject, 2-prompt, 2-seed evaluation of FlexIP at two γ and with a gate sch
 γ = 1 and the base model: 40 images at 64 px, 2 sampling steps, random judges. The numbers mean nothing; what is tested is
 that every image is made once, scored once and reported.
 """
+
 from __future__ import annotations
 
 import csv
@@ -39,14 +40,20 @@ def evaluate(config: Path, ranks: int = 1) -> str:
 
 def written(output: Path) -> dict[str, int]:
     """Every PNG and score file under `output` with its modification time in ns."""
-    return {path.relative_to(output).as_posix(): path.stat().st_mtime_ns
-            for path in (output / "images").rglob("*") if path.is_file()}
+    return {
+        path.relative_to(output).as_posix(): path.stat().st_mtime_ns
+        for path in (output / "images").rglob("*")
+        if path.is_file()
+    }
 
 
 def generated(output: Path) -> list[str]:
     """The images the runs made, from every rank's log, in log order."""
-    return [json.loads(line)["image"] for path in sorted((output / "logs").glob("generated-rank*.jsonl"))
-            for line in path.read_text().splitlines()]
+    return [
+        json.loads(line)["image"]
+        for path in sorted((output / "logs").glob("generated-rank*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +79,12 @@ def test_evaluation_scores_every_image_and_writes_the_reports(first_run: Path):
         assert stored["settings"]["steps"] == 2 and stored["settings"]["resolution"] == 64
     rows = list(csv.DictReader(io.StringIO((first_run / "table.csv").read_text())))
     assert [(row["method"], row["gamma"]) for row in rows] == [
-        ("FlexIP", "0.25"), ("FlexIP", "1.0"), ("FlexIP schedule", ""), ("IP-Adapter", "1.0"), ("SD1.5", "")]
+        ("FlexIP", "0.25"),
+        ("FlexIP", "1.0"),
+        ("FlexIP schedule", ""),
+        ("IP-Adapter", "1.0"),
+        ("SD1.5", ""),
+    ]
     assert all(row["mrank"] for row in rows)
     table = (first_run / "table.md").read_text()
     assert all(name in table for name in ("FlexIP", "IP-Adapter", "SD1.5"))
@@ -88,8 +100,13 @@ def test_each_row_samples_its_own_model(first_run: Path):
     # one prompt and seed in every row: each γ, the schedule, the IP-Adapter pair and the unpatched model
     # give another image (the generated adapters' weights are large enough to move every pixel value)
     images = {}
-    for row in ("FlexIP/gamma_0.25", "FlexIP/gamma_1", "FlexIP schedule/schedule", "IP-Adapter/gamma_1",
-                "SD1.5/no_adapter"):
+    for row in (
+        "FlexIP/gamma_0.25",
+        "FlexIP/gamma_1",
+        "FlexIP schedule/schedule",
+        "IP-Adapter/gamma_1",
+        "SD1.5/no_adapter",
+    ):
         with Image.open(first_run / "images" / row / "red_toy" / "p00_s0.png") as image:
             images[row] = image.tobytes()
     assert len(set(images.values())) == len(images)
@@ -109,13 +126,21 @@ def test_second_run_writes_no_image_and_gives_the_same_table(world: Path, first_
 def test_two_torchrun_ranks_split_the_images_and_make_none_twice(world: Path, first_run: Path):
     output = world / "ranks"
     evaluate(write_evaluation(world, output="ranks", schedule=SCHEDULE), ranks=2)
-    logs = [[json.loads(line)["image"] for line in (output / "logs" / f"generated-rank{rank}.jsonl").read_text()
-             .splitlines()] for rank in (0, 1)]
+    logs = [
+        [
+            json.loads(line)["image"]
+            for line in (output / "logs" / f"generated-rank{rank}.jsonl").read_text().splitlines()
+        ]
+        for rank in (0, 1)
+    ]
     assert [len(images) for images in logs] == [IMAGES // 2] * 2
     assert not set(logs[0]) & set(logs[1])
-    assert sorted(logs[0] + logs[1]) == sorted(json.loads(line)["image"]
-                                               for line in (first_run / "results.jsonl").read_text().splitlines())
-    one = {record["image"]: record for record in map(json.loads, (first_run / "results.jsonl").read_text().splitlines())}
+    assert sorted(logs[0] + logs[1]) == sorted(
+        json.loads(line)["image"] for line in (first_run / "results.jsonl").read_text().splitlines()
+    )
+    one = {
+        record["image"]: record for record in map(json.loads, (first_run / "results.jsonl").read_text().splitlines())
+    }
     two = [json.loads(line) for line in (output / "results.jsonl").read_text().splitlines()]
     assert [record["image"] for record in two] == list(one)  # rank 0 merged every rank's images, in work order
     for record in two:

@@ -1,12 +1,13 @@
 """The judges load from Hugging Face folders through transformers, as a user's downloads load, and score what
 the metrics define: CLIP-T, CLIP-I, DINO-I, CLIP-IQA and Aesthetic (generated random-weight models)."""
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy
 import pytest
@@ -49,8 +50,9 @@ def _subject(size: int = 224) -> torch.Tensor:
 
 def test_an_image_against_itself_scores_clip_i_and_dino_i_one(judges: Judges):
     subject, other = _subject(96), _image(1, (96, 96))
-    scores = judges.score(torch.cat([subject, other, subject]), ["a photo of a toy"] * 3,
-                          references=torch.cat([subject, subject]))
+    scores = judges.score(
+        torch.cat([subject, other, subject]), ["a photo of a toy"] * 3, references=torch.cat([subject, subject])
+    )
     for index in (0, 2):
         assert scores[index]["clip_i"] == pytest.approx(1.0, abs=SELF_TOLERANCE)
         assert scores[index]["dino_i"] == pytest.approx(1.0, abs=SELF_TOLERANCE)
@@ -82,15 +84,18 @@ def test_scores_match_the_models_run_as_transformers_documents(judges: Judges, j
     clip_folder = str(judges_config.clip)
     clip = CLIPModel.from_pretrained(clip_folder, local_files_only=True).eval()
     tokens = CLIPTokenizer.from_pretrained(clip_folder, local_files_only=True)(
-        [prompt, "Good photo.", "Bad photo."], padding=True, return_tensors="pt")
+        [prompt, "Good photo.", "Bad photo."], padding=True, return_tensors="pt"
+    )
     pixels = CLIPImageProcessor.from_pretrained(clip_folder, local_files_only=True)(
-        images=[image, reference], return_tensors="pt")
+        images=[image, reference], return_tensors="pt"
+    )
     with torch.no_grad():
         output = clip(**tokens, **pixels)
     image_embeds, text_embeds = output.image_embeds.double(), output.text_embeds.double()
     dino = ViTModel.from_pretrained(str(judges_config.dino), add_pooling_layer=False, local_files_only=True).eval()
     dino_pixels = ViTImageProcessor.from_pretrained(str(judges_config.dino), local_files_only=True)(
-        images=[image, reference], return_tensors="pt")
+        images=[image, reference], return_tensors="pt"
+    )
     with torch.no_grad():
         cls = torch.nn.functional.normalize(dino(**dino_pixels).last_hidden_state[:, 0].double(), dim=-1)
     head = {name: tensor.double() for name, tensor in load_file(str(judges_config.aesthetic)).items()}
@@ -112,8 +117,9 @@ def test_references_as_a_list_score_as_one_batch(judges: Judges):
     images, references = torch.cat([_image(10), _image(11)]), torch.cat([_image(12), _image(13)])
     as_list = judges.score(images, ["a toy"] * 2, list(references.split(1)))
     # each reference embedded alone rather than in a batch of two: fp32 agreement, see SELF_TOLERANCE
-    assert as_list == [pytest.approx(row, abs=SELF_TOLERANCE) for row in judges.score(images, ["a toy"] * 2,
-                                                                                         references)]
+    assert as_list == [
+        pytest.approx(row, abs=SELF_TOLERANCE) for row in judges.score(images, ["a toy"] * 2, references)
+    ]
 
 
 def test_scores_are_deterministic_across_calls_and_loads(judges: Judges, judges_config: JudgesConfig):
@@ -124,8 +130,9 @@ def test_scores_are_deterministic_across_calls_and_loads(judges: Judges, judges_
     assert load_judges(judges_config).score(images, prompts, references) == first
 
 
-def test_a_separate_aesthetic_clip_folder_gives_the_same_aesthetic(judges: Judges, judges_config: JudgesConfig,
-                                                                   tmp_path: Path):
+def test_a_separate_aesthetic_clip_folder_gives_the_same_aesthetic(
+    judges: Judges, judges_config: JudgesConfig, tmp_path: Path
+):
     # the same CLIP under another folder takes the second-model path; equal weights give equal scores
     copy = Path(shutil.copytree(judges_config.clip, tmp_path / "clip-vit-large-patch14"))
     separate = load_judges(dataclasses.replace(judges_config, aesthetic_clip=copy))
@@ -133,7 +140,8 @@ def test_a_separate_aesthetic_clip_folder_gives_the_same_aesthetic(judges: Judge
     images = torch.cat([_image(6), _image(9)])
     expected = judges.score(images, ["a toy", "a toy"], images[:1])
     assert [row["aesthetic"] for row in separate.score(images, ["a toy", "a toy"], images[:1])] == pytest.approx(
-        [row["aesthetic"] for row in expected], abs=1e-6)
+        [row["aesthetic"] for row in expected], abs=1e-6
+    )
 
 
 def test_the_aesthetic_head_is_read_with_safetensors_never_torch_load(judges_config: JudgesConfig, monkeypatch):
@@ -161,16 +169,31 @@ def _small_head(path: Path) -> None:
 # (what breaks the copied judge files, the JudgesConfig key it lives under, what the sentence must name)
 BROKEN: dict[str, tuple[Callable[[Path], None], str, tuple[str, ...]]] = {
     "clip folder missing": (shutil.rmtree, "clip", ("clip", "openai/clip-vit-large-patch14")),
-    "clip without weights": (lambda f: (f / "model.safetensors").unlink(), "clip",
-                             ("clip", "model.safetensors", "openai/clip-vit-large-patch14")),
-    "clip without preprocessing": (lambda f: (f / "preprocessor_config.json").unlink(), "clip",
-                                   ("preprocessor_config.json", "openai/clip-vit-large-patch14")),
-    "clip without tokenizer": (lambda f: [(f / n).unlink() for n in ("tokenizer.json", "merges.txt")], "clip",
-                               ("tokenizer", "openai/clip-vit-large-patch14")),
-    "clip is CLIP-H": (lambda f: _edit_config(f, vision_config__hidden_size=1280), "clip",
-                       ("CLIP ViT-H/14", "openai/clip-vit-large-patch14")),
-    "clip narrower than the head": (lambda f: _edit_config(f, projection_dim=512), "clip",
-                                    ("aesthetic_clip", "openai/clip-vit-large-patch14")),
+    "clip without weights": (
+        lambda f: (f / "model.safetensors").unlink(),
+        "clip",
+        ("clip", "model.safetensors", "openai/clip-vit-large-patch14"),
+    ),
+    "clip without preprocessing": (
+        lambda f: (f / "preprocessor_config.json").unlink(),
+        "clip",
+        ("preprocessor_config.json", "openai/clip-vit-large-patch14"),
+    ),
+    "clip without tokenizer": (
+        lambda f: [(f / n).unlink() for n in ("tokenizer.json", "merges.txt")],
+        "clip",
+        ("tokenizer", "openai/clip-vit-large-patch14"),
+    ),
+    "clip is CLIP-H": (
+        lambda f: _edit_config(f, vision_config__hidden_size=1280),
+        "clip",
+        ("CLIP ViT-H/14", "openai/clip-vit-large-patch14"),
+    ),
+    "clip narrower than the head": (
+        lambda f: _edit_config(f, projection_dim=512),
+        "clip",
+        ("aesthetic_clip", "openai/clip-vit-large-patch14"),
+    ),
     "dino folder missing": (shutil.rmtree, "dino", ("dino", "facebook/dino-vits16")),
     "dino without weights": (lambda f: (f / "model.safetensors").unlink(), "dino", ("dino", "facebook/dino-vits16")),
     "dino is DINOv2": (lambda f: _edit_config(f, model_type="dinov2"), "dino", ("dinov2", "facebook/dino-vits16")),

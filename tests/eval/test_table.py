@@ -1,5 +1,6 @@
 """The Table-1-style summary: per-image records averaged per (method, γ), ranked into mRank, written as Markdown
 and CSV; mRank reproduces the paper's Table 1 (docs/design.md §8) from its five metric columns exactly."""
+
 from __future__ import annotations
 
 import csv
@@ -38,8 +39,13 @@ def test_mrank_reproduces_table_1_exactly():
 
 
 def test_mrank_ranks_higher_as_better_and_keeps_the_order_of_full_ties():
-    rows = with_mrank([_row("low", None, 0.1, 0.1, 0.1, 0.1, 1.0), _row("high", None, 0.2, 0.2, 0.2, 0.2, 2.0),
-                       _row("high again", None, 0.2, 0.2, 0.2, 0.2, 2.0)])
+    rows = with_mrank(
+        [
+            _row("low", None, 0.1, 0.1, 0.1, 0.1, 1.0),
+            _row("high", None, 0.2, 0.2, 0.2, 0.2, 2.0),
+            _row("high again", None, 0.2, 0.2, 0.2, 0.2, 2.0),
+        ]
+    )
     assert [row["mrank"] for row in rows] == [3.0, 1.0, 2.0]
 
 
@@ -51,8 +57,11 @@ def test_mean_rows_average_each_method_and_gamma_in_order_of_appearance():
         {"method": "flexip", "gamma": 1.0, "subject": "cat", **dict(zip(METRICS, (0.1, 0.9, 0.8, 0.6, 5.5)))},
     ]
     rows = mean_rows(records)
-    assert [(row["method"], row["gamma"], row["n"]) for row in rows] == [("flexip", 0.5, 2), ("base", None, 1),
-                                                                         ("flexip", 1.0, 1)]
+    assert [(row["method"], row["gamma"], row["n"]) for row in rows] == [
+        ("flexip", 0.5, 2),
+        ("base", None, 1),
+        ("flexip", 1.0, 1),
+    ]
     assert [rows[0][metric] for metric in METRICS] == pytest.approx([0.3, 0.7, 0.5, 0.6, 5.5], abs=1e-12)
 
 
@@ -63,11 +72,11 @@ def test_a_record_without_a_metric_is_one_sentence():
 
 
 def test_markdown_and_csv_tables_hold_every_row_and_column():
-    rows = with_mrank([_row("flexip", 0.5, 0.28412, 0.87, 0.74, 0.6, 6.0391, n=8),
-                       _row("base", None, 0.3, 0.5, 0.3, 0.4, 4.0, n=8)])
+    rows = with_mrank(
+        [_row("flexip", 0.5, 0.28412, 0.87, 0.74, 0.6, 6.0391, n=8), _row("base", None, 0.3, 0.5, 0.3, 0.4, 4.0, n=8)]
+    )
     markdown = markdown_table(rows).splitlines()
-    assert markdown[0] == ("| Method | γ | n | mRank↓ | CLIP-T↑ | CLIP-I↑ | DINO-I↑ | CLIP-IQA↑ | "
-                           "Aesthetic↑ |")
+    assert markdown[0] == ("| Method | γ | n | mRank↓ | CLIP-T↑ | CLIP-I↑ | DINO-I↑ | CLIP-IQA↑ | Aesthetic↑ |")
     assert markdown[2] == "| flexip | 0.5 | 8 | 1.2 | 0.284 | 0.870 | 0.740 | 0.600 | 6.039 |"
     assert markdown[3] == "| base | — | 8 | 1.8 | 0.300 | 0.500 | 0.300 | 0.400 | 4.000 |"
 

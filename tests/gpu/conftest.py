@@ -5,13 +5,16 @@ and the comfy layer's process has it on the CPU, so each run is a `pytest` subpr
 $FLEXIP_TEST_DEVICE set (tools/fixtures/paths.py). Without a visible CUDA device every test of the
 layer is collected and reported skipped, with the one reason below.
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-NO_GPU = ("gpu layer: no CUDA device is visible to torch (torch.cuda.is_available() is False); "
-          "run `make test-gpu` or tools/gpu_check.sh on a machine with an NVIDIA GPU")
+NO_GPU = (
+    "gpu layer: no CUDA device is visible to torch (torch.cuda.is_available() is False); "
+    "run `make test-gpu` or tools/gpu_check.sh on a machine with an NVIDIA GPU"
+)
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,5 @@
 """The server layer: one real ComfyUI server per session, and a factory for extra ones."""
+
 from __future__ import annotations
 
 import pytest

@@ -7,6 +7,7 @@ output 0, output 1, middle 0). The numbers (γ = 1 and γ = 0 equal plain IP-Ada
 the refusals are checked in-process by tests/comfy/test_compat_pair.py, on the real ModelPatcher and
 sampler; a refusal's path over HTTP by tests/server/test_input_refusals_server.py.
 """
+
 from __future__ import annotations
 
 import numpy as np

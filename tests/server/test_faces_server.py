@@ -1,4 +1,5 @@
 """The face workflow and the face nodes on a real ComfyUI server, with the generated InsightFace pack."""
+
 from __future__ import annotations
 
 import itertools

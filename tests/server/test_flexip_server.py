@@ -1,4 +1,5 @@
 """The shipped FlexIP workflows on a real ComfyUI server (generated SD1.5, CLIP-H, DINOv2-L, FlexIP files)."""
+
 from __future__ import annotations
 
 import itertools
@@ -21,7 +22,9 @@ _seeds = itertools.count(1000)  # identical prompts are served from cache: every
 @pytest.fixture(scope="module")
 def server(comfy_server):
     # the SDXL file (made for the generated SDXL checkpoint) only for the family-mismatch case
-    link_adapters(comfy_server.base_dir / "models", (FLEXIP_SD15_NAME, FLEXIP_SD15_STANDARD_NAME, FLEXIP_TEST_SDXL_NAME))
+    link_adapters(
+        comfy_server.base_dir / "models", (FLEXIP_SD15_NAME, FLEXIP_SD15_STANDARD_NAME, FLEXIP_TEST_SDXL_NAME)
+    )
     return comfy_server
 
 
@@ -59,8 +62,9 @@ def test_preservation_one_and_zero_give_different_images(server, subject):
 
 def test_strength_zero_equals_the_unpatched_image_bit_for_bit(server, subject):
     seed = next(_seeds)
-    assert np.array_equal(server.pixels(basic(subject, seed, strength=0.0)),
-                          server.pixels(without_flexip(basic(subject, seed))))
+    assert np.array_equal(
+        server.pixels(basic(subject, seed, strength=0.0)), server.pixels(without_flexip(basic(subject, seed)))
+    )
 
 
 def test_changing_only_the_gate_does_not_re_run_the_encoder(server, subject):
@@ -115,13 +119,19 @@ def _mask_batch_mismatch(prompt):
 
 
 def _malformed_schedule(prompt):
-    prompt["93"] = {"class_type": "FlexIPGateSchedule", "inputs": {"keyframes": "0:1, half:0.2", "interpolation": "linear"}}
+    prompt["93"] = {
+        "class_type": "FlexIPGateSchedule",
+        "inputs": {"keyframes": "0:1, half:0.2", "interpolation": "linear"},
+    }
     prompt[nodes_of(prompt, "FlexIPApply")[0]]["inputs"]["gate"] = ["93", 0]
     return prompt
 
 
 BAD_INPUTS = {
-    "adapter for SDXL on an SD1.5 model": (_family_mismatch, "flexip_test_sdxl.safetensors is an SDXL adapter (context 2048) but the model is SD1.5 (context 768)"),
+    "adapter for SDXL on an SD1.5 model": (
+        _family_mismatch,
+        "flexip_test_sdxl.safetensors is an SDXL adapter (context 2048) but the model is SD1.5 (context 768)",
+    ),
     "adapter for other layers": (_layer_mismatch, "has 16 cross-attention layers but the model has 4"),
     "DINOv2 in the clip_vision input": (_dino_in_clip_slot, "clip_vision input got a DINOv2 encoder"),
     "CLIP in the dino input": (_clip_in_dino_slot, "dino input is not a DINOv2 encoder"),

@@ -1,4 +1,5 @@
 """The server harness itself: a real ComfyUI with the pack runs prompts, and reports failures readably."""
+
 from __future__ import annotations
 
 import shutil
@@ -19,10 +20,21 @@ def text_to_image_prompt(checkpoint: str, size: int = 64, steps: int = 2) -> dic
         "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of a corgi", "clip": ["1", 1]}},
         "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
         "4": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
-        "5": {"class_type": "KSampler", "inputs": {
-            "model": ["1", 0], "seed": 0, "steps": steps, "cfg": 7.0, "sampler_name": "euler",
-            "scheduler": "normal", "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0],
-            "denoise": 1.0}},
+        "5": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["1", 0],
+                "seed": 0,
+                "steps": steps,
+                "cfg": 7.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "positive": ["2", 0],
+                "negative": ["3", 0],
+                "latent_image": ["4", 0],
+                "denoise": 1.0,
+            },
+        },
         "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
         "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "harness_t2i"}},
     }
@@ -47,13 +59,16 @@ def test_stock_text_to_image_prompt_returns_a_png_through_view(comfy_server):
 
 
 def test_uploaded_image_comes_back_unchanged_through_load_and_save(comfy_server):
-    sent = Image.frombytes("RGB", (32, 24), bytes((x * 8 + c * y * 10) % 256 for y in range(24) for x in range(32)
-                                                   for c in range(3)))
+    sent = Image.frombytes(
+        "RGB", (32, 24), bytes((x * 8 + c * y * 10) % 256 for y in range(24) for x in range(32) for c in range(3))
+    )
     name = comfy_server.upload_image(sent, "harness_roundtrip.png")
-    history = comfy_server.run({
-        "1": {"class_type": "LoadImage", "inputs": {"image": name}},
-        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "harness_roundtrip"}},
-    })
+    history = comfy_server.run(
+        {
+            "1": {"class_type": "LoadImage", "inputs": {"image": name}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "harness_roundtrip"}},
+        }
+    )
     (received,) = comfy_server.images(history)
     assert received.convert("RGB").tobytes() == sent.tobytes()
 
@@ -71,10 +86,12 @@ def test_execution_error_carries_the_node_and_the_exception_message(comfy_server
     junk.write_bytes(b"this is not a PNG")
     name = comfy_server.upload_image(junk)
     with pytest.raises(ExecutionFailed) as failed:
-        comfy_server.run({
-            "1": {"class_type": "LoadImage", "inputs": {"image": name}},
-            "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
-        })
+        comfy_server.run(
+            {
+                "1": {"class_type": "LoadImage", "inputs": {"image": name}},
+                "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+            }
+        )
     message = str(failed.value)
     assert "LoadImage (node 1)" in message and "UnidentifiedImageError" in message
 

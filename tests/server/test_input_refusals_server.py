@@ -6,6 +6,7 @@ from a wildcard-typed node (tests/server/any_type_pack, the way third-party "Any
 values), for which ComfyUI skips its combo-list check; NaN is sent as JSON's NaN, which
 Python API clients write and ComfyUI's parser accepts (its min/max check lets NaN through).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -15,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.flexip_unit_helpers import assert_one_sentence
 from tools.fixtures.adapters import FLEXIP_SD15_NAME, flexip_sd15, link_adapters
 from tools.fixtures.faces import link_face_pack
 from tools.fixtures.images import drawn_subject
 from tools.fixtures.ip_adapter_files import build_ip_adapter
 from tools.harness.server import PACK_NAME, ComfyServer, ExecutionFailed
 from tools.harness.workflows import for_test_models, load_api, nodes_of
-from tests.unit.flexip_unit_helpers import assert_one_sentence
 
 pytestmark = pytest.mark.server
 
@@ -40,8 +41,9 @@ def server(tmp_path_factory, comfyui_path):
     base = tmp_path_factory.mktemp("refusals-server").resolve()
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / ANY_PACK).symlink_to(Path(__file__).resolve().parent / "any_type_pack")
-    with ComfyServer(base, host_path=comfyui_path,
-                     extra_args=["--whitelist-custom-nodes", PACK_NAME, ANY_PACK]) as started:
+    with ComfyServer(
+        base, host_path=comfyui_path, extra_args=["--whitelist-custom-nodes", PACK_NAME, ANY_PACK]
+    ) as started:
         models = base / "models"
         link_adapters(models)
         link_face_pack(models)
@@ -106,15 +108,28 @@ def test_an_insightface_pack_linked_from_a_wildcard_node_cannot_leave_models_ins
     prompt = {
         "image": {"class_type": "LoadImage", "inputs": {"image": image}},
         "faces": {"class_type": "FlexIPInsightFaceLoader", "inputs": {"pack": "antelopev2", "provider": "CPU"}},
-        "crop": {"class_type": "FlexIPFaceCrop", "inputs": {
-            "image": ["image", 0], "insightface": ["faces", 0], "face": "largest", "face_index": 0,
-            "crop_size": 224, "crop_scale": 1.5, "no_face": "use_whole_image"}},
+        "crop": {
+            "class_type": "FlexIPFaceCrop",
+            "inputs": {
+                "image": ["image", 0],
+                "insightface": ["faces", 0],
+                "face": "largest",
+                "face_index": 0,
+                "crop_size": 224,
+                "crop_scale": 1.5,
+                "no_face": "use_whole_image",
+            },
+        },
         "preview": {"class_type": "PreviewImage", "inputs": {"images": ["crop", 0]}},
     }
     node, kind, message = refusal(server, linked(prompt, "FlexIPInsightFaceLoader", "pack", "../../../outside_pack"))
     assert node == "FlexIPInsightFaceLoader" and kind.endswith("FlexIPError")
-    assert_one_sentence(message, "FlexIPInsightFaceLoader's pack", "'../../../outside_pack' contains '..'",
-                        str(server.base_dir / "models" / "insightface"))
+    assert_one_sentence(
+        message,
+        "FlexIPInsightFaceLoader's pack",
+        "'../../../outside_pack' contains '..'",
+        str(server.base_dir / "models" / "insightface"),
+    )
     # onnxruntime never opened the sentinel: it would have logged a protobuf error naming it
     assert "det_sentinel.onnx" not in server.log_text()
     assert_still_serving(server, subject)
@@ -124,19 +139,28 @@ def test_a_flexip_file_linked_from_a_wildcard_node_cannot_leave_models_flexip(se
     prompt = linked(basic(subject), "FlexIPLoader", "adapter_name", "../outside.safetensors")
     node, kind, message = refusal(server, prompt)
     assert node == "FlexIPLoader" and kind.endswith("FlexIPError")
-    assert_one_sentence(message, "FlexIPLoader's adapter_name", "'../outside.safetensors' contains '..'",
-                        str(server.base_dir / "models" / "flexip"))
+    assert_one_sentence(
+        message,
+        "FlexIPLoader's adapter_name",
+        "'../outside.safetensors' contains '..'",
+        str(server.base_dir / "models" / "flexip"),
+    )
     assert_still_serving(server, subject)
 
 
 def test_an_ip_adapter_file_linked_from_a_wildcard_node_cannot_leave_models_ipadapter(server, subject):
     prompt = for_test_models(load_api("flexip_compat_sd15"), next(_seeds), subject, size=64, steps=2)
     prompt[nodes_of(prompt, "FlexIPAdapterPairLoader")[0]]["inputs"]["personalization"] = PERSONALIZATION
-    node, kind, message = refusal(server, linked(prompt, "FlexIPAdapterPairLoader", "preservation",
-                                                 "../outside.safetensors"))
+    node, kind, message = refusal(
+        server, linked(prompt, "FlexIPAdapterPairLoader", "preservation", "../outside.safetensors")
+    )
     assert node == "FlexIPAdapterPairLoader" and kind.endswith("FlexIPError")
-    assert_one_sentence(message, "FlexIPAdapterPairLoader's preservation", "'../outside.safetensors' contains '..'",
-                        str(server.base_dir / "models" / "ipadapter"))
+    assert_one_sentence(
+        message,
+        "FlexIPAdapterPairLoader's preservation",
+        "'../outside.safetensors' contains '..'",
+        str(server.base_dir / "models" / "ipadapter"),
+    )
     assert_still_serving(server, subject)
 
 

@@ -6,6 +6,7 @@ and text encoder. On a CPU ComfyUI stores the UNet in the switch's type and comp
 SD1.5, compatibility pair, basic SDXL) must give a real image, strength 0 must equal the unpatched
 image bit for bit, and γ = 1 and γ = 0 must differ; a FlexIP file stored in fp16 or bf16 runs too.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,13 +14,13 @@ import pytest
 import torch
 
 from flexip_model import checkpoint
+from tests.server.test_compat_pair import CHECKPOINT_WIDTHS, PERSONALIZATION, PRESERVATION
 from tools.fixtures.adapters import FLEXIP_SD15_NAME, FLEXIP_TEST_SDXL_NAME, flexip_sd15, link_adapters
 from tools.fixtures.files import link_sdxl_checkpoint
 from tools.fixtures.images import drawn_subject
 from tools.fixtures.ip_adapter_files import build_ip_adapter
 from tools.harness.server import ComfyServer
 from tools.harness.workflows import for_test_models, load_api, nodes_of, without_flexip
-from tests.server.test_compat_pair import CHECKPOINT_WIDTHS, PERSONALIZATION, PRESERVATION
 
 pytestmark = pytest.mark.server
 
@@ -44,7 +45,9 @@ def server(request, tmp_path_factory, comfyui_path):
     base = tmp_path_factory.mktemp(f"precision-{request.param}").resolve()
     models = base / "models"
     (models / "ipadapter").mkdir(parents=True)
-    build_ip_adapter(models / "ipadapter" / PRESERVATION, "ip-adapter-plus_sd15", seed=1, layer_widths=CHECKPOINT_WIDTHS)
+    build_ip_adapter(
+        models / "ipadapter" / PRESERVATION, "ip-adapter-plus_sd15", seed=1, layer_widths=CHECKPOINT_WIDTHS
+    )
     build_ip_adapter(models / "ipadapter" / PERSONALIZATION, "ip-adapter_sd15", seed=2, layer_widths=CHECKPOINT_WIDTHS)
     link_sdxl_checkpoint(models)
     link_adapters(models, (FLEXIP_SD15_NAME, FLEXIP_TEST_SDXL_NAME))

@@ -1,6 +1,7 @@
 """The shipped SDXL workflow on a real ComfyUI server: the generated SDXL checkpoint (detected as
 SDXL by ComfyUI, full CLIP-L + bigG text encoders, TAESD-XL), CLIP-H, DINOv2-L and an SDXL FlexIP
 file made for that checkpoint. 128 px and 2 steps: each sampling run costs seconds, not minutes."""
+
 from __future__ import annotations
 
 import re
@@ -51,8 +52,11 @@ def unpatched(server, subject) -> np.ndarray:
 def _checkpoint_cross_attention_count() -> int:
     """attn2 layers in the generated checkpoint's UNet, counted from its tensor names."""
     with safe_open(str(sdxl_checkpoint()), framework="pt") as handle:
-        return sum(1 for key in handle.keys() if key.startswith("model.diffusion_model.") and
-                   key.endswith(".attn2.to_k.weight"))
+        return sum(
+            1
+            for key in handle
+            if key.startswith("model.diffusion_model.") and key.endswith(".attn2.to_k.weight")
+        )
 
 
 def test_sdxl_workflow_patches_every_cross_attention_layer_and_changes_the_image(server, subject, unpatched):
@@ -80,4 +84,5 @@ def test_sd15_adapter_on_the_sdxl_model_gets_one_sentence_naming_both_families(s
     assert "FlexIPApply" in first_line and "FlexIPError" in first_line
     assert first_line.endswith(
         f": {FLEXIP_SD15_NAME} is an SD1.5 adapter (context 768) but the model is SDXL (context 2048): "
-        "load an SDXL FlexIP file or an SD1.5 checkpoint.")
+        "load an SDXL FlexIP file or an SD1.5 checkpoint."
+    )

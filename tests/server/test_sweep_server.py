@@ -1,4 +1,5 @@
 """The gate-sweep workflow on a real ComfyUI server (generated SD1.5, CLIP-H, DINOv2-L and FlexIP files)."""
+
 from __future__ import annotations
 
 import io
@@ -82,12 +83,16 @@ def test_sweep_workflow_renders_five_gates_scores_them_and_plots_the_trade_off(s
 def test_similarity_of_the_reference_to_itself_is_one_with_the_full_size_encoders(server, subject):
     """Random-weight CLIP-H and DINOv2-L: identical inputs give identical embeddings, cosine 1."""
     prompt = {
-        "1": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": TEST_MODEL_NAMES[
-            "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"]}},
+        "1": {
+            "class_type": "CLIPVisionLoader",
+            "inputs": {"clip_name": TEST_MODEL_NAMES["CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"]},
+        },
         "2": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": TEST_MODEL_NAMES["dinov2-large.safetensors"]}},
         "3": {"class_type": "LoadImage", "inputs": {"image": subject}},
-        "4": {"class_type": "FlexIPSubjectSimilarity", "inputs": {
-            "clip_vision": ["1", 0], "dino": ["2", 0], "reference": ["3", 0], "images": ["3", 0]}},
+        "4": {
+            "class_type": "FlexIPSubjectSimilarity",
+            "inputs": {"clip_vision": ["1", 0], "dino": ["2", 0], "reference": ["3", 0], "images": ["3", 0]},
+        },
         "5": {"class_type": "PreviewAny", "inputs": {"source": ["4", 2]}},
     }
     history = server.run(prompt, timeout=600)

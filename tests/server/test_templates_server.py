@@ -4,6 +4,7 @@ ComfyUI serves one static route per example folder of a pack (`example_workflows
 `examples`, `workflow`, `workflows`) under the same prefix, and the first one registered wins:
 any of the earlier folders in the pack would hide workflows/.
 """
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Trainer-layer fixtures."""
+
 from __future__ import annotations
 
 import pytest

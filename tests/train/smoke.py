@@ -7,6 +7,7 @@ tiny-size adapter, 8 synthetic pairs at 64 px, the feature cache, CPU, float32.
 `write_trained_checkpoint(base_checkpoint, work_dir)` trains a few steps against a given
 checkpoint's own UNet and returns the FlexIP file (for server runs).
 """
+
 from __future__ import annotations
 
 import os
@@ -15,9 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.train.synthetic import write_config, write_pairs
 from tools.fixtures import REPO_ROOT, comfyui_path, sd15_checkpoint
 from tools.fixtures.tiny import TINY_FACTORIES
-from tests.train.synthetic import write_config, write_pairs
 
 
 def smoke_sections(manifest: Path, output: Path, cache: Path, steps: int) -> dict[str, dict]:
@@ -27,10 +28,24 @@ def smoke_sections(manifest: Path, output: Path, cache: Path, steps: int) -> dic
         "adapter": {"size": "tiny"},
         "data": {"manifest": str(manifest), "resolution": 64, "num_workers": 0},
         "cache": {"enabled": True, "dir": str(cache), "variants": 2},
-        "train": {"seed": 0, "batch_size": 4, "max_steps": steps, "learning_rate": 1e-3, "device": "cpu",
-                  "mixed_precision": "no"},
-        "output": {"dir": str(output), "name": "smoke", "checkpoint_every": 1000, "eval_every": 0,
-                   "log_every": 5, "eval_pairs": 8, "eval_timesteps": 4, "progress": False},
+        "train": {
+            "seed": 0,
+            "batch_size": 4,
+            "max_steps": steps,
+            "learning_rate": 1e-3,
+            "device": "cpu",
+            "mixed_precision": "no",
+        },
+        "output": {
+            "dir": str(output),
+            "name": "smoke",
+            "checkpoint_every": 1000,
+            "eval_every": 0,
+            "log_every": 5,
+            "eval_pairs": 8,
+            "eval_timesteps": 4,
+            "progress": False,
+        },
     }
 
 
@@ -41,8 +56,15 @@ def trainer_env() -> dict[str, str]:
 
 def run_process(command: list[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run `command` from the repo root in its own process group; on timeout the group is killed by PID."""
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env or trainer_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env=env or trainer_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -59,8 +81,14 @@ def train_cli(config: Path, *extra: str, timeout: float = 240) -> subprocess.Com
     return result
 
 
-def write_trained_checkpoint(base_checkpoint: Path, work_dir: Path, clip_vision: Path | None = None,
-                             dino: Path | None = None, steps: int = 2, pairs: int = 4) -> Path:
+def write_trained_checkpoint(
+    base_checkpoint: Path,
+    work_dir: Path,
+    clip_vision: Path | None = None,
+    dino: Path | None = None,
+    steps: int = 2,
+    pairs: int = 4,
+) -> Path:
     """Train a tiny-size FlexIP adapter for `steps` steps against `base_checkpoint`'s own UNet; returns the file.
 
     Encoders: the given CLIP-H / DINOv2-L files (the checkpoint then fits a server that loads
@@ -82,5 +110,12 @@ def write_trained_checkpoint(base_checkpoint: Path, work_dir: Path, clip_vision:
     return work_dir / "out" / f"flexip_trained-{steps:06d}.safetensors"
 
 
-__all__ = ["smoke_sections", "train_cli", "run_process", "trainer_env", "write_pairs", "write_config",
-           "write_trained_checkpoint"]
+__all__ = [
+    "run_process",
+    "smoke_sections",
+    "train_cli",
+    "trainer_env",
+    "write_config",
+    "write_pairs",
+    "write_trained_checkpoint",
+]

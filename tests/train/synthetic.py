@@ -4,6 +4,7 @@ Each subject is a coloured shape; a pair's target and reference show the same su
 (for variant pairs at another place and size), so the reference carries information about
 the target that the adapter can learn to use.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,15 +15,21 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 SUBJECTS = [
-    ("red", (220, 40, 40), "circle"), ("green", (40, 200, 60), "square"), ("blue", (40, 80, 230), "triangle"),
-    ("yellow", (230, 210, 40), "diamond"), ("purple", (150, 50, 200), "circle"), ("orange", (240, 140, 30), "square"),
-    ("cyan", (40, 210, 220), "triangle"), ("white", (245, 245, 245), "diamond"),
+    ("red", (220, 40, 40), "circle"),
+    ("green", (40, 200, 60), "square"),
+    ("blue", (40, 80, 230), "triangle"),
+    ("yellow", (230, 210, 40), "diamond"),
+    ("purple", (150, 50, 200), "circle"),
+    ("orange", (240, 140, 30), "square"),
+    ("cyan", (40, 210, 220), "triangle"),
+    ("white", (245, 245, 245), "diamond"),
 ]
 BACKGROUNDS = [(90, 90, 90), (30, 40, 60), (70, 50, 40), (20, 60, 30)]
 
 
-def draw_subject(size: int, colour: tuple, shape: str, center: tuple[float, float], radius: float,
-                 background: tuple) -> tuple[Image.Image, Image.Image]:
+def draw_subject(
+    size: int, colour: tuple, shape: str, center: tuple[float, float], radius: float, background: tuple
+) -> tuple[Image.Image, Image.Image]:
     """The image and its subject mask (white = subject)."""
     image = Image.new("RGB", (size, size), background)
     mask = Image.new("L", (size, size), 0)
@@ -33,8 +40,12 @@ def draw_subject(size: int, colour: tuple, shape: str, center: tuple[float, floa
             canvas.ellipse(box, fill=fill)
         return image, mask
     if shape == "square":
-        points = [(x - radius, y - radius), (x + radius, y - radius), (x + radius, y + radius),
-                  (x - radius, y + radius)]
+        points = [
+            (x - radius, y - radius),
+            (x + radius, y - radius),
+            (x + radius, y + radius),
+            (x - radius, y + radius),
+        ]
     elif shape == "triangle":
         angles = (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)
         points = [(x + radius * math.cos(a), y + radius * math.sin(a)) for a in angles]
@@ -61,14 +72,26 @@ def write_pairs(folder: Path, count: int = 8, size: int = 64, seed: int = 0) -> 
         caption = f"a {name} {shape} on a plain background"
         if index % 2 == 0:
             mask.save(images / f"{index}_mask.png")
-            lines.append({"target": f"images/{index}_target.png", "reference_mask": f"images/{index}_mask.png",
-                          "caption": caption, "kind": "invariant"})
+            lines.append(
+                {
+                    "target": f"images/{index}_target.png",
+                    "reference_mask": f"images/{index}_mask.png",
+                    "caption": caption,
+                    "kind": "invariant",
+                }
+            )
         else:
             other = (rng.uniform(0.3, 0.7) * size, rng.uniform(0.3, 0.7) * size)
             reference, _ = draw_subject(size, colour, shape, other, rng.uniform(0.15, 0.35) * size, (128, 128, 128))
             reference.save(images / f"{index}_reference.jpg", quality=95)
-            lines.append({"reference": f"images/{index}_reference.jpg", "target": f"images/{index}_target.png",
-                          "caption": caption, "kind": "variant"})
+            lines.append(
+                {
+                    "reference": f"images/{index}_reference.jpg",
+                    "target": f"images/{index}_target.png",
+                    "caption": caption,
+                    "kind": "variant",
+                }
+            )
     manifest = folder / "pairs.jsonl"
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return manifest

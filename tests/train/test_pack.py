@@ -1,5 +1,6 @@
 """`python -m flexip_train pack`: a manifest becomes litdata shards holding the same pairs, byte for byte,
 one subset per kind, read back through the trainer's own reader."""
+
 from __future__ import annotations
 
 import io
@@ -52,8 +53,10 @@ def test_pack_writes_every_pair_as_it_is_on_disk(tmp_path: Path, capsys):
 
 def test_pack_refuses_a_bad_manifest_and_writes_nothing(tmp_path: Path, capsys):
     manifest = write_pairs(tmp_path / "data", count=2)
-    faults = ['{"target": "images/missing.png", "caption": "a red circle", "kind": "invariant"}',
-              '{"target": "images/0_target.png", "caption": "a red circle", "kind": "invarient"}']
+    faults = [
+        '{"target": "images/missing.png", "caption": "a red circle", "kind": "invariant"}',
+        '{"target": "images/0_target.png", "caption": "a red circle", "kind": "invarient"}',
+    ]
     manifest.write_text(manifest.read_text() + "\n".join(faults) + "\n")
 
     assert main(["pack", str(manifest), str(tmp_path / "shards")]) == 1
@@ -89,16 +92,22 @@ def test_pack_reads_img2dataset_tars_as_invariant_pairs(tmp_path: Path):
     images = sorted((write_pairs(tmp_path / "data", count=4).parent / "images").glob("*_target.png"))
     (tmp_path / "web").mkdir()
     pictures = [path.read_bytes() for path in images]
-    _img2dataset_tar(tmp_path / "web" / "00000.tar", {
-        "000000000": {"jpg": pictures[0], "txt": b"a red circle", "json": b"{}"},
-        "000000001": {"jpg": pictures[1], "txt": b"a green square", "json": b"{}"}})
+    _img2dataset_tar(
+        tmp_path / "web" / "00000.tar",
+        {
+            "000000000": {"jpg": pictures[0], "txt": b"a red circle", "json": b"{}"},
+            "000000001": {"jpg": pictures[1], "txt": b"a green square", "json": b"{}"},
+        },
+    )
     _img2dataset_tar(tmp_path / "web" / "00001.tar", {"000010000": {"png": pictures[2], "txt": b"a blue triangle"}})
 
     assert main(["pack", str(tmp_path / "web"), str(tmp_path / "shards")]) == 0
     samples = _read_shards(tmp_path / "shards")
     assert [(s["source"], s["caption"], s["kind"]) for s in samples] == [
-        ("00000.tar:000000000", "a red circle", "invariant"), ("00000.tar:000000001", "a green square", "invariant"),
-        ("00001.tar:000010000", "a blue triangle", "invariant")]
+        ("00000.tar:000000000", "a red circle", "invariant"),
+        ("00000.tar:000000001", "a green square", "invariant"),
+        ("00001.tar:000010000", "a blue triangle", "invariant"),
+    ]
     assert [s["target"] for s in samples] == pictures[:3]
     assert all(s["reference"] == b"" and s["reference_mask"] == b"" for s in samples)
 
@@ -106,9 +115,15 @@ def test_pack_reads_img2dataset_tars_as_invariant_pairs(tmp_path: Path):
 def test_pack_lists_every_bad_img2dataset_sample(tmp_path: Path, capsys):
     picture = (write_pairs(tmp_path / "data", count=1).parent / "images" / "0_target.png").read_bytes()
     (tmp_path / "web").mkdir()
-    _img2dataset_tar(tmp_path / "web" / "00000.tar", {
-        "a": {"jpg": picture, "txt": b"fine"}, "b": {"txt": b"no image"}, "c": {"jpg": picture},
-        "d": {"jpg": b"not an image at all", "txt": b"broken"}})
+    _img2dataset_tar(
+        tmp_path / "web" / "00000.tar",
+        {
+            "a": {"jpg": picture, "txt": b"fine"},
+            "b": {"txt": b"no image"},
+            "c": {"jpg": picture},
+            "d": {"jpg": b"not an image at all", "txt": b"broken"},
+        },
+    )
 
     assert main(["pack", str(tmp_path / "web"), str(tmp_path / "shards")]) == 1
     lines = capsys.readouterr().out.strip().splitlines()

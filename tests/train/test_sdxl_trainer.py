@@ -4,6 +4,7 @@ its own UNet or a tiny SDXL UNet, tiny image encoders, CPU, float32.
 SDXL's UNet also reads a `y` vector (bigG pooled text + size/crop embeddings); the trainer has
 ComfyUI's `model_base.SDXL.extra_conds` build it, as the sampler does.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tools.fixtures import sdxl_checkpoint
 from tests.train.smoke import TINY_FACTORIES, smoke_sections, train_cli, write_trained_checkpoint
 from tests.train.synthetic import write_config, write_pairs
+from tools.fixtures import sdxl_checkpoint
 
 pytestmark = pytest.mark.train
 
@@ -26,8 +27,11 @@ def test_sdxl_smoke_run_with_the_feature_cache_writes_a_valid_sdxl_file(tmp_path
     from flexip_model import checkpoint
 
     sections = smoke_sections(write_pairs(tmp_path / "data"), tmp_path / "out", tmp_path / "cache", STEPS)
-    sections["model"] = {"checkpoint": str(sdxl_checkpoint()), **TINY_FACTORIES,
-                         "unet_factory": "tools.fixtures.tiny_sdxl:tiny_sdxl_unet_patcher"}
+    sections["model"] = {
+        "checkpoint": str(sdxl_checkpoint()),
+        **TINY_FACTORIES,
+        "unet_factory": "tools.fixtures.tiny_sdxl:tiny_sdxl_unet_patcher",
+    }
     sections["output"]["name"] = "smoke_sdxl"
     train_cli(write_config(tmp_path / "sdxl.toml", sections), timeout=900)
 
@@ -55,16 +59,23 @@ def test_sdxl_unet_gets_the_pooled_text_and_size_embeddings_comfyui_builds(pack)
 
     base = tiny_sdxl_unet_patcher().model
     g = torch.Generator().manual_seed(0)
-    inputs = ModelInputs(latents=torch.randn(2, 4, 8, 8, generator=g), context=torch.randn(2, 77, 2048, generator=g),
-                         clip=torch.randn(2, 64, generator=g), dino=torch.randn(2, 257, 64, generator=g),
-                         gates=torch.tensor([0.9, 0.1]), noise=torch.randn(2, 4, 8, 8, generator=g),
-                         sigmas=torch.tensor([0.5, 8.0]), pooled=torch.randn(2, 1280, generator=g))
+    inputs = ModelInputs(
+        latents=torch.randn(2, 4, 8, 8, generator=g),
+        context=torch.randn(2, 77, 2048, generator=g),
+        clip=torch.randn(2, 64, generator=g),
+        dino=torch.randn(2, 257, 64, generator=g),
+        gates=torch.tensor([0.9, 0.1]),
+        noise=torch.randn(2, 4, 8, 8, generator=g),
+        sigmas=torch.tensor([0.5, 8.0]),
+        pooled=torch.randn(2, 1280, generator=g),
+    )
     conditions = model_conditions(base, inputs)
     assert set(conditions) == {"c_crossattn", "y"}
     assert torch.equal(conditions["c_crossattn"], inputs.context)
     # 64 px targets, uncropped: what CLIPTextEncodeSDXL gives with width = height = target size = 64, crop 0
-    expected = base.encode_adm(pooled_output=inputs.pooled, width=64, height=64, crop_w=0, crop_h=0,
-                               target_width=64, target_height=64)
+    expected = base.encode_adm(
+        pooled_output=inputs.pooled, width=64, height=64, crop_w=0, crop_h=0, target_width=64, target_height=64
+    )
     assert conditions["y"].shape == (2, 2816) and torch.equal(conditions["y"], expected)
 
 
@@ -85,16 +96,29 @@ def test_sdxl_size_embeddings_are_each_targets_own_original_size_and_crop(pack):
     base = tiny_sdxl_unet_patcher().model
     g = torch.Generator().manual_seed(0)
     sizes = [[300, 200, 16, 0], [64, 64, 0, 0]]  # a 300×200 photo fitted to 64 px, and an uncropped 64 px one
-    inputs = ModelInputs(latents=torch.randn(2, 4, 8, 8, generator=g), context=torch.randn(2, 77, 2048, generator=g),
-                         clip=torch.randn(2, 64, generator=g), dino=torch.randn(2, 257, 64, generator=g),
-                         gates=torch.tensor([0.9, 0.1]), noise=torch.randn(2, 4, 8, 8, generator=g),
-                         sigmas=torch.tensor([0.5, 8.0]), pooled=torch.randn(2, 1280, generator=g),
-                         sizes=torch.tensor(sizes, dtype=torch.float32))
+    inputs = ModelInputs(
+        latents=torch.randn(2, 4, 8, 8, generator=g),
+        context=torch.randn(2, 77, 2048, generator=g),
+        clip=torch.randn(2, 64, generator=g),
+        dino=torch.randn(2, 257, 64, generator=g),
+        gates=torch.tensor([0.9, 0.1]),
+        noise=torch.randn(2, 4, 8, 8, generator=g),
+        sigmas=torch.tensor([0.5, 8.0]),
+        pooled=torch.randn(2, 1280, generator=g),
+        sizes=torch.tensor(sizes, dtype=torch.float32),
+    )
     y = model_conditions(base, inputs)["y"]
     for row, (height, width, top, left) in enumerate(sizes):
-        expected = base.encode_adm(pooled_output=inputs.pooled[row:row + 1], width=width, height=height,
-                                   crop_w=left, crop_h=top, target_width=64, target_height=64)
-        assert torch.equal(y[row:row + 1], expected), f"row {row}"
+        expected = base.encode_adm(
+            pooled_output=inputs.pooled[row : row + 1],
+            width=width,
+            height=height,
+            crop_w=left,
+            crop_h=top,
+            target_width=64,
+            target_height=64,
+        )
+        assert torch.equal(y[row : row + 1], expected), f"row {row}"
     uncropped = model_conditions(base, dataclasses.replace(inputs, sizes=None))["y"]
     # bit-for-bit by construction: the embedder sees one size per call in both, the pooled row is copied
     assert torch.equal(y[1], uncropped[1]) and not torch.equal(y[0], uncropped[0])
@@ -105,8 +129,14 @@ def test_sd15_unet_gets_only_the_text_context(pack):
     from tools.fixtures.tiny import tiny_unet_patcher
 
     g = torch.Generator().manual_seed(0)
-    inputs = ModelInputs(latents=torch.randn(1, 4, 8, 8, generator=g), context=torch.randn(1, 77, 768, generator=g),
-                         clip=torch.randn(1, 64, generator=g), dino=torch.randn(1, 257, 64, generator=g),
-                         gates=torch.tensor([0.5]), noise=torch.randn(1, 4, 8, 8, generator=g),
-                         sigmas=torch.tensor([1.0]), pooled=torch.randn(1, 768, generator=g))
+    inputs = ModelInputs(
+        latents=torch.randn(1, 4, 8, 8, generator=g),
+        context=torch.randn(1, 77, 768, generator=g),
+        clip=torch.randn(1, 64, generator=g),
+        dino=torch.randn(1, 257, 64, generator=g),
+        gates=torch.tensor([0.5]),
+        noise=torch.randn(1, 4, 8, 8, generator=g),
+        sigmas=torch.tensor([1.0]),
+        pooled=torch.randn(1, 768, generator=g),
+    )
     assert set(model_conditions(tiny_unet_patcher().model, inputs)) == {"c_crossattn"}

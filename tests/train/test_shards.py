@@ -3,6 +3,7 @@
 Shards are written by `flexip_train.pack` and read by the trainer's own litdata stream; the
 trainer runs as a subprocess (`python -m flexip_train`) on the tiny smoke models, CPU, float32.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,9 +50,12 @@ def test_a_run_on_packed_shards_equals_the_same_run_from_the_manifest(tmp_path: 
     manifest = write_pairs(tmp_path / "data")
     # the order litdata draws depends on the chunking: pack as the trainer packs a manifest (`pack`'s default)
     shards = _pack(manifest, tmp_path / "shards", CHUNK_BYTES)
-    runs = {"manifest": {"manifest": str(manifest)}, "folder": {"shards": str(shards)},
-            # litdata's `local:` URL: streamed through its downloader into the cache, as from an object store
-            "streamed": {"shards": f"local:{shards}", "stream_cache": str(tmp_path / "stream_cache")}}
+    runs = {
+        "manifest": {"manifest": str(manifest)},
+        "folder": {"shards": str(shards)},
+        # litdata's `local:` URL: streamed through its downloader into the cache, as from an object store
+        "streamed": {"shards": f"local:{shards}", "stream_cache": str(tmp_path / "stream_cache")},
+    }
     for name, data in runs.items():
         result = _train(tmp_path, name, data, steps=4)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -75,8 +79,16 @@ def _mixed_manifest(folder: Path, invariant: int, variant: int) -> Path:
 def _kinds(pairs, fraction, epochs: int) -> tuple[list[list[int]], Counter]:
     from flexip_train.stream import training_loader
 
-    loader = training_loader(pairs, lambda index, epoch, sample: (index, sample["kind"]), seed=0, batch_size=8,
-                             num_workers=0, variant_fraction=fraction, collate=list, pin_memory=False)
+    loader = training_loader(
+        pairs,
+        lambda index, epoch, sample: (index, sample["kind"]),
+        seed=0,
+        batch_size=8,
+        num_workers=0,
+        variant_fraction=fraction,
+        collate=list,
+        pin_memory=False,
+    )
     passes, kinds = [], Counter()
     for _ in range(epochs):
         items = [item for batch in loader for item in batch]
@@ -107,7 +119,7 @@ def test_a_short_shard_is_named_in_one_sentence_and_nothing_is_trained(tmp_path:
     result = _train(tmp_path, "short", {"shards": str(shards)}, steps=4)
     assert result.returncode == 1
     sentence = result.stderr.strip().splitlines()[-1]
-    size = (shards / "variant" / "index.json")
+    size = shards / "variant" / "index.json"
     assert sentence.startswith(f"shard {chunks[1].name} in {shards / 'variant'} is damaged (100 bytes, its index says")
     assert sentence.endswith("restore it from where it was packed, or pack again."), sentence
     assert size.is_file() and not list((tmp_path / "short").glob("*.safetensors"))
@@ -120,11 +132,18 @@ def test_a_damaged_image_stops_training_with_its_pair_named_and_complete_checkpo
     chunk = sorted((shards / "variant").glob("*.bin"))[-1]
     data = bytearray(chunk.read_bytes())
     start = data.rindex(b"\x89PNG")
-    data[start:start + 32] = bytes(32)
+    data[start : start + 32] = bytes(32)
     chunk.write_bytes(bytes(data))
     # live encoding in a data-loader worker; a checkpoint every step until the damaged pair comes up
-    result = _train(tmp_path, "damaged", {"shards": str(shards), "num_workers": 1}, steps=8,
-                    cache={"enabled": False}, train={"batch_size": 2}, output={"checkpoint_every": 1})
+    result = _train(
+        tmp_path,
+        "damaged",
+        {"shards": str(shards), "num_workers": 1},
+        steps=8,
+        cache={"enabled": False},
+        train={"batch_size": 2},
+        output={"checkpoint_every": 1},
+    )
     assert result.returncode == 1, result.stderr[-3000:]
     sentence = result.stderr.strip().splitlines()[-1]
     assert sentence.startswith("the target of pairs.jsonl:") and "is not a readable image" in sentence, sentence
@@ -148,9 +167,19 @@ def test_a_chunk_damaged_after_start_up_comes_back_from_the_worker_as_one_senten
     chunk = sorted((shards / "variant").glob("*.bin"))[-1]
     size = chunk.stat().st_size
     chunk.write_bytes(chunk.read_bytes()[:100])
-    loader = training_loader(pairs, lambda index, epoch, sample: index, seed=0, batch_size=2, num_workers=1,
-                             variant_fraction=None, collate=list, pin_memory=False)
+    loader = training_loader(
+        pairs,
+        lambda index, epoch, sample: index,
+        seed=0,
+        batch_size=2,
+        num_workers=1,
+        variant_fraction=None,
+        collate=list,
+        pin_memory=False,
+    )
     bad = {item.message for batch in loader for item in batch if isinstance(item, BadPair)}
     # litdata waits 2 s for a short local chunk to grow, then gives up: the worker names the file
-    assert bad == {f"shard {chunk.name} in {shards / 'variant'} is damaged (100 bytes, its index says {size}): "
-                   "restore it from where it was packed, or pack again."}
+    assert bad == {
+        f"shard {chunk.name} in {shards / 'variant'} is damaged (100 bytes, its index says {size}): "
+        "restore it from where it was packed, or pack again."
+    }

@@ -3,10 +3,13 @@
 The CLI runs in subprocesses, one thread each; the in-process tests import ComfyUI on the CPU.
 Shared: one 40-step smoke run (the "straight" run the resume test compares against).
 """
+
 from __future__ import annotations
 
 import copy
+import functools
 import json
+import operator
 import shutil
 import sys
 from collections.abc import Iterator
@@ -60,8 +63,12 @@ def _config(workspace: Path, name: str, steps: int = STEPS, **changes: dict) -> 
 @pytest.fixture(scope="module")
 def straight_run(workspace: Path) -> Path:
     """40 steps in one go, checkpoints at 20 and 40, a sample grid at the end."""
-    config = _config(workspace, "straight", output={"checkpoint_every": 20},
-                     samples={"every": STEPS, "pairs": 2, "gates": [0.0, 1.0], "steps": 2})
+    config = _config(
+        workspace,
+        "straight",
+        output={"checkpoint_every": 20},
+        samples={"every": STEPS, "pairs": 2, "gates": [0.0, 1.0], "steps": 2},
+    )
     train_cli(config)
     return workspace / "straight"
 
@@ -95,8 +102,15 @@ def test_checkpoint_passes_inspect_and_loads_in_flexip_loader(straight_run: Path
 
     assert loaded.config == checkpoint.read_config(path)  # one flexip_model in the process: equal dataclasses
     keys = tuple(spec.key for spec in loaded.config.layers)
-    assert keys == ("input_1_0", "input_3_0", "middle_0_0", "output_0_0", "output_1_0",
-                    "output_2_0", "output_3_0")  # the tiny UNet's attn2 layers
+    assert keys == (
+        "input_1_0",
+        "input_3_0",
+        "middle_0_0",
+        "output_0_0",
+        "output_1_0",
+        "output_2_0",
+        "output_3_0",
+    )  # the tiny UNet's attn2 layers
 
 
 def test_resume_continues_exactly_where_training_stopped(straight_run: Path, workspace: Path):
@@ -121,10 +135,20 @@ def test_resume_continues_exactly_where_training_stopped(straight_run: Path, wor
 
 def test_torchrun_two_cpu_ranks_stay_identical_and_rank_zero_writes_one_checkpoint(workspace: Path, straight_run: Path):
     # 2 ranks x batch 1 x 2 accumulated micro-batches: the gradient sync is skipped on the first one
-    config = _config(workspace, "ddp", steps=4, train={"batch_size": 1, "grad_accumulation": 2},
-                     output={"record_order": True})
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "flexip_train", "--config", str(config)]
+    config = _config(
+        workspace, "ddp", steps=4, train={"batch_size": 1, "grad_accumulation": 2}, output={"record_order": True}
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "flexip_train",
+        "--config",
+        str(config),
+    ]
     # torchrun's own scratch folder (torchelastic_*) inside the workspace, which the module removes
     result = run_process(command, timeout=300, env=dict(trainer_env(), TMPDIR=str(workspace)))
     assert result.returncode == 0, result.stderr[-4000:]
@@ -138,11 +162,10 @@ def test_torchrun_two_cpu_ranks_stay_identical_and_rank_zero_writes_one_checkpoi
     assert state["rank_digests"] == [weights_digest(state["adapter"])] * 2
     assert state["position"] == 16  # 4 steps x 2 micro-batches x 2 ranks
     # the ranks split every epoch: 8 pairs, 4 to each rank, none to both
-    seen = [[record["pairs"] for record in _log_file(workspace / "ddp" / f"order-rank{rank}.jsonl")]
-            for rank in (0, 1)]
+    seen = [[record["pairs"] for record in _log_file(workspace / "ddp" / f"order-rank{rank}.jsonl")] for rank in (0, 1)]
     assert [len(batches) for batches in seen] == [8, 8]
     for epoch in range(2):
-        mine = [sorted(sum(batches[epoch * 4:(epoch + 1) * 4], [])) for batches in seen]
+        mine = [sorted(functools.reduce(operator.iadd, batches[epoch * 4 : (epoch + 1) * 4], [])) for batches in seen]
         assert not set(mine[0]) & set(mine[1]), mine
         assert sorted(mine[0] + mine[1]) == list(range(8)), mine
 
@@ -160,8 +183,13 @@ def test_feature_cache_is_reused_and_rebuilt_only_where_inputs_changed(straight_
         assert not problems
         folder = config.output.dir / "shards"
         pack_manifest(config.data.manifest, pairs, folder)  # what the trainer does first
-        source = PairImageSource(ShardPairs(str(folder)), config.data.resolution, config.data.reference_resolution,
-                                 config.data.augment, config.train.seed)
+        source = PairImageSource(
+            ShardPairs(str(folder)),
+            config.data.resolution,
+            config.data.reference_resolution,
+            config.data.augment,
+            config.train.seed,
+        )
         return FeatureCache(config, source, dino_resolution=224).stale()
 
     assert stale(workspace / "straight.toml") == []  # what the smoke run built is current
@@ -192,9 +220,14 @@ def test_check_data_lists_every_bad_line(tmp_path: Path, capsys):
         '{"target": "images/0_target.png", "caption": "a red circle", "kind": "invarient"}',  # line 7: bad kind
     ]
     manifest.write_text("\n".join(good + faults) + "\n")
-    config = write_config(tmp_path / "train.toml", {
-        "model": {"checkpoint": "base.safetensors", "clip_vision": "h.safetensors", "dino": "d.safetensors"},
-        "data": {"manifest": str(manifest)}, "output": {"dir": str(tmp_path / "out")}})
+    config = write_config(
+        tmp_path / "train.toml",
+        {
+            "model": {"checkpoint": "base.safetensors", "clip_vision": "h.safetensors", "dino": "d.safetensors"},
+            "data": {"manifest": str(manifest)},
+            "output": {"dir": str(tmp_path / "out")},
+        },
+    )
     from flexip_train.cli import main
 
     assert main(["--config", str(config), "--check-data"]) == 1
@@ -258,8 +291,9 @@ def test_training_patch_computes_what_the_inference_nodes_compute(pack):
     sigma, gate = torch.tensor([3.0]), 0.7
 
     loaded = pack.nodes.bundles.LoadedFlexIP.wrap("trained", copy.deepcopy(adapter))
-    (subject,) = pack.nodes.encode.FlexIPEncodeSubject().encode(loaded, models.clip_vision, reference, "average",
-                                                          dino=models.dino)
+    (subject,) = pack.nodes.encode.FlexIPEncodeSubject().encode(
+        loaded, models.clip_vision, reference, "average", dino=models.dino
+    )
     (inference,) = pack.nodes.apply.FlexIPApply().apply(models.unet, loaded, subject, 1.0, gate, 0.0, 1.0)
     expected = _call(inference, x, sigma, context)
 
@@ -286,10 +320,15 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(pack):
     model, _ = install_training_patch(pack, models.unet, adapter, torch.device("cpu"))
     loss = DenoisingLoss(adapter, model, TRAINING_INPUTS, None)
     g = torch.Generator().manual_seed(1)
-    inputs = ModelInputs(latents=torch.randn(2, 4, 8, 8, generator=g), context=torch.randn(2, 77, 768, generator=g),
-                         clip=torch.randn(2, 64, generator=g), dino=torch.randn(2, 257, 64, generator=g),
-                         gates=torch.tensor([0.9, 0.1]), noise=torch.randn(2, 4, 8, 8, generator=g),
-                         sigmas=torch.tensor([0.5, 8.0]))
+    inputs = ModelInputs(
+        latents=torch.randn(2, 4, 8, 8, generator=g),
+        context=torch.randn(2, 77, 768, generator=g),
+        clip=torch.randn(2, 64, generator=g),
+        dino=torch.randn(2, 257, 64, generator=g),
+        gates=torch.tensor([0.9, 0.1]),
+        noise=torch.randn(2, 4, 8, 8, generator=g),
+        sigmas=torch.tensor([0.5, 8.0]),
+    )
 
     def loss_and_gradients():
         adapter.zero_grad(set_to_none=True)

@@ -1,4 +1,5 @@
 """The ui layer: the session's ComfyUI server (frontend settings seeded) and one headless Chromium."""
+
 from __future__ import annotations
 
 from pathlib import Path

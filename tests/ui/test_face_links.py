@@ -1,4 +1,5 @@
 """The real frontend links InstantID's and PuLID's FACEANALYSIS output into the FlexIP face inputs."""
+
 from __future__ import annotations
 
 import pytest
@@ -25,8 +26,9 @@ graph.remove(target);
 
 
 @pytest.mark.parametrize("node", ["FlexIPFaceCrop", "FlexIPFaceSimilarity", "FlexIPEncodeSubject"])
-@pytest.mark.parametrize("output_type, linked", [("FACEANALYSIS", True), ("INSIGHTFACE", True),
-                                                 ("BBOX_DETECTOR", False)])
+@pytest.mark.parametrize(
+    "output_type, linked", [("FACEANALYSIS", True), ("INSIGHTFACE", True), ("BBOX_DETECTOR", False)]
+)
 def test_frontend_links_faceanalysis_and_insightface_into_face_inputs_only(frontend, node, output_type, linked):
     result = frontend.driver.execute_async_script(CONNECT_JS, node, output_type)
     assert result == {"linked": linked, "inputType": "INSIGHTFACE,FACEANALYSIS"}

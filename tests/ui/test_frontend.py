@@ -1,4 +1,5 @@
 """The ui harness itself: the real frontend loads in headless Chromium and can be inspected."""
+
 from __future__ import annotations
 
 from PIL import Image
@@ -7,13 +8,32 @@ STOCK_WORKFLOW = {
     "last_node_id": 2,
     "last_link_id": 1,
     "nodes": [
-        {"id": 1, "type": "EmptyLatentImage", "pos": [100, 100], "size": [315, 106], "flags": {}, "order": 0,
-         "mode": 0, "inputs": [], "outputs": [{"name": "LATENT", "type": "LATENT", "links": [1]}],
-         "properties": {}, "widgets_values": [64, 64, 1]},
-        {"id": 2, "type": "LatentUpscaleBy", "pos": [500, 100], "size": [315, 82], "flags": {}, "order": 1,
-         "mode": 0, "inputs": [{"name": "samples", "type": "LATENT", "link": 1}],
-         "outputs": [{"name": "LATENT", "type": "LATENT", "links": []}],
-         "properties": {}, "widgets_values": ["nearest-exact", 1.5]},
+        {
+            "id": 1,
+            "type": "EmptyLatentImage",
+            "pos": [100, 100],
+            "size": [315, 106],
+            "flags": {},
+            "order": 0,
+            "mode": 0,
+            "inputs": [],
+            "outputs": [{"name": "LATENT", "type": "LATENT", "links": [1]}],
+            "properties": {},
+            "widgets_values": [64, 64, 1],
+        },
+        {
+            "id": 2,
+            "type": "LatentUpscaleBy",
+            "pos": [500, 100],
+            "size": [315, 82],
+            "flags": {},
+            "order": 1,
+            "mode": 0,
+            "inputs": [{"name": "samples", "type": "LATENT", "link": 1}],
+            "outputs": [{"name": "LATENT", "type": "LATENT", "links": []}],
+            "properties": {},
+            "widgets_values": ["nearest-exact", 1.5],
+        },
     ],
     "links": [[1, 1, 0, 2, 0, "LATENT"]],
     "groups": [],
@@ -34,6 +54,8 @@ def test_load_workflow_reports_only_the_node_types_the_frontend_lacks(frontend):
     assert frontend.load_workflow(STOCK_WORKFLOW) == []
     assert sorted(frontend.graph_node_types()) == ["EmptyLatentImage", "LatentUpscaleBy"]
 
-    broken = dict(STOCK_WORKFLOW, nodes=[dict(STOCK_WORKFLOW["nodes"][0]),
-                                         dict(STOCK_WORKFLOW["nodes"][1], type="NoSuchFlexIPNode")])
+    broken = dict(
+        STOCK_WORKFLOW,
+        nodes=[dict(STOCK_WORKFLOW["nodes"][0]), dict(STOCK_WORKFLOW["nodes"][1], type="NoSuchFlexIPNode")],
+    )
     assert frontend.load_workflow(broken) == ["NoSuchFlexIPNode"]

@@ -4,6 +4,7 @@ Templates dialog (command Comfy.BrowseTemplates) -> the pack's entry under Exten
 template's card (its thumbnail loaded) -> the graph on the canvas, every node type known, and
 the missing-models dialog offering each public file (the server holds only generated models).
 """
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tools.harness.server import PACK_NAME
-from tools.harness.workflows import WORKFLOWS, PUBLIC_MODELS, models_property
+from tools.harness.workflows import PUBLIC_MODELS, WORKFLOWS, models_property
 
 pytestmark = pytest.mark.ui
 
@@ -70,25 +71,37 @@ def test_start_here_template_opens_from_the_template_browser_with_its_thumbnail(
     driver.execute_script("performance.clearResourceTimings(); performance.setResourceTimingBufferSize(5000);")
     driver.execute_script("window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
     category = f"//*[@role='dialog']//nav//*[@role='button'][normalize-space(.)='{PACK_NAME}']"
-    wait_for(driver, lambda d: click(d.find_element(By.XPATH, category)),
-             f"the Templates dialog lists no {PACK_NAME} category")
+    wait_for(
+        driver,
+        lambda d: click(d.find_element(By.XPATH, category)),
+        f"the Templates dialog lists no {PACK_NAME} category",
+    )
     url = f"/api/workflow_templates/{PACK_NAME}/{TEMPLATE}.jpg"
-    thumbnail = wait_for(driver, lambda d: d.execute_script(THUMBNAIL_JS, CARD, url),
-                         f"the {PACK_NAME} category shows no {TEMPLATE} card with an image")
+    thumbnail = wait_for(
+        driver,
+        lambda d: d.execute_script(THUMBNAIL_JS, CARD, url),
+        f"the {PACK_NAME} category shows no {TEMPLATE} card with an image",
+    )
     assert thumbnail["requested"], f"the card never requested {url}"
     with Image.open(WORKFLOWS / f"{TEMPLATE}.jpg") as shipped:
         assert (thumbnail["width"], thumbnail["height"]) == shipped.size, "the card shows another image than the .jpg"
 
     expected = json.loads((WORKFLOWS / f"{TEMPLATE}.json").read_text())
     wait_for(driver, lambda d: click(d.find_element(By.CSS_SELECTOR, CARD)), f"could not click the {TEMPLATE} card")
-    wait_for(driver, lambda d: sorted(frontend.graph_node_types()) == sorted(n["type"] for n in expected["nodes"]),
-             f"the canvas did not show the {TEMPLATE} graph")
+    wait_for(
+        driver,
+        lambda d: sorted(frontend.graph_node_types()) == sorted(n["type"] for n in expected["nodes"]),
+        f"the canvas did not show the {TEMPLATE} graph",
+    )
     missing = set(frontend.graph_node_types()) - set(frontend.registered_node_types())
     assert missing == set(), f"node types the frontend lacks: {sorted(missing)}"
 
     # the shared server has only generated models, so the frontend asks for the public files by name
-    text = wait_for(driver, lambda d: "Missing Models" in dialogs_text(d) and dialogs_text(d),
-                    "no missing-models dialog after opening the template")
+    text = wait_for(
+        driver,
+        lambda d: "Missing Models" in dialogs_text(d) and dialogs_text(d),
+        "no missing-models dialog after opening the template",
+    )
     used = {name for node in expected["nodes"] for name in node.get("widgets_values") or [] if name in PUBLIC_MODELS}
     for name in used:
         assert f"{models_property(name)['directory']} / {name}" in text

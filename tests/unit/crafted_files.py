@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import signal
 import struct
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Union
 
 import torch
 from safetensors import safe_open
@@ -18,7 +18,7 @@ from flexip_model import FlexIPAdapter, LayerSpec, checkpoint, config_for
 SMALL_LAYERS = (LayerSpec("input_1_0", 64, 2), LayerSpec("output_3_0", 128, 2))
 
 
-def write_raw(path: Path, header: Union[dict, bytes], data: bytes = b"", length: Optional[int] = None) -> Path:
+def write_raw(path: Path, header: dict | bytes, data: bytes = b"", length: int | None = None) -> Path:
     """A file of 8 bytes of header length (`length`, default the header's true length), header, data."""
     body = header if isinstance(header, bytes) else json.dumps(header).encode()
     path.write_bytes(struct.pack("<Q", len(body) if length is None else length) + body + data)
@@ -38,7 +38,7 @@ def parts(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return load_file(str(path)), metadata
 
 
-def with_config(valid: Path, target: Path, tensors: Optional[dict] = None, **changes: object) -> Path:
+def with_config(valid: Path, target: Path, tensors: dict | None = None, **changes: object) -> Path:
     """`valid`'s tensors (or `tensors`) under its FlexIP config with `changes` applied to the JSON."""
     original, metadata = parts(valid)
     config = json.loads(metadata["flexip"])

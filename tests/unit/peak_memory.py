@@ -41,7 +41,7 @@ class ResidentPeak:
         with open("/proc/self/status", "rb") as handle:
             status = handle.read()
         start = status.index(b"VmHWM:") + len(b"VmHWM:")
-        return int(status[start:status.index(b"\n", start)].split()[0]) * 1024  # kB
+        return int(status[start : status.index(b"\n", start)].split()[0]) * 1024  # kB
 
 
 class TracedPeak:

@@ -33,8 +33,10 @@ def flexip(gate_mode: str) -> FlexIPAdapter:
 
 def pair() -> IPAdapterPair:
     """plus (neutral-image uncond, hidden states) for preservation, base (zeros uncond, embeds) for personalization."""
+
     def branch(variant: str) -> IPAdapterBranch:
         return IPAdapterBranch(describe(f"{variant}.safetensors", ip_adapter_shapes(variant, IP_WIDTHS)), LAYERS)
+
     return IPAdapterPair(branch("ip-adapter-plus_sd15"), branch("ip-adapter_sd15"), LAYERS)
 
 
@@ -78,8 +80,9 @@ def encode(adapter: SubjectAdapter, count: int, batch_mode: str, seed: int = 1) 
         return adapter.encode_subject(feature_rows(adapter, count, seed), uncond_rows(adapter), batch_mode)
 
 
-def run(adapter: SubjectAdapter, subject: SubjectTokens, pick: list[int], context: torch.Tensor,
-        layers=LAYERS) -> tuple[LayerKV, ...]:
+def run(
+    adapter: SubjectAdapter, subject: SubjectTokens, pick: list[int], context: torch.Tensor, layers=LAYERS
+) -> tuple[LayerKV, ...]:
     return adapter.run_kv(subject, context, torch.tensor(pick), [spec.key for spec in layers])
 
 
@@ -125,7 +128,7 @@ def test_average_subject_row_is_the_mean_of_each_references_own_tokens(adapter):
     references = feature_rows(adapter, 3, seed=1)
     with torch.no_grad():
         subject = adapter.encode_subject(references, uncond_rows(adapter), "average")
-        own = [adapter.reference_tokens({name: rows[i:i + 1] for name, rows in references.items()}) for i in range(3)]
+        own = [adapter.reference_tokens({name: rows[i : i + 1] for name, rows in references.items()}) for i in range(3)]
     for name in subject.rows:
         mean = torch.stack([tokens[name][0].float() for tokens in own]).mean(dim=0)
         # the same modules on one image vs on a batch of four: fp32 matmul blocking may differ by ~1e-6
@@ -139,7 +142,7 @@ def test_run_kv_gives_every_layer_heads_split_kv_for_each_batch_item_in_pick_ord
     param = next(adapter.parameters())
     with torch.no_grad():
         kv = run(adapter, subject, pick, context)
-        alone = [run(adapter, subject, [row], context[i:i + 1]) for i, row in enumerate(pick)]
+        alone = [run(adapter, subject, [row], context[i : i + 1]) for i, row in enumerate(pick)]
     assert len(kv) == len(LAYERS)
     for index, (layer, spec) in enumerate(zip(kv, LAYERS)):
         assert layer.preservation is not None and layer.personalization is not None

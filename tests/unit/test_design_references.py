@@ -48,15 +48,18 @@ def references() -> list[tuple[str, str, int, int | None]]:
         for number, line in enumerate(text.splitlines(), start=1):
             for match in REFERENCE.finditer(line):
                 subsection = int(match.group(3)) if match.group(3) else None
-                found.append((f"{path.relative_to(REPO_ROOT)}:{number}", match.group(1), int(match.group(2)),
-                              subsection))
+                found.append(
+                    (f"{path.relative_to(REPO_ROOT)}:{number}", match.group(1), int(match.group(2)), subsection)
+                )
     return found
 
 
 def design_sections() -> tuple[list[int], set[tuple[int, int]]]:
     text = DESIGN.read_text(encoding="utf-8")
-    return ([int(number) for number in SECTION.findall(text)],
-            {(int(section), int(sub)) for section, sub in SUBSECTION.findall(text)})
+    return (
+        [int(number) for number in SECTION.findall(text)],
+        {(int(section), int(sub)) for section, sub in SUBSECTION.findall(text)},
+    )
 
 
 def test_design_sections_are_numbered_one_to_n_in_order():
@@ -69,28 +72,35 @@ def test_every_design_reference_names_a_section_that_exists():
     found = references()
     # the layer equation's module cites the design: a scan that finds nothing is broken, not clean
     assert any(where.startswith(os.path.join("flexip_model", "attention.py")) for where, *_ in found)
-    missing = [f"{where}: §{section}" + (f".{sub}" if sub is not None else "")
-               for where, _, section, sub in found
-               if section not in sections or (sub is not None and (section, sub) not in subsections)]
+    missing = [
+        f"{where}: §{section}" + (f".{sub}" if sub is not None else "")
+        for where, _, section, sub in found
+        if section not in sections or (sub is not None and (section, sub) not in subsections)
+    ]
     assert missing == [], "references to sections docs/design.md does not have"
 
 
 def test_every_design_reference_names_the_file_in_the_repository():
-    unnamed = [f"{where}: {name} §{section}" for where, name, section, _ in references()
-               if not name.endswith("design.md")]
+    unnamed = [
+        f"{where}: {name} §{section}" for where, name, section, _ in references() if not name.endswith("design.md")
+    ]
     assert unnamed == [], "write the reference as 'docs/design.md §N' so a reader can find it"
 
 
 def test_nothing_points_at_design_notes_outside_the_repository():
-    outside = [f"{path.relative_to(REPO_ROOT)}:{number}: {line.strip()[:100]}"
-               for path, text in repository_texts()
-               for number, line in enumerate(text.splitlines(), start=1) if OUTSIDE.search(line)]
+    outside = [
+        f"{path.relative_to(REPO_ROOT)}:{number}: {line.strip()[:100]}"
+        for path, text in repository_texts()
+        for number, line in enumerate(text.splitlines(), start=1)
+        if OUTSIDE.search(line)
+    ]
     assert outside == [], "cite docs/design.md instead"
 
 
 def test_architecture_names_every_top_level_package():
-    packages = sorted(path.parent.name for path in REPO_ROOT.glob("*/__init__.py")
-                      if path.parent.name not in SKIPPED_FOLDERS)
+    packages = sorted(
+        path.parent.name for path in REPO_ROOT.glob("*/__init__.py") if path.parent.name not in SKIPPED_FOLDERS
+    )
     text = ARCHITECTURE.read_text(encoding="utf-8")
     named = [name for name in [*packages, "tests", "workflows"] if f"`{name}/`" not in text]
     assert "`__init__.py`" in text, "docs/architecture.md should describe the root __init__.py"

@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from flexip_model import (
-    BlockOverride, FlexIPError, GateSchedule, GateSweep, constant_schedule, default_layers, range_gammas,
+    BlockOverride,
+    FlexIPError,
+    GateSchedule,
+    GateSweep,
+    constant_schedule,
+    default_layers,
+    range_gammas,
 )
 from tests.unit.flexip_unit_helpers import OpRecorder, assert_one_sentence
 
@@ -72,9 +78,15 @@ def test_every_gate_gives_each_layer_and_row_its_gamma(kind, progress):
     torch.testing.assert_close(got, expected_gammas(kind, progress, rows), atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("kind, constant_layers", [
-    ("constant", set(range(16))), ("keyframed", set()), ("per block", set(range(16)) - {MIDDLE}), ("sweep", set()),
-])
+@pytest.mark.parametrize(
+    "kind, constant_layers",
+    [
+        ("constant", set(range(16))),
+        ("keyframed", set()),
+        ("per block", set(range(16)) - {MIDDLE}),
+        ("sweep", set()),
+    ],
+)
 def test_layers_with_one_gamma_for_the_whole_run_get_a_python_float(kind, constant_layers):
     """A Python float lets the attention skip a dead branch statically; a tensor never can."""
     gates, _ = call_gates(GATES[kind], 0.25)
@@ -90,6 +102,7 @@ def test_gates_depend_on_the_step_only_where_a_keyframe_changes(kind):
 def test_a_gate_fixed_for_the_run_never_asks_the_model_for_sigmas():
     def no_sigmas(progress: float) -> float:
         raise AssertionError("sigma grid built for a gate that never reads the progress")
+
     for kind in ("constant", "sweep"):
         plan = GATES[kind].plan(LAYERS, no_sigmas)
         rows = 2 * len(ITEMS)

@@ -14,13 +14,13 @@ from safetensors.torch import load_file, save_file
 from flexip_model.config import LayerSpec, default_layers
 from flexip_model.errors import FlexIPError
 from flexip_model.ip_adapter import describe, ip_adapter_order, load_pair, open_file
+from tests.unit.flexip_unit_helpers import assert_one_sentence, load_one_file
 from tools.fixtures.ip_adapter_files import (
     build_ip_adapter,
     ip_adapter_file,
     ip_adapter_shapes,
     random_weights,
 )
-from tests.unit.flexip_unit_helpers import assert_one_sentence, load_one_file
 
 pytestmark = pytest.mark.unit
 
@@ -29,14 +29,31 @@ pytestmark = pytest.mark.unit
 # SD1.5 down_blocks 0-2 hold 2 attentions each (input blocks 1, 2, 4, 5, 7, 8), up_blocks 1-3 hold 3
 # (output blocks 3-11), the mid block 1. SDXL: down_blocks 1 and 2 (input 4, 5 with 2 transformer
 # layers, input 7, 8 with 10), up_blocks 0 and 1 (output 0-2 with 10, output 3-5 with 2), mid with 10.
-SD15_IP_ORDER = ["input_1_0", "input_2_0", "input_4_0", "input_5_0", "input_7_0", "input_8_0",
-                 "output_3_0", "output_4_0", "output_5_0", "output_6_0", "output_7_0", "output_8_0",
-                 "output_9_0", "output_10_0", "output_11_0", "middle_0_0"]
-SDXL_IP_ORDER = ([f"input_{b}_{i}" for b in (4, 5) for i in range(2)]
-                 + [f"input_{b}_{i}" for b in (7, 8) for i in range(10)]
-                 + [f"output_{b}_{i}" for b in (0, 1, 2) for i in range(10)]
-                 + [f"output_{b}_{i}" for b in (3, 4, 5) for i in range(2)]
-                 + [f"middle_0_{i}" for i in range(10)])
+SD15_IP_ORDER = [
+    "input_1_0",
+    "input_2_0",
+    "input_4_0",
+    "input_5_0",
+    "input_7_0",
+    "input_8_0",
+    "output_3_0",
+    "output_4_0",
+    "output_5_0",
+    "output_6_0",
+    "output_7_0",
+    "output_8_0",
+    "output_9_0",
+    "output_10_0",
+    "output_11_0",
+    "middle_0_0",
+]
+SDXL_IP_ORDER = (
+    [f"input_{b}_{i}" for b in (4, 5) for i in range(2)]
+    + [f"input_{b}_{i}" for b in (7, 8) for i in range(10)]
+    + [f"output_{b}_{i}" for b in (0, 1, 2) for i in range(10)]
+    + [f"output_{b}_{i}" for b in (3, 4, 5) for i in range(2)]
+    + [f"middle_0_{i}" for i in range(10)]
+)
 IP_ORDER = {"sd15": SD15_IP_ORDER, "sdxl": SDXL_IP_ORDER}
 CONTEXT = {"sd15": 768, "sdxl": 2048}
 
@@ -50,14 +67,23 @@ RELEASED = {
     "ip-adapter-plus_sdxl_vit-h": ("plus", "sdxl", "penultimate_hidden_states", 1280, 16),
     "ip-adapter-plus-face_sdxl_vit-h": ("plus-face", "sdxl", "penultimate_hidden_states", 1280, 16),
 }
-FOUR_LAYERS = (LayerSpec("input_1_0", 320, 8), LayerSpec("middle_0_0", 320, 8), LayerSpec("output_0_0", 320, 8),
-               LayerSpec("output_1_0", 320, 8))  # the generated SD1.5 test checkpoint
+FOUR_LAYERS = (
+    LayerSpec("input_1_0", 320, 8),
+    LayerSpec("middle_0_0", 320, 8),
+    LayerSpec("output_0_0", 320, 8),
+    LayerSpec("output_1_0", 320, 8),
+)  # the generated SD1.5 test checkpoint
 
 
 def test_layer_order_is_diffusers_down_up_mid():
     assert [spec.key for spec in ip_adapter_order(default_layers("sd15"))] == SD15_IP_ORDER
     assert [spec.key for spec in ip_adapter_order(default_layers("sdxl"))] == SDXL_IP_ORDER
-    assert [spec.key for spec in ip_adapter_order(FOUR_LAYERS)] == ["input_1_0", "output_0_0", "output_1_0", "middle_0_0"]
+    assert [spec.key for spec in ip_adapter_order(FOUR_LAYERS)] == [
+        "input_1_0",
+        "output_0_0",
+        "output_1_0",
+        "middle_0_0",
+    ]
 
 
 @pytest.mark.parametrize("name", list(RELEASED))
@@ -66,7 +92,13 @@ def test_released_files_are_detected_and_every_layer_lands_on_its_unet_layer(nam
     path = ip_adapter_file(name)
     branch = load_one_file(path, default_layers(base), CONTEXT[base])
     spec = branch.spec
-    assert (spec.variant, spec.base, spec.feature, spec.feature_dim, spec.tokens) == (variant, base, feature, width, tokens)
+    assert (spec.variant, spec.base, spec.feature, spec.feature_dim, spec.tokens) == (
+        variant,
+        base,
+        feature,
+        width,
+        tokens,
+    )
     assert spec.encoder == "CLIP ViT-H/14"
     tensors = load_file(str(path))
     assert len(spec.layer_widths) == len(IP_ORDER[base])
@@ -93,7 +125,11 @@ def test_original_bin_layout_loads_the_same_weights_as_safetensors(name):
 def test_full_face_and_clip_bigg_files_are_told_apart_by_shape():
     full_face = describe("ip-adapter-full-face_sd15.safetensors", ip_adapter_shapes("ip-adapter-full-face_sd15"))
     assert (full_face.variant, full_face.feature, full_face.feature_dim, full_face.tokens) == (
-        "full-face", "penultimate_hidden_states", 1280, 0)
+        "full-face",
+        "penultimate_hidden_states",
+        1280,
+        0,
+    )
     big_g = describe("ip-adapter_sdxl.safetensors", ip_adapter_shapes("ip-adapter_sdxl"))
     assert (big_g.variant, big_g.base, big_g.feature_dim, big_g.encoder) == ("base", "sdxl", 1280, "CLIP ViT-bigG/14")
 
@@ -124,17 +160,24 @@ def test_file_for_another_layer_count_is_refused():
 
 
 def test_file_whose_layer_widths_do_not_fit_the_model_is_refused(tmp_path):
-    path = build_ip_adapter(tmp_path / "ip-adapter_sd15.safetensors", "ip-adapter_sd15", layer_widths=(320, 320, 640, 320))
+    path = build_ip_adapter(
+        tmp_path / "ip-adapter_sd15.safetensors", "ip-adapter_sd15", layer_widths=(320, 320, 640, 320)
+    )
     message = _error(lambda: load_one_file(path, FOUR_LAYERS, 768))
     assert_one_sentence(message, "ip-adapter_sd15.safetensors", "layer 5", "640", "output_1_0", "320")
 
 
 @pytest.mark.parametrize("suffix", [".bin", ".safetensors"])
 def test_face_id_files_are_refused(tmp_path, suffix):
-    path = build_ip_adapter(tmp_path / f"ip-adapter-faceid_sd15{suffix}", "ip-adapter-faceid_sd15",
-                            layer_widths=(320,) * 4)
-    assert_one_sentence(_error(lambda: load_one_file(path, FOUR_LAYERS, 768)),
-                        f"ip-adapter-faceid_sd15{suffix}", "FaceID", "InsightFace")
+    path = build_ip_adapter(
+        tmp_path / f"ip-adapter-faceid_sd15{suffix}", "ip-adapter-faceid_sd15", layer_widths=(320,) * 4
+    )
+    assert_one_sentence(
+        _error(lambda: load_one_file(path, FOUR_LAYERS, 768)),
+        f"ip-adapter-faceid_sd15{suffix}",
+        "FaceID",
+        "InsightFace",
+    )
 
 
 def test_face_id_plus_files_are_refused():
@@ -162,15 +205,18 @@ def test_bin_that_needs_full_unpickling_is_refused_without_running_it(tmp_path):
     assert not _RunsCode.ran
 
 
-@pytest.mark.parametrize("damage,mentions", [
-    ("missing", ["lacks", "image_proj.norm.bias"]),
-    ("shape", ["image_proj.norm.bias", "[700]", "[768]"]),
-    ("layer_shape", ["ip_adapter.3.to_v_ip.weight", "[320, 700]", "[320, 768]"]),
-    ("extra", ["unexpected", "image_proj.extra"]),
-    ("numbering", ["numbers its layers", "1, 3, 5"]),
-    ("unknown_layer_tensor", ["ip_adapter.1.to_out_ip.weight"]),
-    ("not_ip_adapter", ["not an IP-Adapter file"]),
-])
+@pytest.mark.parametrize(
+    "damage,mentions",
+    [
+        ("missing", ["lacks", "image_proj.norm.bias"]),
+        ("shape", ["image_proj.norm.bias", "[700]", "[768]"]),
+        ("layer_shape", ["ip_adapter.3.to_v_ip.weight", "[320, 700]", "[320, 768]"]),
+        ("extra", ["unexpected", "image_proj.extra"]),
+        ("numbering", ["numbers its layers", "1, 3, 5"]),
+        ("unknown_layer_tensor", ["ip_adapter.1.to_out_ip.weight"]),
+        ("not_ip_adapter", ["not an IP-Adapter file"]),
+    ],
+)
 def test_damaged_or_foreign_files_are_refused_with_the_tensor_named(tmp_path, damage, mentions):
     tensors = random_weights(ip_adapter_shapes("ip-adapter_sd15", layer_widths=(320,) * 4))
     if damage == "missing":
@@ -212,6 +258,9 @@ def test_bin_with_other_top_level_keys_is_refused(tmp_path):
 
 
 def test_pair_of_different_base_families_is_refused_before_layers_are_matched():
-    message = _error(lambda: load_pair(ip_adapter_file("ip-adapter_sd15"), ip_adapter_file("ip-adapter_sdxl_vit-h"),
-                                       default_layers("sd15")))
+    message = _error(
+        lambda: load_pair(
+            ip_adapter_file("ip-adapter_sd15"), ip_adapter_file("ip-adapter_sdxl_vit-h"), default_layers("sd15")
+        )
+    )
     assert_one_sentence(message, "ip-adapter_sd15.safetensors", "ip-adapter_sdxl_vit-h.safetensors", "same base model")

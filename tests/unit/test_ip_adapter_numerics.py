@@ -17,25 +17,34 @@ from flexip_model.attention import gated_attention, sdpa_attention
 from flexip_model.config import LayerSpec
 from flexip_model.errors import FlexIPError
 from flexip_model.ip_adapter import load_pair
+from tests.unit.flexip_unit_helpers import load_one_file
 from tools.fixtures import ip_adapter_reference as reference
 from tools.fixtures.ip_adapter_files import build_ip_adapter
-from tests.unit.flexip_unit_helpers import load_one_file
 
 pytestmark = pytest.mark.unit
 
 # Three layers per base, one from each block: (model layer list, their widths in the files' order
 # input, output, middle). SD1.5 has 8 heads everywhere; SDXL 64-wide heads.
 LAYERS = {
-    768: ((LayerSpec("input_1_0", 320, 8), LayerSpec("middle_0_0", 1280, 8), LayerSpec("output_3_0", 640, 8)),
-          (320, 640, 1280)),
-    2048: ((LayerSpec("input_4_0", 640, 10), LayerSpec("middle_0_0", 1280, 20), LayerSpec("output_0_0", 1280, 20)),
-           (640, 1280, 1280)),
+    768: (
+        (LayerSpec("input_1_0", 320, 8), LayerSpec("middle_0_0", 1280, 8), LayerSpec("output_3_0", 640, 8)),
+        (320, 640, 1280),
+    ),
+    2048: (
+        (LayerSpec("input_4_0", 640, 10), LayerSpec("middle_0_0", 1280, 20), LayerSpec("output_0_0", 1280, 20)),
+        (640, 1280, 1280),
+    ),
 }
 IP_NUMBER = {"input_1_0": 0, "output_3_0": 1, "input_4_0": 0, "output_0_0": 1, "middle_0_0": 2}
 VARIANTS = {  # name -> context d
-    "ip-adapter_sd15": 768, "ip-adapter_sd15_light": 768, "ip-adapter-plus_sd15": 768,
-    "ip-adapter-plus-face_sd15": 768, "ip-adapter-full-face_sd15": 768, "ip-adapter_sdxl_vit-h": 2048,
-    "ip-adapter-plus_sdxl_vit-h": 2048, "ip-adapter-plus-face_sdxl_vit-h": 2048,
+    "ip-adapter_sd15": 768,
+    "ip-adapter_sd15_light": 768,
+    "ip-adapter-plus_sd15": 768,
+    "ip-adapter-plus-face_sd15": 768,
+    "ip-adapter-full-face_sd15": 768,
+    "ip-adapter_sdxl_vit-h": 2048,
+    "ip-adapter-plus_sdxl_vit-h": 2048,
+    "ip-adapter-plus-face_sdxl_vit-h": 2048,
 }
 # fp32 against float64: the resampler chains ~30 fp32 matmuls of width ≤ 5120 over O(1) values, each
 # adding ~1e-6 relative; outputs are layer-normed (O(1)), so 1e-4 is ~10x above the worst seen (~1e-5)
@@ -53,6 +62,7 @@ def ip_file(tmp_path_factory):
         if name not in built:
             built[name] = build_ip_adapter(folder / f"{name}.safetensors", name, layer_widths=LAYERS[VARIANTS[name]][1])
         return built[name]
+
     yield get
     shutil.rmtree(folder, ignore_errors=True)  # ~0.6 GB of full-width image projections
 
@@ -127,12 +137,21 @@ def test_gated_layer_is_ip_adapter_decoupled_cross_attention(pair_case, gate):
         q = torch.randn(1, 64, layer.inner_dim, generator=generator)
         k, v = torch.randn(2, 1, 77, layer.inner_dim, generator=generator)
         with torch.no_grad():
-            out = gated_attention(q, sdpa_attention(q, k, v, layer.heads), pair.layer_kv(layer.key, *tokens),
-                                  layer.heads, strength, gate, pair.config.gate_mode)
+            out = gated_attention(
+                q,
+                sdpa_attention(q, k, v, layer.heads),
+                pair.layer_kv(layer.key, *tokens),
+                layer.heads,
+                strength,
+                gate,
+                pair.config.gate_mode,
+            )
         ip = [reference.ip_weights(w, IP_NUMBER[layer.key]) for w in weights]
         if gate in (0.0, 1.0):
             active = 0 if gate == 1.0 else 1
-            expected = reference.decoupled_attention(q, k, v, layer.heads, expected_tokens[active], *ip[active], strength)
+            expected = reference.decoupled_attention(
+                q, k, v, layer.heads, expected_tokens[active], *ip[active], strength
+            )
         else:
             expected = reference.attention(q.double(), k.double(), v.double(), layer.heads)
             for share, t, (to_k, to_v) in zip((gate, 1.0 - gate), expected_tokens, ip):

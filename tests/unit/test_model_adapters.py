@@ -55,8 +55,12 @@ def test_full_size_preservation_adapter_gives_20_tokens():
 
 def test_state_dict_names_follow_the_checkpoint_format():
     names = set(FlexIPAdapter(config_for("sd15", tiny=True)).state_dict())
-    assert {"layers.input_1_0.pres.to_k.weight", "layers.middle_0_0.pers.to_v.weight",
-            "layers.output_11_0.pres.to_v.weight", "preservation.queries"} <= names
+    assert {
+        "layers.input_1_0.pres.to_k.weight",
+        "layers.middle_0_0.pers.to_v.weight",
+        "layers.output_11_0.pres.to_v.weight",
+        "preservation.queries",
+    } <= names
     assert all(name.split(".")[0] in ("preservation", "personalization", "layers") for name in names)
     token = FlexIPAdapter(dataclasses.replace(config_for("sd15", tiny=True), gate_mode="token"))
     assert "layers.input_1_0.joint.to_k.weight" in token.state_dict()
@@ -77,8 +81,9 @@ def test_gradients_reach_every_adapter_parameter_and_no_frozen_one(gate_mode):
     for spec in config.layers:
         q = base[spec.key](torch.randn(2, 6, 768))
         text_term = sdpa_attention(q, base[spec.key](text), base[spec.key](text), spec.heads)
-        out = gated_attention(q, text_term, adapter.layer_kv(spec.key, pres, pers), spec.heads, 1.0,
-                              torch.tensor([0.3, 0.8]), gate_mode)
+        out = gated_attention(
+            q, text_term, adapter.layer_kv(spec.key, pres, pers), spec.heads, 1.0, torch.tensor([0.3, 0.8]), gate_mode
+        )
         loss = loss + out.square().mean()
     loss.backward()
     missing = [name for name, p in adapter.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
@@ -91,8 +96,13 @@ def test_init_from_base_copies_each_layers_weights_into_all_projections():
     config = config_for("sd15", layers=SMALL_LAYERS, tiny=True)
     adapter = FlexIPAdapter(config)
     generator = torch.Generator().manual_seed(0)
-    base = {spec.key: (torch.randn(spec.inner_dim, 768, generator=generator),
-                       torch.randn(spec.inner_dim, 768, generator=generator)) for spec in config.layers}
+    base = {
+        spec.key: (
+            torch.randn(spec.inner_dim, 768, generator=generator),
+            torch.randn(spec.inner_dim, 768, generator=generator),
+        )
+        for spec in config.layers
+    }
     adapter.layers.init_from_base(base)
     for key, (to_k, to_v) in base.items():
         for branch in ("pres", "pers"):

@@ -29,8 +29,10 @@ SAME_MATH_ATOL = 2e-6
 
 
 def _kv(tokens: int, generator: torch.Generator, dtype: torch.dtype) -> BranchKV:
-    return BranchKV(torch.randn(B, H, tokens, DH, generator=generator).to(dtype),
-                    torch.randn(B, H, tokens, DH, generator=generator).to(dtype))
+    return BranchKV(
+        torch.randn(B, H, tokens, DH, generator=generator).to(dtype),
+        torch.randn(B, H, tokens, DH, generator=generator).to(dtype),
+    )
 
 
 @pytest.fixture()
@@ -39,6 +41,7 @@ def case():
         generator = torch.Generator().manual_seed(0)
         q = torch.randn(B, H, N, DH, generator=generator).to(dtype)
         return q, LayerKV(_kv(TP, generator, dtype), _kv(TY, generator, dtype))
+
     return make
 
 
@@ -119,9 +122,11 @@ def test_nothing_live_returns_none(case):
 
 
 def _text(generator: torch.Generator, dtype=torch.float32):
-    return (torch.randn(B, N, INNER, generator=generator).to(dtype),
-            torch.randn(B, L, INNER, generator=generator).to(dtype),
-            torch.randn(B, L, INNER, generator=generator).to(dtype))
+    return (
+        torch.randn(B, N, INNER, generator=generator).to(dtype),
+        torch.randn(B, L, INNER, generator=generator).to(dtype),
+        torch.randn(B, L, INNER, generator=generator).to(dtype),
+    )
 
 
 def _reference_text(q, k, v) -> torch.Tensor:

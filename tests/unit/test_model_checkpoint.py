@@ -19,7 +19,6 @@ from tests.unit.flexip_unit_helpers import assert_one_sentence
 pytestmark = pytest.mark.unit
 
 
-
 @pytest.fixture(scope="module")
 def valid_file(tmp_path_factory) -> Path:
     return valid_flexip(tmp_path_factory.mktemp("flexip") / "valid.safetensors")
@@ -44,8 +43,11 @@ def test_load_casts_to_the_requested_dtype(valid_file):
 
 def _rewrite(source: Path, target: Path, tensors=None, metadata=None) -> Path:
     original_tensors, original_metadata = _parts(source)
-    save_file(tensors if tensors is not None else original_tensors, str(target),
-              metadata=metadata if metadata is not None else original_metadata)
+    save_file(
+        tensors if tensors is not None else original_tensors,
+        str(target),
+        metadata=metadata if metadata is not None else original_metadata,
+    )
     return target
 
 
@@ -80,17 +82,20 @@ def _broken(kind: str, valid: Path, folder: Path) -> Path:
     return target
 
 
-@pytest.mark.parametrize("kind,mention", [
-    ("truncated", "truncated"),
-    ("wrong_shape", "preservation.queries of shape [1, 5, 64]"),
-    ("format_version", "format version 2"),
-    ("missing_key", "holds 60 tensors but its config describes 61"),  # counted before anything is built
-    ("extra_key", "holds 62 tensors but its config describes 61"),
-    ("renamed_key", "layers.input_1_0.pres.to_k.weight"),
-    ("no_metadata", "not a FlexIP adapter"),
-    ("integer_tensor", "I32"),
-    ("not_safetensors", "not a safetensors file"),
-])
+@pytest.mark.parametrize(
+    "kind,mention",
+    [
+        ("truncated", "truncated"),
+        ("wrong_shape", "preservation.queries of shape [1, 5, 64]"),
+        ("format_version", "format version 2"),
+        ("missing_key", "holds 60 tensors but its config describes 61"),  # counted before anything is built
+        ("extra_key", "holds 62 tensors but its config describes 61"),
+        ("renamed_key", "layers.input_1_0.pres.to_k.weight"),
+        ("no_metadata", "not a FlexIP adapter"),
+        ("integer_tensor", "I32"),
+        ("not_safetensors", "not a safetensors file"),
+    ],
+)
 def test_bad_file_gives_one_sentence_naming_the_file(kind, mention, valid_file, tmp_path):
     path = _broken(kind, valid_file, tmp_path)
     for check in (checkpoint.validate, checkpoint.load):

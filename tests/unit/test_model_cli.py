@@ -64,13 +64,28 @@ def test_init_from_sdxl_checkpoint_takes_its_layers_and_kv_weights(tmp_path, cap
     base = tmp_path / "sdxl_base.safetensors"
     source = _sd_checkpoint(base, SDXL_ATTN2, 2048)
     out = tmp_path / "sdxl_tiny.safetensors"
-    argv = ["init", "--base", "sdxl", "--tiny", "--gate-mode", "token", "--layers-from", str(base),
-            "--seed", "2", "--out", str(out)]
+    argv = [
+        "init",
+        "--base",
+        "sdxl",
+        "--tiny",
+        "--gate-mode",
+        "token",
+        "--layers-from",
+        str(base),
+        "--seed",
+        "2",
+        "--out",
+        str(out),
+    ]
     assert _run(argv, capsys)[0] == 0
     config = checkpoint.validate(out)
     # ComfyUI's order (input, middle, output), SDXL's 64-channel heads
     assert [(s.key, s.inner_dim, s.heads) for s in config.layers] == [
-        ("input_4_1", 640, 10), ("middle_0_9", 1280, 20), ("output_5_0", 640, 10)]
+        ("input_4_1", 640, 10),
+        ("middle_0_9", 1280, 20),
+        ("output_5_0", 640, 10),
+    ]
     assert (config.base, config.context_dim, config.gate_mode) == ("sdxl", 2048, "token")
     tensors = load_file(str(out))
     for stem, key, _ in SDXL_ATTN2:
@@ -87,8 +102,18 @@ def test_init_is_deterministic_per_seed(tmp_path, capsys):
     files = {}
     for name, seed in (("a", 5), ("b", 5), ("c", 6)):
         files[name] = tmp_path / f"{name}.safetensors"
-        argv = ["init", "--base", "sd15", "--tiny", "--layers-from", str(base), "--seed", str(seed),
-                "--out", str(files[name])]
+        argv = [
+            "init",
+            "--base",
+            "sd15",
+            "--tiny",
+            "--layers-from",
+            str(base),
+            "--seed",
+            str(seed),
+            "--out",
+            str(files[name]),
+        ]
         assert _run(argv, capsys)[0] == 0
     a, b, c = (load_file(str(files[name])) for name in "abc")
     assert all(torch.equal(a[name], b[name]) for name in a)
@@ -122,8 +147,13 @@ def test_module_entry_point_runs_from_the_repo_root(tmp_path):
     _sd_checkpoint(base, SD15_ATTN2, 768)
     out = tmp_path / "small.safetensors"
     assert main(["init", "--base", "sd15", "--tiny", "--layers-from", str(base), "--out", str(out)]) == 0
-    good = subprocess.run([sys.executable, "-m", "flexip_model", "inspect", str(out)],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    good = subprocess.run(
+        [sys.executable, "-m", "flexip_model", "inspect", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert good.returncode == 0, good.stderr
     assert "layers (3):" in good.stdout
     # the exit status for a bad file is checked in-process: a second interpreter costs seconds

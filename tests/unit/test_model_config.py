@@ -67,26 +67,29 @@ def _json_without(key: str) -> str:
     return json.dumps(data)
 
 
-@pytest.mark.parametrize("text,mentions", [
-    ("{not json", ["not JSON"]),
-    ("[1, 2]", ["not a JSON object"]),
-    (_json_with(format_version=2), ["format version 2", "update"]),
-    (_json_with(context_dim="768"), ["context_dim"]),
-    (_json_with(num_queries=True), ["num_queries"]),
-    (_json_with(gate_mode="mixed"), ["gate_mode"]),
-    (_json_with(base="sd3"), ["base 'sd3'"]),
-    (_json_with(preservation_heads=5), ["preservation_width"]),
-    (_json_with(surprise=1), ["unknown key", "surprise"]),
-    (_json_without("gate_mode"), ["lacks the key 'gate_mode'"]),
-    (_json_with(layers="input_1_0"), ["layers is 'input_1_0', expected a list of tables"]),
-    (_json_with(layers=[5]), ["[layers.0] is 5, expected a table"]),
-    (_json_with(layers=[{"key": "input_1_0", "inner_dim": 320}]), ["[layers.0] lacks the key 'heads'"]),
-    (_json_with(layers=[{"key": "input_1_0", "inner_dim": 320.0, "heads": 8}]), ["[layers.0] inner_dim is 320.0"]),
-    (_json_with(layers=[{"key": "input_1_0", "inner_dim": 320, "heads": 8}] * 2), ["input_1_0 twice"]),
-    (_json_with(layers=[{"key": "input_1_0", "inner_dim": 320, "heads": 7}]), ["input_1_0"]),
-    (_json_with(layers=[{"key": "down_1_0", "inner_dim": 320, "heads": 8}]), ["down_1_0"]),
-    (_json_with(layers=[]), ["no UNet layers"]),
-])
+@pytest.mark.parametrize(
+    "text,mentions",
+    [
+        ("{not json", ["not JSON"]),
+        ("[1, 2]", ["not a JSON object"]),
+        (_json_with(format_version=2), ["format version 2", "update"]),
+        (_json_with(context_dim="768"), ["context_dim"]),
+        (_json_with(num_queries=True), ["num_queries"]),
+        (_json_with(gate_mode="mixed"), ["gate_mode"]),
+        (_json_with(base="sd3"), ["base 'sd3'"]),
+        (_json_with(preservation_heads=5), ["preservation_width"]),
+        (_json_with(surprise=1), ["unknown key", "surprise"]),
+        (_json_without("gate_mode"), ["lacks the key 'gate_mode'"]),
+        (_json_with(layers="input_1_0"), ["layers is 'input_1_0', expected a list of tables"]),
+        (_json_with(layers=[5]), ["[layers.0] is 5, expected a table"]),
+        (_json_with(layers=[{"key": "input_1_0", "inner_dim": 320}]), ["[layers.0] lacks the key 'heads'"]),
+        (_json_with(layers=[{"key": "input_1_0", "inner_dim": 320.0, "heads": 8}]), ["[layers.0] inner_dim is 320.0"]),
+        (_json_with(layers=[{"key": "input_1_0", "inner_dim": 320, "heads": 8}] * 2), ["input_1_0 twice"]),
+        (_json_with(layers=[{"key": "input_1_0", "inner_dim": 320, "heads": 7}]), ["input_1_0"]),
+        (_json_with(layers=[{"key": "down_1_0", "inner_dim": 320, "heads": 8}]), ["down_1_0"]),
+        (_json_with(layers=[]), ["no UNet layers"]),
+    ],
+)
 def test_bad_config_json_gives_one_sentence_naming_the_file(text, mentions):
     with pytest.raises(FlexIPError) as error:
         FlexIPConfig.from_json(text, "adapter.safetensors")
@@ -96,6 +99,9 @@ def test_bad_config_json_gives_one_sentence_naming_the_file(text, mentions):
 def test_default_parameter_counts():
     # reported in docs/training.md; a change here changes the checkpoint size users download
     assert parameter_counts(config_for("sd15")) == {
-        "preservation": 47_627_520, "personalization": 17_313_792, "layers": 38_338_560, "total": 103_279_872,
+        "preservation": 47_627_520,
+        "personalization": 17_313_792,
+        "layers": 38_338_560,
+        "total": 103_279_872,
     }
     assert parameter_counts(config_for("sdxl"))["total"] == 840_260_352

@@ -8,8 +8,19 @@ import pytest
 import torch
 
 from flexip_model import (
-    BlockOverride, FlexIPError, GateSchedule, constant_schedule, default_layers, gate_table, gates_at,
-    parse_keyframes, parse_layer_indices, progress_from_sigma, static_gate_range, validate_schedule, window_at,
+    BlockOverride,
+    FlexIPError,
+    GateSchedule,
+    constant_schedule,
+    default_layers,
+    gate_table,
+    gates_at,
+    parse_keyframes,
+    parse_layer_indices,
+    progress_from_sigma,
+    static_gate_range,
+    validate_schedule,
+    window_at,
 )
 from flexip_model.gate_schedule import MAX_LAYER_INDICES
 from tests.unit.flexip_unit_helpers import OpRecorder, assert_one_sentence
@@ -27,11 +38,14 @@ def _gammas(schedule: GateSchedule, points: list[float]) -> torch.Tensor:
     return gates_at(gate_table(schedule, LAYERS), torch.tensor(points))[0]  # first layer, [B]
 
 
-@pytest.mark.parametrize("interpolation,points,expected", [
-    ("linear", [0.0, 0.25, 0.5, 0.75, 1.0], [1.0, 0.65, 0.3, 0.15, 0.0]),
-    ("cosine", [0.125, 0.25, 0.625, 1.0], [1.0 - 0.7 * EASE_QUARTER, 0.65, 0.3 - 0.3 * EASE_QUARTER, 0.0]),
-    ("step", [0.0, 0.25, 0.5, 0.99, 1.0], [1.0, 1.0, 0.3, 0.3, 0.0]),
-])
+@pytest.mark.parametrize(
+    "interpolation,points,expected",
+    [
+        ("linear", [0.0, 0.25, 0.5, 0.75, 1.0], [1.0, 0.65, 0.3, 0.15, 0.0]),
+        ("cosine", [0.125, 0.25, 0.625, 1.0], [1.0 - 0.7 * EASE_QUARTER, 0.65, 0.3 - 0.3 * EASE_QUARTER, 0.0]),
+        ("step", [0.0, 0.25, 0.5, 0.99, 1.0], [1.0, 1.0, 0.3, 0.3, 0.0]),
+    ],
+)
 def test_keyframes_interpolate_to_hand_computed_values(interpolation, points, expected):
     got = _gammas(GateSchedule(KEYFRAMES, interpolation), points)
     torch.testing.assert_close(got, torch.tensor(expected), atol=ATOL, rtol=0)
@@ -50,11 +64,14 @@ def test_gates_are_vectorised_over_layers_and_batch():
 
 
 def test_overrides_apply_by_block_and_by_index_and_later_ones_win():
-    schedule = GateSchedule(KEYFRAMES, overrides=(
-        BlockOverride(((0.0, 0.1),), blocks=("middle",)),
-        BlockOverride(((0.0, 0.9), (1.0, 0.5)), layer_indices=(0, 6)),
-        BlockOverride(((0.0, 0.2),), blocks=("output",)),
-    ))
+    schedule = GateSchedule(
+        KEYFRAMES,
+        overrides=(
+            BlockOverride(((0.0, 0.1),), blocks=("middle",)),
+            BlockOverride(((0.0, 0.9), (1.0, 0.5)), layer_indices=(0, 6)),
+            BlockOverride(((0.0, 0.2),), blocks=("output",)),
+        ),
+    )
     table = gate_table(schedule, LAYERS)
     assert table.positions.shape == (16, 3)  # padded to the longest keyframe list
     gammas = gates_at(table, torch.tensor(0.5))
@@ -119,17 +136,23 @@ def test_parse_layer_indices_refuses_more_items_than_its_limit_before_reading_an
     # items that are not even integers: the count is checked first, so no item of a huge text is converted
     with pytest.raises(FlexIPError) as error:
         parse_layer_indices(", ".join(["x"] * (MAX_LAYER_INDICES + 1)), "FlexIPGateSchedule layer_indices")
-    assert_one_sentence(str(error.value), "FlexIPGateSchedule layer_indices",
-                        f"{MAX_LAYER_INDICES + 1} items, more than the {MAX_LAYER_INDICES} accepted")
+    assert_one_sentence(
+        str(error.value),
+        "FlexIPGateSchedule layer_indices",
+        f"{MAX_LAYER_INDICES + 1} items, more than the {MAX_LAYER_INDICES} accepted",
+    )
 
 
-@pytest.mark.parametrize("schedule,mention", [
-    (GateSchedule(KEYFRAMES, "cubic"), "interpolation"),
-    (GateSchedule(KEYFRAMES, start_at=0.8, end_at=0.2), "start_at"),
-    (GateSchedule(((0.5, 0.3), (0.0, 1.0))), "out of order"),
-    (GateSchedule(()), "no keyframes"),
-    (GateSchedule(KEYFRAMES, overrides=(BlockOverride(((0.0, 1.0),), blocks=("down",)),)), "down"),
-])
+@pytest.mark.parametrize(
+    "schedule,mention",
+    [
+        (GateSchedule(KEYFRAMES, "cubic"), "interpolation"),
+        (GateSchedule(KEYFRAMES, start_at=0.8, end_at=0.2), "start_at"),
+        (GateSchedule(((0.5, 0.3), (0.0, 1.0))), "out of order"),
+        (GateSchedule(()), "no keyframes"),
+        (GateSchedule(KEYFRAMES, overrides=(BlockOverride(((0.0, 1.0),), blocks=("down",)),)), "down"),
+    ],
+)
 def test_validate_schedule_names_the_problem(schedule, mention):
     with pytest.raises(FlexIPError) as error:
         validate_schedule(schedule, "the gate input")

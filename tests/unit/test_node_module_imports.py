@@ -26,7 +26,8 @@ def node_modules() -> set[str]:
         for item in _tree(path.stem).body:
             if isinstance(item, ast.ClassDef) and any(
                 (isinstance(part, ast.Assign) and any(getattr(t, "id", "") == "FUNCTION" for t in part.targets))
-                or (isinstance(part, ast.FunctionDef) and part.name == "execute") for part in item.body
+                or (isinstance(part, ast.FunctionDef) and part.name == "execute")
+                for part in item.body
             ):
                 found.add(path.stem)
     return found
@@ -34,13 +35,27 @@ def node_modules() -> set[str]:
 
 def sibling_imports(name: str) -> set[str]:
     """The nodes/ modules that `name` imports (relative imports of level 1)."""
-    return {item.module.split(".")[0] for item in ast.walk(_tree(name))
-            if isinstance(item, ast.ImportFrom) and item.level == 1 and item.module}
+    return {
+        item.module.split(".")[0]
+        for item in ast.walk(_tree(name))
+        if isinstance(item, ast.ImportFrom) and item.level == 1 and item.module
+    }
 
 
 def test_the_node_modules_are_the_eleven_registered_families():
-    assert node_modules() == {"apply", "encode", "faces_crop", "faces_loader", "faces_similarity", "loader",
-                              "pair_loader", "plot", "schedule", "similarity", "sweep"}
+    assert node_modules() == {
+        "apply",
+        "encode",
+        "faces_crop",
+        "faces_loader",
+        "faces_similarity",
+        "loader",
+        "pair_loader",
+        "plot",
+        "schedule",
+        "similarity",
+        "sweep",
+    }
 
 
 @pytest.mark.parametrize("name", sorted(path.stem for path in NODES.glob("*.py") if path.stem != "__init__"))

@@ -5,6 +5,7 @@ editable install of the trainer and the evaluation (`python -m pip install -e ".
 comfy-cli and pip run offline, as subprocesses, on copies of the working tree: nothing is
 written into the repository.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,14 +32,35 @@ RAW_MAIN = "https://raw.githubusercontent.com/comfyui-flexip/ComfyUI-FlexIP/main
 
 # What the archive must carry: the nodes, the packages the trainer and the evaluation import,
 # the workflows with their template thumbnails, and the install files.
-SHIPPED = ("__init__.py", "nodes/*.py", "flexip_model/**/*.py", "flexip_host/*.py", "flexip_train/*.py",
-           "flexip_train/*.toml", "flexip_eval/*.py", "flexip_eval/*.toml", "workflows/*.json", "workflows/*.jpg",
-           "workflows/api/*.json", "docs/*.md", "pyproject.toml", "requirements.txt", "LICENSE", "README.md",
-           "CHANGELOG.md")
+SHIPPED = (
+    "__init__.py",
+    "nodes/*.py",
+    "flexip_model/**/*.py",
+    "flexip_host/*.py",
+    "flexip_train/*.py",
+    "flexip_train/*.toml",
+    "flexip_eval/*.py",
+    "flexip_eval/*.toml",
+    "workflows/*.json",
+    "workflows/*.jpg",
+    "workflows/api/*.json",
+    "docs/*.md",
+    "pyproject.toml",
+    "requirements.txt",
+    "LICENSE",
+    "README.md",
+    "CHANGELOG.md",
+)
 # Git-ignored files every working clone has (make setup, tests, ComfyUI runs), planted in the copy.
-CLUTTER = (".cache/comfyui/nodes.py", ".venv/bin/python", "output/ComfyUI_00001_.png",
-           "nodes/__pycache__/apply.cpython-311.pyc", "flexip_model/__pycache__/gate.cpython-311.pyc",
-           ".pytest_cache/v/cache/lastfailed", "stray.pyc")
+CLUTTER = (
+    ".cache/comfyui/nodes.py",
+    ".venv/bin/python",
+    "output/ComfyUI_00001_.png",
+    "nodes/__pycache__/apply.cpython-311.pyc",
+    "flexip_model/__pycache__/gate.cpython-311.pyc",
+    ".pytest_cache/v/cache/lastfailed",
+    "stray.pyc",
+)
 # Never in the archive: caches and outputs, and what needs a clone and `make setup` (.comfyignore).
 LEFT_OUT = (".cache/", ".venv/", "output/", ".pytest_cache/", "tests/", "tools/", "benchmarks/", ".ci/", ".github/")
 LEFT_OUT_FILES = ("Makefile", ".comfyignore")
@@ -53,8 +75,16 @@ def without_git_overrides(**extra: str) -> dict[str, str]:
 
 
 def run(command: list[str], cwd: Path, **extra: str) -> str:
-    done = subprocess.run(command, cwd=cwd, env=without_git_overrides(**extra), stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        command,
+        cwd=cwd,
+        env=without_git_overrides(**extra),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, f"{' '.join(command)} failed in {cwd}:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
@@ -102,8 +132,9 @@ def packed(tmp_path_factory: pytest.TempPathFactory) -> Packed:
     run(["git", "add", "-A"], tree, **no_user_config)
     (root / "home").mkdir()
     # HOME: comfy-cli keeps its config under ~/.config
-    run([sys.executable, "-m", "comfy_cli", "--skip-prompt", "--no-json", "node", "pack"], tree,
-        HOME=str(root / "home"))
+    run(
+        [sys.executable, "-m", "comfy_cli", "--skip-prompt", "--no-json", "node", "pack"], tree, HOME=str(root / "home")
+    )
     with zipfile.ZipFile(tree / "node.zip") as archive:
         names = frozenset(archive.namelist())
     return Packed(names, frozenset(git_files(tree)), tree)
@@ -118,9 +149,14 @@ def test_archive_holds_the_nodes_packages_workflows_docs_icon_and_install_files(
 
 
 def test_archive_leaves_out_caches_outputs_and_development_files(packed):
-    unwanted = sorted(name for name in packed.names
-                      if name.startswith(LEFT_OUT) or name in LEFT_OUT_FILES
-                      or "__pycache__" in name.split("/") or name.endswith(".pyc"))
+    unwanted = sorted(
+        name
+        for name in packed.names
+        if name.startswith(LEFT_OUT)
+        or name in LEFT_OUT_FILES
+        or "__pycache__" in name.split("/")
+        or name.endswith(".pyc")
+    )
     assert not unwanted, f"{len(unwanted)} files in the archive, among them {unwanted[:8]}"
     assert packed.names <= packed.tracked, f"untracked files in the archive: {sorted(packed.names - packed.tracked)}"
 
@@ -140,16 +176,22 @@ def test_icon_is_a_square_png_of_at_most_400_pixels():
 
 
 def test_changelog_opens_with_the_version_in_pyproject():
-    versions = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - \d{4}-\d{2}-\d{2}$",
-                          (REPO / "CHANGELOG.md").read_text(encoding="utf-8"), re.MULTILINE)
+    versions = re.findall(
+        r"^## \[(\d+\.\d+\.\d+)\] - \d{4}-\d{2}-\d{2}$",
+        (REPO / "CHANGELOG.md").read_text(encoding="utf-8"),
+        re.MULTILINE,
+    )
     assert versions and versions[0] == PYPROJECT["project"]["version"]
 
 
 def test_train_extra_pins_the_data_engine_the_train_tests_run():
     """Resume state is litdata-version specific: users and the train layer run the same release."""
     extra = [pin for pin in PYPROJECT["project"]["optional-dependencies"]["train"] if pin.startswith("litdata")]
-    dev = [line.strip() for line in (REPO / "tools" / "requirements-dev.txt").read_text(encoding="utf-8").splitlines()
-           if line.startswith("litdata")]
+    dev = [
+        line.strip()
+        for line in (REPO / "tools" / "requirements-dev.txt").read_text(encoding="utf-8").splitlines()
+        if line.startswith("litdata")
+    ]
     assert extra == dev and re.fullmatch(r"litdata==[\d.]+", extra[0])
 
 
@@ -157,8 +199,24 @@ def test_train_extra_resolves_in_this_environment_without_changing_an_installed_
     """pip's resolver, offline, over ComfyUI's requirements and the pinned torch this venv holds: the
     editable install adds the pack's metadata and nothing else."""
     tree = working_tree_copy(tmp_path / "ComfyUI-FlexIP")
-    run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--no-build-isolation",
-         "--report", str(tmp_path / "report.json"), "-c", "tools/constraints.txt", "-e", ".[train]"], tree)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--no-index",
+            "--no-build-isolation",
+            "--report",
+            str(tmp_path / "report.json"),
+            "-c",
+            "tools/constraints.txt",
+            "-e",
+            ".[train]",
+        ],
+        tree,
+    )
     report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     assert [item["metadata"]["name"] for item in report["install"]] == ["comfyui-flexip"]
 
@@ -168,8 +226,22 @@ def test_editable_install_imports_the_packages_from_any_folder_and_only_them(tmp
     not on sys.path, so its nodes/ and tools/ never shadow ComfyUI's `nodes` or another module."""
     tree = working_tree_copy(tmp_path / "ComfyUI-FlexIP")
     prefix = tmp_path / "prefix"
-    run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--no-build-isolation",
-         "--prefix", str(prefix), "-e", "."], tree)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--no-build-isolation",
+            "--prefix",
+            str(prefix),
+            "-e",
+            ".",
+        ],
+        tree,
+    )
     site = sysconfig.get_path("purelib", vars={"base": str(prefix), "platbase": str(prefix)})
     probe = (
         "import importlib.util, json, site\n"
@@ -178,7 +250,8 @@ def test_editable_install_imports_the_packages_from_any_folder_and_only_them(tmp
         "files = [module.__file__ for module in (flexip_host, flexip_train, flexip_eval, flexip_model.ip_adapter)]\n"
         "others = {name: getattr(importlib.util.find_spec(name), 'origin', None)\n"
         "          for name in ('nodes', 'tools', 'benchmarks')}\n"
-        "print(json.dumps({'files': files, 'others': others}))\n")
+        "print(json.dumps({'files': files, 'others': others}))\n"
+    )
     (tmp_path / "elsewhere").mkdir()
     found = json.loads(run([sys.executable, "-c", probe], tmp_path / "elsewhere"))
     assert all(Path(file).is_relative_to(tree) for file in found["files"]), found["files"]

@@ -50,8 +50,10 @@ def relative_links(markdown: str) -> list[str]:
 def anchors(markdown: str) -> set[str]:
     """The heading anchors GitHub makes: lower case, punctuation dropped, spaces to hyphens."""
     headings = HEADING.findall(FENCED_CODE.sub("", markdown))
-    return {re.sub(r"[^\w\- ]", "", INLINE_CODE.sub(lambda m: m.group(0)[1:-1], heading).lower()).replace(" ", "-")
-            for heading in headings}
+    return {
+        re.sub(r"[^\w\- ]", "", INLINE_CODE.sub(lambda m: m.group(0)[1:-1], heading).lower()).replace(" ", "-")
+        for heading in headings
+    }
 
 
 def declared_node_ids() -> list[str]:
@@ -90,7 +92,12 @@ def test_every_anchor_in_a_link_names_a_heading_of_its_page(document):
     for link in link_targets(document.read_text(encoding="utf-8")):
         path, _, anchor = link.partition("#")
         page = (document.parent / path) if path else document
-        if anchor and page.suffix == ".md" and page.exists() and anchor not in anchors(page.read_text(encoding="utf-8")):
+        if (
+            anchor
+            and page.suffix == ".md"
+            and page.exists()
+            and anchor not in anchors(page.read_text(encoding="utf-8"))
+        ):
             broken.append(link)
     assert not broken, f"{document.relative_to(REPO_ROOT)} links to missing headings: {broken}"
 
@@ -103,8 +110,9 @@ def test_readme_node_table_names_every_declared_node_and_no_other():
 
 
 def test_link_reader_skips_code_urls_and_anchors():
-    markdown = ("[a](docs/a.md) ![b](b.png#x) [c](https://x.org) [d](#top) `[e](e.md)`\n"
-                "```\n[f](f.md)\n```\n[g](g.md \"title\")")
+    markdown = (
+        '[a](docs/a.md) ![b](b.png#x) [c](https://x.org) [d](#top) `[e](e.md)`\n```\n[f](f.md)\n```\n[g](g.md "title")'
+    )
     assert relative_links(markdown) == ["docs/a.md", "b.png#x", "g.md"]
 
 

@@ -25,11 +25,21 @@ def _payload() -> dict:
     sum(p.sum() for p in adapter.parameters()).backward()
     optimizer.step()
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    return {"format": state.STATE_FORMAT, "step": 1, "position": 1, "world_size": 1,
-            "adapter": {k: v.detach().clone() for k, v in adapter.state_dict().items()}, "ema": None,
-            "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "scaler": None,
-            "rng": state.rng_states(), "adapter_config": CONFIG.to_json(), "rank_digests": ["x"],
-            "data": {"current_epoch": 1, "dataset": {}, "latest_worker_idx": 0, "num_samples_yielded": {0: [1, 0]}}}
+    return {
+        "format": state.STATE_FORMAT,
+        "step": 1,
+        "position": 1,
+        "world_size": 1,
+        "adapter": {k: v.detach().clone() for k, v in adapter.state_dict().items()},
+        "ema": None,
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "scaler": None,
+        "rng": state.rng_states(),
+        "adapter_config": CONFIG.to_json(),
+        "rank_digests": ["x"],
+        "data": {"current_epoch": 1, "dataset": {}, "latest_worker_idx": 0, "num_samples_yielded": {0: [1, 0]}},
+    }
 
 
 def _saved(tmp_path: Path, payload: dict) -> Path:
@@ -70,24 +80,26 @@ def _damaged(kind: str) -> dict:
     return payload
 
 
-@pytest.mark.parametrize("kind,mention", [
-    ("step", "step=1000000000000000000000000000000"),
-    ("world_size", "world_size=8"),
-    ("adapter_shape", "adapter weight"),
-    ("adapter_names", "names differ"),
-    ("adapter_nan", "NaN or infinite"),
-    ("optimizer_size", "optimizer exp_avg for parameter 0"),
-    ("optimizer_index", "parameter 1000000"),
-    ("rng", "random-number states"),
-    ("data", "data-loader position"),
-    ("not_a_dict", "trainer-state format"),
-])
+@pytest.mark.parametrize(
+    "kind,mention",
+    [
+        ("step", "step=1000000000000000000000000000000"),
+        ("world_size", "world_size=8"),
+        ("adapter_shape", "adapter weight"),
+        ("adapter_names", "names differ"),
+        ("adapter_nan", "NaN or infinite"),
+        ("optimizer_size", "optimizer exp_avg for parameter 0"),
+        ("optimizer_index", "parameter 1000000"),
+        ("rng", "random-number states"),
+        ("data", "data-loader position"),
+        ("not_a_dict", "trainer-state format"),
+    ],
+)
 def test_damaged_state_fields_are_refused_in_one_sentence(tmp_path, kind, mention):
     path = _saved(tmp_path, _damaged(kind))
     with pytest.raises(FlexIPError) as error:
         state.load_state(path, CONFIG)
     assert_one_sentence(str(error.value), "run-000001.state.pt", mention)
-
 
 
 TOML = """
@@ -105,13 +117,20 @@ dir = "out"
 """
 
 
-@pytest.mark.parametrize("data,train,mention", [
-    ("", "batch_size = 1000000000", "[train] batch_size = 1000000000 is over 4096"),
-    ("resolution = 8000000", "", "[data] resolution = 8000000 is over 4096"),
-    ("num_workers = 100000", "", "[data] num_workers = 100000 is over 256"),
-    ("variant_fraction = 9", "", "[data] variant_fraction is the share of variant pairs per batch, between 0 and 1"),
-    ('shards = "packed"', "", "[data] needs either manifest"),
-])
+@pytest.mark.parametrize(
+    "data,train,mention",
+    [
+        ("", "batch_size = 1000000000", "[train] batch_size = 1000000000 is over 4096"),
+        ("resolution = 8000000", "", "[data] resolution = 8000000 is over 4096"),
+        ("num_workers = 100000", "", "[data] num_workers = 100000 is over 256"),
+        (
+            "variant_fraction = 9",
+            "",
+            "[data] variant_fraction is the share of variant pairs per batch, between 0 and 1",
+        ),
+        ('shards = "packed"', "", "[data] needs either manifest"),
+    ],
+)
 def test_training_config_sizes_are_bounded(tmp_path, data, train, mention):
     path = tmp_path / "train.toml"
     path.write_text(TOML.format(data=data, train=train), encoding="utf-8")
@@ -129,23 +148,28 @@ def test_training_config_within_bounds_loads(tmp_path):
 @pytest.mark.parametrize("shards,expected", [("packed", "{base}/packed"), ("s3://bucket/pairs", "s3://bucket/pairs")])
 def test_shards_are_a_folder_relative_to_the_config_or_a_url(tmp_path, shards, expected):
     path = tmp_path / "train.toml"
-    path.write_text(TOML.format(data="", train="").replace('manifest = "pairs.jsonl"', f'shards = "{shards}"'),
-                    encoding="utf-8")
+    path.write_text(
+        TOML.format(data="", train="").replace('manifest = "pairs.jsonl"', f'shards = "{shards}"'), encoding="utf-8"
+    )
     data = load_config(path).data
     assert data.manifest is None and data.shards == expected.format(base=tmp_path.resolve())
 
 
-@pytest.mark.parametrize("data,train,mention", [
-    ("", "batch_size = 4.5", "[train] batch_size is 4.5, expected a whole number"),
-    ("", "deterministic = 1", "[train] deterministic is 1, expected true or false"),
-    ("invariant_gate = [0.7]", "", "[data] invariant_gate is [0.7], expected a list of 2 numbers"),
-    ("manifest = 3", "", "[data] manifest is 3, expected a path in quotes"),
-    ("[data.augment]\nflips = 0.5", "", "[data.augment] has unknown key 'flips'"),
-])
+@pytest.mark.parametrize(
+    "data,train,mention",
+    [
+        ("", "batch_size = 4.5", "[train] batch_size is 4.5, expected a whole number"),
+        ("", "deterministic = 1", "[train] deterministic is 1, expected true or false"),
+        ("invariant_gate = [0.7]", "", "[data] invariant_gate is [0.7], expected a list of 2 numbers"),
+        ("manifest = 3", "", "[data] manifest is 3, expected a path in quotes"),
+        ("[data.augment]\nflips = 0.5", "", "[data.augment] has unknown key 'flips'"),
+    ],
+)
 def test_training_config_types_are_checked_key_by_key(tmp_path, data, train, mention):
     path = tmp_path / "train.toml"
-    path.write_text(TOML.format(data=data, train=train).replace('manifest = "pairs.jsonl"\nmanifest', "manifest"),
-                    encoding="utf-8")
+    path.write_text(
+        TOML.format(data=data, train=train).replace('manifest = "pairs.jsonl"\nmanifest', "manifest"), encoding="utf-8"
+    )
     with pytest.raises(FlexIPError) as error:
         load_config(path)
     assert_one_sentence(str(error.value), "train.toml", mention)

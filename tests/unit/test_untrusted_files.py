@@ -19,6 +19,9 @@ from flexip_model import FlexIPError, checkpoint
 from flexip_model.config import SIZE_BOUNDS, LayerSpec
 from flexip_model.ip_adapter import open_file
 from flexip_model.safetensors_header import MAX_TENSORS
+from tests.unit.crafted_files import parts, time_limit, valid_flexip, with_config, write_raw
+from tests.unit.flexip_unit_helpers import assert_one_sentence, load_one_file
+from tests.unit.peak_memory import peak_meter
 from tools.fixtures.ip_adapter_files import (
     ip_adapter_shapes,
     linear_projection,
@@ -26,9 +29,6 @@ from tools.fixtures.ip_adapter_files import (
     resampler_projection,
     write_ip_adapter,
 )
-from tests.unit.crafted_files import parts, time_limit, valid_flexip, with_config, write_raw
-from tests.unit.peak_memory import peak_meter
-from tests.unit.flexip_unit_helpers import assert_one_sentence, load_one_file
 
 pytestmark = pytest.mark.unit
 
@@ -57,13 +57,16 @@ def _refusal(action) -> str:
     return str(error.value)
 
 
-@pytest.mark.parametrize("field,value,accepted", [
-    ("query_depth", 10**9, "1..64"),  # issue: minutes of meta modules, POST /interrupt did not stop it
-    ("dino_resolution", 14_000_000, "14..1036"),  # issue: the encoder asked for 5.4 PB
-    ("preservation_width", 2**40, "1..8192"),  # issue: raw "Storage size calculation overflowed"
-    ("context_dim", -768, "1..8192"),
-    ("personalization_depth", 0, "1..64"),
-])
+@pytest.mark.parametrize(
+    "field,value,accepted",
+    [
+        ("query_depth", 10**9, "1..64"),  # issue: minutes of meta modules, POST /interrupt did not stop it
+        ("dino_resolution", 14_000_000, "14..1036"),  # issue: the encoder asked for 5.4 PB
+        ("preservation_width", 2**40, "1..8192"),  # issue: raw "Storage size calculation overflowed"
+        ("context_dim", -768, "1..8192"),
+        ("personalization_depth", 0, "1..64"),
+    ],
+)
 def test_config_size_outside_its_bound_is_refused_naming_field_and_range(valid_file, tmp_path, field, value, accepted):
     # no tensors match the crafted config: the bound must refuse it before shapes are compared
     path = with_config(valid_file, tmp_path / "evil.safetensors", tensors={"x": torch.zeros(1)}, **{field: value})
@@ -75,11 +78,14 @@ def test_config_size_outside_its_bound_is_refused_naming_field_and_range(valid_f
 def test_layer_count_and_layer_sizes_are_bounded(valid_file, tmp_path):
     layers = [{"key": f"input_{i}_0", "inner_dim": 64, "heads": 2} for i in range(SIZE_BOUNDS["layers"][1] + 1)]
     path = with_config(valid_file, tmp_path / "many_layers.safetensors", layers=layers)
-    assert_one_sentence(_refusal(lambda: checkpoint.validate(path)), "many_layers.safetensors", "layers=1025", "1..1024")
+    assert_one_sentence(
+        _refusal(lambda: checkpoint.validate(path)), "many_layers.safetensors", "layers=1025", "1..1024"
+    )
     wide = [{"key": "input_1_0", "inner_dim": 2**33, "heads": 2}]
     path = with_config(valid_file, tmp_path / "wide_layer.safetensors", layers=wide)
-    assert_one_sentence(_refusal(lambda: checkpoint.validate(path)), "wide_layer.safetensors", "inner_dim=8589934592",
-                        "1..8192")
+    assert_one_sentence(
+        _refusal(lambda: checkpoint.validate(path)), "wide_layer.safetensors", "inner_dim=8589934592", "1..8192"
+    )
 
 
 def test_config_json_nested_100000_deep_is_refused_without_recursion_error(valid_file, tmp_path):
@@ -116,22 +122,27 @@ def test_header_with_too_many_tensors_is_refused(valid_file, tmp_path):
     count = MAX_TENSORS + 10
     header = {f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(count)}
     path = write_raw(tmp_path / "crowded.safetensors", header)
-    assert_one_sentence(_refusal(lambda: checkpoint.validate(path)), "crowded.safetensors", f"{count:,} tensors",
-                        f"{MAX_TENSORS:,}")
-    million = b"{" + b",".join(b'"t%d":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}' % i
-                               for i in range(10**6)) + b"}"
+    assert_one_sentence(
+        _refusal(lambda: checkpoint.validate(path)), "crowded.safetensors", f"{count:,} tensors", f"{MAX_TENSORS:,}"
+    )
+    million = (
+        b"{" + b",".join(b'"t%d":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}' % i for i in range(10**6)) + b"}"
+    )
     path = write_raw(tmp_path / "million.safetensors", million)
     assert_one_sentence(_refusal(lambda: checkpoint.validate(path)), "million.safetensors")
 
 
-@pytest.mark.parametrize("entry,mention", [
-    ({"dtype": "F32", "shape": [8, 8], "data_offsets": [0, 16]}, "16 bytes for shape [8, 8]"),
-    ({"dtype": "F32", "shape": [2**20, 2**20], "data_offsets": [0, 16]}, "sizes that fit the file"),
-    ({"dtype": "F32", "shape": [4], "data_offsets": [0, 2**40]}, "outside the file"),
-    ({"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}, "not a list of at most 8 sizes"),
-    ({"dtype": "F32", "shape": [1] * 9, "data_offsets": [0, 4]}, "not a list of at most 8 sizes"),
-    ({"dtype": "Q4", "shape": [4], "data_offsets": [0, 16]}, "unknown dtype"),
-])
+@pytest.mark.parametrize(
+    "entry,mention",
+    [
+        ({"dtype": "F32", "shape": [8, 8], "data_offsets": [0, 16]}, "16 bytes for shape [8, 8]"),
+        ({"dtype": "F32", "shape": [2**20, 2**20], "data_offsets": [0, 16]}, "sizes that fit the file"),
+        ({"dtype": "F32", "shape": [4], "data_offsets": [0, 2**40]}, "outside the file"),
+        ({"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}, "not a list of at most 8 sizes"),
+        ({"dtype": "F32", "shape": [1] * 9, "data_offsets": [0, 4]}, "not a list of at most 8 sizes"),
+        ({"dtype": "Q4", "shape": [4], "data_offsets": [0, 16]}, "unknown dtype"),
+    ],
+)
 def test_tensor_entries_that_do_not_fit_the_file_are_refused(tmp_path, entry, mention):
     path = write_raw(tmp_path / "entry.safetensors", {"w": entry}, data=bytes(16))
     for check in (checkpoint.validate, open_file):
@@ -144,8 +155,12 @@ def _tiny_layers() -> tuple[LayerSpec, ...]:
 
 
 def test_ip_adapter_resampler_deeper_than_its_bound_is_refused(valid_file, tmp_path):
-    shapes = ip_adapter_shapes("ip-adapter-plus_sd15", layer_widths=(64,), context_dim=8,
-                               projection=resampler_projection(8, 8, width=8, heads=1, depth=65, queries=2))
+    shapes = ip_adapter_shapes(
+        "ip-adapter-plus_sd15",
+        layer_widths=(64,),
+        context_dim=8,
+        projection=resampler_projection(8, 8, width=8, heads=1, depth=65, queries=2),
+    )
     path = tmp_path / "deep-plus.safetensors"
     save_file(random_weights(shapes), str(path))
     message = _refusal(lambda: load_one_file(path, _tiny_layers(), 8))
@@ -153,27 +168,35 @@ def test_ip_adapter_resampler_deeper_than_its_bound_is_refused(valid_file, tmp_p
 
 
 def test_ip_adapter_with_more_tokens_than_its_bound_is_refused(valid_file, tmp_path):
-    shapes = ip_adapter_shapes("ip-adapter_sd15", layer_widths=(64,), context_dim=2,
-                               projection=linear_projection(4, 2, tokens=2048))
+    shapes = ip_adapter_shapes(
+        "ip-adapter_sd15", layer_widths=(64,), context_dim=2, projection=linear_projection(4, 2, tokens=2048)
+    )
     path = tmp_path / "many-tokens.safetensors"
     save_file(random_weights(shapes), str(path))
-    assert_one_sentence(_refusal(lambda: load_one_file(path, _tiny_layers(), 2)), "many-tokens.safetensors",
-                        "tokens=2048", "1..1024")
+    assert_one_sentence(
+        _refusal(lambda: load_one_file(path, _tiny_layers(), 2)), "many-tokens.safetensors", "tokens=2048", "1..1024"
+    )
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".bin"])
 def test_ip_adapter_with_nan_weights_is_refused_naming_the_tensor(valid_file, tmp_path, suffix):
-    tensors = random_weights(ip_adapter_shapes("ip-adapter_sd15", layer_widths=(64,), context_dim=8,
-                                               projection=linear_projection(4, 8)))
+    tensors = random_weights(
+        ip_adapter_shapes("ip-adapter_sd15", layer_widths=(64,), context_dim=8, projection=linear_projection(4, 8))
+    )
     tensors["ip_adapter.1.to_v_ip.weight"][2, 2] = math.nan
     path = write_ip_adapter(tmp_path / f"nan{suffix}", tensors)
-    assert_one_sentence(_refusal(lambda: load_one_file(path, _tiny_layers(), 8)), f"nan{suffix}",
-                        "ip_adapter.1.to_v_ip.weight", "NaN or infinite")
+    assert_one_sentence(
+        _refusal(lambda: load_one_file(path, _tiny_layers(), 8)),
+        f"nan{suffix}",
+        "ip_adapter.1.to_v_ip.weight",
+        "NaN or infinite",
+    )
 
 
 def test_compressed_bin_archive_is_refused_before_unpickling(tmp_path):
-    tensors = random_weights(ip_adapter_shapes("ip-adapter_sd15", layer_widths=(64,), context_dim=8,
-                                               projection=linear_projection(4, 8)))
+    tensors = random_weights(
+        ip_adapter_shapes("ip-adapter_sd15", layer_widths=(64,), context_dim=8, projection=linear_projection(4, 8))
+    )
     plain = write_ip_adapter(tmp_path / "plain.bin", tensors)
     packed = tmp_path / "packed.bin"
     with zipfile.ZipFile(plain) as source, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as target:

@@ -15,8 +15,8 @@ import logging
 import random
 import struct
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, Optional
 
 import pytest
 import torch
@@ -25,9 +25,9 @@ from flexip_model import FlexIPAdapter, FlexIPConfig, FlexIPError, LayerSpec, ch
 from flexip_model.gate_schedule import MAX_KEYFRAMES, MAX_LAYER_INDICES, parse_keyframes, parse_layer_indices
 from flexip_model.gate_sweep import MAX_SWEEP_GAMMAS, parse_gammas
 from flexip_model.ip_adapter import describe, open_file
-from tools.fixtures.ip_adapter_files import layer_shapes, linear_projection, mlp_projection, resampler_projection
 from tests.unit.crafted_files import time_limit, write_raw
 from tests.unit.peak_memory import PeakMeter, ResidentPeak, peak_meter
+from tools.fixtures.ip_adapter_files import layer_shapes, linear_projection, mlp_projection, resampler_projection
 
 pytestmark = pytest.mark.unit
 log = logging.getLogger(__name__)
@@ -39,8 +39,35 @@ CASE_SECONDS = 5.0
 # The largest input here is a ~1 MB config or header; 300 MB growth would mean something a file
 # chose was allocated (the issue's server climbed past 4.5 GB).
 PEAK_GROWTH_BYTES = 300 * 1024 * 1024
-ODD_VALUES = (10**9, 10**30, 2**40, 14_000_000, -1, 0, 1, 2, 3, 7, 64, 65, 1024, 1025, 8193, 1.5, -0.0, True, False,
-              None, "12", "", [], {}, [1, 2], {"a": 1}, "x" * 5000)
+ODD_VALUES = (
+    10**9,
+    10**30,
+    2**40,
+    14_000_000,
+    -1,
+    0,
+    1,
+    2,
+    3,
+    7,
+    64,
+    65,
+    1024,
+    1025,
+    8193,
+    1.5,
+    -0.0,
+    True,
+    False,
+    None,
+    "12",
+    "",
+    [],
+    {},
+    [1, 2],
+    {"a": 1},
+    "x" * 5000,
+)
 DTYPES = ("F32", "F16", "BF16", "F64", "I32", "U8", "BOOL", "F8_E4M3", "Q4", "", 32, None, ["F32"])
 
 
@@ -54,7 +81,7 @@ class Budget:
         self.worst_growth = (0, "")
         self.start = self.run_peak = meter.reset()
 
-    def run(self, label: str, action: Callable[[], object], names: tuple[str, ...]) -> Optional[object]:
+    def run(self, label: str, action: Callable[[], object], names: tuple[str, ...]) -> object | None:
         before = self.meter.reset()
         began = time.perf_counter()
         try:
@@ -65,7 +92,7 @@ class Budget:
             assert "\n" not in message and message.endswith("."), f"{label}: {message!r}"
             assert any(name in message for name in names), f"{label}: {names} not in {message!r}"
             result = None
-        except Exception as error:  # noqa: BLE001  the assertion names the case that escaped
+        except Exception as error:
             raise AssertionError(f"{label}: {type(error).__name__}: {str(error)[:300]}") from error
         self.cases += 1
         elapsed, peak = time.perf_counter() - began, self.meter.peak()
@@ -77,14 +104,23 @@ class Budget:
     def report(self, name: str, record: Callable[[str, object], None]) -> None:
         """Log and record the worst case; AssertionError if one case or the run grew past PEAK_GROWTH_BYTES."""
         total = self.run_peak - self.start
-        log.warning("%s: %d cases, slowest %.3f s (%s), worst case %s growth %.1f MiB (%s), whole run %.1f MiB",
-                    name, self.cases, self.slowest[0], self.slowest[1], self.meter.name, self.worst_growth[0] / 2**20,
-                    self.worst_growth[1], total / 2**20)
+        log.warning(
+            "%s: %d cases, slowest %.3f s (%s), worst case %s growth %.1f MiB (%s), whole run %.1f MiB",
+            name,
+            self.cases,
+            self.slowest[0],
+            self.slowest[1],
+            self.meter.name,
+            self.worst_growth[0] / 2**20,
+            self.worst_growth[1],
+            total / 2**20,
+        )
         record(f"{name}_worst_peak_memory_growth_bytes", self.worst_growth[0])
         assert max(total, self.worst_growth[0]) < PEAK_GROWTH_BYTES, (
             f"{name}: {self.meter.name} grew by {self.worst_growth[0] / 2**20:.0f} MiB in one case "
             f"({self.worst_growth[1][:120]}) and by {total / 2**20:.0f} MiB over the run, over the "
-            f"{PEAK_GROWTH_BYTES / 2**20:.0f} MiB bound: something a file chose was allocated or kept.")
+            f"{PEAK_GROWTH_BYTES / 2**20:.0f} MiB bound: something a file chose was allocated or kept."
+        )
 
 
 @pytest.fixture
@@ -98,8 +134,13 @@ def valid_file(tmp_path_factory) -> Path:
     """A consistent FlexIP file of ~100 KB, so 800 mutated copies cost little disk time."""
     path = tmp_path_factory.mktemp("fuzz") / "valid.safetensors"
     layers = (LayerSpec("input_1_0", 16, 2), LayerSpec("output_3_0", 32, 2))
-    config = dataclasses.replace(config_for("sd15", layers=layers, tiny=True), context_dim=16, clip_embed_dim=8,
-                                 dino_dim=8, personalization_heads=2)
+    config = dataclasses.replace(
+        config_for("sd15", layers=layers, tiny=True),
+        context_dim=16,
+        clip_embed_dim=8,
+        dino_dim=8,
+        personalization_heads=2,
+    )
     torch.manual_seed(0)
     checkpoint.save(path, FlexIPAdapter(config))
     checkpoint.load(path)  # first-use imports of torch stay out of the timed cases
@@ -107,6 +148,7 @@ def valid_file(tmp_path_factory) -> Path:
 
 
 # FlexIP configs ---------------------------------------------------------------------------------
+
 
 def _mutated_config(rng: random.Random, config: dict) -> object:
     config = json.loads(json.dumps(config))
@@ -125,7 +167,7 @@ def _mutated_config(rng: random.Random, config: dict) -> object:
             if choice == 0:
                 config["layers"] = [dict(layers[0], key=f"input_{i}_0") for i in range(rng.choice((1100, 3)))]
             elif choice == 1 and layers:
-                layers[0][rng.choice(("key", "inner_dim", "heads"))] = rng.choice(ODD_VALUES + ("input_99999999_0",))
+                layers[0][rng.choice(("key", "inner_dim", "heads"))] = rng.choice((*ODD_VALUES, "input_99999999_0"))
             elif choice == 2:
                 layers.append(rng.choice(ODD_VALUES))
             elif choice == 3 and layers:
@@ -148,22 +190,36 @@ def _mutated_config(rng: random.Random, config: dict) -> object:
 
 def _random_consistent_config(rng: random.Random) -> FlexIPConfig:
     heads = rng.choice((1, 2))
-    layers = tuple(LayerSpec(f"{block}_{i}_0", 8 * heads * rng.randint(1, 3), heads)
-                   for i, block in enumerate(rng.sample(("input", "middle", "output"), rng.randint(1, 3))))
+    layers = tuple(
+        LayerSpec(f"{block}_{i}_0", 8 * heads * rng.randint(1, 3), heads)
+        for i, block in enumerate(rng.sample(("input", "middle", "output"), rng.randint(1, 3)))
+    )
     return FlexIPConfig(
-        base="sd15", context_dim=8 * rng.randint(1, 4) * 2, clip_embed_dim=rng.randint(1, 16),
-        dino_dim=rng.randint(1, 16), dino_resolution=14 * rng.randint(1, 20), preservation_width=8 * heads,
-        preservation_heads=heads, num_queries=rng.randint(1, 4), query_depth=rng.randint(1, 2),
-        cls_tokens=rng.randint(1, 3), cls_depth=rng.randint(1, 2), personalization_kv_tokens=rng.randint(1, 3),
-        personalization_depth=rng.randint(1, 2), personalization_heads=2, ffn_mult=rng.randint(1, 4),
-        gate_mode=rng.choice(("output", "token")), layers=layers)
+        base="sd15",
+        context_dim=8 * rng.randint(1, 4) * 2,
+        clip_embed_dim=rng.randint(1, 16),
+        dino_dim=rng.randint(1, 16),
+        dino_resolution=14 * rng.randint(1, 20),
+        preservation_width=8 * heads,
+        preservation_heads=heads,
+        num_queries=rng.randint(1, 4),
+        query_depth=rng.randint(1, 2),
+        cls_tokens=rng.randint(1, 3),
+        cls_depth=rng.randint(1, 2),
+        personalization_kv_tokens=rng.randint(1, 3),
+        personalization_depth=rng.randint(1, 2),
+        personalization_heads=2,
+        ffn_mult=rng.randint(1, 4),
+        gate_mode=rng.choice(("output", "token")),
+        layers=layers,
+    )
 
 
 def test_fuzzed_flexip_configs_load_or_are_refused_in_one_sentence(valid_file, tmp_path, budget, record_property):
     rng = random.Random(SEED)
     raw = valid_file.read_bytes()
     length = int.from_bytes(raw[:8], "little")
-    header, data = json.loads(raw[8:8 + length]), raw[8 + length:]
+    header, data = json.loads(raw[8 : 8 + length]), raw[8 + length :]
     base = json.loads(header["__metadata__"]["flexip"])
     for case in range(800):
         path = tmp_path / f"config_{case}.safetensors"
@@ -179,8 +235,11 @@ def test_fuzzed_flexip_configs_load_or_are_refused_in_one_sentence(valid_file, t
         entries = {name: entry for name, entry in header.items() if name != "__metadata__"}
         if rng.random() < 0.2:
             name = rng.choice(sorted(entries))
-            entries[name + rng.choice(("", ".x", "_renamed"))] = {"dtype": "F32", "shape": [0],
-                                                                  "data_offsets": [len(data), len(data)]}
+            entries[name + rng.choice(("", ".x", "_renamed"))] = {
+                "dtype": "F32",
+                "shape": [0],
+                "data_offsets": [len(data), len(data)],
+            }
             if rng.random() < 0.5:
                 del entries[name]
         write_raw(path, {"__metadata__": {"flexip": text}, **entries}, data)
@@ -193,21 +252,31 @@ def test_fuzzed_flexip_configs_load_or_are_refused_in_one_sentence(valid_file, t
 
 # raw safetensors headers ------------------------------------------------------------------------
 
+
 def _shape(rng: random.Random) -> object:
     roll = rng.random()
     if roll < 0.6:
         return [rng.randint(0, 4) for _ in range(rng.randint(0, 3))]
     if roll < 0.8:
         return [rng.choice((0, 1, -1, 2**31, 2**63, 10**30)) for _ in range(rng.randint(1, 10))]
-    return rng.choice(ODD_VALUES + ([[1]], [1.5], ["2"], [True]))
+    return rng.choice((*ODD_VALUES, [[1]], [1.5], ["2"], [True]))
 
 
 def _header(rng: random.Random) -> tuple[dict, int]:
     header: dict = {}
     offset = 0
     for number in range(rng.randint(0, 6)):
-        name = rng.choice((f"t{number}", "", "ä" * 3, "x" * 10_000, "layers.input_1_0.pres.to_k.weight",
-                           "image_proj.proj.weight", f"ip_adapter.{number}.to_k_ip.weight"))
+        name = rng.choice(
+            (
+                f"t{number}",
+                "",
+                "ä" * 3,
+                "x" * 10_000,
+                "layers.input_1_0.pres.to_k.weight",
+                "image_proj.proj.weight",
+                f"ip_adapter.{number}.to_k_ip.weight",
+            )
+        )
         dtype, shape = rng.choice(DTYPES), _shape(rng)
         try:
             size = 1
@@ -230,8 +299,7 @@ def _header(rng: random.Random) -> tuple[dict, int]:
     return header, offset
 
 
-def test_fuzzed_safetensors_headers_are_read_or_refused_in_one_sentence(valid_file, tmp_path, budget,
-                                                                       record_property):
+def test_fuzzed_safetensors_headers_are_read_or_refused_in_one_sentence(valid_file, tmp_path, budget, record_property):
     rng = random.Random(SEED + 1)
     valid_bytes = valid_file.read_bytes()
     for case in range(700):
@@ -262,10 +330,16 @@ def test_fuzzed_safetensors_headers_are_read_or_refused_in_one_sentence(valid_fi
 
 # IP-Adapter shapes and .bin files ---------------------------------------------------------------
 
+
 def _ip_adapter_shapes(rng: random.Random) -> dict[str, tuple[int, ...]]:
     kind = rng.randint(0, 2)
-    projection = (linear_projection(4, 8, tokens=2) if kind == 0 else mlp_projection(4, 8) if kind == 1
-                  else resampler_projection(4, 8, width=8, heads=1, depth=2, queries=2))
+    projection = (
+        linear_projection(4, 8, tokens=2)
+        if kind == 0
+        else mlp_projection(4, 8)
+        if kind == 1
+        else resampler_projection(4, 8, width=8, heads=1, depth=2, queries=2)
+    )
     shapes = {f"image_proj.{name}": shape for name, shape in projection.items()}
     shapes.update({f"ip_adapter.{name}": shape for name, shape in layer_shapes((64,) * rng.randint(1, 3), 8).items()})
     for _ in range(rng.randint(1, 3)):
@@ -280,9 +354,17 @@ def _ip_adapter_shapes(rng: random.Random) -> dict[str, tuple[int, ...]]:
         elif roll < 0.7:
             del shapes[name]
         elif roll < 0.8:
-            shapes[rng.choice(("ip_adapter.99999999.to_k_ip.weight", "image_proj.layers.70.0.to_q.weight",
-                               "image_proj.latents", "ip_adapter.1.lora.weight", "image_proj.proj.3.weight"))] = (
-                rng.choice(sizes), rng.choice(sizes))
+            shapes[
+                rng.choice(
+                    (
+                        "ip_adapter.99999999.to_k_ip.weight",
+                        "image_proj.layers.70.0.to_q.weight",
+                        "image_proj.latents",
+                        "ip_adapter.1.lora.weight",
+                        "image_proj.proj.3.weight",
+                    )
+                )
+            ] = (rng.choice(sizes), rng.choice(sizes))
         else:
             for number in range(rng.choice((2000, 600, 3))):
                 for kind_name in ("k", "v"):
@@ -296,12 +378,25 @@ def test_fuzzed_ip_adapter_shapes_and_bin_files_are_refused_in_one_sentence(tmp_
         shapes = _ip_adapter_shapes(rng)
         name = f"fuzz_{case}.safetensors"
         budget.run(f"ip-adapter shapes {case}", lambda: describe(name, shapes), (name,))
-    values = (torch.zeros(2), torch.zeros(2, dtype=torch.int32), torch.zeros((1,) * 9), 3, "x", None, [torch.zeros(1)],
-              {"a": torch.zeros(1)}, torch.full((2,), float("nan")))
+    values = (
+        torch.zeros(2),
+        torch.zeros(2, dtype=torch.int32),
+        torch.zeros((1,) * 9),
+        3,
+        "x",
+        None,
+        [torch.zeros(1)],
+        {"a": torch.zeros(1)},
+        torch.full((2,), float("nan")),
+    )
     for case in range(100):
         path = tmp_path / f"fuzz_{case}.bin"
-        parts_ = {part: {rng.choice(("proj.weight", "norm.weight", 7, "")): rng.choice(values)
-                         for _ in range(rng.randint(0, 3))} for part in ("image_proj", "ip_adapter")}
+        parts_ = {
+            part: {
+                rng.choice(("proj.weight", "norm.weight", 7, "")): rng.choice(values) for _ in range(rng.randint(0, 3))
+            }
+            for part in ("image_proj", "ip_adapter")
+        }
         data: object = parts_ if rng.random() < 0.7 else rng.choice((parts_["image_proj"], [1, 2], torch.zeros(1)))
         torch.save(data, str(path))
         if rng.random() < 0.3:
@@ -312,8 +407,37 @@ def test_fuzzed_ip_adapter_shapes_and_bin_files_are_refused_in_one_sentence(tmp_
 
 # gate, sweep and layer-index strings ------------------------------------------------------------
 
-TOKENS = ("0", "1", "0.5", "0.25", "nan", "inf", "-inf", "1e999", "-0", "1e-400", "0x10", "½", "٣", "", "abc", "1_0",
-          " ", "\t", "\r", "1e308", "-1", "2", "0:1", "1:0", "0.5:0.3", "::", ":", "0:nan", "1:inf")
+TOKENS = (
+    "0",
+    "1",
+    "0.5",
+    "0.25",
+    "nan",
+    "inf",
+    "-inf",
+    "1e999",
+    "-0",
+    "1e-400",
+    "0x10",
+    "½",
+    "٣",
+    "",
+    "abc",
+    "1_0",
+    " ",
+    "\t",
+    "\r",
+    "1e308",
+    "-1",
+    "2",
+    "0:1",
+    "1:0",
+    "0.5:0.3",
+    "::",
+    ":",
+    "0:nan",
+    "1:inf",
+)
 SEPARATORS = (",", "\n", ", ", ":", ";", "\r\n", " ")
 
 
@@ -326,8 +450,7 @@ def _gate_text(rng: random.Random) -> str:
     return "".join(rng.choice(TOKENS) + rng.choice(SEPARATORS) for _ in range(rng.randint(0, 12)))
 
 
-INDEX_TOKENS = ("0", "1", "5", "69", "1023", "1024", "-1", "+2", "1_0", "٣", " 7 ", "1.0", "0x1", "1e3", "",
-                "9" * 5000)
+INDEX_TOKENS = ("0", "1", "5", "69", "1023", "1024", "-1", "+2", "1_0", "٣", " 7 ", "1.0", "0x1", "1e3", "", "9" * 5000)
 INDEX_SEPARATORS = (",", "\n", ", ", "\r\n", ";")
 
 
@@ -339,22 +462,28 @@ def _index_text(rng: random.Random) -> str:
 
 def test_fuzzed_gate_sweep_and_layer_index_strings_parse_or_are_refused_in_one_sentence(budget, record_property):
     rng, index_rng = random.Random(SEED + 3), random.Random(SEED + 4)
-    for case in range(500):
+    for _case in range(500):
         text = _gate_text(rng)
-        keyframes = budget.run(f"keyframes {text[:80]!r}", lambda: parse_keyframes(text, "FlexIPGateSchedule keyframes"),
-                               ("FlexIPGateSchedule keyframes",))
+        keyframes = budget.run(
+            f"keyframes {text[:80]!r}",
+            lambda: parse_keyframes(text, "FlexIPGateSchedule keyframes"),
+            ("FlexIPGateSchedule keyframes",),
+        )
         if keyframes is not None:
             assert 1 <= len(keyframes) <= MAX_KEYFRAMES
             assert all(0.0 <= p <= 1.0 and 0.0 <= g <= 1.0 for p, g in keyframes)
             assert [p for p, _ in keyframes] == sorted({p for p, _ in keyframes})
-        gammas = budget.run(f"sweep {text[:80]!r}", lambda: parse_gammas(text, "FlexIPGateSweep values"),
-                            ("FlexIPGateSweep values",))
+        gammas = budget.run(
+            f"sweep {text[:80]!r}", lambda: parse_gammas(text, "FlexIPGateSweep values"), ("FlexIPGateSweep values",)
+        )
         if gammas is not None:
             assert 1 <= len(gammas) <= MAX_SWEEP_GAMMAS and all(0.0 <= g <= 1.0 for g in gammas)
         index_text = text if index_rng.random() < 0.3 else _index_text(index_rng)
-        indices = budget.run(f"layer indices {index_text[:80]!r}",
-                             lambda: parse_layer_indices(index_text, "FlexIPGateSchedule layer_indices"),
-                             ("FlexIPGateSchedule layer_indices",))
+        indices = budget.run(
+            f"layer indices {index_text[:80]!r}",
+            lambda: parse_layer_indices(index_text, "FlexIPGateSchedule layer_indices"),
+            ("FlexIPGateSchedule layer_indices",),
+        )
         if indices is not None:
             assert len(indices) <= MAX_LAYER_INDICES and all(type(index) is int for index in indices)
     budget.report("gate_strings", record_property)

@@ -25,22 +25,28 @@ from flexip_model.vocabulary import (
 pytestmark = pytest.mark.unit
 
 
-@pytest.mark.parametrize("name, layer", [
-    ("input_blocks.1.1.transformer_blocks.0.attn2", ("input", 1, 0)),
-    ("middle_block.1.transformer_blocks.9.attn2", ("middle", 0, 9)),
-    ("output_blocks.11.1.transformer_blocks.2.attn2", ("output", 11, 2)),
-])
+@pytest.mark.parametrize(
+    "name, layer",
+    [
+        ("input_blocks.1.1.transformer_blocks.0.attn2", ("input", 1, 0)),
+        ("middle_block.1.transformer_blocks.9.attn2", ("middle", 0, 9)),
+        ("output_blocks.11.1.transformer_blocks.2.attn2", ("output", 11, 2)),
+    ],
+)
 def test_attn2_module_names_parse_to_their_layer(name, layer):
     assert attn2_layer(name) == layer
 
 
-@pytest.mark.parametrize("name", [
-    "input_blocks.1.1.transformer_blocks.0.attn1",  # self-attention
-    "input_blocks.1.transformer_blocks.0.attn2",  # an input block without its id
-    "input_blocks.1.1.transformer_blocks.0.attn2.to_k",  # a child of the layer
-    "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2",  # prefix left on
-    "input_blocks.1234567.1.transformer_blocks.0.attn2",  # an id no real UNet has
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "input_blocks.1.1.transformer_blocks.0.attn1",  # self-attention
+        "input_blocks.1.transformer_blocks.0.attn2",  # an input block without its id
+        "input_blocks.1.1.transformer_blocks.0.attn2.to_k",  # a child of the layer
+        "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2",  # prefix left on
+        "input_blocks.1234567.1.transformer_blocks.0.attn2",  # an id no real UNet has
+    ],
+)
 def test_other_module_names_are_not_attn2_layers(name):
     assert attn2_layer(name) is None
 
@@ -75,8 +81,9 @@ def test_one_mask_is_resized_to_the_images_and_kept_for_all():
 def test_a_mask_count_that_fits_neither_one_nor_one_per_image_is_one_sentence():
     with pytest.raises(FlexIPError) as error:
         image_masks(torch.ones(2, 4, 4), count=3, size=(4, 4), where="FlexIPEncodeSubject")
-    assert str(error.value) == ("FlexIPEncodeSubject got 3 images but 2 masks: give one mask for all images "
-                       "or one per image.")
+    assert str(error.value) == (
+        "FlexIPEncodeSubject got 3 images but 2 masks: give one mask for all images or one per image."
+    )
 
 
 def test_mask_batch_adds_the_batch_axis_and_makes_floats():

@@ -4,6 +4,7 @@ A sampler's own seed widget with "randomize" draws a new seed per sampler after 
 workflow with several samplers links them all to one seed source, or gives them one seed with "fixed".
 Reads the JSON files only.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,7 @@ def ui_seed_sources(workflow: dict) -> list[tuple]:
             sources.append(("linked", origin, origin_slot))
         else:
             index = SEED_WIDGET_INDEX[node["type"]]
-            seed, control = node["widgets_values"][index:index + 2]
+            seed, control = node["widgets_values"][index : index + 2]
             sources.append(("typed", seed, control))
     return sources
 
@@ -72,14 +73,17 @@ def test_the_range_workflow_draws_one_random_seed_per_run_for_its_three_samplers
     assert (origin["type"], origin["widgets_values"][1]) == ("PrimitiveNode", "randomize")
 
 
-@pytest.mark.parametrize("sources, shared", [
-    ([("typed", 42, "randomize")] * 3, False),  # equal on the first Run only
-    ([("typed", 42, "fixed")] * 3, True),
-    ([("typed", 42, "fixed"), ("typed", 7, "fixed")], False),
-    ([("linked", 40, 0)] * 3, True),
-    ([("linked", 40, 0), ("linked", 41, 0)], False),
-    ([("linked", 40, 0), ("typed", 42, "fixed")], False),
-    ([("typed", 42)] * 2, True),  # API format
-])
+@pytest.mark.parametrize(
+    "sources, shared",
+    [
+        ([("typed", 42, "randomize")] * 3, False),  # equal on the first Run only
+        ([("typed", 42, "fixed")] * 3, True),
+        ([("typed", 42, "fixed"), ("typed", 7, "fixed")], False),
+        ([("linked", 40, 0)] * 3, True),
+        ([("linked", 40, 0), ("linked", 41, 0)], False),
+        ([("linked", 40, 0), ("typed", 42, "fixed")], False),
+        ([("typed", 42)] * 2, True),  # API format
+    ],
+)
 def test_one_seed_means_one_source_or_one_fixed_value(sources, shared):
     assert share_one_seed(sources) is shared

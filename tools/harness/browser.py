@@ -4,8 +4,10 @@ Debian's /usr/bin/chromium and /usr/bin/chromedriver, a fresh profile per browse
 network besides the local server. The driver and every browser process it started are
 stopped by PID in `quit()`, also when a test fails.
 """
+
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import tempfile
@@ -17,8 +19,15 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 CHROMIUM_FLAGS = (
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-    "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 )
 
 # The app is usable once main.ts has run app.setup() (window.app), the Vue shell is up and
@@ -45,8 +54,9 @@ class BrowserError(RuntimeError):
 class Browser:
     """Context manager around a headless Chromium; `open_frontend(url)` first, then the helpers."""
 
-    def __init__(self, window_size: tuple[int, int] = (1400, 900), chromium: Path = CHROMIUM,
-                 chromedriver: Path = CHROMEDRIVER):
+    def __init__(
+        self, window_size: tuple[int, int] = (1400, 900), chromium: Path = CHROMIUM, chromedriver: Path = CHROMEDRIVER
+    ):
         self.window_size = window_size
         self.chromium = Path(chromium)
         self.chromedriver = Path(chromedriver)
@@ -55,14 +65,16 @@ class Browser:
         self._profile: str | None = None
         self._pids: set[int] = set()
 
-    def start(self) -> "Browser":
+    def start(self) -> Browser:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
 
         for binary in (self.chromium, self.chromedriver):
             if not binary.exists():
-                raise BrowserError(f"{binary} is missing: install Debian's chromium and chromium-driver "
-                                   f"(apt-get install chromium chromium-driver).")
+                raise BrowserError(
+                    f"{binary} is missing: install Debian's chromium and chromium-driver "
+                    f"(apt-get install chromium chromium-driver)."
+                )
         self._profile = tempfile.mkdtemp(prefix="flexip-chromium-")
         options = webdriver.ChromeOptions()
         options.binary_location = str(self.chromium)
@@ -85,26 +97,20 @@ class Browser:
         if process is None:
             return
         self._pids.add(process.pid)
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             self._pids.update(child.pid for child in psutil.Process(process.pid).children(recursive=True))
-        except psutil.NoSuchProcess:
-            pass
 
     def quit(self) -> None:
         """Close the session, then kill by PID whatever chromedriver/chromium process is left."""
         self._remember_pids()
         driver, self.driver = self.driver, None
         if driver is not None:
-            try:
+            with contextlib.suppress(Exception):
                 driver.quit()
-            except Exception:
-                pass
         service, self._service = self._service, None
         if service is not None:
-            try:
+            with contextlib.suppress(Exception):
                 service.stop()
-            except Exception:
-                pass
         for pid in sorted(self._pids):
             try:
                 process = psutil.Process(pid)
@@ -117,7 +123,7 @@ class Browser:
             shutil.rmtree(self._profile, ignore_errors=True)
             self._profile = None
 
-    def __enter__(self) -> "Browser":
+    def __enter__(self) -> Browser:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:
@@ -158,8 +164,10 @@ class Browser:
         if "error" in result:
             raise BrowserError(f"app.loadGraphData failed: {result['error']}")
         if len(result["nodes"]) != len(wanted):
-            raise BrowserError(f"the workflow has {len(wanted)} nodes but the graph has {len(result['nodes'])} "
-                               f"after loading: {sorted(result['nodes'])}")
+            raise BrowserError(
+                f"the workflow has {len(wanted)} nodes but the graph has {len(result['nodes'])} "
+                f"after loading: {sorted(result['nodes'])}"
+            )
         return sorted({node_type for node_type in wanted if node_type not in registered})
 
     def graph_node_types(self) -> list[str]:
@@ -188,4 +196,3 @@ class Browser:
     def console_text(self) -> str:
         entries = self.console()
         return "\n".join(f"{e.get('level')}: {e.get('message')}" for e in entries[-40:]) or "(empty)"
-

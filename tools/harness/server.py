@@ -7,8 +7,10 @@ device $FLEXIP_TEST_DEVICE names: tools/fixtures/paths.py), with
 `temp/`, and an in-memory database, so no test ever writes into the user's ComfyUI.
 Every process is started in its own process group and stopped by its PID.
 """
+
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -18,8 +20,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import requests
 
@@ -107,7 +110,7 @@ def quote_pack_import_failure(log_text: str, pack_path: str) -> str | None:
                 start -= 1
             if not lines[start].startswith("Traceback"):
                 start = index
-            return "\n".join(lines[start:index + 1])
+            return "\n".join(lines[start : index + 1])
     # No exception (e.g. no NODE_CLASS_MAPPINGS): quote whatever mentions the pack.
     return "\n".join(line for line in lines if pack_path in line)
 
@@ -163,13 +166,23 @@ class ComfyServer:
 
     def command(self) -> list[str]:
         args = [
-            sys.executable, str(self.host_path / "main.py"),
-            *self._device_args(), "--listen", "127.0.0.1", "--port", str(self.port),
-            "--disable-api-nodes", "--disable-all-custom-nodes",
-            "--whitelist-custom-nodes", self.pack_name,
-            "--base-directory", str(self.base_dir),
-            "--database-url", "sqlite:///:memory:",
-            "--preview-method", "none",
+            sys.executable,
+            str(self.host_path / "main.py"),
+            *self._device_args(),
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--disable-api-nodes",
+            "--disable-all-custom-nodes",
+            "--whitelist-custom-nodes",
+            self.pack_name,
+            "--base-directory",
+            str(self.base_dir),
+            "--database-url",
+            "sqlite:///:memory:",
+            "--preview-method",
+            "none",
         ]
         return args + self.extra_args
 
@@ -179,15 +192,21 @@ class ComfyServer:
         own_type = any(arg.endswith("-unet") for arg in self.extra_args)
         return [arg for arg in comfy_device_args() if not (own_type and arg.endswith("-unet"))]
 
-    def start(self) -> "ComfyServer":
-        prepare_base(self.base_dir, self.pack_dir if self.pack_installed else None, self.pack_name,
-                     self.models, self.settings)
+    def start(self) -> ComfyServer:
+        prepare_base(
+            self.base_dir, self.pack_dir if self.pack_installed else None, self.pack_name, self.models, self.settings
+        )
         self.port = free_port()
         self._log_file = open(self.log_path, "wb")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(
-            self.command(), cwd=self.host_path, env=env, stdin=subprocess.DEVNULL,
-            stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            self.command(),
+            cwd=self.host_path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             self._wait_ready()
@@ -200,17 +219,13 @@ class ComfyServer:
         """Terminate the server's process group by PID (SIGTERM, then SIGKILL after 15 s)."""
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 process.wait(timeout=15)
         if process is not None:
             try:  # children left behind in the group (none expected)
@@ -222,7 +237,7 @@ class ComfyServer:
             self._log_file = None
         self._http.close()
 
-    def __enter__(self) -> "ComfyServer":
+    def __enter__(self) -> ComfyServer:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:
@@ -374,8 +389,10 @@ class ComfyServer:
             image.save(buffer, format="PNG")
             data, name = buffer.getvalue(), name or f"upload-{uuid.uuid4().hex[:8]}.png"
         response = self._http.post(
-            self.url + "/upload/image", files={"image": (name, data, "image/png")},
-            data={"overwrite": "true", "type": "input"}, timeout=60,
+            self.url + "/upload/image",
+            files={"image": (name, data, "image/png")},
+            data={"overwrite": "true", "type": "input"},
+            timeout=60,
         )
         response.raise_for_status()
         body = response.json()

@@ -1,4 +1,5 @@
 """The shipped workflows (workflows/*.json UI format, workflows/api/*.json API format), fitted to test models."""
+
 from __future__ import annotations
 
 import copy
@@ -25,23 +26,35 @@ TEST_MODEL_NAMES = {
 PUBLIC_MODELS = {
     "v1-5-pruned-emaonly-fp16.safetensors": (
         "checkpoints",
-        "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/v1-5-pruned-emaonly-fp16.safetensors"),
+        "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/v1-5-pruned-emaonly-fp16.safetensors",
+    ),
     "sd_xl_base_1.0.safetensors": (
         "checkpoints",
-        "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors"),
+        "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors",
+    ),
     "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors": (
-        "clip_vision", "https://huggingface.co/h94/IP-Adapter/resolve/main/models/image_encoder/model.safetensors"),
+        "clip_vision",
+        "https://huggingface.co/h94/IP-Adapter/resolve/main/models/image_encoder/model.safetensors",
+    ),
     "dinov2-large.safetensors": (
-        "clip_vision", "https://huggingface.co/facebook/dinov2-large/resolve/main/model.safetensors"),
+        "clip_vision",
+        "https://huggingface.co/facebook/dinov2-large/resolve/main/model.safetensors",
+    ),
     "ip-adapter-plus_sd15.safetensors": (
-        "ipadapter", "https://huggingface.co/h94/IP-Adapter/resolve/main/models/ip-adapter-plus_sd15.safetensors"),
+        "ipadapter",
+        "https://huggingface.co/h94/IP-Adapter/resolve/main/models/ip-adapter-plus_sd15.safetensors",
+    ),
     "ip-adapter_sd15.safetensors": (
-        "ipadapter", "https://huggingface.co/h94/IP-Adapter/resolve/main/models/ip-adapter_sd15.safetensors"),
+        "ipadapter",
+        "https://huggingface.co/h94/IP-Adapter/resolve/main/models/ip-adapter_sd15.safetensors",
+    ),
 }
 
 # FlexIP files have no public source; each workflow that loads one says so in a Note.
-NO_PUBLIC_FLEXIP_NOTE = ("No FlexIP weights are public yet: train one with python -m flexip_train (README: Training FlexIP) "
-                         "or use the start-here compatibility workflow (flexip_start_here_sd15).")
+NO_PUBLIC_FLEXIP_NOTE = (
+    "No FlexIP weights are public yet: train one with python -m flexip_train (README: Training FlexIP) "
+    "or use the start-here compatibility workflow (flexip_start_here_sd15)."
+)
 # No download link can fetch an InsightFace pack (a zip under a non-commercial licence); the folder is
 # the one nodes/faces_packs.py reads.
 INSIGHTFACE_PACK_NOTE = (
@@ -49,7 +62,8 @@ INSIGHTFACE_PACK_NOTE = (
     "https://github.com/deepinsight/insightface/tree/master/python-package#model-zoo (non-commercial research "
     "use only), and unzip it so that its .onnx files sit directly in models/insightface/models/<pack>/, e.g. "
     "models/insightface/models/antelopev2/scrfd_10g_bnkps.onnx. The face nodes also need "
-    "python -m pip install \"insightface>=1.0\" onnxruntime in ComfyUI's Python.")
+    'python -m pip install "insightface>=1.0" onnxruntime in ComfyUI\'s Python.'
+)
 # The Notes of the UI files: a workflow with a node of the class gets the Note (title, text).
 NOTES = {
     "FlexIPLoader": ("FlexIP weights", NO_PUBLIC_FLEXIP_NOTE),
@@ -59,8 +73,12 @@ NOTES = {
 # The nodes that draw a sampling run's noise from a seed -> that seed's input (SamplerCustomAdvanced takes
 # its noise from RandomNoise). Images a workflow compares side by side come from one seed: in the UI files
 # one Primitive feeds every such node's seed.
-SEED_INPUTS = {"KSampler": "seed", "KSamplerAdvanced": "noise_seed", "SamplerCustom": "noise_seed",
-               "RandomNoise": "noise_seed"}
+SEED_INPUTS = {
+    "KSampler": "seed",
+    "KSamplerAdvanced": "noise_seed",
+    "SamplerCustom": "noise_seed",
+    "RandomNoise": "noise_seed",
+}
 
 
 def models_property(name: str) -> dict:
