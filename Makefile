@@ -1,8 +1,10 @@
 # Developer entry points. `make demo` and `make test` work on a fresh clone.
 PY := .venv/bin/python
 export COMFYUI_PATH ?= $(CURDIR)/.cache/comfyui
+# ruff's cache under .cache (ignored by git), not .ruff_cache in the tree.
+RUFF := RUFF_CACHE_DIR="$(CURDIR)/.cache/ruff" $(PY) -m ruff
 
-.PHONY: setup validate test test-unit test-comfy test-train test-eval test-server test-ui test-gpu demo bench bench-train clean
+.PHONY: setup validate lint format test test-unit test-comfy test-train test-eval test-server test-ui test-gpu demo bench bench-train clean
 
 setup:
 	bash tools/setup.sh
@@ -20,7 +22,24 @@ validate: setup
 		exit 1; \
 	fi
 
-test: setup validate
+# Static checks (docs/development.md, "Static checks"). Every step runs; each failure ends in one
+# line naming its tool, and lint fails if any did. basedpyright types against the pinned host in
+# .cache/comfyui (extraPaths in [tool.basedpyright]), whatever COMFYUI_PATH says.
+lint: setup
+	@status=0; \
+	$(RUFF) check . || { echo "lint: FAILED: ruff check (lint rules, [tool.ruff.lint]); make format fixes many" >&2; status=1; }; \
+	$(RUFF) format --check . || { echo "lint: FAILED: ruff format --check (files listed above); run make format" >&2; status=1; }; \
+	.venv/bin/basedpyright || { echo "lint: FAILED: basedpyright (types in flexip_model/ and nodes/, [tool.basedpyright])" >&2; status=1; }; \
+	.venv/bin/lint-imports --no-logo --cache-dir .cache/import-linter || { echo "lint: FAILED: lint-imports (layer contracts, [tool.importlinter])" >&2; status=1; }; \
+	exit $$status
+
+# Rewrites the tree the way lint wants it: ruff's safe fixes, then ruff's format. What ruff cannot
+# fix is listed, to fix by hand (make lint fails on it).
+format: setup
+	$(RUFF) check --fix --exit-zero .
+	$(RUFF) format .
+
+test: setup validate lint
 	$(PY) -m pytest tests --durations=20
 
 test-unit test-comfy test-train test-eval test-server test-ui test-gpu: setup

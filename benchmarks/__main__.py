@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from flexip_host.comfy_models import load_fully, unload_all
 from flexip_host.loaded_pack import Pack
 from flexip_model.vocabulary import OUTPUT_MODE, TOKEN_MODE
 
@@ -63,14 +64,10 @@ def build_configs(pack: Pack, base) -> tuple[dict, dict]:
 
 def deterministic_figures(report: Report, base, configs: dict, layers: int, device, dtype) -> int:
     """Figures A, B and the per-configuration op counts; returns the unpatched step's FLOPs."""
-    import comfy.model_management
-
     # load UNet and adapters for real first: a load inside FakeTensorMode would move fake weights.
     # An adapter loaded here stays loaded through its K/V builds (LoadedFlexIP.on_device), so no
     # build moves weights while counting; all are unloaded after.
-    comfy.model_management.load_models_gpu(
-        list(configs.values()) + workload.adapter_patchers(configs.values()), force_full_load=True
-    )
+    load_fully(list(configs.values()) + workload.adapter_patchers(configs.values()))
     big = workload.StepInputs.make(workload.LATENT, device=device, dtype=dtype)
     small = workload.StepInputs.make(8, device=device, dtype=dtype)
     base_cost = counting.step_cost(base, big)
@@ -103,7 +100,8 @@ def deterministic_figures(report: Report, base, configs: dict, layers: int, devi
             "FLOPs with/without",
             "<= 1.007",
             ratio <= 1.007,
-            f"{base_cost.flop_count / 1e9:.1f} GFLOP unpatched, +{added.flop_count / 1e9:.2f} GFLOP; analytic floor ≈ 1.0055",
+            f"{base_cost.flop_count / 1e9:.1f} GFLOP unpatched, +{added.flop_count / 1e9:.2f} GFLOP; "
+            "analytic floor ≈ 1.0055",
         )
     )
     first_added = first.minus(steady)
@@ -129,12 +127,13 @@ def deterministic_figures(report: Report, base, configs: dict, layers: int, devi
                 other.op_count,
                 "aten ops",
                 "report",
-                note=f"+{other.flop_count / 1e9:.2f} GFLOP (FlexIP γ={GAMMA}: {added.flop_count / other.flop_count:.1f}×), "
+                note=f"+{other.flop_count / 1e9:.2f} GFLOP "
+                f"(FlexIP γ={GAMMA}: {added.flop_count / other.flop_count:.1f}×), "
                 f"FLOP ratio {costs[name][1].flop_count / base_cost.flop_count:.5f}; per layer: "
                 f"{counting.per_layer(other.ops, layers)}",
             )
         )
-    comfy.model_management.unload_all_models()
+    unload_all()
     return base_cost.flop_count
 
 
@@ -144,12 +143,10 @@ def sdxl_figures(report: Report, pack: Pack) -> int:
 
     The SDXL UNet and a full-size SDXL FlexIP adapter are built with unwritten weights (address
     space, not memory) and counted on fake tensors only."""
-    import comfy.model_management
-
     base = workload.sdxl_patcher_unfilled()
     flexip = workload.flexip_adapter(pack, base, "output", base="sdxl", unfilled=True)
     patched = workload.apply_flexip(pack, base, flexip, workload.random_subject(pack, flexip, seed=3), GAMMA)
-    comfy.model_management.load_models_gpu([patched, flexip.patcher], force_full_load=True)  # as above
+    load_fully([patched, flexip.patcher])  # as above
     inputs = workload.StepInputs.make(workload.SDXL_LATENT, sdxl=True)
     base_cost = counting.step_cost(base, inputs)
     first, steady = counting.run_costs(patched, inputs)
@@ -157,7 +154,7 @@ def sdxl_figures(report: Report, pack: Pack) -> int:
     kv_bytes = memory.kv_cache_bytes_per_run(
         patched, workload.StepInputs.make(workload.SDXL_LATENT, sdxl=True, dtype=torch.float16)
     )
-    comfy.model_management.unload_all_models()
+    unload_all()
     added, layers = steady.minus(base_cost), len(flexip.config.layers)
     report.add(
         Figure(
@@ -286,10 +283,8 @@ def timed_figures(
     report: Report, base, configs: dict, started_at: float, deadline: float, max_rounds: int, device, dtype
 ) -> float:
     """The timed figures; returns the unpatched step's median wall seconds."""
-    import comfy.model_management
-
     ordered = {"base": base, **configs}
-    comfy.model_management.load_models_gpu(list(ordered.values()), force_full_load=True)
+    load_fully(list(ordered.values()))
     big = workload.StepInputs.make(workload.LATENT, device=device, dtype=dtype)
     small = workload.StepInputs.make(8, device=device, dtype=dtype)
     seconds = timing.warm_up(ordered, big, small)

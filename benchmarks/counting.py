@@ -73,9 +73,13 @@ def step_cost(patcher, inputs: workload.StepInputs, fake: bool = True) -> Cost:
     faking = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
     # the op counter is entered last, so it sees each op before FlopCounterMode decomposes
     # composite ones (inference mode hands e.g. aten.linear to the modes undecomposed)
-    with torch.inference_mode(), faking:
-        with FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION_FLOPS) as flops, OpCounter() as ops:
-            workload.model_step(patcher, inputs)
+    with (
+        torch.inference_mode(),
+        faking,
+        FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION_FLOPS) as flops,
+        OpCounter() as ops,
+    ):
+        workload.model_step(patcher, inputs)
     by_op = Counter({str(op): n for op, n in flops.get_flop_counts().get("Global", {}).items()})
     return Cost(ops.ops, by_op)
 

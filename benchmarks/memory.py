@@ -23,7 +23,10 @@ from dataclasses import dataclass, field
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from flexip_host.comfy_models import free_memory, is_loaded
 from flexip_host.loaded_pack import Pack
+from flexip_host.model_options import wrapper_kinds
+from flexip_host.sampling import prepare_noise, sample
 from flexip_model.vocabulary import context_dim_for
 
 from . import workload
@@ -85,8 +88,7 @@ def watch_residency(patched, flexip) -> Iterator[Residency]:
     """Watch `patched` (a FlexIPApply clone) sample: ComfyUI wrappers look once the sampler has loaded
     its models (sampler_sample) and before and after each model call (apply_model, around FlexIP's
     diffusion-model wrapper and so around the K/V build); `watch_build` looks while the adapter builds."""
-    import comfy.patcher_extension as extension
-
+    kinds = wrapper_kinds()
     unet = patched.model
 
     def start(executor, *args, **kwargs):
@@ -100,7 +102,7 @@ def watch_residency(patched, flexip) -> Iterator[Residency]:
         seen.kv_cache_bytes.append(kv_cache_bytes(patched))
         return out
 
-    wrappers = {extension.WrappersMP.SAMPLER_SAMPLE: start, extension.WrappersMP.APPLY_MODEL: call}
+    wrappers = {kinds.SAMPLER_SAMPLE: start, kinds.APPLY_MODEL: call}
     with watch_build(flexip) as build:
         seen = Residency(adapter_during_build=build)
         for kind, wrapper in wrappers.items():
@@ -113,11 +115,9 @@ def watch_residency(patched, flexip) -> Iterator[Residency]:
 
 
 def _look_at_step(seen: Residency, flexip, unet) -> None:
-    import comfy.model_management as mm
-
     seen.adapter_during_steps.append(resident_bytes_on_load_device(flexip.patcher))
     seen.adapter_held_during_steps.append(flexip.held)
-    seen.unet_held_during_steps.append(any(entry.model.model is unet for entry in mm.current_loaded_models))
+    seen.unet_held_during_steps.append(is_loaded(unet))
 
 
 @dataclass(frozen=True)
@@ -183,22 +183,17 @@ def kv_cache_bytes_per_run(patched, inputs: workload.StepInputs) -> int:
 
 def adapter_offload(pack: Pack, base, flexip, subject, latent: int = 8, steps: int = 2) -> Offload:
     """Sample `steps` steps of the patched full-size model, then free the load device."""
-    import comfy.model_management as mm
-    import comfy.sample
-
     patched = workload.apply_flexip(pack, base, flexip, subject, preservation=0.5)
     generator = torch.Generator().manual_seed(5)
     width = context_dim_for("sd15")
     positive = [[torch.randn(1, workload.TEXT_TOKENS, width, generator=generator), {}]]
     negative = [[torch.randn(1, workload.TEXT_TOKENS, width, generator=generator), {}]]
     latent_image = torch.zeros(1, 4, latent, latent)
-    noise = comfy.sample.prepare_noise(latent_image, 0)
+    noise = prepare_noise(latent_image, 0)
     with watch_residency(patched, flexip) as residency:
-        comfy.sample.sample(
-            patched, noise, steps, 5.0, "euler", "normal", positive, negative, latent_image, disable_pbar=True, seed=0
-        )
+        sample(patched, noise, steps, 5.0, "euler", "normal", positive, negative, latent_image, seed=0)
     # a budget that forces offload: the next model wants more than the device holds
-    mm.free_memory(1 << 60, flexip.patcher.load_device)
+    free_memory(1 << 60, flexip.patcher.load_device)
     return Offload(
         adapter_bytes=workload.module_bytes(flexip.adapter),
         residency=residency,

@@ -20,7 +20,9 @@ import torch
 import flexip_model
 import flexip_model.ip_adapter
 from flexip_host.bootstrap import import_comfy, load_pack
+from flexip_host.comfy_models import unet_patcher
 from flexip_host.loaded_pack import Pack
+from flexip_host.model_options import merge_wrappers
 from flexip_model.subject import SubjectTokens
 from flexip_model.vocabulary import context_dim_for
 from tools.fixtures.paths import INPROCESS_BASE
@@ -89,18 +91,12 @@ def import_host(device: str = "cpu") -> Pack:
 
 def sd15_patcher(seed: int = 0, dtype: torch.dtype = torch.float32):
     """A ModelPatcher of the full SD1.5 BaseModel (860 M parameters), weights seeded in place."""
-    import comfy.model_management
-    import comfy.model_patcher
-    import comfy.supported_models
 
-    config = comfy.supported_models.SD15(dict(SD15_UNET))
-    config.set_inference_dtype(dtype, None)
-    load_device = comfy.model_management.get_torch_device()
-    offload_device = comfy.model_management.unet_offload_device()
-    model = config.get_model({}, "", device=offload_device)
-    seed_module(model.diffusion_model, seed)
-    model.diffusion_model.to(dtype)
-    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    def fill(diffusion_model: torch.nn.Module) -> None:
+        seed_module(diffusion_model, seed)
+        diffusion_model.to(dtype)
+
+    return unet_patcher("SD15", SD15_UNET, dtype, fill)
 
 
 @torch.no_grad()
@@ -129,18 +125,7 @@ def seed_module(module: torch.nn.Module, seed: int) -> None:
 def sdxl_patcher_unfilled():
     """A ModelPatcher of the full SDXL BaseModel (2.6 G parameters) whose weights are allocated but
     never written, so they take address space, not memory: for counting on fake tensors only."""
-    import comfy.model_management
-    import comfy.model_patcher
-    import comfy.supported_models
-
-    config = comfy.supported_models.SDXL(dict(SDXL_UNET))
-    config.set_inference_dtype(torch.float32, None)
-    model = config.get_model({}, "", device=comfy.model_management.unet_offload_device())
-    return comfy.model_patcher.ModelPatcher(
-        model,
-        load_device=comfy.model_management.get_torch_device(),
-        offload_device=comfy.model_management.unet_offload_device(),
-    )
+    return unet_patcher("SDXL", SDXL_UNET, torch.float32)
 
 
 def flexip_adapter(
@@ -240,12 +225,8 @@ class StepInputs:
 
 def transformer_options(patcher, inputs: StepInputs) -> dict:
     """What comfy.samplers._calc_cond_batch hands the model: the patcher's options, its wrappers, the batch layout."""
-    import comfy.patcher_extension
-
     options = copy.copy(patcher.model_options["transformer_options"])
-    options["wrappers"] = comfy.patcher_extension.merge_nested_dicts(
-        copy.copy(options.get("wrappers", {})), patcher.wrappers, copy_dict1=False
-    )
+    options["wrappers"] = merge_wrappers(copy.copy(options.get("wrappers", {})), patcher.wrappers, copy_wrappers=False)
     options["cond_or_uncond"] = list(inputs.order)
     options["uuids"] = list(inputs.uuids)
     options["sigmas"] = inputs.sigma

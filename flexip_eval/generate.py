@@ -27,6 +27,8 @@ from PIL.PngImagePlugin import PngInfo
 
 from flexip_host.frozen_models import FrozenModels
 from flexip_host.loaded_pack import Pack
+from flexip_host.model_folders import put_model_folder_first
+from flexip_host.sampling import decode, encode_text, fix_empty_latent_channels, prepare_noise, sample
 from flexip_model.errors import FlexIPError
 
 from .benchmark import Subject, subject_images
@@ -116,16 +118,12 @@ class ImageMaker:
     def _sample(
         self, method: MethodConfig, gamma: float | None, subject: Subject, prompt: str, seeds: list[int]
     ) -> torch.Tensor:
-        import comfy.sample
-
-        import nodes  # ComfyUI's nodes.py
-
         gen = self.config.generation
         model = self._patched(method, gamma, subject)
         size = gen.resolution // 8
-        latent = comfy.sample.fix_empty_latent_channels(model, torch.zeros(len(seeds), 4, size, size))
-        noise = torch.cat([comfy.sample.prepare_noise(latent[:1], seed) for seed in seeds])
-        samples = comfy.sample.sample(
+        latent = fix_empty_latent_channels(model, torch.zeros(len(seeds), 4, size, size))
+        noise = torch.cat([prepare_noise(latent[:1], seed) for seed in seeds])
+        samples = sample(
             model,
             noise,
             gen.steps,
@@ -136,10 +134,8 @@ class ImageMaker:
             self._text(gen.negative),
             latent,
             seed=seeds[0],
-            disable_pbar=True,
         )
-        (images,) = nodes.VAEDecode().decode(self.models.vae, {"samples": samples})
-        return images[..., :3].float().cpu()
+        return decode(self.models.vae, samples)[..., :3].float().cpu()
 
     def _patched(self, method: MethodConfig, gamma: float | None, subject: Subject) -> Any:
         """The UNet for one row and subject: unpatched for the base model, else FlexIPApply's clone."""
@@ -173,15 +169,13 @@ class ImageMaker:
     def _method(self, method: MethodConfig) -> Any:
         """The method's FLEXIP from the pack's loader node, its file's folder registered first."""
         if method.name not in self._methods:
-            import folder_paths
-
             if method.kind == "flexip":
                 # is_default puts the folder first: a same-named file elsewhere is not picked instead
-                folder_paths.add_model_folder_path("flexip", str(method.file.parent), is_default=True)
+                put_model_folder_first("flexip", method.file.parent)
                 (loaded,) = self.pack.loader_node().load(method.file.name)
             else:
                 for path in (method.preservation, method.personalization):
-                    folder_paths.add_model_folder_path("ipadapter", str(path.parent), is_default=True)
+                    put_model_folder_first("ipadapter", path.parent)
                 if (
                     method.preservation.name == method.personalization.name
                     and method.preservation != method.personalization
@@ -198,8 +192,6 @@ class ImageMaker:
         return self._methods[method.name]
 
     def _text(self, text: str) -> list:
-        import nodes
-
         if text not in self._texts:
-            (self._texts[text],) = nodes.CLIPTextEncode().encode(self.models.clip, text)
+            self._texts[text] = encode_text(self.models.clip, text)
         return self._texts[text]

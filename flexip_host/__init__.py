@@ -8,6 +8,9 @@
 - `toml_files`: reading a config file.
 - `distributed`: torchrun ranks and devices.
 - `images`: image files as IMAGE tensors.
+- `comfy_models`, `sampling`, `model_options`, `model_folders`: ComfyUI's library functions the other
+  packages need (model patchers and loading, the sampler and text/VAE nodes, patcher wrappers, model
+  folders), so that outside the node layer only this package and tools/fixtures import ComfyUI.
 
 Nothing is imported here: importing a module of this package must not import ComfyUI.
 See docs/architecture.md for where it sits between the packages.

@@ -96,9 +96,7 @@ def _load_encoder(path: Path | None, factory: Callable[[], Any] | None, key: str
     return encoder
 
 
-def load_frozen(
-    config: ModelConfig, factories: Factories, unet_dtype: torch.dtype | None, pack: Pack
-) -> FrozenModels:
+def load_frozen(config: ModelConfig, factories: Factories, unet_dtype: torch.dtype | None, pack: Pack) -> FrozenModels:
     """Load the base checkpoint with ComfyUI's own loader (UNet dtype `unet_dtype`, None = ComfyUI's choice)."""
     import comfy.model_base
     import comfy.sd

@@ -67,6 +67,7 @@ __all__ = [
     "SubjectAdapter",
     "SubjectTokens",
     "adapter_attention",
+    "checkpoint",
     "config_for",
     "constant_schedule",
     "context_dim_for",

@@ -8,10 +8,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .attention import BranchKV, LayerKV, join_branches, split_heads
+from .attention import BranchKV, LayerKV, join_branches
 from .blocks import PerceiverBlock, PersonalizationBlock
 from .config import FlexIPConfig, LayerSpec
-from .layer_projections import KVProjection, LayerProjections
+from .layer_projections import LayerProjections
 from .personalization import PersonalizationAdapter
 from .preservation import PreservationAdapter
 from .subject import FeatureNeed, ImageFeatures, SubjectTokens, subject_rows
@@ -87,25 +87,20 @@ class FlexIPAdapter(nn.Module):
         personalization = self.personalization_tokens(context.to(param.device, param.dtype), rows["clip_embeds"])
         return tuple(self.layer_kv(key, rows["preservation"], personalization) for key in layers)
 
-    def layer_kv(
-        self, key: str, preservation_tokens: Tensor | None, personalization_tokens: Tensor | None
-    ) -> LayerKV:
+    def layer_kv(self, key: str, preservation_tokens: Tensor | None, personalization_tokens: Tensor | None) -> LayerKV:
         """Head-split K/V [B, H, T, dh] of layer `key` for both branches (None where tokens are None).
 
         Call once per run or model call, never per layer call: the tokens do not depend on the step.
         """
         heads = self.config.layer(key).heads
-        branches = self.layers[key]
         token_mode = self.config.gate_mode == TOKEN_MODE
 
-        def project(projection: KVProjection, tokens: Tensor | None) -> BranchKV | None:
-            if tokens is None:
-                return None
-            return BranchKV(split_heads(projection.to_k(tokens), heads), split_heads(projection.to_v(tokens), heads))
+        def project(branch: str, tokens: Tensor | None) -> BranchKV | None:
+            return None if tokens is None else self.layers.projection(key, branch).branch_kv(tokens, heads)
 
         kv = LayerKV(
-            preservation=project(branches["joint" if token_mode else "pres"], preservation_tokens),
-            personalization=project(branches["joint" if token_mode else "pers"], personalization_tokens),
+            preservation=project("joint" if token_mode else "pres", preservation_tokens),
+            personalization=project("joint" if token_mode else "pers", personalization_tokens),
         )
         return join_branches(kv) if token_mode else kv
 

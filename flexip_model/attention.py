@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +22,7 @@ from .vocabulary import OUTPUT_MODE, TOKEN_MODE
 # ComfyUI's optimized_attention contract:
 # fn(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, skip_output_reshape=False)
 AttentionFn = Callable[..., Tensor]
-Weight = Union[float, Tensor]
+Weight = float | Tensor
 # Weights under compile: a float γ or s enters a torch.compile graph as a product, never as an op's
 # `alpha`: once the value changes between runs, dynamo makes it a symbolic float, and inductor
 # (torch 2.14) bakes a symbolic `alpha` into its kernel, so later values silently reuse the first
@@ -105,17 +104,21 @@ def join_branches(kv: LayerKV) -> LayerKV:
     """Precompute token mode's concatenated K/V (once per run, not per layer call); idempotent."""
     if kv.joint is not None or kv.preservation is None or kv.personalization is None:
         return kv
-    pres, pers = kv.preservation, kv.personalization
-    like = dict(device=pres.key.device, dtype=pres.key.dtype)
+    return LayerKV(kv.preservation, kv.personalization, _joint(kv.preservation, kv.personalization))
+
+
+def _joint(pres: BranchKV, pers: BranchKV) -> JointKV:
+    device, dtype = pres.key.device, pres.key.dtype
     tokens_p, tokens_y = pres.key.shape[2], pers.key.shape[2]
-    offset = torch.cat([torch.zeros(tokens_p, **like), torch.ones(tokens_y, **like)]).view(1, 1, -1, 1)
-    joint = JointKV(
+    offset = torch.cat(
+        [torch.zeros(tokens_p, device=device, dtype=dtype), torch.ones(tokens_y, device=device, dtype=dtype)]
+    ).view(1, 1, -1, 1)
+    return JointKV(
         key=torch.cat([pres.key, pers.key], dim=2),
         value=torch.cat([pres.value, pers.value], dim=2),
         offset=offset,
         slope=1.0 - 2.0 * offset,
     )
-    return LayerKV(pres, pers, joint)
 
 
 def _is_zero(weight: Weight) -> bool:
@@ -174,6 +177,7 @@ def adapter_attention(
 
     if gate_mode == OUTPUT_MODE:
         if pers is None:
+            assert pres is not None  # both None returned above
             return _scaled(attend(pres.key, pres.value), strength * gate)
         if pres is None:
             return _scaled(attend(pers.key, pers.value), strength * (1.0 - gate))
@@ -190,11 +194,12 @@ def adapter_attention(
         raise FlexIPError(f"gate_mode {gate_mode!r} is unknown: use {OUTPUT_MODE!r} or {TOKEN_MODE!r}.")
     # s scales V only: Attn(q, K, s·V) = s·Attn(q, K, V), one op fewer than scaling the output
     if pers is None:
+        assert pres is not None  # both None returned above
         return attend(_scaled(pres.key, gate), _scaled(pres.value, strength * gate))
     if pres is None:
         rest = 1.0 - gate
         return attend(_scaled(pers.key, rest), _scaled(pers.value, strength * rest))
-    joint = kv.joint if kv.joint is not None else join_branches(kv).joint
+    joint = kv.joint if kv.joint is not None else _joint(pres, pers)
     if not isinstance(gate, Tensor):
         # 0 < γ < 1 here, so no token has weight 0 and no mask is needed
         if torch.compiler.is_compiling():  # see "Weights under compile" above

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Union
 
 import torch
 from safetensors import safe_open
@@ -23,7 +22,7 @@ from .vocabulary import attn2_layer, comfy_order, layer_key
 
 METADATA_KEY = "flexip"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike[str]
 logger = logging.getLogger(__name__)
 
 
@@ -113,9 +112,7 @@ def save(path: PathLike, adapter: FlexIPAdapter) -> None:
     save_file(tensors, str(path), metadata={METADATA_KEY: adapter.config.to_json()})
 
 
-def load(
-    path: PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
-) -> FlexIPAdapter:
+def load(path: PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> FlexIPAdapter:
     """Validate, then load the adapter onto `device` (optionally cast to `dtype`), in eval mode."""
     config = validate(path)
     tensors = load_file(str(path), device=str(device))

@@ -261,7 +261,7 @@ def _bounded(label: str, key: str, value: object) -> None:
     if isinstance(value, (list, tuple)):
         if value:  # an empty layer list gets validate's own sentence
             check_size(label, key, len(value))
-    elif key in SIZE_BOUNDS:
+    elif key in SIZE_BOUNDS and isinstance(value, int):  # always an int: every size field is one, read as such
         check_size(label, key, value)
 
 
@@ -286,14 +286,13 @@ def config_for(base: str, layers: tuple[LayerSpec, ...] | None = None, tiny: boo
     Personalization heads are d / 64 (12 for SD1.5, 32 for SDXL) so the head width stays 64.
     """
     context_dim = context_dim_for(base)
-    overrides: dict[str, object] = dict(personalization_heads=context_dim // 64)
-    if tiny:
-        overrides.update(_TINY)
     config = FlexIPConfig(
         base=base,
         context_dim=context_dim,
         layers=tuple(layers) if layers is not None else default_layers(base),
-        **overrides,
+        personalization_heads=context_dim // 64,
     )
+    if tiny:
+        config = dataclasses.replace(config, **_TINY)
     config.validate(f"the {base} config")
     return config

@@ -30,10 +30,10 @@ class LiveGates(Protocol):
 
     per_step: bool  # True when γ depends on this step's progress
 
-    def at(self, progress: Tensor | None, chunks: int, batch: int, like: Tensor) -> Sequence[Tensor]:
+    def at(self, progress: Tensor | None, chunks: int, batch: int, like: Tensor) -> Sequence[Tensor] | Tensor:
         """γ per layer (index = layer) for a call of `batch` rows in `chunks` cond/uncond chunks.
 
-        Each γ is [] (the same for every row) or [batch].
+        Each γ is [] (the same for every row) or [batch]; `progress` is given when `per_step`.
         """
         ...
 
@@ -43,8 +43,12 @@ class LiveGates(Protocol):
 class Gate(Protocol):
     """A FLEXIP_GATE: what FlexIPApply needs from a gate schedule or a gate sweep."""
 
-    start_at: float
-    end_at: float
+    # read-only members (properties), so frozen dataclasses implement the protocol
+    @property
+    def start_at(self) -> float: ...
+
+    @property
+    def end_at(self) -> float: ...
 
     def with_window(self, start_at: float, end_at: float, source: str) -> Gate:
         """The same gate acting only inside [start_at, end_at]; FlexIPError naming `source` if invalid."""
@@ -118,11 +122,17 @@ class GatePlan:
         """
         progress = None
         if self.needs_progress:
+            if sigmas is None:
+                raise FlexIPError(
+                    "the FlexIP gate changes per step but this model call has no sigmas in its "
+                    "transformer_options: run the model through a ComfyUI sampler."
+                )
             sigma = sigmas.reshape(-1)[:1].float()
             progress = progress_from_sigma(sigma, self.sigma_grid, self.progress_grid)[0]
         live = () if self.live is None else self.live.at(progress, chunks, batch, like)
         gates = tuple(live[i] if g is None else g for i, g in enumerate(self.constants))
         if self.windowed:
+            assert progress is not None  # windowed implies needs_progress
             return gates, (window_at(self.start_at, self.end_at, progress) * strength).to(like.dtype)
         return gates, strength
 

@@ -111,7 +111,8 @@ def parse_keyframes(text: str, source: str) -> Keyframes:
             progress, gamma = math.nan, math.nan
         if math.isnan(progress) or math.isnan(gamma):
             raise FlexIPError(
-                f"{source} has {shown(item)}, which is not 'progress:gamma': write e.g. '0:1.0, 0.5:0.3, 1:0' or one number."
+                f"{source} has {shown(item)}, which is not 'progress:gamma': "
+                "write e.g. '0:1.0, 0.5:0.3, 1:0' or one number."
             )
         keyframes.append((progress, gamma))
     keyframes.sort(key=lambda pair: pair[0])
@@ -157,8 +158,9 @@ class GateTable:
         """The same table on `device` (do it once per run, not per step)."""
         return GateTable(self.positions.to(device), self.values.to(device), self.interpolation)
 
-    def at(self, progress: Tensor, chunks: int, batch: int, like: Tensor) -> Tensor:
+    def at(self, progress: Tensor | None, chunks: int, batch: int, like: Tensor) -> Tensor:
         """LiveGates: [L] γ at this step, the same for every row of the call."""
+        assert progress is not None  # per_step: GatePlan.call_gates always passes the step's progress
         return gates_at(self, progress).to(like.dtype)
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
+from .attention import BranchKV, split_heads
 from .config import FlexIPConfig
 from .errors import FlexIPError
 from .vocabulary import OUTPUT_MODE
@@ -19,6 +21,10 @@ class KVProjection(nn.Module):
         super().__init__()
         self.to_k = nn.Linear(context_dim, inner_dim, bias=False)
         self.to_v = nn.Linear(context_dim, inner_dim, bias=False)
+
+    def branch_kv(self, tokens: Tensor, heads: int) -> BranchKV:
+        """Head-split K/V [B, H, T, dh] of `tokens` [B, T, d]."""
+        return BranchKV(split_heads(self.to_k(tokens), heads), split_heads(self.to_v(tokens), heads))
 
 
 def _branch_names(gate_mode: str) -> tuple[str, ...]:
@@ -39,6 +45,11 @@ class LayerProjections(nn.ModuleDict):
             }
         )
 
+    def projection(self, key: str, branch: str) -> KVProjection:
+        """Layer `key`'s projection pair `branch` ("pres", "pers" or "joint")."""
+        # torch types a ModuleDict's items as plain Modules; __init__ put a KVProjection at each
+        return cast(KVProjection, cast(nn.ModuleDict, self[key])[branch])
+
     @torch.no_grad()
     def init_from_base(self, base: Mapping[str, tuple[Tensor, Tensor]]) -> None:
         """Copy each layer's frozen base to_k / to_v weights [inner, d] into all its projections."""
@@ -48,7 +59,8 @@ class LayerProjections(nn.ModuleDict):
                     f"the base weights have no to_k/to_v for layer {key}: "
                     "pass the attn2 weights of every adapter layer."
                 )
-            for projection in branches.values():
+            for branch in cast(nn.ModuleDict, branches):  # a layer's item is its ModuleDict of branches
+                projection = self.projection(key, branch)
                 for linear, weight in zip((projection.to_k, projection.to_v), base[key]):
                     if tuple(weight.shape) != tuple(linear.weight.shape):
                         raise FlexIPError(

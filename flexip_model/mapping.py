@@ -12,11 +12,14 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import FlexIPError, shown
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 _KINDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
 
 
@@ -79,7 +82,7 @@ def dataclass_from_mapping(
 
 
 def _typed(hint: Any, value: Any, source: Source, name: str, rules: Rules) -> Any:
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return dataclass_from_mapping(hint, value, source.child(name), rules)
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):  # Optional[X]: "" (or an absent key) means None
@@ -102,14 +105,14 @@ def _typed(hint: Any, value: Any, source: Source, name: str, rules: Rules) -> An
     return float(value) if hint is float else value
 
 
-def _tuple(hint: Any, value: Any, source: Source, name: str, rules: Rules) -> tuple:
+def _tuple(hint: Any, value: Any, source: Source, name: str, rules: Rules) -> tuple[Any, ...]:
     args = typing.get_args(hint)
     fixed = args[-1] is not Ellipsis
     if not isinstance(value, list) or (fixed and len(value) != len(args)):
         item = "table" if dataclasses.is_dataclass(args[0]) else "number" if args[0] in (int, float) else "value"
         count = f"{len(args)} {item}s" if fixed else f"{item}s"
         raise source.error(f"{name} is {shown(value)}, expected a list of {count}")
-    if dataclasses.is_dataclass(args[0]):
+    if isinstance(args[0], type) and dataclasses.is_dataclass(args[0]):
         if rules.check is not None:  # the count is bounded before any item is read
             rules.check(source.label, name, value)
         return tuple(

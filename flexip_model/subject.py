@@ -62,7 +62,7 @@ class SubjectTokens:
     def __getitem__(self, name: str) -> Tensor:
         return self.rows[name]
 
-    def to(self, *args, **kwargs) -> SubjectTokens:
+    def to(self, *args: Any, **kwargs: Any) -> SubjectTokens:
         """Every tensor through `Tensor.to(*args, **kwargs)`."""
         return SubjectTokens({name: tensor.to(*args, **kwargs) for name, tensor in self.rows.items()})
 
@@ -96,8 +96,12 @@ def subject_rows(tokens: Tensor, batch_mode: str) -> Tensor:
 class AdapterConfig(Protocol):
     """What callers read from an adapter's config (FlexIPConfig, IPAdapterPairConfig)."""
 
-    layers: tuple[LayerSpec, ...]
-    gate_mode: str
+    # read-only members (properties), so frozen dataclasses implement the protocol
+    @property
+    def layers(self) -> tuple[LayerSpec, ...]: ...
+
+    @property
+    def gate_mode(self) -> str: ...
 
     @property
     def context_dim(self) -> int: ...
@@ -113,7 +117,8 @@ class SubjectAdapter(Protocol):
     module methods declared here (its device from `parameters()`, its dtype through `to()`).
     """
 
-    config: AdapterConfig
+    @property
+    def config(self) -> AdapterConfig: ...
 
     def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
 
@@ -128,14 +133,17 @@ class SubjectAdapter(Protocol):
     @property
     def image_features(self) -> ImageFeatures:
         """The encoder outputs to compute per reference, and the input of the uncond row."""
+        ...
 
     def reference_tokens(self, features: Mapping[str, Tensor]) -> SubjectTokens:
         """The tokens of each image's features ([B, ...] each, `image_features.names`), one row per image."""
+        ...
 
     def encode_subject(
         self, references: Mapping[str, Tensor], uncond: Mapping[str, Tensor], batch_mode: str
     ) -> SubjectTokens:
         """N references' features [N, ...] and the uncond input's [1, ...] -> the subject's two rows."""
+        ...
 
     def run_kv(
         self, subject: SubjectTokens, context: Tensor, pick: Tensor, layers: Sequence[str]
@@ -145,3 +153,4 @@ class SubjectAdapter(Protocol):
         `context` [B, L, d] is the text context of the same batch (FlexIP makes its personalization
         tokens from it, the pair ignores it). Call once per run or model call, never per layer call.
         """
+        ...

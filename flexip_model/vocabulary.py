@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from types import MappingProxyType
+from typing import overload
 
 import torch
 import torch.nn.functional as F
@@ -81,12 +82,14 @@ BASES = tuple(base for base, _ in _FAMILIES.values())
 
 def base_of(context_dim: int | None) -> str:
     """'sd15', 'sdxl', or '' for a UNet of another context width."""
-    return _FAMILIES[context_dim][0] if context_dim in _FAMILIES else ""
+    return _FAMILIES[context_dim][0] if context_dim is not None and context_dim in _FAMILIES else ""
 
 
 def family_name(context_dim: int | None) -> str:
     """'SD1.5', 'SDXL', or 'context <d>' for other UNets."""
-    return _FAMILIES[context_dim][1] if context_dim in _FAMILIES else f"context {context_dim}"
+    return (
+        _FAMILIES[context_dim][1] if context_dim is not None and context_dim in _FAMILIES else f"context {context_dim}"
+    )
 
 
 def check_base(base: str) -> None:
@@ -138,7 +141,11 @@ def mask_batch(mask: torch.Tensor) -> torch.Tensor:
     return (mask.unsqueeze(0) if mask.ndim == 2 else mask).float()
 
 
-def image_masks(mask: torch.Tensor | None, count: int, size: tuple[int, int], where: str) -> torch.Tensor | None:
+@overload
+def image_masks(mask: torch.Tensor, count: int, size: tuple[int, ...], where: str) -> torch.Tensor: ...
+@overload
+def image_masks(mask: torch.Tensor | None, count: int, size: tuple[int, ...], where: str) -> torch.Tensor | None: ...
+def image_masks(mask: torch.Tensor | None, count: int, size: tuple[int, ...], where: str) -> torch.Tensor | None:
     """MASK [H, W] or [1 or count, H, W] -> float [1 or count, *size] (bilinear when the size differs);
     FlexIPError naming `where` when the mask count fits neither one mask nor one per image."""
     if mask is None:

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
+from flexip_host.model_options import merge_wrappers
+from flexip_host.sampling import stack_contexts
+
 from .config import DataConfig
 from .features import Features, NullConditions
 
@@ -41,14 +44,6 @@ class ModelInputs:
             return tensor.to(device, non_blocking=True)
 
         return ModelInputs(*(move(name) for name in self.__dataclass_fields__))
-
-
-def stack_contexts(contexts: list[torch.Tensor]) -> torch.Tensor:
-    """[L_i, d] each -> [B, L, d], shorter ones repeated up to the common multiple, as ComfyUI batches conds."""
-    import comfy.conds
-
-    conds = [comfy.conds.CONDCrossAttn(context[None]) for context in contexts]
-    return conds[0].concat(conds[1:])
 
 
 def gate_ranges(data: DataConfig, kinds: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,10 +160,8 @@ def model_conditions(model, inputs: ModelInputs) -> dict[str, torch.Tensor]:
 def sampler_transformer_options(model) -> dict:
     """The transformer options ComfyUI's sampler hands a ModelPatcher's model: its own, with the
     patcher's wrappers merged in (as comfy.sampler_helpers.prepare_model_patcher does)."""
-    import comfy.patcher_extension
-
     options = dict(model.model_options["transformer_options"])
-    options["wrappers"] = comfy.patcher_extension.merge_nested_dicts(options.get("wrappers", {}), model.wrappers)
+    options["wrappers"] = merge_wrappers(options.get("wrappers", {}), model.wrappers)
     return options
 
 

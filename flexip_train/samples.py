@@ -14,6 +14,7 @@ from PIL import Image
 from flexip_host.frozen_models import FrozenModels
 from flexip_host.images import fit_square
 from flexip_host.loaded_pack import Pack
+from flexip_host.sampling import prepare_noise, sample
 from flexip_model.adapter import FlexIPAdapter
 
 from .config import SamplesConfig
@@ -36,8 +37,6 @@ def sample_grid(
     path: Path,
 ) -> Path:
     """Write the grid PNG to `path`; `adapter` is a CPU copy (the nodes place and cast it)."""
-    import comfy.sample
-
     loaded = pack.loaded_flexip.wrap(path.stem, adapter)
     negative = _conditioning(models.clip, config.negative)
     size = source.resolution
@@ -52,8 +51,8 @@ def sample_grid(
         row = [fit_square(images.reference, size)]
         for gate in config.gates:
             (model,) = pack.apply_node().apply(models.unet, loaded, subject, config.strength, gate, 0.0, 1.0)
-            noise = comfy.sample.prepare_noise(latent, config.seed)
-            samples = comfy.sample.sample(
+            noise = prepare_noise(latent, config.seed)
+            samples = sample(
                 model,
                 noise,
                 config.steps,
@@ -64,7 +63,6 @@ def sample_grid(
                 negative,
                 latent,
                 seed=config.seed,
-                disable_pbar=True,
             )
             row.append(models.vae.decode(samples)[0, ..., :3].float().cpu())
         rows.append(torch.cat(row, dim=1))

@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from flexip_host import distributed
 from flexip_host.bootstrap import import_comfy, load_pack
+from flexip_host.comfy_models import load_fully
 from flexip_host.frozen_models import load_frozen, resolve_factories
 from flexip_model.errors import FlexIPError
 
@@ -305,9 +306,7 @@ class Trainer:
 
     def _load_unet(self) -> None:
         """The UNet fully on the training device (again, if sampling or encoding moved it)."""
-        import comfy.model_management
-
-        comfy.model_management.load_models_gpu([self.model], force_full_load=True)
+        load_fully([self.model])
 
     def _optimizer_step(self) -> None:
         train = self.config.train
@@ -428,10 +427,11 @@ def _endless(loader, empty: str) -> Iterator[Any]:
     """Micro-batches epoch after epoch (each pass over the loader is one reshuffled epoch); FlexIPError(`empty`)
     if a whole epoch gives none."""
     while True:
-        count = 0
-        for count, batch in enumerate(loader, start=1):
+        epoch_empty = True
+        for batch in loader:
+            epoch_empty = False
             yield batch
-        if count == 0:
+        if epoch_empty:
             raise FlexIPError(empty)
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 import torch.utils.checkpoint
 
+from flexip_host.comfy_models import checkpointable_blocks, pinned_patcher
 from flexip_host.loaded_pack import Pack
 from flexip_model.adapter import FlexIPAdapter
 from flexip_model.subject import CallSubjects
@@ -30,11 +31,9 @@ def subject_inputs(clip: torch.Tensor, dino: torch.Tensor, gates: torch.Tensor) 
 
 def install_training_patch(pack: Pack, unet, adapter: FlexIPAdapter, device: torch.device):
     """A clone of the UNet ModelPatcher with the training patch on every attn2 layer of the adapter."""
-    import comfy.model_patcher
-
     # the trainer places the adapter itself; load and offload device both being the training
     # device keeps ComfyUI's model management from moving it
-    patcher = comfy.model_patcher.ModelPatcher(adapter, load_device=device, offload_device=device)
+    patcher = pinned_patcher(adapter, device)
     flexip = pack.loaded_flexip("the trained adapter", adapter, patcher)
     model = unet.clone()
     state = pack.call_subjects_patch(flexip, pack.matching_layers(model, flexip), TRAINING_INPUTS)
@@ -47,16 +46,10 @@ def enable_gradient_checkpointing(diffusion_model: torch.nn.Module) -> int:
 
     Returns the number of blocks wrapped. Only the trainer's own loaded model is touched.
     """
-    from comfy.ldm.modules.attention import BasicTransformerBlock
-    from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepBlock, TimestepEmbedSequential
-
     count = 0
-    for module in diffusion_model.modules():
-        if isinstance(module, BasicTransformerBlock) or (
-            isinstance(module, TimestepBlock) and not isinstance(module, TimestepEmbedSequential)
-        ):
-            module.forward = _checkpointed(module.forward)
-            count += 1
+    for module in checkpointable_blocks(diffusion_model):
+        module.forward = _checkpointed(module.forward)
+        count += 1
     return count
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
 import torch
 
 from flexip_model.errors import FlexIPError
@@ -12,6 +15,9 @@ from flexip_model.vocabulary import mask_batch
 from .bundles import EncodedSubject, LoadedFlexIP
 from .layers import matching_layers
 from .patch import FlexIPPatch, install
+
+if TYPE_CHECKING:
+    from comfy.model_patcher import ModelPatcher
 
 
 class FlexIPApply:
@@ -26,7 +32,7 @@ class FlexIPApply:
     FUNCTION = "apply"
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "The diffusion model to personalise (a patched copy is returned)."}),
@@ -95,7 +101,7 @@ class FlexIPApply:
 
     def apply(
         self,
-        model,
+        model: ModelPatcher,
         flexip: LoadedFlexIP,
         subject: EncodedSubject,
         strength: float,
@@ -104,7 +110,7 @@ class FlexIPApply:
         end_at: float,
         gate: Gate | None = None,
         attn_mask: torch.Tensor | None = None,
-    ) -> tuple:
+    ) -> tuple[ModelPatcher]:
         if subject.flexip is not flexip:
             raise FlexIPError(
                 f"FlexIPApply's subject was encoded with {subject.flexip.name} but the flexip input is "
@@ -113,7 +119,9 @@ class FlexIPApply:
         layers = matching_layers(model, flexip)
         gate = gate if gate is not None else constant_schedule(preservation)
         gate = gate.with_window(start_at, end_at, "FlexIPApply")
-        plan = gate.plan(layers, model.get_model_object("model_sampling").percent_to_sigma)
+        # ComfyUI's boundary: model_sampling is an untyped nn.Module; its percent_to_sigma maps float to float
+        sampling = model.get_model_object("model_sampling")
+        plan = gate.plan(layers, cast("Callable[[float], float]", sampling.percent_to_sigma))
         patched = model.clone()
         install(
             patched,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -44,7 +44,7 @@ class LoadedFlexIP:
         return any(entry.model is self.patcher for entry in comfy.model_management.current_loaded_models)
 
     @contextmanager
-    def on_device(self) -> Iterator[SubjectAdapter]:
+    def on_device(self) -> Generator[SubjectAdapter, None, None]:
         """The adapter on its load device for one build (a subject's tokens, a run's K/V), then back.
 
         The adapter is needed only to build; holding it loaded beside the UNet while sampling would

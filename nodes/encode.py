@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import comfy.model_management
 import torch
 
@@ -13,6 +15,9 @@ from .bundles import EncodedSubject, LoadedFlexIP
 from .encoders import check_encoders, reference_features
 from .faces_runtime import FACE_MODELS_TYPE
 from .faces_select import crop_for_encoding
+
+if TYPE_CHECKING:
+    from comfy.clip_vision import ClipVisionModel
 
 
 class FlexIPEncodeSubject:
@@ -28,7 +33,7 @@ class FlexIPEncodeSubject:
     FUNCTION = "encode"
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "flexip": (
@@ -56,7 +61,8 @@ class FlexIPEncodeSubject:
                     "CLIP_VISION",
                     {
                         "tooltip": (
-                            "DINOv2-L from Load CLIP Vision (low-level detail features); not used by an IP-Adapter pair."
+                            "DINOv2-L from Load CLIP Vision (low-level detail "
+                            "features); not used by an IP-Adapter pair."
                         )
                     },
                 ),
@@ -76,12 +82,12 @@ class FlexIPEncodeSubject:
     def encode(
         self,
         flexip: LoadedFlexIP,
-        clip_vision,
+        clip_vision: ClipVisionModel,
         image: torch.Tensor,
         batch_mode: str,
-        dino=None,
+        dino: ClipVisionModel | None = None,
         mask: torch.Tensor | None = None,
-        insightface=None,
+        insightface: Any = None,  # insightface's FaceAnalysis (faces_runtime.py)
     ) -> tuple[EncodedSubject]:
         if insightface is not None:  # faces: the aligned crop replaces the photo, the mask is cropped alike
             image, mask = crop_for_encoding(insightface, image, mask)

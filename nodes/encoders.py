@@ -8,7 +8,8 @@ interpolated to the smaller grid as DINOv2 itself does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING
 
 import comfy.clip_model
 import comfy.clip_vision
@@ -23,12 +24,15 @@ from flexip_model.vocabulary import DINO_FEATURES, HIDDEN_STATES, IMAGE_EMBEDS, 
 
 from .progress import with_progress
 
+if TYPE_CHECKING:
+    from comfy.clip_vision import ClipVisionModel
+
 # ComfyUI moved clip_preprocess to comfy.clip_model (after 0.3.75); comfy.clip_vision keeps the old
 # name only as an alias marked for removal. The new home when the host has it, the old one otherwise.
 clip_preprocess = getattr(comfy.clip_model, "clip_preprocess", None) or comfy.clip_vision.clip_preprocess
 
 
-def clip_vision_model(encoder, where: str, fix: str) -> comfy.clip_model.CLIPVisionModelProjection:
+def clip_vision_model(encoder: object, where: str, fix: str) -> comfy.clip_model.CLIPVisionModelProjection:
     """The CLIP vision model with a projection inside the CLIP_VISION `encoder`; FlexIPError naming `where`
     (a node input or a config key) and `fix` when it is DINOv2 or anything else."""
     model = getattr(encoder, "model", None)
@@ -40,7 +44,7 @@ def clip_vision_model(encoder, where: str, fix: str) -> comfy.clip_model.CLIPVis
     return model
 
 
-def dino_model(encoder, where: str, fix: str) -> Dinov2Model:
+def dino_model(encoder: object, where: str, fix: str) -> Dinov2Model:
     """The DINOv2 model inside the CLIP_VISION `encoder`; FlexIPError naming `where` and `fix` otherwise."""
     model = getattr(encoder, "model", None)
     if not isinstance(model, Dinov2Model):
@@ -57,7 +61,9 @@ def check_width(where: str, feature: str, given: int, adapter: str, expected: in
         )
 
 
-def check_encoders(features: ImageFeatures, clip_vision, dino, adapter_name: str) -> None:
+def check_encoders(
+    features: ImageFeatures, clip_vision: ClipVisionModel, dino: ClipVisionModel | None, adapter_name: str
+) -> None:
     """The encoders connected to FlexIPEncodeSubject must give every feature the adapter declares."""
     for need in features.needs:
         if need.feature == DINO_FEATURES:
@@ -66,7 +72,7 @@ def check_encoders(features: ImageFeatures, clip_vision, dino, adapter_name: str
             check_clip(clip_vision, need, need.file or adapter_name)
 
 
-def check_clip(clip_vision, need: FeatureNeed, adapter_name: str) -> None:
+def check_clip(clip_vision: ClipVisionModel, need: FeatureNeed, adapter_name: str) -> None:
     """The `clip_vision` input must be a CLIP vision model giving `need.feature` at `need.width`."""
     model = clip_vision_model(
         clip_vision,
@@ -74,7 +80,10 @@ def check_clip(clip_vision, need: FeatureNeed, adapter_name: str) -> None:
         "connect CLIP ViT-H/14 from Load CLIP Vision there (and any DINOv2 encoder to the dino input)",
     )
     hidden = model.vision_model.post_layernorm.weight.shape[0]
-    given = model.visual_projection.out_features if need.feature == IMAGE_EMBEDS else hidden
+    # a model without projection_dim has an identity lambda there: its image_embeds are `hidden` wide
+    projection = model.visual_projection
+    projected = projection.out_features if isinstance(projection, torch.nn.Linear) else hidden
+    given = projected if need.feature == IMAGE_EMBEDS else hidden
     check_width(
         "FlexIPEncodeSubject's clip_vision",
         need.feature,
@@ -85,7 +94,7 @@ def check_clip(clip_vision, need: FeatureNeed, adapter_name: str) -> None:
     )
 
 
-def check_dino(dino, hidden_dim: int, adapter_name: str) -> None:
+def check_dino(dino: ClipVisionModel | None, hidden_dim: int, adapter_name: str) -> None:
     """The `dino` input must be a DINOv2 model of width `hidden_dim`."""
     if dino is None:
         raise FlexIPError(
@@ -108,7 +117,7 @@ def check_dino(dino, hidden_dim: int, adapter_name: str) -> None:
 
 
 def reference_features(
-    features: ImageFeatures, clip_vision, dino, references: torch.Tensor
+    features: ImageFeatures, clip_vision: ClipVisionModel, dino: ClipVisionModel | None, references: torch.Tensor
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The declared features of IMAGE references [N, H, W, 3] ([N, ...] each) and of the uncond input
     ([1, ...] each), on the intermediate device."""
@@ -116,14 +125,16 @@ def reference_features(
     # a black reference, not zeros, as the encoders never saw tensors of zeros
     images = torch.cat([references, torch.zeros_like(references[:1])]) if black else references
 
+    def dino_of(image: torch.Tensor) -> torch.Tensor:
+        # check_encoders refused a missing dino; every adapter that needs DINOv2 features sets the resolution
+        assert dino is not None and features.dino_resolution is not None
+        return dino_tokens(dino, image, features.dino_resolution)
+
     def encode(image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         clip = {}
         if any(name != DINO_FEATURES for name in features.names):
             clip = clip_vision.encode_image(image, crop=True)
-        return tuple(
-            dino_tokens(dino, image, features.dino_resolution) if name == DINO_FEATURES else clip[name]
-            for name in features.names
-        )
+        return tuple(dino_of(image) if name == DINO_FEATURES else clip[name] for name in features.names)
 
     rows = dict(zip(features.names, encode_each(images, encode)))
     if black:
@@ -134,7 +145,7 @@ def reference_features(
 
 
 @torch.no_grad()
-def neutral_hidden_states(clip_vision) -> torch.Tensor:
+def neutral_hidden_states(clip_vision: ClipVisionModel) -> torch.Tensor:
     """Penultimate hidden states [1, N, C] of an all-zero normalised pixel input.
 
     IP-Adapter-plus was trained to read this as "no image" (its image drop is zeros after CLIP's
@@ -148,7 +159,7 @@ def neutral_hidden_states(clip_vision) -> torch.Tensor:
 
 
 def encode_each(
-    images: Sequence[torch.Tensor], encode: Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
+    images: Collection[torch.Tensor], encode: Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
 ) -> tuple[torch.Tensor, ...]:
     """`encode` (IMAGE [1, H, W, C] -> tensors [1, ...]) of each image [H, W, C] in turn, each output
     concatenated over the images: one progress step per image, and no result depends on its batch neighbours."""
@@ -156,13 +167,13 @@ def encode_each(
     return tuple(torch.cat(parts) for parts in zip(*outputs))
 
 
-def clip_image_embeds(clip_vision, images: torch.Tensor) -> torch.Tensor:
+def clip_image_embeds(clip_vision: ClipVisionModel, images: torch.Tensor) -> torch.Tensor:
     """IMAGE [N, H, W, 3] -> projected CLIP [CLS] `image_embeds` [N, C] (ComfyUI's preprocessing)."""
     return clip_vision.encode_image(images, crop=True)[IMAGE_EMBEDS]
 
 
 @torch.no_grad()
-def dino_tokens(dino, images: torch.Tensor, resolution: int) -> torch.Tensor:
+def dino_tokens(dino: ClipVisionModel, images: torch.Tensor, resolution: int) -> torch.Tensor:
     """IMAGE [N, H, W, 3] -> DINOv2 `last_hidden_state` [N, 1 + (resolution/14)^2, D] at `resolution`."""
     comfy.model_management.load_model_gpu(dino.patcher)
     pixels = clip_preprocess(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .faces_preview import draw_preview
@@ -29,7 +31,7 @@ class FlexIPFaceCrop:
     FUNCTION = "crop"
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "image": ("IMAGE", {"tooltip": "The photo(s) with the face; each image of a batch gets one crop."}),
@@ -37,7 +39,8 @@ class FlexIPFaceCrop:
                     FACE_MODELS_TYPE,
                     {
                         "tooltip": (
-                            "Face models from FlexIP InsightFace Loader, or the face analysis loader of InstantID or PuLID."
+                            "Face models from FlexIP InsightFace Loader, or "
+                            "the face analysis loader of InstantID or PuLID."
                         )
                     },
                 ),
@@ -57,7 +60,8 @@ class FlexIPFaceCrop:
                         "min": 0,
                         "max": 63,
                         "tooltip": (
-                            "With face = by index: which face, counting from 0 left to right (the preview shows the numbers)."
+                            "With face = by index: which face, counting from "
+                            "0 left to right (the preview shows the numbers)."
                         ),
                     },
                 ),
@@ -79,7 +83,8 @@ class FlexIPFaceCrop:
                         "max": 4.0,
                         "step": 0.05,
                         "tooltip": (
-                            "How much around the face: 1.0 is ArcFace's tight crop (eyebrows to chin), 1.5 the whole head, "
+                            "How much around the face: 1.0 is ArcFace's tight "
+                            "crop (eyebrows to chin), 1.5 the whole head, "
                             "larger values add shoulders and background."
                         ),
                     },
@@ -89,7 +94,8 @@ class FlexIPFaceCrop:
                     {
                         "default": "error",
                         "tooltip": (
-                            "When an image has no face (after retrying detection at smaller sizes): stop with an error naming "
+                            "When an image has no face (after retrying detection "
+                            "at smaller sizes): stop with an error naming "
                             "the image, use the whole image (centre square) instead, or leave the image out."
                         ),
                     },
@@ -100,7 +106,7 @@ class FlexIPFaceCrop:
     def crop(
         self,
         image: torch.Tensor,
-        insightface,
+        insightface: Any,  # insightface's FaceAnalysis (faces_runtime.py)
         face: str,
         face_index: int,
         crop_size: int,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .faces_packs import pack_folder, pack_names
 from .faces_runtime import PROVIDERS, load_face_analysis
 
@@ -22,7 +24,7 @@ class FlexIPInsightFaceLoader:
     FUNCTION = "load"
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "pack": (
@@ -39,7 +41,8 @@ class FlexIPInsightFaceLoader:
                     {
                         "default": "CPU",
                         "tooltip": (
-                            "Where ONNX Runtime runs the face models; falls back to the CPU (with a warning in the log) "
+                            "Where ONNX Runtime runs the face models; falls "
+                            "back to the CPU (with a warning in the log) "
                             "when the installed onnxruntime build lacks it."
                         ),
                     },

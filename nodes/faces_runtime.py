@@ -13,6 +13,7 @@ import importlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -122,7 +123,7 @@ def load_face_analysis(pack: str, folder: Path, choice: str):
     return analysis
 
 
-def check_face_analysis(analysis, node: str) -> None:
+def check_face_analysis(analysis: object, node: str) -> None:
     """FlexIPError unless `analysis` is an insightface FaceAnalysis (has a face detector)."""
     if not callable(getattr(getattr(analysis, "det_model", None), "detect", None)):
         raise FlexIPError(
@@ -138,7 +139,7 @@ def bgr_pixels(image: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(pixels[..., ::-1])
 
 
-def detect_faces(analysis, image: torch.Tensor) -> tuple[list[DetectedFace], int | None]:
+def detect_faces(analysis: Any, image: torch.Tensor) -> tuple[list[DetectedFace], int | None]:
     """The faces in one IMAGE [H, W, C] and the detection size that found them (None: no face at any size)."""
     pixels = bgr_pixels(image)
     for size in DETECTION_SIZES:
@@ -156,7 +157,7 @@ def detect_faces(analysis, image: torch.Tensor) -> tuple[list[DetectedFace], int
     return [], None
 
 
-def recognition_model(analysis, node: str):
+def recognition_model(analysis: object, node: str) -> Any:
     """The pack's ArcFace model; FlexIPError if the pack has none."""
     model = getattr(analysis, "models", {}).get("recognition")
     if model is None:
@@ -167,7 +168,7 @@ def recognition_model(analysis, node: str):
     return model
 
 
-def face_embedding(model, image: torch.Tensor, face: DetectedFace) -> np.ndarray:
+def face_embedding(model: Any, image: torch.Tensor, face: DetectedFace) -> np.ndarray:
     """The unit-length ArcFace embedding [D] of `face` in IMAGE [H, W, C], aligned the way ArcFace expects."""
     from insightface.app.common import Face
 

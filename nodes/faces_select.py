@@ -4,6 +4,7 @@ FlexIPEncodeSubject's insightface input both crop through here)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ class FaceCrops:
 
 
 def crop_faces(
-    analysis,
+    analysis: Any,  # insightface's FaceAnalysis (faces_runtime.py)
     images: torch.Tensor,
     face: str = "largest",
     face_index: int = 0,
@@ -89,7 +90,7 @@ def _choose(faces: list[DetectedFace], face: str, face_index: int) -> int | None
     return face_index if face_index < len(faces) else None
 
 
-def _no_face_message(node: str, index: int, count: int, faces: list, face: str, face_index: int) -> str:
+def _no_face_message(node: str, index: int, count: int, faces: list[DetectedFace], face: str, face_index: int) -> str:
     where = f"image {index} (counting from 0, of {count})"
     if faces and face == "by index":
         return (
@@ -111,7 +112,7 @@ def crop_like(crops: FaceCrops, values: torch.Tensor) -> torch.Tensor:
     return torch.stack(out)
 
 
-def crop_for_encoding(analysis, image: torch.Tensor, mask: torch.Tensor | None):
+def crop_for_encoding(analysis: Any, image: torch.Tensor, mask: torch.Tensor | None):
     """FlexIPEncodeSubject's `insightface` input: the largest face of each reference, cropped with
     FlexIPFaceCrop's defaults; a subject mask is cropped the same way. Returns (crops, mask or None)."""
     faces = crop_faces(analysis, image, node="FlexIPEncodeSubject")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import comfy.utils
 import numpy as np
@@ -17,7 +18,7 @@ log = logging.getLogger(__name__)
 NODE = "FlexIPFaceSimilarity"
 
 
-def largest_face_embedding(model, analysis, image: torch.Tensor) -> np.ndarray | None:
+def largest_face_embedding(model: Any, analysis: Any, image: torch.Tensor) -> np.ndarray | None:
     """Unit ArcFace embedding [D] of the largest face in IMAGE [H, W, C]; None when there is no face."""
     faces, _ = detect_faces(analysis, image)
     if not faces:
@@ -25,7 +26,7 @@ def largest_face_embedding(model, analysis, image: torch.Tensor) -> np.ndarray |
     return face_embedding(model, image, max(faces, key=lambda face: (face.area, face.score)))
 
 
-def identity_similarities(analysis, reference: torch.Tensor, generated: torch.Tensor) -> list[float | None]:
+def identity_similarities(analysis: Any, reference: torch.Tensor, generated: torch.Tensor) -> list[float | None]:
     """Cosine between the mean reference identity and the largest face of each generated image (None: no face)."""
     check_face_analysis(analysis, NODE)
     model = recognition_model(analysis, NODE)
@@ -82,7 +83,7 @@ class FlexIPFaceSimilarity:
     FUNCTION = "measure"
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "reference": (
@@ -94,15 +95,15 @@ class FlexIPFaceSimilarity:
                     FACE_MODELS_TYPE,
                     {
                         "tooltip": (
-                            "Face models from FlexIP InsightFace Loader, or InstantID's or PuLID's (the pack must include a "
-                            "recognition model)."
+                            "Face models from FlexIP InsightFace Loader, or InstantID's or PuLID's "
+                            "(the pack must include a recognition model)."
                         )
                     },
                 ),
             }
         }
 
-    def measure(self, reference: torch.Tensor, generated: torch.Tensor, insightface) -> tuple[list[float], str]:
+    def measure(self, reference: torch.Tensor, generated: torch.Tensor, insightface: Any) -> tuple[list[float], str]:
         similarities = identity_similarities(insightface, reference, generated)
         missing = [index for index, value in enumerate(similarities) if value is None]
         if missing:

@@ -11,12 +11,13 @@ import functools
 import inspect
 import math
 import numbers
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from flexip_model.errors import FlexIPError
 
 
-def _float_inputs(node_class: type) -> dict[str, dict]:
+def _float_inputs(node_class: type) -> dict[str, dict[str, Any]]:
     """name -> options of each FLOAT input (required and optional)."""
     declared = node_class.INPUT_TYPES()
     return {
@@ -27,7 +28,7 @@ def _float_inputs(node_class: type) -> dict[str, dict]:
     }
 
 
-def _non_finite(value) -> tuple[int | None, float] | None:
+def _non_finite(value: object) -> tuple[int | None, float] | None:
     """(index in the list or None, the value) of the first non-finite number in `value`, else None."""
     items = list(enumerate(value)) if isinstance(value, (list, tuple)) else [(None, value)]
     for index, item in items:
@@ -36,7 +37,7 @@ def _non_finite(value) -> tuple[int | None, float] | None:
     return None
 
 
-def check_finite(display_name: str, node_class: type, inputs: dict) -> None:
+def check_finite(display_name: str, node_class: type, inputs: dict[str, Any]) -> None:
     """FlexIPError naming the node and the input when a FLOAT input (or an item of a list input) is not finite."""
     found = {name: hit for name, value in inputs.items() if (hit := _non_finite(value)) is not None}
     if not found:
@@ -61,13 +62,14 @@ def refuse_non_finite_floats(node_classes: Iterable[type]) -> None:
             setattr(node_class, node_class.FUNCTION, _checked(run, node_class, node_class.DISPLAY_NAME))
 
 
-def _checked(run, node_class: type, display_name: str):
+def _checked(run: Callable[..., Any], node_class: type, display_name: str) -> Callable[..., Any]:
     positional = list(inspect.signature(run).parameters)[1:]  # after self; ComfyUI itself passes keywords
 
     @functools.wraps(run)
-    def checked(self, *args, **kwargs):
+    def checked(self: object, *args: Any, **kwargs: Any) -> Any:
         check_finite(display_name, node_class, {**dict(zip(positional, args)), **kwargs})
         return run(self, *args, **kwargs)
 
-    checked.checks_finite_floats = True
+    # a marker on the wrapper (so a class is wrapped once); typeshed's functools._Wrapped declares no such attribute
+    checked.checks_finite_floats = True  # pyright: ignore[reportAttributeAccessIssue]
     return checked

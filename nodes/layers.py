@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, cast
 
+import comfy.ldm.modules.attention as comfy_attention
 import torch
 
 from flexip_model.config import LayerSpec
@@ -12,14 +14,20 @@ from flexip_model.vocabulary import attn2_layer, comfy_order, family_name, layer
 
 from .bundles import LoadedFlexIP
 
+if TYPE_CHECKING:
+    from comfy.model_patcher import ModelPatcher
 
-def cross_attention_modules(diffusion_model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Module]]:
+
+def cross_attention_modules(
+    diffusion_model: torch.nn.Module,
+) -> Iterator[tuple[str, comfy_attention.CrossAttention]]:
     """(layer key, attn2 module) of every cross-attention layer of a UNet, in ComfyUI's patch order."""
-    found = []
+    found: list[tuple[tuple[int, int, int], str, comfy_attention.CrossAttention]] = []
     for name, module in diffusion_model.named_modules():
         layer = attn2_layer(name)
         if layer is not None:
-            found.append((comfy_order(layer), layer_key(*layer), module))
+            # ComfyUI's boundary: named_modules() gives plain Modules; a UNet's attn2 is its CrossAttention
+            found.append((comfy_order(layer), layer_key(*layer), cast(comfy_attention.CrossAttention, module)))
     for _, key, module in sorted(found, key=lambda item: item[0]):
         yield key, module
 
@@ -39,7 +47,7 @@ def context_dim_of(diffusion_model: torch.nn.Module) -> int | None:
     return None
 
 
-def matching_layers(model, flexip: LoadedFlexIP) -> tuple[LayerSpec, ...]:
+def matching_layers(model: ModelPatcher, flexip: LoadedFlexIP) -> tuple[LayerSpec, ...]:
     """The adapter's layers in the MODEL's patch order, after checking they are the model's attn2 layers;
     FlexIPError (before any sampling) otherwise."""
     diffusion_model = model.get_model_object("diffusion_model")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import folder_paths
 
 from flexip_model import checkpoint
@@ -22,7 +24,7 @@ class FlexIPLoader:
     FUNCTION = "load"
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "adapter_name": (

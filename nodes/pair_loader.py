@@ -7,6 +7,7 @@ Not trained FlexIP: the weights are IP-Adapter's, the FlexIP gate blends them. T
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, Any
 
 import folder_paths
 
@@ -15,6 +16,9 @@ from flexip_model.ip_adapter import load_pair
 from .bundles import LoadedFlexIP
 from .folders import model_file
 from .layers import context_dim_of, layer_specs_of
+
+if TYPE_CHECKING:
+    from comfy.model_patcher import ModelPatcher
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +38,7 @@ class FlexIPAdapterPairLoader:
     FUNCTION = "load"
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         files = folder_paths.get_filename_list("ipadapter")
         return {
             "required": {
@@ -42,7 +46,8 @@ class FlexIPAdapterPairLoader:
                     "MODEL",
                     {
                         "tooltip": (
-                            "The model to patch later: the files' layers are matched to its cross-attention layers here."
+                            "The model to patch later: the files' layers "
+                            "are matched to its cross-attention layers here."
                         )
                     },
                 ),
@@ -50,7 +55,8 @@ class FlexIPAdapterPairLoader:
                     files,
                     {
                         "tooltip": (
-                            "IP-Adapter file for identity, weighted by γ (e.g. ip-adapter-plus_sd15 or ip-adapter-plus-face_sd15)."
+                            "IP-Adapter file for identity, weighted by γ (e.g. ip-adapter-plus_sd15 or "
+                            "ip-adapter-plus-face_sd15)."
                         )
                     },
                 ),
@@ -58,14 +64,15 @@ class FlexIPAdapterPairLoader:
                     files,
                     {
                         "tooltip": (
-                            "IP-Adapter file for editability, weighted by 1 − γ (e.g. ip-adapter_sd15 or ip-adapter_sd15_light)."
+                            "IP-Adapter file for editability, weighted by 1 − "
+                            "γ (e.g. ip-adapter_sd15 or ip-adapter_sd15_light)."
                         )
                     },
                 ),
             }
         }
 
-    def load(self, model, preservation: str, personalization: str) -> tuple[LoadedFlexIP]:
+    def load(self, model: ModelPatcher, preservation: str, personalization: str) -> tuple[LoadedFlexIP]:
         preservation_file = model_file("ipadapter", preservation, "FlexIPAdapterPairLoader's preservation")
         personalization_file = model_file("ipadapter", personalization, "FlexIPAdapterPairLoader's personalization")
         diffusion_model = model.get_model_object("diffusion_model")

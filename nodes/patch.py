@@ -14,13 +14,13 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.patcher_extension
 import torch
 
-from flexip_model.attention import LayerKV, Weight, gated_attention, join_branches
+from flexip_model.attention import AttentionFn, BranchKV, LayerKV, Weight, gated_attention, join_branches
 from flexip_model.config import LayerSpec
 from flexip_model.errors import FlexIPError
 from flexip_model.gate import GatePlan
@@ -29,9 +29,24 @@ from flexip_model.vocabulary import TOKEN_MODE, parse_layer_key
 
 from .bundles import EncodedSubject, LoadedFlexIP
 
+if TYPE_CHECKING:
+    from comfy.model_patcher import ModelPatcher
+
 logger = logging.getLogger(__name__)
 WRAPPER_KEY = "flexip"
 _RUN_CACHE_LIMIT = 8  # batch layouts kept per run (cond/uncond orders, regional chunks)
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _never_traced(recursive: bool) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """`torch.compiler.disable(fn, recursive=recursive)` as a decorator that keeps `fn`'s signature."""
+
+    def decorate(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+        # torch's boundary: torch.compiler.disable is unannotated; it returns a wrapper of fn's signature
+        return cast(Callable[_P, _R], torch.compiler.disable(fn, recursive=recursive))
+
+    return decorate
 
 
 @dataclass
@@ -76,11 +91,11 @@ class AttentionPatch(ABC):
         self._run_calls = 0
 
     @abstractmethod
-    def call_state(self, x: torch.Tensor, context: torch.Tensor, options: dict) -> CallState | None:
+    def call_state(self, x: torch.Tensor, context: torch.Tensor, options: dict[str, Any]) -> CallState | None:
         """What the layer patches of this model call read; None runs the base model."""
 
-    @torch.compiler.disable
-    def _host_call_state(self, x: torch.Tensor, context: torch.Tensor, options: dict) -> CallState | None:
+    @_never_traced(recursive=True)
+    def _host_call_state(self, x: torch.Tensor, context: torch.Tensor, options: dict[str, Any]) -> CallState | None:
         """`call_state`, never traced by torch.compile: it looks up caches and, on a run's first call,
         has ComfyUI load the adapter, which dynamo cannot trace; its result enters the graph as input."""
         return self.call_state(x, context, options)
@@ -89,11 +104,11 @@ class AttentionPatch(ABC):
     def to(self, device_or_dtype: Any) -> AttentionPatch:
         return self
 
-    def __deepcopy__(self, memo: dict) -> AttentionPatch:
+    def __deepcopy__(self, memo: dict[int, Any]) -> AttentionPatch:
         return self
 
     # Wrappers ----------------------------------------------------------------------------
-    def outer_sample_wrapper(self, executor: Callable, *args, **kwargs):
+    def outer_sample_wrapper(self, executor: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Reports at the end of a sampling run which layers the subject reached."""
         try:
             return executor(*args, **kwargs)
@@ -108,18 +123,18 @@ class AttentionPatch(ABC):
             self._run_layers = set()
             self._run_calls = 0
 
-    @torch.compiler.disable(recursive=False)
+    @_never_traced(recursive=False)
     def diffusion_model_wrapper(
         self,
-        executor: Callable,
+        executor: Callable[..., Any],
         x: torch.Tensor,
-        timesteps,
+        timesteps: torch.Tensor,
         context: torch.Tensor,
-        y=None,
-        control=None,
-        transformer_options: dict | None = None,
-        **kwargs,
-    ):
+        y: torch.Tensor | None = None,
+        control: Any = None,
+        transformer_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Once per model call: prepare what every layer patch of this call reads.
 
         torch.compile skips this frame only (the one graph break FlexIP adds) and compiles the UNet
@@ -170,7 +185,7 @@ class FlexIPPatch(AttentionPatch):
         self.strength = strength
         self.gate = gate
         self.mask = mask
-        self._run_cache: dict[tuple, tuple[LayerKV, ...]] = {}
+        self._run_cache: dict[tuple[object, ...], tuple[LayerKV, ...]] = {}
 
     def to(self, device_or_dtype: Any) -> FlexIPPatch:
         # dtype casts are ignored: K/V are built in the UNet's compute dtype per run
@@ -180,14 +195,14 @@ class FlexIPPatch(AttentionPatch):
             self._run_cache.clear()
         return self
 
-    def outer_sample_wrapper(self, executor: Callable, *args, **kwargs):
+    def outer_sample_wrapper(self, executor: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Bounds the K/V cache to one sampling run."""
         try:
             return super().outer_sample_wrapper(executor, *args, **kwargs)
         finally:
             self._run_cache.clear()
 
-    def call_state(self, x: torch.Tensor, context: torch.Tensor, options: dict) -> CallState:
+    def call_state(self, x: torch.Tensor, context: torch.Tensor, options: dict[str, Any]) -> CallState:
         order = tuple(options.get("cond_or_uncond", (0,)))
         uuids = tuple(str(u) for u in options.get("uuids", ()))
         key = (uuids, order, x.shape[0], context.shape[1], context.dtype, context.device)
@@ -234,7 +249,7 @@ class CallSubjectsPatch(AttentionPatch):
         super().__init__(flexip, layers)
         self.inputs_key = inputs_key
 
-    def call_state(self, x: torch.Tensor, context: torch.Tensor, options: dict) -> CallState | None:
+    def call_state(self, x: torch.Tensor, context: torch.Tensor, options: dict[str, Any]) -> CallState | None:
         inputs: CallSubjects | None = options.get(self.inputs_key)
         if inputs is None:
             return None
@@ -246,23 +261,25 @@ class CallSubjectsPatch(AttentionPatch):
 
 
 def _cast_kv(kv: LayerKV, dtype: torch.dtype, device: torch.device) -> LayerKV:
-    def cast(branch):
+    def moved(branch: BranchKV | None) -> BranchKV | None:
         if branch is None:
             return None
         return type(branch)(branch.key.to(device, dtype), branch.value.to(device, dtype))
 
-    return LayerKV(cast(kv.preservation), cast(kv.personalization))
+    return LayerKV(moved(kv.preservation), moved(kv.personalization))
 
 
 class LayerPatch:
     """The attn2 replace patch of one layer; chains the patch it replaced (never drops it)."""
 
-    def __init__(self, state: AttentionPatch, index: int, previous: Callable | None) -> None:
+    def __init__(self, state: AttentionPatch, index: int, previous: Callable[..., Any] | None) -> None:
         self.state = state
         self.index = index
         self.previous = previous
 
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
+    def __call__(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict[str, Any]
+    ) -> torch.Tensor:
         if self.previous is not None:
             out = self.previous(q, k, v, extra_options)
         else:
@@ -291,7 +308,7 @@ class LayerPatch:
             attn_precision=extra_options.get("attn_precision"),
         )
 
-    def models(self) -> list:
+    def models(self) -> list[Any]:
         """Only the chained patch's models: the adapter is not loaded with the UNet for the run, it is
         loaded for each K/V build (LoadedFlexIP.on_device), so sampling never holds it."""
         previous = getattr(self.previous, "models", None)
@@ -299,24 +316,25 @@ class LayerPatch:
 
     def to(self, device_or_dtype: Any) -> LayerPatch:
         self.state.to(device_or_dtype)
-        if hasattr(self.previous, "to"):
-            self.previous = self.previous.to(device_or_dtype)
+        move = getattr(self.previous, "to", None)  # another extension's patch, if it moves
+        if move is not None:
+            self.previous = move(device_or_dtype)
         return self
 
-    def __deepcopy__(self, memo: dict) -> LayerPatch:
+    def __deepcopy__(self, memo: dict[int, Any]) -> LayerPatch:
         return LayerPatch(self.state, self.index, copy.deepcopy(self.previous, memo))
 
 
-def _comfy_attention(extra_options: dict) -> Callable:
+def _comfy_attention(extra_options: dict[str, Any]) -> AttentionFn:
     """ComfyUI's selected attention with this call's overrides (sage, flash, a user's override)."""
 
-    def attend(q, k, v, heads, **kwargs):
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, **kwargs: Any) -> torch.Tensor:
         return comfy_attention.optimized_attention(q, k, v, heads, transformer_options=extra_options, **kwargs)
 
     return attend
 
 
-def install(model, state: AttentionPatch) -> None:
+def install(model: ModelPatcher, state: AttentionPatch) -> None:
     """Register `state` on a cloned ModelPatcher: wrappers plus one attn2 patch per layer."""
     # numbered by install order, not id(): compiled graphs guard on the key, and a new FlexIPApply
     # on the same model must find the graphs of the previous one

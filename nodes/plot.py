@@ -7,6 +7,7 @@ install is reported as one sentence instead of failing the pack's import.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ class FlexIPTradeoffPlot:
     FUNCTION = "plot"
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         metric = {
             "forceInput": True,
             "tooltip": (
@@ -83,14 +84,14 @@ class FlexIPTradeoffPlot:
 
     def plot(
         self,
-        gammas: list,
-        images: list,
-        labels: list,
-        width: list,
-        height: list,
-        thumbnail: list,
-        columns: list,
-        **metrics: list,
+        gammas: list[float],
+        images: list[torch.Tensor],
+        labels: list[str],
+        width: list[int],
+        height: list[int],
+        thumbnail: list[int],
+        columns: list[int],
+        **metrics: list[float],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         gammas = [float(gamma) for gamma in gammas]
         names = [name.strip() for name in labels[0].split(",")]
@@ -175,7 +176,7 @@ def render_contact_sheet(
     for index in with_progress(range(count)):
         left = gap + (index % columns) * (thumbnail + gap)
         top = gap + (index // columns) * (thumb_height + caption + gap)
-        picture = Image.fromarray(pixels[index]).resize((thumbnail, thumb_height), Image.LANCZOS)
+        picture = Image.fromarray(pixels[index]).resize((thumbnail, thumb_height), Image.Resampling.LANCZOS)
         sheet.paste(picture, (left, top))
         text_top = top + thumb_height + line // 4
         draw.text((left, text_top), f"γ = {gammas[index]:.3g}", fill="black", font=bold)

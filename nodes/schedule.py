@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flexip_model.gate_schedule import (
     INTERPOLATIONS,
     BlockOverride,
@@ -28,7 +30,7 @@ class FlexIPGateSchedule:
     FUNCTION = "build"
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         override = {
             "default": "",
             "tooltip": f"Optional override for these blocks: {_KEYFRAMES_HELP} Empty = use keyframes.",

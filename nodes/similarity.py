@@ -6,6 +6,8 @@ biased judges of it. `python -m flexip_eval` scores with independent ones (CLIP 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import comfy.clip_model
 import torch
 import torch.nn.functional as F
@@ -14,6 +16,9 @@ from comfy.image_encoders.dino2 import Dinov2Model
 from flexip_model.errors import FlexIPError
 
 from .encoders import clip_image_embeds, clip_vision_model, dino_model, dino_tokens, encode_each
+
+if TYPE_CHECKING:
+    from comfy.clip_vision import ClipVisionModel
 
 DINO_RESOLUTION = 224  # DINO-I as usually reported: the [CLS] of a 224 px centre crop
 
@@ -38,7 +43,7 @@ class FlexIPSubjectSimilarity:
     FUNCTION = "measure"
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "clip_vision": ("CLIP_VISION", {"tooltip": "CLIP ViT-H/14 from Load CLIP Vision (for CLIP-I)."}),
@@ -51,7 +56,9 @@ class FlexIPSubjectSimilarity:
             },
         }
 
-    def measure(self, clip_vision, dino, reference: torch.Tensor, images: torch.Tensor) -> tuple[list, list, str]:
+    def measure(
+        self, clip_vision: ClipVisionModel, dino: ClipVisionModel, reference: torch.Tensor, images: torch.Tensor
+    ) -> tuple[list[float], list[float], str]:
         _check_encoders(clip_vision, dino)
         for name, batch in (("reference", reference), ("images", images)):
             if batch.shape[0] == 0:
@@ -83,7 +90,7 @@ def mean_cosine(generated: torch.Tensor, reference: torch.Tensor) -> torch.Tenso
     return (generated @ reference.T).mean(dim=1).clamp(-1.0, 1.0)
 
 
-def _check_encoders(clip_vision, dino) -> None:
+def _check_encoders(clip_vision: ClipVisionModel, dino: ClipVisionModel) -> None:
     """Both inputs must be the encoders their names say, and not swapped."""
     clip_model, dino_encoder = getattr(clip_vision, "model", None), getattr(dino, "model", None)
     if isinstance(clip_model, Dinov2Model) and isinstance(dino_encoder, comfy.clip_model.CLIPVisionModelProjection):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flexip_model.errors import FlexIPError
 from flexip_model.gate_sweep import MAX_SWEEP_GAMMAS, GateSweep, parse_gammas, range_gammas
 
@@ -26,7 +28,7 @@ class FlexIPGateSweep:
     FUNCTION = "sweep"
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "latent": (
@@ -88,8 +90,8 @@ class FlexIPGateSweep:
         }
 
     def sweep(
-        self, latent: dict, mode: str, values: str, start: float, stop: float, count: int, same_noise: bool
-    ) -> tuple:
+        self, latent: dict[str, Any], mode: str, values: str, start: float, stop: float, count: int, same_noise: bool
+    ) -> tuple[GateSweep, list[float], dict[str, Any]]:
         if mode == "list":
             gammas = parse_gammas(values, "FlexIPGateSweep values")
         else:
@@ -97,7 +99,7 @@ class FlexIPGateSweep:
         return (GateSweep(gammas), list(gammas), repeated_latent(latent, len(gammas), same_noise))
 
 
-def repeated_latent(latent: dict, count: int, same_noise: bool) -> dict:
+def repeated_latent(latent: dict[str, Any], count: int, same_noise: bool) -> dict[str, Any]:
     """LATENT of batch 1 -> batch `count`; with `same_noise`, every item keeps the input's noise index.
 
     ComfyUI draws a batch's noise per `batch_index` (comfy.sample.prepare_noise), so equal

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-# Shared test helpers import as `tests.<layer>.<module>` from the repo root. ComfyUI has a `tests`
+# Test helpers import as `tests.<layer>.<module>` (one layer's) or `tests.support.<module>` (several
+# layers'; no layer, nothing collected) from the repo root. ComfyUI has a `tests`
 # package too, and its folder goes first on sys.path once a layer imports ComfyUI
 # (flexip_host.bootstrap), so the name is bound to this folder now, before any layer's conftest runs.
 import tests  # noqa: F401

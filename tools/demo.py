@@ -13,8 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
 from PIL import Image
 
 from tools.fixtures.adapters import link_adapters
@@ -22,6 +20,7 @@ from tools.fixtures.images import drawn_subject
 from tools.harness.server import ComfyServer
 from tools.harness.workflows import for_test_models, load_api
 
+REPO = Path(__file__).resolve().parents[1]
 OUTPUT = REPO / "output"
 NEEDED = ("checkpoints", "clip_vision", "flexip")
 

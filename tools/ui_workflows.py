@@ -24,12 +24,11 @@ import tempfile
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
 from tools.harness.browser import Browser
 from tools.harness.server import ComfyServer
 from tools.harness.workflows import API, PUBLIC_MODELS, SEED_INPUTS, WORKFLOWS, models_property, notes_for
 
+REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("ui_workflows")
 
 # No tutorial over the canvas; node titles and widgets drawn even when a whole graph is fitted in view.

@@ -14,7 +14,6 @@ import pickle
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Union
 
 import torch
 from safetensors.torch import load_file
@@ -26,7 +25,7 @@ from ..vocabulary import family_name
 from .pair import IPAdapterBranch, IPAdapterPair
 from .variants import IMAGE_PROJ, IP_LAYERS, IPAdapterSpec, Shape, describe, ip_adapter_index, match_layers
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike[str]
 TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 _PARTS = (IMAGE_PROJ[:-1], IP_LAYERS[:-1])
 MAX_BIN_BYTES = 8 * 1024**3  # the largest released IP-Adapter .bin (plus SDXL) is ~1 GB

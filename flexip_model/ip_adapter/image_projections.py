@@ -11,6 +11,9 @@ Names (`proj`, `norm`, `latents`, `layers.<i>.0.to_kv` ...) are exactly those un
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -103,7 +106,8 @@ class Resampler(nn.Module):
         """[B, N, C] -> [B, Q, d]."""
         features = self.proj_in(hidden_states)
         latents = self.latents.expand(hidden_states.shape[0], -1, -1)
-        for attention, feed in self.layers:
+        # torch types a ModuleList's items as plain Modules; __init__ put an [attention, feed] ModuleList at each
+        for attention, feed in cast(Iterable[nn.ModuleList], self.layers):
             latents = latents + attention(features, latents)
             latents = latents + feed(latents)
         return self.norm_out(self.proj_out(latents))

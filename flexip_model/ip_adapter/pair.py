@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
-from ..attention import BranchKV, LayerKV, split_heads
+from ..attention import BranchKV, LayerKV
 from ..config import LayerLookup, LayerSpec
 from ..errors import FlexIPError
 from ..layer_projections import KVProjection
@@ -89,8 +90,8 @@ class IPAdapterBranch(nn.Module):
 
     def kv(self, key: str, tokens: Tensor, heads: int) -> BranchKV:
         """Head-split K/V [B, H, T, dh] of layer `key` for `tokens` [B, T, d]."""
-        projection = self.layers[key]
-        return BranchKV(split_heads(projection.to_k(tokens), heads), split_heads(projection.to_v(tokens), heads))
+        # torch types a ModuleDict's items as plain Modules; __init__ put a KVProjection at each key
+        return cast(KVProjection, self.layers[key]).branch_kv(tokens, heads)
 
 
 class IPAdapterPair(nn.Module):
@@ -169,9 +170,7 @@ class IPAdapterPair(nn.Module):
         rows = subject.to(param.device, param.dtype).pick(pick)
         return tuple(self.layer_kv(key, rows["preservation"], rows["personalization"]) for key in layers)
 
-    def layer_kv(
-        self, key: str, preservation_tokens: Tensor | None, personalization_tokens: Tensor | None
-    ) -> LayerKV:
+    def layer_kv(self, key: str, preservation_tokens: Tensor | None, personalization_tokens: Tensor | None) -> LayerKV:
         """Head-split K/V [B, H, T, dh] of layer `key`, each file through its own projections.
 
         Call once per run, never per layer call: the tokens do not depend on the step.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
 from torch import nn
@@ -37,6 +38,14 @@ IMAGE_PROJ, IP_LAYERS = "image_proj.", "ip_adapter."
 _LAYER_KEY = re.compile(r"^ip_adapter\.(\d{1,6})\.to_([kv])_ip\.weight$")  # SDXL's last is 139
 _BLOCK_ORDER = {INPUT_BLOCK: 0, OUTPUT_BLOCK: 1, MIDDLE_BLOCK: 2}  # diffusers: down, up, mid
 _DAMAGED = "the file is damaged or not an IP-Adapter file, download the original again"
+
+
+class _Common(TypedDict):
+    """The fields every IPAdapterSpec takes from the file as a whole, whatever its projection."""
+
+    name: str
+    context_dim: int
+    layer_widths: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -218,7 +227,7 @@ def _check_sizes(spec: IPAdapterSpec) -> None:
 def _projection_spec(
     name: str, projection: Mapping[str, Shape], widths: tuple[int, ...], context_dim: int
 ) -> IPAdapterSpec:
-    common = dict(name=name, context_dim=context_dim, layer_widths=widths)
+    common = _Common(name=name, context_dim=context_dim, layer_widths=widths)
     if "latents" in projection:
         latents, proj_in = projection["latents"], projection.get("proj_in.weight", ())
         query = projection.get("layers.0.0.to_q.weight", ())
@@ -226,7 +235,8 @@ def _projection_spec(
         depth = len({key.split(".")[1] for key in projection if key.startswith("layers.")})
         if len(latents) != 3 or len(proj_in) != 2 or len(query) != 2 or len(feed) != 2 or depth == 0:
             raise FlexIPError(
-                f"{name} has an incomplete resampler (latents, proj_in, layers): the file is damaged, download it again."
+                f"{name} has an incomplete resampler (latents, proj_in, "
+                "layers): the file is damaged, download it again."
             )
         width = latents[2]
         check_size(name, "resampler_width", width, "in its image projection", _DAMAGED)  # divides below

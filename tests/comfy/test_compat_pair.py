@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 import flexip_model
 from tests.comfy.tiny_world import attn2_patches, node
 from tests.comfy.tiny_world import sample as tiny_sample
-from tests.unit.flexip_unit_helpers import assert_one_sentence
+from tests.support.assertions import assert_one_sentence
 from tools.fixtures import comfyui_path
 from tools.fixtures import ip_adapter_reference as reference
 from tools.fixtures.ip_adapter_files import build_ip_adapter, ip_adapter_file, linear_projection, resampler_projection

@@ -121,7 +121,7 @@ def test_a_pack_without_a_detection_model_shows_its_path(flexip_pack, root, flex
 
 def test_an_empty_pack_folder_says_the_files_must_sit_directly_in_it(flexip_pack, root, flexip_error):
     (root / "models" / "antelopev2").mkdir()
-    with pytest.raises(flexip_error, match="has no .onnx files"):
+    with pytest.raises(flexip_error, match=r"has no \.onnx files"):
         load(flexip_pack, "antelopev2")
 
 

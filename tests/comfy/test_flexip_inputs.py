@@ -145,12 +145,12 @@ def test_apply_rejects_an_adapter_made_for_other_layers(parts):
 def test_apply_rejects_a_subject_encoded_with_another_adapter(parts):
     fm = parts["fm"]
     other = parts["pack"].nodes.bundles.LoadedFlexIP.wrap("other.safetensors", fm.FlexIPAdapter(parts["config"]))
-    with pytest.raises(fm.FlexIPError, match="encoded with other.safetensors"):
+    with pytest.raises(fm.FlexIPError, match=r"encoded with other\.safetensors"):
         _apply(parts, encode(parts, images(1), flexip=other))
 
 
 def test_apply_rejects_start_after_end(parts):
-    with pytest.raises(parts["fm"].FlexIPError, match="start_at 0.8 and end_at 0.2"):
+    with pytest.raises(parts["fm"].FlexIPError, match=r"start_at 0\.8 and end_at 0\.2"):
         _apply(parts, encode(parts, images(1)), start_at=0.8, end_at=0.2)
 
 

@@ -15,7 +15,7 @@ import pytest
 
 import flexip_model
 from flexip_host.bootstrap import load_pack
-from tests.unit.flexip_unit_helpers import assert_one_sentence
+from tests.support.assertions import assert_one_sentence
 from tools.fixtures.adapters import flexip_sd15
 from tools.fixtures.faces import FACE_PACK_NAME, face_pack, insightface_root
 
@@ -40,7 +40,8 @@ if os.sep == "/":
 
 @pytest.fixture
 def models(tmp_path, monkeypatch):
-    """models/flexip and models/ipadapter in tmp_path as the only registered folders, outside.safetensors beside them."""
+    """models/flexip and models/ipadapter in tmp_path as the only registered folders, outside.safetensors
+    beside them."""
     import folder_paths
 
     # ComfyUI's listing cache would stat the folders of earlier tests, which pytest has removed

@@ -14,7 +14,7 @@ import torch
 
 import flexip_model
 from flexip_host.bootstrap import load_pack
-from tests.unit.flexip_unit_helpers import assert_one_sentence
+from tests.support.assertions import assert_one_sentence
 
 pytestmark = pytest.mark.comfy
 

@@ -175,7 +175,7 @@ def test_missing_matplotlib_is_a_one_sentence_install_message(flexip_pack, monke
     for name in [name for name in sys.modules if name == "matplotlib" or name.startswith("matplotlib.")]:
         monkeypatch.delitem(sys.modules, name)  # restored after the test
     monkeypatch.setattr(sys, "meta_path", [Hidden("matplotlib"), *sys.meta_path])
-    with pytest.raises(flexip_model.FlexIPError, match="needs matplotlib.*pip install matplotlib"):
+    with pytest.raises(flexip_model.FlexIPError, match=r"needs matplotlib.*pip install matplotlib"):
         plot(flexip_pack, {"metric_1": CLIP_I})
 
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable
-from typing import Any, ContextManager
+from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 
@@ -122,7 +123,7 @@ class PatchProbe:
         self,
         inner: Any,
         observe: Callable[[torch.Tensor, dict], None] | None = None,
-        guard: Callable[[], ContextManager] = contextlib.nullcontext,
+        guard: Callable[[], AbstractContextManager] = contextlib.nullcontext,
     ) -> None:
         self.inner, self.observe, self.guard = inner, observe, guard
 

@@ -14,7 +14,7 @@ from flexip_eval.benchmark import read_benchmark
 from flexip_eval.config import load_config
 from flexip_eval.worklist import missing, rank_share, work_items
 from flexip_model.errors import FlexIPError
-from tests.unit.flexip_unit_helpers import assert_example_shows_defaults, assert_one_sentence
+from tests.support.assertions import assert_example_shows_defaults, assert_one_sentence
 from tools.fixtures import REPO_ROOT
 from tools.fixtures.evaluation import write_benchmark
 

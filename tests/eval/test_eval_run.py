@@ -1,8 +1,8 @@
 """`python -m flexip_eval` end to end on generated models (tools/fixtures/evaluation.py), CPU, subprocesses.
 
 A 2-subject, 2-prompt, 2-seed evaluation of FlexIP at two γ and with a gate schedule, IP-Adapter at
-γ = 1 and the base model: 40 images at 64 px, 2 sampling steps, random judges. The numbers mean nothing; what is tested is
-that every image is made once, scored once and reported.
+γ = 1 and the base model: 40 images at 64 px, 2 sampling steps, random judges. The numbers mean nothing;
+what is tested is that every image is made once, scored once and reported.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.train.smoke import run_process, trainer_env
-from tests.unit.flexip_unit_helpers import assert_one_sentence
+from tests.support.assertions import assert_one_sentence
+from tests.support.smoke import run_process, trainer_env
 from tools.fixtures.evaluation import write_evaluation
 
 pytestmark = pytest.mark.eval

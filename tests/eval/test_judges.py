@@ -18,7 +18,7 @@ from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer, ViTImageP
 from flexip_eval.judges import Judges, JudgesConfig, load_judges
 from flexip_eval.table import METRICS
 from flexip_model.errors import FlexIPError
-from tests.unit.flexip_unit_helpers import assert_one_sentence
+from tests.support.assertions import assert_one_sentence
 from tools.fixtures.images import drawn_subject
 from tools.fixtures.judges import write_judges
 

@@ -10,7 +10,7 @@ import pytest
 
 from flexip_eval.table import METRICS, csv_table, markdown_table, mean_rows, with_mrank
 from flexip_model.errors import FlexIPError
-from tests.unit.flexip_unit_helpers import assert_one_sentence
+from tests.support.assertions import assert_one_sentence
 
 pytestmark = pytest.mark.eval
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.flexip_unit_helpers import assert_one_sentence
+from tests.support.assertions import assert_one_sentence
 from tools.fixtures.adapters import FLEXIP_SD15_NAME, flexip_sd15, link_adapters
 from tools.fixtures.faces import link_face_pack
 from tools.fixtures.images import drawn_subject

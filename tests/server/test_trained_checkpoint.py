@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.train.smoke import write_trained_checkpoint
+from tests.support.smoke import write_trained_checkpoint
 from tools.fixtures import clip_vision_h, dinov2_large, sd15_checkpoint
 from tools.harness.workflows import for_test_models, load_api, nodes_of
 

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from flexip_train.cli import main
-
-from .synthetic import write_pairs
+from tests.support.synthetic import write_pairs
 
 pytestmark = pytest.mark.train
 

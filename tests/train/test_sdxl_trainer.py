@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.train.smoke import TINY_FACTORIES, smoke_sections, train_cli, write_trained_checkpoint
-from tests.train.synthetic import write_config, write_pairs
+from tests.support.smoke import TINY_FACTORIES, smoke_sections, train_cli, write_trained_checkpoint
+from tests.support.synthetic import random_model_inputs, write_config, write_pairs
 from tools.fixtures import sdxl_checkpoint
 
 pytestmark = pytest.mark.train
@@ -54,21 +54,11 @@ def test_sdxl_run_on_the_checkpoints_own_unet_writes_a_file_for_that_unet(tmp_pa
 
 
 def test_sdxl_unet_gets_the_pooled_text_and_size_embeddings_comfyui_builds(pack):
-    from flexip_train.objective import ModelInputs, model_conditions
+    from flexip_train.objective import model_conditions
     from tools.fixtures.tiny_sdxl import tiny_sdxl_unet_patcher
 
     base = tiny_sdxl_unet_patcher().model
-    g = torch.Generator().manual_seed(0)
-    inputs = ModelInputs(
-        latents=torch.randn(2, 4, 8, 8, generator=g),
-        context=torch.randn(2, 77, 2048, generator=g),
-        clip=torch.randn(2, 64, generator=g),
-        dino=torch.randn(2, 257, 64, generator=g),
-        gates=torch.tensor([0.9, 0.1]),
-        noise=torch.randn(2, 4, 8, 8, generator=g),
-        sigmas=torch.tensor([0.5, 8.0]),
-        pooled=torch.randn(2, 1280, generator=g),
-    )
+    inputs = random_model_inputs(2048, pooled_dim=1280)
     conditions = model_conditions(base, inputs)
     assert set(conditions) == {"c_crossattn", "y"}
     assert torch.equal(conditions["c_crossattn"], inputs.context)
@@ -90,23 +80,12 @@ def test_size_conditioning_of_a_fitted_target_is_its_original_size_and_crop_offs
 
 def test_sdxl_size_embeddings_are_each_targets_own_original_size_and_crop(pack):
     """As SDXL itself was trained: every row of y embeds its own target's original size and crop offset."""
-    from flexip_train.objective import ModelInputs, model_conditions
+    from flexip_train.objective import model_conditions
     from tools.fixtures.tiny_sdxl import tiny_sdxl_unet_patcher
 
     base = tiny_sdxl_unet_patcher().model
-    g = torch.Generator().manual_seed(0)
     sizes = [[300, 200, 16, 0], [64, 64, 0, 0]]  # a 300×200 photo fitted to 64 px, and an uncropped 64 px one
-    inputs = ModelInputs(
-        latents=torch.randn(2, 4, 8, 8, generator=g),
-        context=torch.randn(2, 77, 2048, generator=g),
-        clip=torch.randn(2, 64, generator=g),
-        dino=torch.randn(2, 257, 64, generator=g),
-        gates=torch.tensor([0.9, 0.1]),
-        noise=torch.randn(2, 4, 8, 8, generator=g),
-        sigmas=torch.tensor([0.5, 8.0]),
-        pooled=torch.randn(2, 1280, generator=g),
-        sizes=torch.tensor(sizes, dtype=torch.float32),
-    )
+    inputs = random_model_inputs(2048, pooled_dim=1280, sizes=sizes)
     y = model_conditions(base, inputs)["y"]
     for row, (height, width, top, left) in enumerate(sizes):
         expected = base.encode_adm(
@@ -125,18 +104,8 @@ def test_sdxl_size_embeddings_are_each_targets_own_original_size_and_crop(pack):
 
 
 def test_sd15_unet_gets_only_the_text_context(pack):
-    from flexip_train.objective import ModelInputs, model_conditions
+    from flexip_train.objective import model_conditions
     from tools.fixtures.tiny import tiny_unet_patcher
 
-    g = torch.Generator().manual_seed(0)
-    inputs = ModelInputs(
-        latents=torch.randn(1, 4, 8, 8, generator=g),
-        context=torch.randn(1, 77, 768, generator=g),
-        clip=torch.randn(1, 64, generator=g),
-        dino=torch.randn(1, 257, 64, generator=g),
-        gates=torch.tensor([0.5]),
-        noise=torch.randn(1, 4, 8, 8, generator=g),
-        sigmas=torch.tensor([1.0]),
-        pooled=torch.randn(1, 768, generator=g),
-    )
+    inputs = random_model_inputs(768, batch=1, pooled_dim=768)
     assert set(model_conditions(tiny_unet_patcher().model, inputs)) == {"c_crossattn"}

@@ -15,8 +15,8 @@ import torch
 
 from flexip_train.data import read_manifest
 from flexip_train.pack import CHUNK_BYTES, shard_sample, write_shards
-from tests.train.smoke import run_process, smoke_sections
-from tests.train.synthetic import write_config, write_pairs
+from tests.support.smoke import run_process, smoke_sections
+from tests.support.synthetic import write_config, write_pairs
 
 pytestmark = pytest.mark.train
 
@@ -105,7 +105,8 @@ def test_variant_fraction_sets_the_mix_whatever_the_pack_holds(tmp_path: Path):
     passes, kinds = _kinds(pairs, None, epochs=2)
     assert sorted(passes[0]) == sorted(passes[1]) == list(range(600))
     assert passes[0] != passes[1] and kinds == Counter(invariant=2 * 296, variant=2 * 304)
-    # the paper's 9:1 from a roughly 1:1 pack: about 10 % variant pairs (a fixed seed: the count is exact on every machine)
+    # the paper's 9:1 from a roughly 1:1 pack: about 10 % variant pairs
+    # (a fixed seed: the count is exact on every machine)
     _, kinds = _kinds(pairs, 0.1, epochs=1)
     share = kinds["variant"] / sum(kinds.values())
     assert 0.07 < share < 0.13, kinds

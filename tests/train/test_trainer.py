@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.train.smoke import run_process, smoke_sections, train_cli, trainer_env, write_trained_checkpoint
-from tests.train.synthetic import write_config, write_pairs
+from tests.support.smoke import run_process, smoke_sections, train_cli, trainer_env, write_trained_checkpoint
+from tests.support.synthetic import random_model_inputs, write_config, write_pairs
 
 pytestmark = pytest.mark.train
 
@@ -311,7 +311,7 @@ def test_training_patch_computes_what_the_inference_nodes_compute(pack):
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(pack):
     from flexip_train.config import AdapterConfig
-    from flexip_train.objective import DenoisingLoss, ModelInputs
+    from flexip_train.objective import DenoisingLoss
     from flexip_train.trainable_adapter import build_adapter
     from flexip_train.training_patch import TRAINING_INPUTS, enable_gradient_checkpointing, install_training_patch
 
@@ -319,16 +319,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(pack):
     adapter = build_adapter(models, pack, AdapterConfig(size="tiny"), seed=1)
     model, _ = install_training_patch(pack, models.unet, adapter, torch.device("cpu"))
     loss = DenoisingLoss(adapter, model, TRAINING_INPUTS, None)
-    g = torch.Generator().manual_seed(1)
-    inputs = ModelInputs(
-        latents=torch.randn(2, 4, 8, 8, generator=g),
-        context=torch.randn(2, 77, 768, generator=g),
-        clip=torch.randn(2, 64, generator=g),
-        dino=torch.randn(2, 257, 64, generator=g),
-        gates=torch.tensor([0.9, 0.1]),
-        noise=torch.randn(2, 4, 8, 8, generator=g),
-        sigmas=torch.tensor([0.5, 8.0]),
-    )
+    inputs = random_model_inputs(768, seed=1)
 
     def loss_and_gradients():
         adapter.zero_grad(set_to_none=True)
@@ -355,7 +346,7 @@ def test_written_checkpoint_fits_the_base_checkpoint(tmp_path: Path):
 
 def test_example_config_shows_the_defaults():
     from flexip_train.config import load_config
-    from tests.unit.flexip_unit_helpers import assert_example_shows_defaults
+    from tests.support.assertions import assert_example_shows_defaults
     from tools.fixtures import REPO_ROOT
 
     config = load_config(REPO_ROOT / "flexip_train" / "train.example.toml")

@@ -33,7 +33,9 @@ card.scrollIntoView({block: 'center'});  // thumbnails load lazily, once in view
 const image = card.querySelector('img');
 if (!image || !image.complete) return null;
 // the frontend fetches the file and shows it through a blob: URL, so the request is read from the resource timings
-const requested = performance.getEntriesByType('resource').map((entry) => entry.name).filter((url) => url.endsWith(arguments[1]));
+const requested = performance.getEntriesByType('resource')
+    .map((entry) => entry.name)
+    .filter((url) => url.endsWith(arguments[1]));
 return {requested, width: image.naturalWidth, height: image.naturalHeight};
 """
 

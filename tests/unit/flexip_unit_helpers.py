@@ -1,9 +1,10 @@
-"""Shared test helpers: an independent attention reference, dispatch-level op recorders, one-file loading."""
+"""Unit-layer helpers: an independent attention reference, dispatch-level op recorders, one-file loading.
+
+Helpers more than one test layer uses live in tests/support/."""
 
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -41,26 +42,3 @@ class OpRecorder(TorchDispatchMode):
         if self.forbid_host_sync and name.startswith(HOST_SYNC_OPS):
             raise AssertionError(f"host sync: {name}")
         return func(*args, **(kwargs or {}))
-
-
-def assert_one_sentence(message: str, *mentions: str) -> None:
-    """A user-facing error: one line, one sentence ending in '.', naming what it must name."""
-    assert "\n" not in message and message.endswith("."), message
-    assert re.search(r"[.!?]\s+[A-Z]", message) is None, f"more than one sentence: {message}"
-    for mention in mentions:
-        assert mention in message, f"{mention!r} not in: {message}"
-
-
-def assert_example_shows_defaults(config: object, example: str) -> None:
-    """Every key of the loaded example config `config` that has a default equals it (paths are examples)."""
-    import dataclasses
-    from pathlib import Path
-
-    for section in dataclasses.fields(config):
-        value = getattr(config, section.name)
-        if not dataclasses.is_dataclass(value):
-            continue
-        for key in dataclasses.fields(value):
-            shown = getattr(value, key.name)
-            if key.default is not dataclasses.MISSING and not isinstance(shown, Path):
-                assert shown == key.default, f"{example} [{section.name}] {key.name}"

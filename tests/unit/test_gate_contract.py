@@ -17,7 +17,8 @@ from flexip_model import (
     default_layers,
     range_gammas,
 )
-from tests.unit.flexip_unit_helpers import OpRecorder, assert_one_sentence
+from tests.support.assertions import assert_one_sentence
+from tests.unit.flexip_unit_helpers import OpRecorder
 
 pytestmark = pytest.mark.unit
 

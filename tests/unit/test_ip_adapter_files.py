@@ -14,7 +14,8 @@ from safetensors.torch import load_file, save_file
 from flexip_model.config import LayerSpec, default_layers
 from flexip_model.errors import FlexIPError
 from flexip_model.ip_adapter import describe, ip_adapter_order, load_pair, open_file
-from tests.unit.flexip_unit_helpers import assert_one_sentence, load_one_file
+from tests.support.assertions import assert_one_sentence
+from tests.unit.flexip_unit_helpers import load_one_file
 from tools.fixtures.ip_adapter_files import (
     build_ip_adapter,
     ip_adapter_file,

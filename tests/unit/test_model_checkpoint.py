@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import save_file
 
 from flexip_model import FlexIPError, checkpoint, config_for
+from tests.support.assertions import assert_one_sentence
 from tests.unit.crafted_files import SMALL_LAYERS, valid_flexip
 from tests.unit.crafted_files import parts as _parts
-from tests.unit.flexip_unit_helpers import assert_one_sentence
 
 pytestmark = pytest.mark.unit
 

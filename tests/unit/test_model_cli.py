@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from flexip_model import checkpoint
 from flexip_model.cli import main
-from tests.unit.flexip_unit_helpers import assert_one_sentence
+from tests.support.assertions import assert_one_sentence
 
 pytestmark = pytest.mark.unit
 

@@ -9,7 +9,7 @@ import pytest
 
 from flexip_model import FlexIPConfig, FlexIPError, LayerSpec, config_for, default_layers, layer_key, parse_layer_key
 from flexip_model.adapter import parameter_counts
-from tests.unit.flexip_unit_helpers import assert_one_sentence
+from tests.support.assertions import assert_one_sentence
 
 pytestmark = pytest.mark.unit
 

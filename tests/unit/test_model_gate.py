@@ -23,7 +23,8 @@ from flexip_model import (
     window_at,
 )
 from flexip_model.gate_schedule import MAX_LAYER_INDICES
-from tests.unit.flexip_unit_helpers import OpRecorder, assert_one_sentence
+from tests.support.assertions import assert_one_sentence
+from tests.unit.flexip_unit_helpers import OpRecorder
 
 pytestmark = pytest.mark.unit
 

@@ -10,7 +10,7 @@ import torch
 
 from flexip_model import FlexIPAdapter, FlexIPError, LayerSpec, config_for
 from flexip_train import load_config, state
-from tests.unit.flexip_unit_helpers import assert_one_sentence
+from tests.support.assertions import assert_one_sentence
 
 pytestmark = pytest.mark.unit
 

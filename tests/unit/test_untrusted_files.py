@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import zipfile
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,9 @@ from flexip_model import FlexIPError, checkpoint
 from flexip_model.config import SIZE_BOUNDS, LayerSpec
 from flexip_model.ip_adapter import open_file
 from flexip_model.safetensors_header import MAX_TENSORS
+from tests.support.assertions import assert_one_sentence
 from tests.unit.crafted_files import parts, time_limit, valid_flexip, with_config, write_raw
-from tests.unit.flexip_unit_helpers import assert_one_sentence, load_one_file
+from tests.unit.flexip_unit_helpers import load_one_file
 from tests.unit.peak_memory import peak_meter
 from tools.fixtures.ip_adapter_files import (
     ip_adapter_shapes,
@@ -71,7 +73,7 @@ def test_config_size_outside_its_bound_is_refused_naming_field_and_range(valid_f
     # no tensors match the crafted config: the bound must refuse it before shapes are compared
     path = with_config(valid_file, tmp_path / "evil.safetensors", tensors={"x": torch.zeros(1)}, **{field: value})
     for check in (checkpoint.read_config, checkpoint.validate, checkpoint.load):
-        message = _refusal(lambda: check(path))
+        message = _refusal(partial(check, path))
         assert_one_sentence(message, "evil.safetensors", f"{field}={value}", accepted, "FlexIP config")
 
 
@@ -109,7 +111,7 @@ def test_nan_or_inf_weights_are_refused_naming_the_tensor(valid_file, tmp_path):
     tensors["layers.output_3_0.pers.to_v.weight"][3, 1] = -math.inf
     save_file(tensors, str(tmp_path / "inf.safetensors"), metadata=metadata)
     for name, tensor in (("nan", "personalization.kv_proj.weight"), ("inf", "layers.output_3_0.pers.to_v.weight")):
-        message = _refusal(lambda: checkpoint.load(tmp_path / f"{name}.safetensors"))
+        message = _refusal(partial(checkpoint.load, tmp_path / f"{name}.safetensors"))
         assert_one_sentence(message, f"{name}.safetensors", tensor, "NaN or infinite")
 
 
@@ -146,7 +148,7 @@ def test_header_with_too_many_tensors_is_refused(valid_file, tmp_path):
 def test_tensor_entries_that_do_not_fit_the_file_are_refused(tmp_path, entry, mention):
     path = write_raw(tmp_path / "entry.safetensors", {"w": entry}, data=bytes(16))
     for check in (checkpoint.validate, open_file):
-        assert_one_sentence(_refusal(lambda: check(path)), "entry.safetensors", "'w'", mention)
+        assert_one_sentence(_refusal(partial(check, path)), "entry.safetensors", "'w'", mention)
 
 
 # IP-Adapter files: the sizes a file's shapes choose are bounded the same way
@@ -209,7 +211,7 @@ def test_compressed_bin_archive_is_refused_before_unpickling(tmp_path):
 def test_config_values_of_the_wrong_json_type_are_refused(valid_file, tmp_path):
     for value in (1.5, True, None, "64", [], {}):
         path = with_config(valid_file, tmp_path / "typed.safetensors", query_depth=value)
-        assert_one_sentence(_refusal(lambda: checkpoint.validate(path)), "typed.safetensors", "query_depth")
+        assert_one_sentence(_refusal(partial(checkpoint.validate, path)), "typed.safetensors", "query_depth")
     path = with_config(valid_file, tmp_path / "long.safetensors", base="x" * 10**6)
     message = _refusal(lambda: checkpoint.validate(path))
     assert_one_sentence(message, "long.safetensors", "base 'xxx")

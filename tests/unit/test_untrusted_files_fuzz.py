@@ -16,6 +16,7 @@ import random
 import struct
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -226,7 +227,7 @@ def test_fuzzed_flexip_configs_load_or_are_refused_in_one_sentence(valid_file, t
         if case % 40 == 0:  # a consistent file of random sizes must load
             config = _random_consistent_config(rng)
             checkpoint.save(path, FlexIPAdapter(config))
-            adapter = budget.run(f"consistent {case}", lambda: checkpoint.load(path), (path.name,))
+            adapter = budget.run(f"consistent {case}", partial(checkpoint.load, path), (path.name,))
             assert adapter is not None and adapter.config == config, f"consistent {case} was refused"
             continue
         mutated = _mutated_config(rng, base)
@@ -243,7 +244,7 @@ def test_fuzzed_flexip_configs_load_or_are_refused_in_one_sentence(valid_file, t
             if rng.random() < 0.5:
                 del entries[name]
         write_raw(path, {"__metadata__": {"flexip": text}, **entries}, data)
-        result = budget.run(f"config {case}: {text[:200]}", lambda: checkpoint.load(path), (path.name,))
+        result = budget.run(f"config {case}: {text[:200]}", partial(checkpoint.load, path), (path.name,))
         if result is not None:  # only a config that still describes these tensors may load
             assert len(result.state_dict()) == len(entries)
         path.unlink()
@@ -323,7 +324,7 @@ def test_fuzzed_safetensors_headers_are_read_or_refused_in_one_sentence(valid_fi
                 body = body[: rng.randint(0, len(body))]
             write_raw(path, body, bytes(max(0, data_size + rng.choice((0, 0, 0, -1, 1, 7)))))
         for check in (checkpoint.validate, open_file, checkpoint.read_unet_cross_attention):
-            budget.run(f"header {case} {check.__name__}", lambda: check(path), (path.name,))
+            budget.run(f"header {case} {check.__name__}", partial(check, path), (path.name,))
         path.unlink()
     budget.report("safetensors_headers", record_property)
 
@@ -377,7 +378,7 @@ def test_fuzzed_ip_adapter_shapes_and_bin_files_are_refused_in_one_sentence(tmp_
     for case in range(450):
         shapes = _ip_adapter_shapes(rng)
         name = f"fuzz_{case}.safetensors"
-        budget.run(f"ip-adapter shapes {case}", lambda: describe(name, shapes), (name,))
+        budget.run(f"ip-adapter shapes {case}", partial(describe, name, shapes), (name,))
     values = (
         torch.zeros(2),
         torch.zeros(2, dtype=torch.int32),
@@ -401,7 +402,7 @@ def test_fuzzed_ip_adapter_shapes_and_bin_files_are_refused_in_one_sentence(tmp_
         torch.save(data, str(path))
         if rng.random() < 0.3:
             path.write_bytes(path.read_bytes()[: rng.randint(0, path.stat().st_size)])
-        budget.run(f"bin {case}", lambda: open_file(path), (path.name,))
+        budget.run(f"bin {case}", partial(open_file, path), (path.name,))
     budget.report("ip_adapter_files", record_property)
 
 
@@ -466,7 +467,7 @@ def test_fuzzed_gate_sweep_and_layer_index_strings_parse_or_are_refused_in_one_s
         text = _gate_text(rng)
         keyframes = budget.run(
             f"keyframes {text[:80]!r}",
-            lambda: parse_keyframes(text, "FlexIPGateSchedule keyframes"),
+            partial(parse_keyframes, text, "FlexIPGateSchedule keyframes"),
             ("FlexIPGateSchedule keyframes",),
         )
         if keyframes is not None:
@@ -474,14 +475,14 @@ def test_fuzzed_gate_sweep_and_layer_index_strings_parse_or_are_refused_in_one_s
             assert all(0.0 <= p <= 1.0 and 0.0 <= g <= 1.0 for p, g in keyframes)
             assert [p for p, _ in keyframes] == sorted({p for p, _ in keyframes})
         gammas = budget.run(
-            f"sweep {text[:80]!r}", lambda: parse_gammas(text, "FlexIPGateSweep values"), ("FlexIPGateSweep values",)
+            f"sweep {text[:80]!r}", partial(parse_gammas, text, "FlexIPGateSweep values"), ("FlexIPGateSweep values",)
         )
         if gammas is not None:
             assert 1 <= len(gammas) <= MAX_SWEEP_GAMMAS and all(0.0 <= g <= 1.0 for g in gammas)
         index_text = text if index_rng.random() < 0.3 else _index_text(index_rng)
         indices = budget.run(
             f"layer indices {index_text[:80]!r}",
-            lambda: parse_layer_indices(index_text, "FlexIPGateSchedule layer_indices"),
+            partial(parse_layer_indices, index_text, "FlexIPGateSchedule layer_indices"),
             ("FlexIPGateSchedule layer_indices",),
         )
         if indices is not None:

@@ -197,7 +197,8 @@ class ComfyServer:
             self.base_dir, self.pack_dir if self.pack_installed else None, self.pack_name, self.models, self.settings
         )
         self.port = free_port()
-        self._log_file = open(self.log_path, "wb")
+        # open for the server's lifetime, closed in stop(): no `with` can span start() to stop()
+        self._log_file = open(self.log_path, "wb")  # noqa: SIM115
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(
             self.command(),
@@ -228,10 +229,9 @@ class ComfyServer:
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=15)
         if process is not None:
-            try:  # children left behind in the group (none expected)
+            # children left behind in the group (none expected)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None

@@ -1,4 +1,4 @@
-"""The smoke training setup shared by the trainer tests, and a ready-made trained checkpoint.
+"""The smoke training setup the trainer, evaluation and server tests share, and a ready-made trained checkpoint.
 
 Smoke config: the generated SD1.5 checkpoint's text encoder and TAESD VAE, the tiny in-process
 UNet and image encoders of tools/fixtures (built through the config's `*_factory` keys), a
@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.train.synthetic import write_config, write_pairs
+from tests.support.synthetic import write_config, write_pairs
 from tools.fixtures import REPO_ROOT, comfyui_path, sd15_checkpoint
 from tools.fixtures.tiny import TINY_FACTORIES
 

@@ -116,3 +116,24 @@ def write_config(path: Path, sections: dict[str, dict]) -> Path:
         text.append("")
     Path(path).write_text("\n".join(text))
     return Path(path)
+
+
+def random_model_inputs(context_dim: int, batch: int = 2, pooled_dim: int | None = None, sizes=None, seed: int = 0):
+    """Seeded ModelInputs of one training step on the tiny models: latents [B, 4, 8, 8], text context
+    [B, 77, context_dim], CLIP [CLS] [B, 64], DINOv2 tokens [B, 257, 64]; γ and σ from a high and a low end."""
+    import torch
+
+    from flexip_train.objective import ModelInputs
+
+    g = torch.Generator().manual_seed(seed)
+    return ModelInputs(
+        latents=torch.randn(batch, 4, 8, 8, generator=g),
+        context=torch.randn(batch, 77, context_dim, generator=g),
+        clip=torch.randn(batch, 64, generator=g),
+        dino=torch.randn(batch, 257, 64, generator=g),
+        gates=torch.tensor([0.9, 0.1][:batch]),
+        noise=torch.randn(batch, 4, 8, 8, generator=g),
+        sigmas=torch.tensor([0.5, 8.0][:batch]),
+        pooled=None if pooled_dim is None else torch.randn(batch, pooled_dim, generator=g),
+        sizes=None if sizes is None else torch.tensor(sizes, dtype=torch.float32),
+    )
