@@ -3,7 +3,7 @@
 Node modules (one node class each): apply, encode, faces_crop, faces_loader, faces_similarity, loader,
 pair_loader, plot, schedule, similarity, sweep. They import flexip_model and the helper modules only
 (bundles, encoders, faces_align, faces_packs, faces_preview, faces_runtime, faces_select, finite,
-folders, layers, patch, progress), never another node module. The package rules, and the test that
+folders, inputs, layers, patch, progress), never another node module. The package rules, and the test that
 checks each, are in docs/architecture.md.
 """
 

@@ -13,6 +13,7 @@ from flexip_model.gate_schedule import constant_schedule
 from flexip_model.vocabulary import mask_batch
 
 from .bundles import EncodedSubject, LoadedFlexIP
+from .inputs import float_input, typed_input
 from .layers import matching_layers
 from .patch import FlexIPPatch, install
 
@@ -35,67 +36,34 @@ class FlexIPApply:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The diffusion model to personalise (a patched copy is returned)."}),
-                "flexip": (
-                    "FLEXIP",
-                    {"tooltip": "Adapters from FlexIPLoader (the same ones that encoded the subject)."},
+                "model": typed_input("MODEL", "The diffusion model to personalise (a patched copy is returned)."),
+                "flexip": typed_input("FLEXIP", "Adapters from FlexIPLoader (the same ones that encoded the subject)."),
+                "subject": typed_input("FLEXIP_SUBJECT", "The subject from FlexIPEncodeSubject."),
+                "strength": float_input(
+                    1.0, 0.0, 2.0, "Overall strength s of the subject; 0 leaves the model unchanged.", step=0.01
                 ),
-                "subject": ("FLEXIP_SUBJECT", {"tooltip": "The subject from FlexIPEncodeSubject."}),
-                "strength": (
-                    "FLOAT",
-                    {
-                        "default": 1.0,
-                        "min": 0.0,
-                        "max": 2.0,
-                        "step": 0.01,
-                        "tooltip": "Overall strength s of the subject; 0 leaves the model unchanged.",
-                    },
+                "preservation": float_input(
+                    0.5,
+                    0.0,
+                    1.0,
+                    "Gate γ: 1 locks identity (preservation adapter), 0 favours editing (personalization adapter). "
+                    "Ignored when a gate schedule or sweep is connected.",
+                    step=0.01,
                 ),
-                "preservation": (
-                    "FLOAT",
-                    {
-                        "default": 0.5,
-                        "min": 0.0,
-                        "max": 1.0,
-                        "step": 0.01,
-                        "tooltip": (
-                            "Gate γ: 1 locks identity (preservation adapter), 0 favours editing (personalization "
-                            "adapter). Ignored when a gate schedule or sweep is connected."
-                        ),
-                    },
+                "start_at": float_input(
+                    0.0, 0.0, 1.0, "Sampling progress at which the subject starts to act.", step=0.001
                 ),
-                "start_at": (
-                    "FLOAT",
-                    {
-                        "default": 0.0,
-                        "min": 0.0,
-                        "max": 1.0,
-                        "step": 0.001,
-                        "tooltip": "Sampling progress at which the subject starts to act.",
-                    },
-                ),
-                "end_at": (
-                    "FLOAT",
-                    {
-                        "default": 1.0,
-                        "min": 0.0,
-                        "max": 1.0,
-                        "step": 0.001,
-                        "tooltip": "Sampling progress after which the subject stops acting.",
-                    },
+                "end_at": float_input(
+                    1.0, 0.0, 1.0, "Sampling progress after which the subject stops acting.", step=0.001
                 ),
             },
             "optional": {
-                "gate": (
+                "gate": typed_input(
                     "FLEXIP_GATE",
-                    {
-                        "tooltip": (
-                            "A FlexIPGateSchedule (γ per step and block) or a FlexIPGateSweep (one γ per latent batch "
-                            "item); replaces preservation."
-                        )
-                    },
+                    "A FlexIPGateSchedule (γ per step and block) or a FlexIPGateSweep (one γ per latent batch item); "
+                    "replaces preservation.",
                 ),
-                "attn_mask": ("MASK", {"tooltip": "Where in the image the subject acts (white = on)."}),
+                "attn_mask": typed_input("MASK", "Where in the image the subject acts (white = on)."),
             },
         }
 

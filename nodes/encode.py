@@ -15,6 +15,7 @@ from .bundles import EncodedSubject, LoadedFlexIP
 from .encoders import check_encoders, reference_features
 from .faces_runtime import FACE_MODELS_TYPE
 from .faces_select import crop_for_encoding
+from .inputs import choice_input, typed_input
 
 if TYPE_CHECKING:
     from comfy.clip_vision import ClipVisionModel
@@ -36,45 +37,30 @@ class FlexIPEncodeSubject:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
-                "flexip": (
-                    "FLEXIP",
-                    {"tooltip": "Adapters from FlexIPLoader, or an IP-Adapter pair (compatibility mode)."},
+                "flexip": typed_input(
+                    "FLEXIP", "Adapters from FlexIPLoader, or an IP-Adapter pair (compatibility mode)."
                 ),
-                "clip_vision": (
-                    "CLIP_VISION",
-                    {"tooltip": "CLIP ViT-H/14 from Load CLIP Vision (the file IP-Adapter uses)."},
+                "clip_vision": typed_input(
+                    "CLIP_VISION", "CLIP ViT-H/14 from Load CLIP Vision (the file IP-Adapter uses)."
                 ),
-                "image": ("IMAGE", {"tooltip": "The reference image of the subject; a batch gives several views."}),
-                "batch_mode": (
+                "image": typed_input("IMAGE", "The reference image of the subject; a batch gives several views."),
+                "batch_mode": choice_input(
                     BATCH_MODES,
-                    {
-                        "default": "average",
-                        "tooltip": (
-                            "How several reference images combine: average their tokens, or concatenate them "
-                            "(more tokens, more detail, a little slower)."
-                        ),
-                    },
+                    "How several reference images combine: average their tokens, or concatenate them "
+                    "(more tokens, more detail, a little slower).",
+                    default="average",
                 ),
             },
             "optional": {
-                "dino": (
+                "dino": typed_input(
                     "CLIP_VISION",
-                    {
-                        "tooltip": (
-                            "DINOv2-L from Load CLIP Vision (low-level detail "
-                            "features); not used by an IP-Adapter pair."
-                        )
-                    },
+                    "DINOv2-L from Load CLIP Vision (low-level detail features); not used by an IP-Adapter pair.",
                 ),
-                "mask": ("MASK", {"tooltip": "Subject mask over the reference: the background is blacked out."}),
-                "insightface": (
+                "mask": typed_input("MASK", "Subject mask over the reference: the background is blacked out."),
+                "insightface": typed_input(
                     FACE_MODELS_TYPE,
-                    {
-                        "tooltip": (
-                            "Optional face models: each reference is first cropped to its largest face, aligned as "
-                            "FlexIP Face Crop does by default (use that node for other choices)."
-                        )
-                    },
+                    "Optional face models: each reference is first cropped to its largest face, aligned as "
+                    "FlexIP Face Crop does by default (use that node for other choices).",
                 ),
             },
         }

@@ -9,6 +9,7 @@ import torch
 from .faces_preview import draw_preview
 from .faces_runtime import FACE_MODELS_TYPE
 from .faces_select import DEFAULT_CROP_SCALE, DEFAULT_CROP_SIZE, FACE_CHOICES, NO_FACE_POLICIES, crop_faces
+from .inputs import choice_input, float_input, int_input, typed_input
 
 
 class FlexIPFaceCrop:
@@ -34,71 +35,38 @@ class FlexIPFaceCrop:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
-                "image": ("IMAGE", {"tooltip": "The photo(s) with the face; each image of a batch gets one crop."}),
-                "insightface": (
+                "image": typed_input("IMAGE", "The photo(s) with the face; each image of a batch gets one crop."),
+                "insightface": typed_input(
                     FACE_MODELS_TYPE,
-                    {
-                        "tooltip": (
-                            "Face models from FlexIP InsightFace Loader, or "
-                            "the face analysis loader of InstantID or PuLID."
-                        )
-                    },
+                    "Face models from FlexIP InsightFace Loader, or the face analysis loader of InstantID or PuLID.",
                 ),
-                "face": (
+                "face": choice_input(
                     FACE_CHOICES,
-                    {
-                        "default": "largest",
-                        "tooltip": (
-                            "Which face to crop when an image has several: the largest, or the one at face_index."
-                        ),
-                    },
+                    "Which face to crop when an image has several: the largest, or the one at face_index.",
+                    default="largest",
                 ),
-                "face_index": (
-                    "INT",
-                    {
-                        "default": 0,
-                        "min": 0,
-                        "max": 63,
-                        "tooltip": (
-                            "With face = by index: which face, counting from "
-                            "0 left to right (the preview shows the numbers)."
-                        ),
-                    },
+                "face_index": int_input(
+                    0,
+                    0,
+                    63,
+                    "With face = by index: which face, counting from 0 left to right (the preview shows the numbers).",
                 ),
-                "crop_size": (
-                    "INT",
-                    {
-                        "default": DEFAULT_CROP_SIZE,
-                        "min": 112,
-                        "max": 1024,
-                        "step": 16,
-                        "tooltip": ("Side of the square crops in pixels; the encoders read 224."),
-                    },
+                "crop_size": int_input(
+                    DEFAULT_CROP_SIZE, 112, 1024, "Side of the square crops in pixels; the encoders read 224.", step=16
                 ),
-                "crop_scale": (
-                    "FLOAT",
-                    {
-                        "default": DEFAULT_CROP_SCALE,
-                        "min": 0.5,
-                        "max": 4.0,
-                        "step": 0.05,
-                        "tooltip": (
-                            "How much around the face: 1.0 is ArcFace's tight "
-                            "crop (eyebrows to chin), 1.5 the whole head, "
-                            "larger values add shoulders and background."
-                        ),
-                    },
+                "crop_scale": float_input(
+                    DEFAULT_CROP_SCALE,
+                    0.5,
+                    4.0,
+                    "How much around the face: 1.0 is ArcFace's tight crop (eyebrows to chin), 1.5 the whole head, "
+                    "larger values add shoulders and background.",
+                    step=0.05,
                 ),
-                "no_face": (
+                "no_face": choice_input(
                     NO_FACE_POLICIES,
-                    {
-                        "default": "error",
-                        "tooltip": (
-                            "When an image has no face (after retrying detection "
-                            "at smaller sizes): stop with an error naming "
-                            "the image, use the whole image (centre square) instead, or leave the image out."
-                        ),
-                    },
+                    "When an image has no face (after retrying detection at smaller sizes): stop with an error naming "
+                    "the image, use the whole image (centre square) instead, or leave the image out.",
+                    default="error",
                 ),
             }
         }

@@ -6,6 +6,7 @@ from typing import Any
 
 from .faces_packs import pack_folder, pack_names
 from .faces_runtime import PROVIDERS, load_face_analysis
+from .inputs import choice_input
 
 
 class FlexIPInsightFaceLoader:
@@ -27,25 +28,16 @@ class FlexIPInsightFaceLoader:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
-                "pack": (
+                "pack": choice_input(
                     pack_names(),
-                    {
-                        "tooltip": (
-                            "The model pack: a folder in models/insightface/models/ holding its .onnx files "
-                            "(antelopev2 or buffalo_l; see docs/faces.md)."
-                        )
-                    },
+                    "The model pack: a folder in models/insightface/models/ holding its .onnx files "
+                    "(antelopev2 or buffalo_l; see docs/faces.md).",
                 ),
-                "provider": (
+                "provider": choice_input(
                     list(PROVIDERS),
-                    {
-                        "default": "CPU",
-                        "tooltip": (
-                            "Where ONNX Runtime runs the face models; falls "
-                            "back to the CPU (with a warning in the log) "
-                            "when the installed onnxruntime build lacks it."
-                        ),
-                    },
+                    "Where ONNX Runtime runs the face models; falls back to the CPU (with a warning in the log) "
+                    "when the installed onnxruntime build lacks it.",
+                    default="CPU",
                 ),
             }
         }

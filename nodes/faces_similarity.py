@@ -12,6 +12,7 @@ import torch
 from flexip_model.errors import FlexIPError
 
 from .faces_runtime import FACE_MODELS_TYPE, check_face_analysis, detect_faces, face_embedding, recognition_model
+from .inputs import typed_input
 from .progress import with_progress
 
 log = logging.getLogger(__name__)
@@ -86,19 +87,14 @@ class FlexIPFaceSimilarity:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
-                "reference": (
-                    "IMAGE",
-                    {"tooltip": ("The reference photo(s) of the person; several are averaged into one identity.")},
+                "reference": typed_input(
+                    "IMAGE", "The reference photo(s) of the person; several are averaged into one identity."
                 ),
-                "generated": ("IMAGE", {"tooltip": "The generated images to score, e.g. from VAE Decode."}),
-                "insightface": (
+                "generated": typed_input("IMAGE", "The generated images to score, e.g. from VAE Decode."),
+                "insightface": typed_input(
                     FACE_MODELS_TYPE,
-                    {
-                        "tooltip": (
-                            "Face models from FlexIP InsightFace Loader, or InstantID's or PuLID's "
-                            "(the pack must include a recognition model)."
-                        )
-                    },
+                    "Face models from FlexIP InsightFace Loader, or InstantID's or PuLID's "
+                    "(the pack must include a recognition model).",
                 ),
             }
         }

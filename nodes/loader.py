@@ -10,6 +10,7 @@ from flexip_model import checkpoint
 
 from .bundles import LoadedFlexIP
 from .folders import model_file
+from .inputs import choice_input
 
 
 class FlexIPLoader:
@@ -27,9 +28,9 @@ class FlexIPLoader:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
-                "adapter_name": (
+                "adapter_name": choice_input(
                     folder_paths.get_filename_list("flexip"),
-                    {"tooltip": "A FlexIP .safetensors file in models/flexip (see README: Model files)."},
+                    "A FlexIP .safetensors file in models/flexip (see README: Model files).",
                 ),
             }
         }

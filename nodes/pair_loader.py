@@ -15,6 +15,7 @@ from flexip_model.ip_adapter import load_pair
 
 from .bundles import LoadedFlexIP
 from .folders import model_file
+from .inputs import choice_input, typed_input
 from .layers import context_dim_of, layer_specs_of
 
 if TYPE_CHECKING:
@@ -42,32 +43,19 @@ class FlexIPAdapterPairLoader:
         files = folder_paths.get_filename_list("ipadapter")
         return {
             "required": {
-                "model": (
+                "model": typed_input(
                     "MODEL",
-                    {
-                        "tooltip": (
-                            "The model to patch later: the files' layers "
-                            "are matched to its cross-attention layers here."
-                        )
-                    },
+                    "The model to patch later: the files' layers are matched to its cross-attention layers here.",
                 ),
-                "preservation": (
+                "preservation": choice_input(
                     files,
-                    {
-                        "tooltip": (
-                            "IP-Adapter file for identity, weighted by γ (e.g. ip-adapter-plus_sd15 or "
-                            "ip-adapter-plus-face_sd15)."
-                        )
-                    },
+                    "IP-Adapter file for identity, weighted by γ (e.g. ip-adapter-plus_sd15 or "
+                    "ip-adapter-plus-face_sd15).",
                 ),
-                "personalization": (
+                "personalization": choice_input(
                     files,
-                    {
-                        "tooltip": (
-                            "IP-Adapter file for editability, weighted by 1 − "
-                            "γ (e.g. ip-adapter_sd15 or ip-adapter_sd15_light)."
-                        )
-                    },
+                    "IP-Adapter file for editability, weighted by 1 − γ (e.g. ip-adapter_sd15 or "
+                    "ip-adapter_sd15_light).",
                 ),
             }
         }

@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from flexip_model.errors import FlexIPError
 
+from .inputs import int_input, text_input, typed_input
 from .progress import with_progress
 
 METRIC_SLOTS = 4
@@ -44,42 +45,24 @@ class FlexIPTradeoffPlot:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        metric = {
-            "forceInput": True,
-            "tooltip": (
-                "A list of numbers, one per image (e.g. FlexIPSubjectSimilarity's clip_i); its name comes from labels."
-            ),
-        }
+        metric_help = (
+            "A list of numbers, one per image (e.g. FlexIPSubjectSimilarity's clip_i); its name comes from labels."
+        )
         return {
             "required": {
-                "gammas": ("FLOAT", {"forceInput": True, "tooltip": "FlexIPGateSweep's gammas: the x axis."}),
-                "images": ("IMAGE", {"tooltip": "The generated images, one per γ, in sweep order."}),
-                "metric_1": ("FLOAT", metric),
-                "labels": (
-                    "STRING",
-                    {"default": DEFAULT_LABELS, "tooltip": ("Legend names of metric_1 .. metric_4, comma separated.")},
-                ),
-                "width": (
-                    "INT",
-                    {"default": 768, "min": 256, "max": 4096, "step": 16, "tooltip": "Chart width in pixels."},
-                ),
-                "height": (
-                    "INT",
-                    {"default": 512, "min": 192, "max": 4096, "step": 16, "tooltip": "Chart height in pixels."},
-                ),
-                "thumbnail": (
-                    "INT",
-                    {
-                        "default": 256,
-                        "min": 64,
-                        "max": 1024,
-                        "step": 16,
-                        "tooltip": "Contact sheet: width of each image in pixels.",
-                    },
-                ),
-                "columns": ("INT", {"default": 5, "min": 1, "max": 16, "tooltip": "Contact sheet: images per row."}),
+                "gammas": typed_input("FLOAT", "FlexIPGateSweep's gammas: the x axis.", forceInput=True),
+                "images": typed_input("IMAGE", "The generated images, one per γ, in sweep order."),
+                "metric_1": typed_input("FLOAT", metric_help, forceInput=True),
+                "labels": text_input(DEFAULT_LABELS, "Legend names of metric_1 .. metric_4, comma separated."),
+                "width": int_input(768, 256, 4096, "Chart width in pixels.", step=16),
+                "height": int_input(512, 192, 4096, "Chart height in pixels.", step=16),
+                "thumbnail": int_input(256, 64, 1024, "Contact sheet: width of each image in pixels.", step=16),
+                "columns": int_input(5, 1, 16, "Contact sheet: images per row."),
             },
-            "optional": {f"metric_{slot}": ("FLOAT", metric) for slot in range(2, METRIC_SLOTS + 1)},
+            "optional": {
+                f"metric_{slot}": typed_input("FLOAT", metric_help, forceInput=True)
+                for slot in range(2, METRIC_SLOTS + 1)
+            },
         }
 
     def plot(

@@ -14,6 +14,8 @@ from flexip_model.gate_schedule import (
 )
 from flexip_model.vocabulary import INPUT_BLOCK, MIDDLE_BLOCK, OUTPUT_BLOCK
 
+from .inputs import choice_input, text_input
+
 _KEYFRAMES_HELP = "'progress:gamma' pairs, e.g. '0:1.0, 0.6:0.2' (progress 0 = first step, 1 = last), or one number."
 
 
@@ -31,43 +33,26 @@ class FlexIPGateSchedule:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        override = {
-            "default": "",
-            "tooltip": f"Optional override for these blocks: {_KEYFRAMES_HELP} Empty = use keyframes.",
-        }
+        override = text_input("", f"Optional override for these blocks: {_KEYFRAMES_HELP} Empty = use keyframes.")
         return {
             "required": {
-                "keyframes": (
-                    "STRING",
-                    {
-                        "default": "0:1.0, 0.5:0.5, 1:0.2",
-                        "multiline": True,
-                        "tooltip": f"γ over sampling progress: {_KEYFRAMES_HELP}",
-                    },
+                "keyframes": text_input(
+                    "0:1.0, 0.5:0.5, 1:0.2", f"γ over sampling progress: {_KEYFRAMES_HELP}", multiline=True
                 ),
-                "interpolation": (
-                    INTERPOLATIONS,
-                    {"default": "linear", "tooltip": "Between keyframes: linear, cosine ease, or step (hold)."},
+                "interpolation": choice_input(
+                    INTERPOLATIONS, "Between keyframes: linear, cosine ease, or step (hold).", default="linear"
                 ),
             },
             "optional": {
-                "input_blocks": ("STRING", override),
-                "middle_block": ("STRING", override),
-                "output_blocks": ("STRING", override),
-                "layer_indices": (
-                    "STRING",
-                    {
-                        "default": "",
-                        "tooltip": (
-                            "Optional comma-separated cross-attention layer indices (0 = first input layer) that get "
-                            "layer_keyframes instead."
-                        ),
-                    },
+                "input_blocks": override,
+                "middle_block": override,
+                "output_blocks": override,
+                "layer_indices": text_input(
+                    "",
+                    "Optional comma-separated cross-attention layer indices (0 = first input layer) that get "
+                    "layer_keyframes instead.",
                 ),
-                "layer_keyframes": (
-                    "STRING",
-                    {"default": "", "tooltip": f"Keyframes for layer_indices: {_KEYFRAMES_HELP}"},
-                ),
+                "layer_keyframes": text_input("", f"Keyframes for layer_indices: {_KEYFRAMES_HELP}"),
             },
         }
 

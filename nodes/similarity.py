@@ -16,6 +16,7 @@ from comfy.image_encoders.dino2 import Dinov2Model
 from flexip_model.errors import FlexIPError
 
 from .encoders import clip_image_embeds, clip_vision_model, dino_model, dino_tokens, encode_each
+from .inputs import typed_input
 
 if TYPE_CHECKING:
     from comfy.clip_vision import ClipVisionModel
@@ -46,13 +47,12 @@ class FlexIPSubjectSimilarity:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
-                "clip_vision": ("CLIP_VISION", {"tooltip": "CLIP ViT-H/14 from Load CLIP Vision (for CLIP-I)."}),
-                "dino": ("CLIP_VISION", {"tooltip": "DINOv2-L from Load CLIP Vision (for DINO-I)."}),
-                "reference": (
-                    "IMAGE",
-                    {"tooltip": ("The subject's reference image(s); with several, each score is the mean over them.")},
+                "clip_vision": typed_input("CLIP_VISION", "CLIP ViT-H/14 from Load CLIP Vision (for CLIP-I)."),
+                "dino": typed_input("CLIP_VISION", "DINOv2-L from Load CLIP Vision (for DINO-I)."),
+                "reference": typed_input(
+                    "IMAGE", "The subject's reference image(s); with several, each score is the mean over them."
                 ),
-                "images": ("IMAGE", {"tooltip": "The generated images to score (a batch gives one score each)."}),
+                "images": typed_input("IMAGE", "The generated images to score (a batch gives one score each)."),
             },
         }
 

@@ -7,6 +7,8 @@ from typing import Any
 from flexip_model.errors import FlexIPError
 from flexip_model.gate_sweep import MAX_SWEEP_GAMMAS, GateSweep, parse_gammas, range_gammas
 
+from .inputs import boolean_input, choice_input, float_input, int_input, text_input, typed_input
+
 MODES = ("list", "range")
 
 
@@ -31,60 +33,25 @@ class FlexIPGateSweep:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
-                "latent": (
-                    "LATENT",
-                    {"tooltip": "One latent (Empty Latent Image with batch_size 1, or an encoded image)."},
+                "latent": typed_input(
+                    "LATENT", "One latent (Empty Latent Image with batch_size 1, or an encoded image)."
                 ),
-                "mode": (
+                "mode": choice_input(
                     MODES,
-                    {
-                        "default": "list",
-                        "tooltip": (
-                            "list: the γ values written in values; range: count values evenly from start to stop."
-                        ),
-                    },
+                    "list: the γ values written in values; range: count values evenly from start to stop.",
+                    default="list",
                 ),
-                "values": (
-                    "STRING",
-                    {
-                        "default": "0, 0.25, 0.5, 0.75, 1",
-                        "tooltip": (
-                            "mode list: γ values in [0, 1], comma or newline separated (1 = identity, 0 = editability)."
-                        ),
-                    },
+                "values": text_input(
+                    "0, 0.25, 0.5, 0.75, 1",
+                    "mode list: γ values in [0, 1], comma or newline separated (1 = identity, 0 = editability).",
                 ),
-                "start": (
-                    "FLOAT",
-                    {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "mode range: the first γ."},
-                ),
-                "stop": (
-                    "FLOAT",
-                    {
-                        "default": 1.0,
-                        "min": 0.0,
-                        "max": 1.0,
-                        "step": 0.01,
-                        "tooltip": "mode range: the last γ (included).",
-                    },
-                ),
-                "count": (
-                    "INT",
-                    {
-                        "default": 5,
-                        "min": 1,
-                        "max": MAX_SWEEP_GAMMAS,
-                        "tooltip": "mode range: how many γ values (and images).",
-                    },
-                ),
-                "same_noise": (
-                    "BOOLEAN",
-                    {
-                        "default": True,
-                        "tooltip": (
-                            "On: every image starts from the same noise, so only γ differs between them. "
-                            "Off: each image gets its own noise, as in a normal batch."
-                        ),
-                    },
+                "start": float_input(0.0, 0.0, 1.0, "mode range: the first γ.", step=0.01),
+                "stop": float_input(1.0, 0.0, 1.0, "mode range: the last γ (included).", step=0.01),
+                "count": int_input(5, 1, MAX_SWEEP_GAMMAS, "mode range: how many γ values (and images)."),
+                "same_noise": boolean_input(
+                    True,
+                    "On: every image starts from the same noise, so only γ differs between them. "
+                    "Off: each image gets its own noise, as in a normal batch.",
                 ),
             },
         }
