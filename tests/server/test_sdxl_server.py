@@ -53,7 +53,9 @@ def _checkpoint_cross_attention_count() -> int:
     """attn2 layers in the generated checkpoint's UNet, counted from its tensor names."""
     with safe_open(str(sdxl_checkpoint()), framework="pt") as handle:
         return sum(
-            1 for key in handle if key.startswith("model.diffusion_model.") and key.endswith(".attn2.to_k.weight")
+            1
+            for key in handle.keys()  # noqa: SIM118 (safe_open has keys() but is not iterable)
+            if key.startswith("model.diffusion_model.") and key.endswith(".attn2.to_k.weight")
         )
 
 
