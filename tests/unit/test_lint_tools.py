@@ -3,7 +3,7 @@ lint-imports, each on a tiny example in tmp_path, so a tool that silently checks
 path, a config it does not read) shows up here rather than as a green lint.
 
 Each tool runs as `make lint` runs it, from the .venv beside the test's Python (pinned in
-tools/requirements-dev.txt); a test is skipped, saying so, where its tool is not installed.
+tools/requirements-dev.txt); a missing tool fails the test, as `make setup` installs all three.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ TIMEOUT_S = 60
 
 
 def _tool(name: str) -> Path:
-    """The console script `name` beside this Python (the .venv's bin/), or skip."""
+    """The console script `name` beside this Python (the .venv's bin/); a missing one fails the test."""
     path = Path(sys.executable).parent / name
     if not path.exists():
         found = shutil.which(name)
         if found is None:
-            pytest.skip(f"{name} is not installed (pip install -r tools/requirements-dev.txt, or make setup)")
+            pytest.fail(f"{name} is not installed: run make setup (or pip install -r tools/requirements-dev.txt).")
         path = Path(found)
     return path
 
