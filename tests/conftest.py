@@ -94,8 +94,8 @@ def comfyui_path() -> Path:
 @pytest.fixture(scope="session")
 def shared_comfy_server(tmp_path_factory: pytest.TempPathFactory, comfyui_path: Path):
     """One ComfyUI server (pack, generated models, frontend settings) for the server and ui layers."""
-    from tools.harness.server import ComfyServer
+    from tools.harness.server import LRU_CACHE_ARGS, ComfyServer
 
     base = tmp_path_factory.mktemp("comfy-server")
-    with ComfyServer(base, host_path=comfyui_path, settings=FRONTEND_SETTINGS) as server:
+    with ComfyServer(base, host_path=comfyui_path, settings=FRONTEND_SETTINGS, extra_args=LRU_CACHE_ARGS) as server:
         yield server

@@ -19,7 +19,7 @@ from tools.fixtures.adapters import FLEXIP_SD15_NAME, FLEXIP_TEST_SDXL_NAME, fle
 from tools.fixtures.files import link_sdxl_checkpoint
 from tools.fixtures.images import drawn_subject
 from tools.fixtures.ip_adapter_files import build_ip_adapter
-from tools.harness.server import ComfyServer
+from tools.harness.server import LRU_CACHE_ARGS, ComfyServer
 from tools.harness.workflows import for_test_models, load_api, nodes_of, without_flexip
 
 pytestmark = pytest.mark.server
@@ -53,7 +53,7 @@ def server(request, tmp_path_factory, comfyui_path):
     link_adapters(models, (FLEXIP_SD15_NAME, FLEXIP_TEST_SDXL_NAME))
     for dtype, name in HALF_FILES.items():
         checkpoint.save(models / "flexip" / name, checkpoint.load(flexip_sd15(), dtype=dtype))
-    with ComfyServer(base, host_path=comfyui_path, extra_args=SWITCHES[request.param]) as started:
+    with ComfyServer(base, host_path=comfyui_path, extra_args=[*SWITCHES[request.param], *LRU_CACHE_ARGS]) as started:
         started.subject = started.upload_image(drawn_subject(), "flexip_precision_subject.png")
         started.rendered = {}
         yield started

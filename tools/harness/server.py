@@ -115,6 +115,12 @@ def quote_pack_import_failure(log_text: str, pack_path: str) -> str | None:
     return "\n".join(line for line in lines if pack_path in line)
 
 
+# For test servers that alternate between graphs: ComfyUI's LRU cache keeps each graph's loaded
+# models and encodings, where the default cache keeps only the last prompt's (outputs are the same;
+# the demo and the benchmarks keep ComfyUI's default, as users run it)
+LRU_CACHE_ARGS = ("--cache-lru", "100")
+
+
 class ComfyServer:
     """Context manager: a ComfyUI `main.py` subprocess with the pack, on 127.0.0.1:<free port>.
 
