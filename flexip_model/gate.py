@@ -18,11 +18,22 @@ import torch
 from torch import Tensor
 
 from .attention import Weight
-from .config import LayerSpec
 from .errors import FlexIPError
 
 PROGRESS_POINTS = 1001  # the sigma→progress grid: one point per discrete timestep of SD-family models
 _ITEMS = re.compile(r"[,\n]")
+
+
+class GatedLayer(Protocol):
+    """What a gate reads of a layer it gates: a UNet attn2 `LayerSpec`, or a FLUX residual group."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def block(self) -> str:
+        """One of vocabulary.BLOCKS; block overrides of a gate schedule select layers by it."""
+        ...
 
 
 class LiveGates(Protocol):
@@ -54,7 +65,7 @@ class Gate(Protocol):
         """The same gate acting only inside [start_at, end_at]; FlexIPError naming `source` if invalid."""
         ...
 
-    def plan(self, layers: Sequence[LayerSpec], sigma_at: Callable[[float], float]) -> GatePlan:
+    def plan(self, layers: Sequence[GatedLayer], sigma_at: Callable[[float], float]) -> GatePlan:
         """The plan for these layers; `sigma_at(progress)` is the model's sigma (percent_to_sigma)."""
         ...
 

@@ -13,9 +13,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from .config import LayerSpec
 from .errors import FlexIPError, shown
-from .gate import GatePlan, check_window, widget_items
+from .gate import GatedLayer, GatePlan, check_window, widget_items
 from .vocabulary import BLOCKS
 
 Keyframes = tuple[tuple[float, float], ...]
@@ -50,7 +49,7 @@ class GateSchedule:
         validate_schedule(schedule, source)
         return schedule
 
-    def plan(self, layers: Sequence[LayerSpec], sigma_at: Callable[[float], float]) -> GatePlan:
+    def plan(self, layers: Sequence[GatedLayer], sigma_at: Callable[[float], float]) -> GatePlan:
         """Layers whose keyframes hold one γ get it as a constant; the others read the table per step."""
         table = gate_table(self, layers)
         ranges = static_gate_range(self, layers)
@@ -130,9 +129,17 @@ def parse_layer_indices(text: str, source: str) -> tuple[int, ...]:
         raise FlexIPError(f"{source} {shown(text)} is not a list of integers: write e.g. '0, 1, 5'.") from None
 
 
-def _layer_keyframes(schedule: GateSchedule, layers: Sequence[LayerSpec]) -> list[Keyframes]:
+def _layer_keyframes(schedule: GateSchedule, layers: Sequence[GatedLayer]) -> list[Keyframes]:
     chosen = [schedule.keyframes] * len(layers)
+    present = {spec.block for spec in layers}
     for override in schedule.overrides:
+        for block in override.blocks:
+            if block not in present:
+                # FLUX has no middle block; saying so beats an override that silently does nothing
+                raise FlexIPError(
+                    f"the gate overrides the {block} blocks but this model has only {' and '.join(sorted(present))} "
+                    f"blocks: clear that override on FlexIPGateSchedule."
+                )
         for index in override.layer_indices:
             if index >= len(layers):
                 raise FlexIPError(
@@ -164,7 +171,7 @@ class GateTable:
         return gates_at(self, progress).to(like.dtype)
 
 
-def gate_table(schedule: GateSchedule, layers: Sequence[LayerSpec]) -> GateTable:
+def gate_table(schedule: GateSchedule, layers: Sequence[GatedLayer]) -> GateTable:
     """Build the table once per run on the host; row i belongs to layers[i]."""
     validate_schedule(schedule, "the gate")
     per_layer = _layer_keyframes(schedule, layers)
@@ -195,7 +202,7 @@ def gates_at(table: GateTable, progress: Tensor) -> Tensor:
     return gamma.reshape(layers) if progress.ndim == 0 else gamma
 
 
-def static_gate_range(schedule: GateSchedule, layers: Sequence[LayerSpec]) -> dict[str, tuple[float, float]]:
+def static_gate_range(schedule: GateSchedule, layers: Sequence[GatedLayer]) -> dict[str, tuple[float, float]]:
     """Per layer key the (min, max) γ over the run; every interpolation stays within its keyframes.
 
     min == 1 means the personalization branch is dead for the whole run, max == 0 the preservation one.

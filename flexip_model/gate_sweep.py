@@ -9,9 +9,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from .config import LayerSpec
 from .errors import FlexIPError, shown
-from .gate import GatePlan, check_window, widget_items
+from .gate import GatedLayer, GatePlan, check_window, widget_items
 
 MAX_SWEEP_GAMMAS = 64  # RepeatLatentBatch's limit; a larger sweep belongs in several runs
 
@@ -28,7 +27,7 @@ class GateSweep:
         check_window(start_at, end_at, source)
         return replace(self, start_at=float(start_at), end_at=float(end_at))
 
-    def plan(self, layers: Sequence[LayerSpec], sigma_at: Callable[[float], float]) -> GatePlan:
+    def plan(self, layers: Sequence[GatedLayer], sigma_at: Callable[[float], float]) -> GatePlan:
         items = ItemGammas(torch.tensor(self.gammas, dtype=torch.float32), len(layers))
         return GatePlan.build((None,) * len(layers), items, self.start_at, self.end_at, sigma_at)
 

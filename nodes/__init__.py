@@ -14,6 +14,7 @@ from .faces_loader import FlexIPInsightFaceLoader
 from .faces_similarity import FlexIPFaceSimilarity
 from .finite import refuse_non_finite_floats
 from .folders import register_model_folders
+from .infiniteyou_apply import FlexIPInfiniteYouApply
 from .loader import FlexIPLoader
 from .pair_loader import FlexIPAdapterPairLoader
 from .plot import FlexIPTradeoffPlot
@@ -36,6 +37,7 @@ NODES: tuple[type, ...] = (
     FlexIPGateSweep,
     FlexIPSubjectSimilarity,
     FlexIPTradeoffPlot,
+    FlexIPInfiniteYouApply,
 )
 
 NODE_CLASS_MAPPINGS = {node.__name__: node for node in NODES}

@@ -14,16 +14,20 @@ from flexip_model.gate_schedule import (
 )
 from flexip_model.vocabulary import INPUT_BLOCK, MIDDLE_BLOCK, OUTPUT_BLOCK
 
-from .inputs import choice_input, text_input
+from .inputs import InputSpec, choice_input, text_input
 
 _KEYFRAMES_HELP = "'progress:gamma' pairs, e.g. '0:1.0, 0.6:0.2' (progress 0 = first step, 1 = last), or one number."
+
+
+def _override(blocks: str) -> InputSpec:
+    return text_input("", f"Optional override for {blocks}: {_KEYFRAMES_HELP} Empty = use keyframes.")
 
 
 class FlexIPGateSchedule:
     DISPLAY_NAME = "FlexIP Gate Schedule"
     DESCRIPTION = (
         "How much identity (γ = 1, preservation) versus editability (γ = 0, personalization) "
-        "at each point of sampling, optionally different per UNet block."
+        "at each point of sampling, optionally different per UNet block (on FLUX: per residual group)."
     )
     CATEGORY = "FlexIP"
     RETURN_TYPES = ("FLEXIP_GATE",)
@@ -33,7 +37,6 @@ class FlexIPGateSchedule:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        override = text_input("", f"Optional override for these blocks: {_KEYFRAMES_HELP} Empty = use keyframes.")
         return {
             "required": {
                 "keyframes": text_input(
@@ -44,13 +47,13 @@ class FlexIPGateSchedule:
                 ),
             },
             "optional": {
-                "input_blocks": override,
-                "middle_block": override,
-                "output_blocks": override,
+                "input_blocks": _override("the UNet's input blocks, or FLUX's double-stream residual groups"),
+                "middle_block": _override("the UNet's middle block (FLUX has none)"),
+                "output_blocks": _override("the UNet's output blocks, or FLUX's single-stream residual groups"),
                 "layer_indices": text_input(
                     "",
-                    "Optional comma-separated cross-attention layer indices (0 = first input layer) that get "
-                    "layer_keyframes instead.",
+                    "Optional comma-separated cross-attention layer indices (0 = first input layer; on FLUX residual "
+                    "groups 0..13, double-stream first) that get layer_keyframes instead.",
                 ),
                 "layer_keyframes": text_input("", f"Keyframes for layer_indices: {_KEYFRAMES_HELP}"),
             },
