@@ -6,9 +6,10 @@ smallest size), the per-step cost of choosing and reading the next batch without
 decoded samples per second. Each size is written once per engine into a scratch folder, then read
 by fresh child processes (REPEATS per size, sizes alternating; the figures are medians), so
 start-up and memory are one rank's from process start.
-The litdata engine is the trainer's own data path: `flexip_train.pack.write_shards` writes the pack
-(one subset per kind, a digest per sample) and `ShardPairs` + `training_loader` read it, mixing the
-kinds at variant_fraction 0.1; MDS and WebDataset are read bare, for the comparison table.
+The litdata engine is the trainer's own data path, run as a process the way a user runs the trainer
+(`python -m flexip_train.data_probe`, never imported): `write_shards` writes the pack (one subset per
+kind, a digest per sample) and `ShardPairs` + `training_loader` read it, mixing the kinds at
+variant_fraction 0.1; MDS and WebDataset are read bare here, for the comparison table.
 By default 12.3 M pairs (the paper's set) is measured; with a smaller largest size it is
 extrapolated linearly from the smallest and largest (figures that do not grow extrapolate to
 themselves), and the note says so.
@@ -41,6 +42,7 @@ DECODED = 256  # samples decoded for the throughput figure
 SHARD_BYTES = 64 << 20  # each engine's usual shard size
 VARIANT_FRACTION = 0.1  # the paper's mix, about 9:1
 SPAN = 50  # least ratio of the largest to the smallest size, so the measured growth is above the noise
+TRAINER_PROBE = "flexip_train.data_probe"  # run as a process: the benchmarks never import the trainer
 
 
 def log(message: str) -> None:
@@ -58,8 +60,8 @@ def _tiny_images() -> tuple[bytes, bytes]:
 
 
 def samples(count: int) -> Iterator[dict]:
-    """Synthetic pairs in the shard schema (no digest: `write_shards` adds it); one in ten is a variant
-    pair (the paper's mix is about 9:1)."""
+    """Synthetic pairs in the shard schema (no digest); one in ten is a variant pair (the paper's mix is
+    about 9:1). The trainer's probe packs the same bytes for the litdata engine."""
     image, mask = _tiny_images()
     for index in range(count):
         variant = index % 10 == 0
@@ -73,7 +75,26 @@ def samples(count: int) -> Iterator[dict]:
         }
 
 
-def write(engine: str, folder: Path, count: int) -> None:
+def _run(command: list[str], what: str, timeout: float | None) -> dict:
+    """Runs `python -m ...command` from the repository root; its last stdout line, as JSON."""
+    # litdata asks PyPI for a newer version on every dataset it opens (up to 30 s); training nodes must not
+    env = dict(
+        os.environ,
+        LITDATA_DISABLE_VERSION_CHECK="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH")])),
+    )
+    done = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, env=env, timeout=timeout)
+    if done.returncode:
+        raise RuntimeError(f"{what} failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def write(engine: str, folder: Path, count: int) -> float:
+    """Writes `count` synthetic pairs with `engine` into the new `folder`; the seconds writing took."""
+    if engine == "litdata":  # the trainer's pack writer times itself, without its process start
+        command = [TRAINER_PROBE, "write", str(folder), str(count), "--chunk-bytes", str(SHARD_BYTES)]
+        return _run(command, "the trainer's pack writer", timeout=None)["write_s"]
+    start = time.perf_counter()
     folder.mkdir(parents=True)
     if engine == "mds":
         from streaming import MDSWriter
@@ -82,10 +103,6 @@ def write(engine: str, folder: Path, count: int) -> None:
         with MDSWriter(out=str(folder), columns=columns, size_limit=SHARD_BYTES) as writer:
             for sample in samples(count):
                 writer.write({key: sample[key] for key in columns})
-    elif engine == "litdata":
-        from flexip_train.pack import write_shards
-
-        write_shards(samples(count), folder, chunk_bytes=SHARD_BYTES)
     else:
         import webdataset
 
@@ -101,6 +118,7 @@ def write(engine: str, folder: Path, count: int) -> None:
                         "kind.txt": sample["kind"],
                     }
                 )
+    return time.perf_counter() - start
 
 
 def _rss_mb() -> float:
@@ -111,40 +129,11 @@ def _rss_mb() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def _target_size(index: int, epoch, sample: dict) -> tuple[int, int]:
-    """The trainer's `prepare` without decoding: (pair index, target bytes)."""
-    return index, len(bytes(sample["target"]))
-
-
 def _decode(image: bytes) -> None:
     from PIL import Image
 
     with Image.open(io.BytesIO(image)) as decoded:
         decoded.convert("RGB").load()
-
-
-def _decoded_target(index: int, epoch, sample: dict) -> int:
-    """The trainer's `prepare` that decodes the target with PIL, inside the loader as in training."""
-    _decode(bytes(sample["target"]))
-    return index
-
-
-def _trainer_batches(folder: Path, prepare) -> Iterator[list]:
-    """One rank's micro-batches from the trainer's own reader: the pack's two subsets mixed 9:1."""
-    from flexip_train.shards import ShardPairs
-    from flexip_train.stream import training_loader
-
-    loader = training_loader(
-        ShardPairs(str(folder)),
-        prepare,
-        seed=0,
-        batch_size=BATCH,
-        num_workers=0,
-        variant_fraction=VARIANT_FRACTION,
-        collate=list,
-        pin_memory=False,
-    )
-    return iter(loader)
 
 
 def _open(engine: str, folder: Path, seed: int):
@@ -160,18 +149,14 @@ def _open(engine: str, folder: Path, seed: int):
 
 
 def child(engine: str, folder: Path) -> None:
-    """One rank: first batch, STEPS more batches (timed, no decoding), RSS, then decoded throughput."""
+    """One rank of MDS or WebDataset: first batch, STEPS more batches (timed, no decoding), RSS, then
+    decoded throughput; the same figures as the trainer's probe prints for litdata."""
     import torch
 
-    if engine == "litdata":
-        import flexip_train.stream  # noqa: F401 - counted in the imports, as the trainer pays them
     imported_rss = _rss_mb()
-    if engine == "litdata":
-        batches = _trainer_batches(folder, _target_size)
-    else:
-        batches = iter(
-            torch.utils.data.DataLoader(_open(engine, folder, seed=7), batch_size=BATCH, num_workers=0, collate_fn=list)
-        )
+    batches = iter(
+        torch.utils.data.DataLoader(_open(engine, folder, seed=7), batch_size=BATCH, num_workers=0, collate_fn=list)
+    )
     next(batches)
     first = time.monotonic()
     start = time.perf_counter()
@@ -179,16 +164,11 @@ def child(engine: str, folder: Path) -> None:
         next(batches)
     step_ms = (time.perf_counter() - start) * 1000 / STEPS
     rss = _rss_mb()
-    if engine == "litdata":
-        # the trainer decodes in `prepare`, which is fixed per loader: a second one, its first batch untimed
-        batches = _trainer_batches(folder, _decoded_target)
-        next(batches)
     start = time.perf_counter()
     decoded = 0
     while decoded < DECODED:
         for sample in next(batches):
-            if engine != "litdata":  # the trainer's loader decoded it already
-                _decode(sample["target"] if engine == "mds" else sample["target.jpg"])
+            _decode(sample["target"] if engine == "mds" else sample["target.jpg"])
             decoded += 1
     rate = decoded / (time.perf_counter() - start)
     print(
@@ -205,24 +185,15 @@ def child(engine: str, folder: Path) -> None:
 
 
 def measure(engine: str, folder: Path) -> dict:
-    """Runs `child` in a fresh interpreter; start-up is from just before its launch to its first batch."""
-    # litdata asks PyPI for a newer version on every dataset it opens (up to 30 s); training nodes must not
-    env = dict(
-        os.environ,
-        LITDATA_DISABLE_VERSION_CHECK="1",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH")])),
-    )
+    """Reads `folder` in a fresh interpreter (the trainer's probe for litdata, `child` for the others);
+    start-up is from just before its launch to its first batch."""
+    if engine == "litdata":
+        command = [TRAINER_PROBE, "read", str(folder), "--batch", str(BATCH), "--steps", str(STEPS)]
+        command += ["--decoded", str(DECODED), "--variant-fraction", str(VARIANT_FRACTION)]
+    else:
+        command = ["benchmarks.train_data", "--child", engine, str(folder)]
     launched = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.train_data", "--child", engine, str(folder)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
-    if done.returncode:
-        raise RuntimeError(f"{engine} child failed: {done.stderr[-2000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = _run(command, f"the {engine} reader", timeout=900)
     result["startup_s"] = result.pop("first_batch") - launched
     return result
 
@@ -311,7 +282,7 @@ def parse(argv) -> argparse.Namespace:
         "--engines",
         default="litdata",
         help=f"comma-separated, of {', '.join(ENGINES)} (default litdata: the trainer's own "
-        "write_shards + ShardPairs + training_loader)",
+        f"write_shards + ShardPairs + training_loader, run as `python -m {TRAINER_PROBE}`)",
     )
     parser.add_argument(
         "--sizes",
@@ -353,9 +324,7 @@ def main(argv=None) -> int:
             for size in sizes:
                 folders[size] = scratch / f"{engine}-{size}"
                 log(f"{engine}: writing {size:,} pairs")
-                start = time.perf_counter()
-                write(engine, folders[size], size)
-                write_s[size] = time.perf_counter() - start
+                write_s[size] = write(engine, folders[size], size)
             # single runs differ by tenths of a second here, which the extrapolation multiplies: the median of
             # REPEATS reads per size, in alternating order (A B B A ...) so a slow spell hits every size alike
             measured: dict[int, list[dict]] = {size: [] for size in sizes}
