@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,10 +140,13 @@ def bgr_pixels(image: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(pixels[..., ::-1])
 
 
-def detect_faces(analysis: Any, image: torch.Tensor) -> tuple[list[DetectedFace], int | None]:
-    """The faces in one IMAGE [H, W, C] and the detection size that found them (None: no face at any size)."""
+def detect_faces(
+    analysis: Any, image: torch.Tensor, sizes: Sequence[int] = DETECTION_SIZES
+) -> tuple[list[DetectedFace], int | None]:
+    """The faces in one IMAGE [H, W, C] and the detection size that found them, trying `sizes` in turn
+    (None: no face at any size)."""
     pixels = bgr_pixels(image)
-    for size in DETECTION_SIZES:
+    for size in sizes:
         boxes, landmarks = analysis.det_model.detect(pixels, input_size=(size, size))
         if len(boxes):
             if landmarks is None:

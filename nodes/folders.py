@@ -18,12 +18,19 @@ from flexip_model.errors import FlexIPError
 # Pickle files are listed so that picking one gets the explanation instead of an empty list.
 ADAPTER_EXTENSIONS = {".safetensors", ".bin", ".pt", ".pth", ".ckpt"}
 # insightface: packs live in models/insightface/models/<pack>/ (see faces_packs.py).
-FOLDERS = {"flexip": ADAPTER_EXTENSIONS, "ipadapter": ADAPTER_EXTENSIONS, "insightface": {".onnx"}}
+# infiniteyou: InfiniteYou's identity projections and facexlib's ArcFace IR-SE50 (InfuseNets: models/controlnet).
+FOLDERS = {
+    "flexip": ADAPTER_EXTENSIONS,
+    "ipadapter": ADAPTER_EXTENSIONS,
+    "insightface": {".onnx"},
+    "infiniteyou": {".safetensors", ".bin", ".pth"},
+}
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
 def register_model_folders() -> None:
-    """models/flexip (FlexIP adapters), models/ipadapter (compatibility mode), models/insightface (faces)."""
+    """models/flexip (FlexIP adapters), models/ipadapter (compatibility mode), models/insightface (faces),
+    models/infiniteyou (FLUX)."""
     for name, extensions in FOLDERS.items():
         default = os.path.join(folder_paths.models_dir, name)
         if name in folder_paths.folder_names_and_paths:

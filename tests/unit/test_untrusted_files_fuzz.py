@@ -24,11 +24,13 @@ import pytest
 import torch
 
 from flexip_model import FlexIPAdapter, FlexIPConfig, FlexIPError, LayerSpec, checkpoint, config_for
+from flexip_model.flux import ArcFaceIRSE50, load_identity_projection, load_ir_se50
 from flexip_model.gate_schedule import MAX_KEYFRAMES, MAX_LAYER_INDICES, parse_keyframes, parse_layer_indices
 from flexip_model.gate_sweep import MAX_SWEEP_GAMMAS, parse_gammas
 from flexip_model.ip_adapter import describe, open_file
 from tests.unit.crafted_files import time_limit, write_raw
 from tests.unit.peak_memory import PeakMeter, ResidentPeak, peak_meter
+from tools.fixtures.infiniteyou_files import PROJECTION_SHAPES, write_legacy_torch_file
 from tools.fixtures.ip_adapter_files import layer_shapes, linear_projection, mlp_projection, resampler_projection
 
 pytestmark = pytest.mark.unit
@@ -405,6 +407,59 @@ def test_fuzzed_ip_adapter_shapes_and_bin_files_are_refused_in_one_sentence(tmp_
             path.write_bytes(path.read_bytes()[: rng.randint(0, path.stat().st_size)])
         budget.run(f"bin {case}", partial(open_file, path), (path.name,))
     budget.report("ip_adapter_files", record_property)
+
+
+# InfiniteYou's identity files: the projection .bin and facexlib's IR-SE50 .pth -------------------
+
+
+def _infiniteyou_state(rng: random.Random, names: list[str], values: tuple) -> dict:
+    state = {rng.choice(names): rng.choice(values) for _ in range(rng.randint(0, 6))}
+    if rng.random() < 0.2:
+        state[rng.choice((7, "", "x" * 300, "head.weight"))] = torch.zeros(1)
+    return state
+
+
+def test_fuzzed_infiniteyou_files_are_refused_in_one_sentence(tmp_path, budget, record_property):
+    """Both loaders on pickles in torch's zip and pre-1.6 layouts (torch's own writer and one that lies
+    about storage sizes), nested or flat, cut or with a byte overwritten."""
+    rng = random.Random(SEED + 5)
+    with torch.device("meta"):
+        names = list(ArcFaceIRSE50().state_dict()) + [f"image_proj.{name}" for name in PROJECTION_SHAPES]
+    values = (
+        torch.zeros(2),
+        torch.zeros(64, 3, 3, 3, dtype=torch.float16),
+        torch.zeros(2, dtype=torch.int64),
+        torch.tensor(3),
+        torch.zeros((1,) * 9),
+        torch.full((3,), float("inf")),
+        3,
+        "x",
+        None,
+        [torch.zeros(1)],
+        {"a": torch.zeros(1)},
+    )
+    for case in range(150):
+        path = tmp_path / rng.choice(("recognition_arcface_ir_se50.pth", "image_proj_model.bin", f"fuzz_{case}.pt"))
+        state = _infiniteyou_state(rng, names, values)
+        if any(name.startswith("image_proj.") for name in state if isinstance(name, str)) and rng.random() < 0.7:
+            state = {"image_proj": {str(name).removeprefix("image_proj."): value for name, value in state.items()}}
+        layout = rng.choice(("zip", "legacy", "by hand"))
+        tensors_only = all(isinstance(value, torch.Tensor) and value.dtype != torch.int64 for value in state.values())
+        if layout == "by hand" and tensors_only:
+            lie = rng.choice(((None, None), (rng.choice((10**9, 2**40, 2**62)), None), (None, rng.choice((0, 10**12)))))
+            write_legacy_torch_file(path, state, *lie)
+        else:
+            torch.save(state, str(path), _use_new_zipfile_serialization=layout == "zip")
+        roll, data = rng.random(), bytearray(path.read_bytes())
+        if roll < 0.2:
+            path.write_bytes(bytes(data[: rng.randint(0, len(data))]))
+        elif roll < 0.35 and data:
+            data[rng.randrange(len(data))] = rng.randrange(256)
+            path.write_bytes(bytes(data))
+        for load in (load_ir_se50, load_identity_projection):
+            budget.run(f"{layout} {case} {load.__name__}", partial(load, path), (path.name,))
+        path.unlink()
+    budget.report("infiniteyou_files", record_property)
 
 
 # gate, sweep and layer-index strings ------------------------------------------------------------
