@@ -138,7 +138,8 @@ def _layer_keyframes(schedule: GateSchedule, layers: Sequence[GatedLayer]) -> li
                 # FLUX has no middle block; saying so beats an override that silently does nothing
                 raise FlexIPError(
                     f"the gate overrides the {block} blocks but this model has only {' and '.join(sorted(present))} "
-                    f"blocks: clear that override on FlexIPGateSchedule."
+                    "blocks (on FLUX, input_blocks are the double-stream groups and output_blocks the single-stream "
+                    "ones): clear that override on FlexIPGateSchedule."
                 )
         for index in override.layer_indices:
             if index >= len(layers):

@@ -1,10 +1,11 @@
 """ComfyUI glue of FlexIP: node classes, the model patch, encoder and folder plumbing.
 
-Node modules (one node class each): apply, encode, faces_crop, faces_loader, faces_similarity, loader,
-pair_loader, plot, schedule, similarity, sweep. They import flexip_model and the helper modules only
-(bundles, encoders, faces_align, faces_packs, faces_preview, faces_runtime, faces_select, finite,
-folders, inputs, layers, patch, progress), never another node module. The package rules, and the test that
-checks each, are in docs/architecture.md.
+Node modules (one node class each): apply, encode, faces_crop, faces_loader, faces_similarity,
+infiniteyou_apply, infiniteyou_face, infiniteyou_loader, loader, pair_loader, plot, schedule, similarity,
+sweep. They import flexip_model and the helper modules only (bundles, encoders, faces_align, faces_packs,
+faces_preview, faces_runtime, faces_select, finite, folders, infiniteyou_bundles, infuse_control,
+infusenet_files, inputs, layers, patch, progress), never another node module. The package rules, and
+the test that checks each, are in docs/architecture.md.
 """
 
 from .apply import FlexIPApply
@@ -15,6 +16,8 @@ from .faces_similarity import FlexIPFaceSimilarity
 from .finite import refuse_non_finite_floats
 from .folders import register_model_folders
 from .infiniteyou_apply import FlexIPInfiniteYouApply
+from .infiniteyou_face import FlexIPInfiniteYouFace
+from .infiniteyou_loader import FlexIPInfiniteYouLoader
 from .loader import FlexIPLoader
 from .pair_loader import FlexIPAdapterPairLoader
 from .plot import FlexIPTradeoffPlot
@@ -37,6 +40,8 @@ NODES: tuple[type, ...] = (
     FlexIPGateSweep,
     FlexIPSubjectSimilarity,
     FlexIPTradeoffPlot,
+    FlexIPInfiniteYouLoader,
+    FlexIPInfiniteYouFace,
     FlexIPInfiniteYouApply,
 )
 

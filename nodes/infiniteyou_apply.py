@@ -76,9 +76,9 @@ class FlexIPInfiniteYouApply:
             "optional": {
                 "gate": typed_input(
                     "FLEXIP_GATE",
-                    "A FlexIP Gate Schedule: γ per step, and per residual group (input_blocks = FLUX's double-stream "
-                    "groups, output_blocks = single-stream groups, layer_indices 0..13 in that order); "
-                    "replaces preservation.",
+                    "A FlexIP Gate Schedule (γ per step and per residual group: input_blocks = FLUX's double-stream "
+                    "groups, output_blocks = single-stream groups, layer_indices 0..13 in that order) or a FlexIP "
+                    "Gate Sweep (one γ per latent image); replaces preservation.",
                 ),
                 "keypoints": typed_input(
                     "IMAGE",
@@ -117,7 +117,10 @@ class FlexIPInfiniteYouApply:
         groups = residual_groups(*pair_group_counts(pair.sim))
         # checks the gate against the groups here (a bad override is this node's error) and finds dead
         # branches; the plan that runs is built again in pre_run, on the model's sigmas
-        constants = gate.plan(groups, lambda progress: 1.0 - progress).constants
+        try:
+            constants = gate.plan(groups, lambda progress: 1.0 - progress).constants
+        except FlexIPError as error:
+            raise FlexIPError(f"{NODE}: {error}") from None
         hint = _control_image(keypoints)
         stages = {}
         if any(gamma != 0.0 for gamma in constants):

@@ -110,7 +110,7 @@ class GatedInfusePair(comfy.controlnet.ControlBase):
         # outside the window neither InfuseNet runs; this is the one host read of a step, and only
         # with a window, as ComfyUI's own controlnets read t[0] every call
         window = self.timestep_range
-        if self.windowed and window is not None and (t[0] > window[0] or t[0] < window[1]):
+        if self.windowed and window is not None and bool((t[0] > window[0]) | (t[0] < window[1])):
             return previous
         host_plan = self.plan
         assert host_plan is not None  # pre_run built it

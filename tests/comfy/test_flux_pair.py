@@ -68,7 +68,7 @@ def stock(control: Any, flux: dict, positive: list, strength: float, tokens: tor
     return out
 
 
-def run(flux: dict, positive: list, seed: int = 0) -> tuple[torch.Tensor, list[dict]]:
+def run(flux: dict, positive: list, seed: int = 0, batch: int = 1) -> tuple[torch.Tensor, list[dict]]:
     """ComfyUI's euler/simple sampling of the tiny FLUX (cfg 1); the latent and every call's control dict."""
     import comfy.sample
 
@@ -81,7 +81,7 @@ def run(flux: dict, positive: list, seed: int = 0) -> tuple[torch.Tensor, list[d
 
     model = flux["model"].clone()
     model.set_model_unet_function_wrapper(wrapper)
-    latent = torch.zeros(1, 16, SIZE, SIZE)
+    latent = torch.zeros(batch, 16, SIZE, SIZE)
     noise = comfy.sample.prepare_noise(latent, seed)
     negative = flux_conditioning(99)
     samples = comfy.sample.sample(
@@ -154,6 +154,22 @@ def test_a_schedule_gives_each_step_the_blend_it_names_per_group(flexip_pack, fl
             expected = 0.7 * (group_gamma * sim[key][0] + (1 - group_gamma) * aes[key][0])
             torch.testing.assert_close(call[key][0], expected, rtol=1e-5, atol=1e-6)  # lerp vs the sum: rounding only
             assert all(torch.equal(entry, call[key][0]) for entry in call[key])  # one group per run here
+
+
+def test_a_gate_sweep_gives_each_latent_image_its_own_blend(flexip_pack, flux):
+    from flexip_model.gate_sweep import GateSweep
+
+    sim_out, stop_sim = emitted(flux["sim"])
+    aes_out, stop_aes = emitted(flux["aes"])
+    try:
+        _, calls = run(flux, apply(flexip_pack, flux, gate=GateSweep((1.0, 0.25))), batch=2)
+    finally:
+        stop_sim()
+        stop_aes()
+    for call, sim, aes in zip(calls, sim_out, aes_out):
+        for key in ("input", "output"):
+            torch.testing.assert_close(call[key][0][0], sim[key][0][0], rtol=0, atol=1e-6)
+            torch.testing.assert_close(call[key][0][1], 0.25 * sim[key][0][1] + 0.75 * aes[key][0][1])
 
 
 def test_chaining_with_another_controlnet_before_or_after_adds_the_two(flexip_pack, flux):

@@ -38,13 +38,16 @@ def node_modules() -> set[str]:
     return found
 
 
-def test_the_node_modules_are_the_eleven_registered_families():
+def test_the_node_modules_are_the_fourteen_registered_families():
     assert node_modules() == {
         "apply",
         "encode",
         "faces_crop",
         "faces_loader",
         "faces_similarity",
+        "infiniteyou_apply",
+        "infiniteyou_face",
+        "infiniteyou_loader",
         "loader",
         "pair_loader",
         "plot",
