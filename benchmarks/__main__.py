@@ -1,7 +1,9 @@
 """`python -m benchmarks` (`make bench`): what FlexIP costs on a full-size SD1.5 step, as JSON lines.
 
-Order: deterministic figures (ops, FLOPs) first, then memory, the server re-run, and last the
-timed figures, which get whatever is left of `--budget` (at least one A-B-B-A round).
+Order: deterministic figures (ops, FLOPs; SD1.5, SDXL, then FLUX's gate over two InfuseNets on a
+tiny FLUX, `flux_pair.py`) first, then memory, the server re-run, and last the timed figures,
+which get whatever is left of `--budget` (at least one A-B-B-A round). `--only flux` runs the
+FLUX figures alone (seconds).
 Progress goes to stderr; stdout holds only the JSON lines.
 """
 
@@ -19,7 +21,7 @@ from flexip_host.comfy_models import load_fully, unload_all
 from flexip_host.loaded_pack import Pack
 from flexip_model.vocabulary import OUTPUT_MODE, TOKEN_MODE
 
-from . import counting, memory, timing, workload
+from . import counting, flux_pair, memory, timing, workload
 from .report import Figure, Report
 
 logger = logging.getLogger("benchmarks")
@@ -41,6 +43,11 @@ def parse(argv) -> argparse.Namespace:
     parser.add_argument("--max-rounds", type=int, default=5, help="most A-B-B-A rounds of the timed figures")
     parser.add_argument("--no-server", action="store_true", help="skip encode_cache_rerun (starts a ComfyUI server)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument(
+        "--only",
+        choices=("sd15", "flux"),
+        help="only the SD1.5/SDXL figures, or only the FLUX figures (tiny FLUX, seconds); default: all",
+    )
     return parser.parse_args(argv)
 
 
@@ -390,6 +397,11 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     dtype = torch.float32 if args.device == "cpu" else torch.float16
     report = Report()
+    if args.only == "flux":
+        logger.info("FLUX: the gate over two InfuseNets against ComfyUI's own controlnets")
+        flux_pair.figures(report, pack)
+        summary = report.summary(time.perf_counter() - started, _describe(device))
+        return 1 if args.strict and not summary["met"] else 0
 
     logger.info("building the full SD1.5 UNet (860 M parameters) and the adapters")
     base = workload.sd15_patcher(dtype=dtype)
@@ -412,6 +424,9 @@ def main(argv=None) -> int:
                 "not measured with --device cuda: SDXL is counted on CPU runs only (the same bytes)",
             )
         )
+    if args.only is None:
+        logger.info("FLUX: the gate over two InfuseNets against ComfyUI's own controlnets")
+        flux_pair.figures(report, pack)
     logger.info("memory: clones and offload")
     memory_figures(report, pack, base, configs, made)
     if args.no_server:

@@ -39,8 +39,27 @@ def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, 
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
+# ops that read a value on the host, or whose output shape depends on values: a device-to-host sync
+# on a GPU (the benchmarks count them; tests/comfy/host_sync.py forbids them inside a step)
+HOST_READ_OPS = frozenset(
+    {
+        "aten._local_scalar_dense",
+        "aten.item",
+        "aten.is_nonzero",
+        "aten.equal",
+        "aten.nonzero",
+        "aten.nonzero_static",
+        "aten.masked_select",
+        "aten._unique2",
+        "aten.unique_consecutive",
+        "aten.unique_dim",
+        "aten.repeat_interleave.Tensor",
+        "aten.repeat_interleave.self_Tensor",
+    }
+)
+
 # PyTorch's flop counter knows the CUDA attention kernels but not the CPU one sdpa dispatches to.
-_CPU_ATTENTION_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
+CPU_ATTENTION_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
 
 
 @dataclass(frozen=True)
@@ -76,7 +95,7 @@ def step_cost(patcher, inputs: workload.StepInputs, fake: bool = True) -> Cost:
     with (
         torch.inference_mode(),
         faking,
-        FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION_FLOPS) as flops,
+        FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as flops,
         OpCounter() as ops,
     ):
         workload.model_step(patcher, inputs)

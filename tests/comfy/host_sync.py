@@ -18,23 +18,9 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from benchmarks.counting import HOST_READ_OPS
 from tests.comfy.tiny_world import PatchProbe, attn2_patches
 
-# ops that read values on the host, or whose output shape depends on values (a sync on CUDA)
-_SYNC_OPS = {
-    "aten._local_scalar_dense",
-    "aten.item",
-    "aten.is_nonzero",
-    "aten.equal",
-    "aten.nonzero",
-    "aten.nonzero_static",
-    "aten.masked_select",
-    "aten._unique2",
-    "aten.unique_consecutive",
-    "aten.unique_dim",
-    "aten.repeat_interleave.Tensor",
-    "aten.repeat_interleave.self_Tensor",
-}
 _HOST_METHODS = ("tolist", "numpy", "__array__")
 
 
@@ -46,7 +32,7 @@ class _SyncGuard(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = str(func)
         packet = name.rsplit(".", 1)[0]
-        if name in _SYNC_OPS or packet in _SYNC_OPS:
+        if name in HOST_READ_OPS or packet in HOST_READ_OPS:
             raise HostSyncFound(f"host sync inside the FlexIP patch: {name}")
         if packet == "aten.index" and any(
             isinstance(index, torch.Tensor) and index.dtype == torch.bool for index in args[1]
