@@ -1,5 +1,5 @@
 """The Table-1-style summary: per-image records averaged per (method, γ), ranked into mRank, written as Markdown
-and CSV; mRank reproduces the paper's Table 1 (docs/design.md §8) from its five metric columns exactly."""
+and CSV; mRank reproduces the paper's Table 1 (docs/design.md §9) from its five metric columns exactly."""
 
 from __future__ import annotations
 

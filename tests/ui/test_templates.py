@@ -2,7 +2,8 @@
 
 Templates dialog (command Comfy.BrowseTemplates) -> the pack's entry under Extensions -> the
 template's card (its thumbnail loaded) -> the graph on the canvas, every node type known, and
-the missing-models dialog offering each public file (the server holds only generated models).
+the missing-models dialog listing each public file the template links (the server holds only
+generated models). The dialog lists a .bin or .pth file too, with a note that it will not download it.
 """
 
 from __future__ import annotations
@@ -21,11 +22,9 @@ from tools.harness.workflows import PUBLIC_MODELS, WORKFLOWS, models_property
 
 pytestmark = pytest.mark.ui
 
-TEMPLATE = "flexip_start_here_sd15"
+# the start here workflow, and the FLUX one, whose files lie in folders the pack adds (models/infiniteyou)
+TEMPLATES = ("flexip_start_here_sd15", "flexip_infiniteyou_flux")
 TIMEOUT = 60  # seconds; the frontend fetches the template list and each thumbnail from the CPU-bound server
-
-# The card is looked up on every poll: the grid re-renders while thumbnails arrive.
-CARD = f"[data-testid='template-workflow-{TEMPLATE}']"
 THUMBNAIL_JS = """
 const card = document.querySelector(arguments[0]);
 if (!card) return null;
@@ -66,8 +65,10 @@ def dialogs_text(driver) -> str:
     return "\n".join(element.text for element in driver.find_elements(By.CSS_SELECTOR, "[role=dialog]"))
 
 
-def test_start_here_template_opens_from_the_template_browser_with_its_thumbnail(frontend):
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_template_opens_from_the_template_browser_and_the_missing_models_dialog_lists_its_files(frontend, template):
     driver = frontend.driver
+    card = f"[data-testid='template-workflow-{template}']"  # looked up on every poll: the grid re-renders
     wait_for(driver, close_dialogs, "a dialog left by an earlier test did not close")
     # room for every request the dialog makes (Chromium keeps 250 resource timings by default)
     driver.execute_script("performance.clearResourceTimings(); performance.setResourceTimingBufferSize(5000);")
@@ -78,22 +79,22 @@ def test_start_here_template_opens_from_the_template_browser_with_its_thumbnail(
         lambda d: click(d.find_element(By.XPATH, category)),
         f"the Templates dialog lists no {PACK_NAME} category",
     )
-    url = f"/api/workflow_templates/{PACK_NAME}/{TEMPLATE}.jpg"
+    url = f"/api/workflow_templates/{PACK_NAME}/{template}.jpg"
     thumbnail = wait_for(
         driver,
-        lambda d: d.execute_script(THUMBNAIL_JS, CARD, url),
-        f"the {PACK_NAME} category shows no {TEMPLATE} card with an image",
+        lambda d: d.execute_script(THUMBNAIL_JS, card, url),
+        f"the {PACK_NAME} category shows no {template} card with an image",
     )
     assert thumbnail["requested"], f"the card never requested {url}"
-    with Image.open(WORKFLOWS / f"{TEMPLATE}.jpg") as shipped:
+    with Image.open(WORKFLOWS / f"{template}.jpg") as shipped:
         assert (thumbnail["width"], thumbnail["height"]) == shipped.size, "the card shows another image than the .jpg"
 
-    expected = json.loads((WORKFLOWS / f"{TEMPLATE}.json").read_text())
-    wait_for(driver, lambda d: click(d.find_element(By.CSS_SELECTOR, CARD)), f"could not click the {TEMPLATE} card")
+    expected = json.loads((WORKFLOWS / f"{template}.json").read_text())
+    wait_for(driver, lambda d: click(d.find_element(By.CSS_SELECTOR, card)), f"could not click the {template} card")
     wait_for(
         driver,
         lambda d: sorted(frontend.graph_node_types()) == sorted(n["type"] for n in expected["nodes"]),
-        f"the canvas did not show the {TEMPLATE} graph",
+        f"the canvas did not show the {template} graph",
     )
     missing = set(frontend.graph_node_types()) - set(frontend.registered_node_types())
     assert missing == set(), f"node types the frontend lacks: {sorted(missing)}"
@@ -104,7 +105,14 @@ def test_start_here_template_opens_from_the_template_browser_with_its_thumbnail(
         lambda d: "Missing Models" in dialogs_text(d) and dialogs_text(d),
         "no missing-models dialog after opening the template",
     )
-    used = {name for node in expected["nodes"] for name in node.get("widgets_values") or [] if name in PUBLIC_MODELS}
+    used = {
+        name
+        for node in expected["nodes"]
+        for name in node.get("widgets_values") or []
+        if isinstance(name, str) and name in PUBLIC_MODELS
+    }
+    linked = {model["name"] for node in expected["nodes"] for model in node.get("properties", {}).get("models", [])}
+    assert used and used == linked, "every public file the template loads is linked on its loader node"
     for name in used:
         assert f"{models_property(name)['directory']} / {name}" in text
     wait_for(driver, close_dialogs, "the missing-models dialog did not close")  # later tests draw on a clear canvas

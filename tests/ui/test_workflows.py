@@ -79,13 +79,20 @@ def _comparable(prompt: dict) -> dict:
 
 
 MODEL_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-# The models/ folder each loader reads; the missing-models dialog downloads into `directory`.
+# The models/ folders each loader reads; the missing-models dialog downloads into `directory`.
 LOADER_FOLDERS = {
-    "CheckpointLoaderSimple": "checkpoints",
-    "CLIPVisionLoader": "clip_vision",
-    "FlexIPAdapterPairLoader": "ipadapter",
-    "FlexIPLoader": "flexip",
+    "CheckpointLoaderSimple": {"checkpoints"},
+    "CLIPVisionLoader": {"clip_vision"},
+    "FlexIPAdapterPairLoader": {"ipadapter"},
+    "FlexIPLoader": {"flexip"},
+    "UNETLoader": {"diffusion_models"},
+    "DualCLIPLoader": {"text_encoders"},
+    "VAELoader": {"vae"},
+    "FlexIPInfiniteYouLoader": {"controlnet", "infiniteyou"},  # InfuseNets, identity projections
+    "FlexIPInfiniteYouFace": {"infiniteyou"},
 }
+# A direct download, not a page: a Hugging Face file or a GitHub release asset (host, path part).
+DIRECT_DOWNLOADS = (("https://huggingface.co/", "/resolve/main/"), ("https://github.com/", "/releases/download/"))
 
 
 @pytest.mark.parametrize("path", ui_workflows(), ids=lambda path: path.stem)
@@ -102,9 +109,9 @@ def test_every_model_file_has_a_download_link_or_the_workflow_says_no_flexip_wei
         # the frontend offers a download only for entries whose name equals a widget value
         assert node.get("properties", {}).get("models", []) == [models_property(name) for name in public], node["type"]
         for name in public:
-            assert models_property(name)["directory"] == LOADER_FOLDERS[node["type"]], name
-            assert models_property(name)["url"].startswith("https://huggingface.co/"), name
-            assert "/resolve/main/" in models_property(name)["url"], name  # a direct download, not a page
+            url = models_property(name)["url"]
+            assert models_property(name)["directory"] in LOADER_FOLDERS[node["type"]], name
+            assert any(url.startswith(host) and part in url for host, part in DIRECT_DOWNLOADS), name
         for name in set(files) - set(public):
             assert node["type"] == "FlexIPLoader", f"{node['type']} loads {name}: neither public nor a FlexIP file"
             assert NO_PUBLIC_FLEXIP_NOTE in notes, f"{path.name} loads {name} but has no Note saying none is public"

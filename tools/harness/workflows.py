@@ -48,6 +48,45 @@ PUBLIC_MODELS = {
         "ipadapter",
         "https://huggingface.co/h94/IP-Adapter/resolve/main/models/ip-adapter_sd15.safetensors",
     ),
+    # FLUX (flexip_infiniteyou_flux): the DiT, its text encoders and VAE, InfiniteYou v1.0's two stages, and
+    # the face recognition network InfiniteYou embeds faces with
+    "flux1-dev-fp8.safetensors": (
+        "diffusion_models",
+        "https://huggingface.co/Kijai/flux-fp8/resolve/main/flux1-dev-fp8.safetensors",
+    ),
+    "t5xxl_fp8_e4m3fn.safetensors": (
+        "text_encoders",
+        "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp8_e4m3fn.safetensors",
+    ),
+    "clip_l.safetensors": (
+        "text_encoders",
+        "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors",
+    ),
+    "ae.safetensors": (
+        "vae",
+        "https://huggingface.co/black-forest-labs/FLUX.1-schnell/resolve/main/ae.safetensors",
+    ),
+    "infusenet_sim_fp8e4m3fn.safetensors": (
+        "controlnet",
+        "https://huggingface.co/ByteDance/InfiniteYou/resolve/main/infu_flux_v1.0/sim_stage1/infusenet_sim_fp8e4m3fn.safetensors",
+    ),
+    "infusenet_aes_fp8e4m3fn.safetensors": (
+        "controlnet",
+        "https://huggingface.co/ByteDance/InfiniteYou/resolve/main/infu_flux_v1.0/aes_stage2/infusenet_aes_fp8e4m3fn.safetensors",
+    ),
+    # both stages name their projection image_proj_model.bin: saved under these two names
+    "infiniteyou_sim_image_proj.bin": (
+        "infiniteyou",
+        "https://huggingface.co/ByteDance/InfiniteYou/resolve/main/infu_flux_v1.0/sim_stage1/image_proj_model.bin",
+    ),
+    "infiniteyou_aes_image_proj.bin": (
+        "infiniteyou",
+        "https://huggingface.co/ByteDance/InfiniteYou/resolve/main/infu_flux_v1.0/aes_stage2/image_proj_model.bin",
+    ),
+    "recognition_arcface_ir_se50.pth": (
+        "infiniteyou",
+        "https://github.com/xinntao/facexlib/releases/download/v0.1.0/recognition_arcface_ir_se50.pth",
+    ),
 }
 
 # FlexIP files have no public source; each workflow that loads one says so in a Note.
@@ -64,10 +103,28 @@ INSIGHTFACE_PACK_NOTE = (
     "models/insightface/models/antelopev2/scrfd_10g_bnkps.onnx. The face nodes also need "
     'python -m pip install "insightface>=1.0" onnxruntime in ComfyUI\'s Python.'
 )
+# The frontend downloads .safetensors files only: the .bin and .pth files are fetched by hand, and the two
+# projections, both named image_proj_model.bin, need the names the loader's widgets hold.
+INFINITEYOU_FILES_NOTE = (
+    "InfiniteYou files (docs/flux.md). InfuseNets: the missing-models dialog downloads them into "
+    "models/controlnet. Projections: both stages name theirs image_proj_model.bin, so download "
+    "infu_flux_v1.0/sim_stage1/image_proj_model.bin from huggingface.co/ByteDance/InfiniteYou and save it as "
+    "models/infiniteyou/infiniteyou_sim_image_proj.bin, and aes_stage2/image_proj_model.bin as "
+    "models/infiniteyou/infiniteyou_aes_image_proj.bin. ArcFace: recognition_arcface_ir_se50.pth from "
+    "github.com/xinntao/facexlib/releases (v0.1.0) into models/infiniteyou/."
+)
+INFINITEYOU_DIAL_NOTE = (
+    "The dial: preservation γ = 1 runs InfiniteYou's sim_stage1 alone (likeness), 0 its aes_stage2 alone "
+    "(prompt and aesthetics); between, both run and blend. The Gate Schedule sets γ per step: identity "
+    "early, editability late. Licences: InfiniteYou weights CC BY-NC 4.0, FLUX.1-dev non-commercial licence, "
+    "InsightFace packs non-commercial research only. This pack ships no weights."
+)
 # The Notes of the UI files: a workflow with a node of the class gets the Note (title, text).
 NOTES = {
     "FlexIPLoader": ("FlexIP weights", NO_PUBLIC_FLEXIP_NOTE),
     "FlexIPInsightFaceLoader": ("InsightFace pack", INSIGHTFACE_PACK_NOTE),
+    "FlexIPInfiniteYouLoader": ("InfiniteYou files", INFINITEYOU_FILES_NOTE),
+    "FlexIPInfiniteYouApply": ("The dial and the licences", INFINITEYOU_DIAL_NOTE),
 }
 
 # The nodes that draw a sampling run's noise from a seed -> that seed's input (SamplerCustomAdvanced takes
