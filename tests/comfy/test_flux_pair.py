@@ -35,19 +35,19 @@ def flux():
     )
 
 
-def pair_and_identity(pack: Any, flux: dict) -> tuple[Any, Any]:
+def pair_and_identity(pack: Any, flux: dict, identity_seed: int = 7) -> tuple[Any, Any]:
     bundles = pack.nodes.infiniteyou_bundles
     pair = bundles.InfiniteYouPair(
         bundles.InfiniteYouStage("sim.safetensors", flux["sim"], None),
         bundles.InfiniteYouStage("aes.safetensors", flux["aes"], None),
     )
-    generator = torch.Generator().manual_seed(7)
+    generator = torch.Generator().manual_seed(identity_seed)
     tokens = [torch.randn(1, 8, 4096, generator=generator) for _ in range(2)]
     return pair, bundles.InfiniteYouIdentity(pair, tokens[0], tokens[1])
 
 
-def apply(pack: Any, flux: dict, positive: list | None = None, **inputs: Any) -> list:
-    pair, identity = pair_and_identity(pack, flux)
+def apply(pack: Any, flux: dict, positive: list | None = None, identity_seed: int = 7, **inputs: Any) -> list:
+    pair, identity = pair_and_identity(pack, flux, identity_seed)
     settings = dict(strength=1.0, preservation=0.5, start_at=0.0, end_at=1.0, infusenet_guidance=1.0) | inputs
     node = pack.node_classes["FlexIPInfiniteYouApply"]()
     (out,) = node.apply(
@@ -197,6 +197,23 @@ def test_a_mask_confines_the_residuals_to_its_region(flexip_pack, flux):
         # inside the mask the first step (the same latent in both runs) gets the unmasked residual
         inside = masked[0][key][0].reshape(1, 8, 8, -1)[:, :, :4]
         assert torch.equal(inside, full[0][key][0].reshape(1, 8, 8, -1)[:, :, :4])
+
+
+def test_two_identities_with_left_and_right_masks_each_confined_to_their_region(flexip_pack, flux):
+    """Issue 26's FLUX rule: outside A's mask the residuals are B's alone, to the bit, and the other way round."""
+    left, right = torch.zeros(1, 32, 32), torch.zeros(1, 32, 32)
+    left[:, :, :16], right[:, :, 16:] = 1.0, 1.0
+    base = flux_conditioning(0, guidance=DIT_GUIDANCE)
+    a = {"preservation": 0.8, "mask": left, "identity_seed": 11}
+    b = {"preservation": 0.2, "mask": right, "identity_seed": 12}
+    both = apply(flexip_pack, flux, apply(flexip_pack, flux, base, **a), **b)
+    _, two = run(flux, both)
+    _, only_a = run(flux, apply(flexip_pack, flux, base, **a))
+    _, only_b = run(flux, apply(flexip_pack, flux, base, **b))
+    for key in ("input", "output"):  # the first step: the same latent in all three runs
+        grid = two[0][key][0].reshape(1, 8, 8, -1)
+        assert torch.equal(grid[:, :, 4:], only_b[0][key][0].reshape(1, 8, 8, -1)[:, :, 4:])
+        assert torch.equal(grid[:, :, :4], only_a[0][key][0].reshape(1, 8, 8, -1)[:, :, :4])
 
 
 def test_the_infusenet_gets_its_own_guidance_while_the_dit_keeps_fluxguidance(flexip_pack, flux):
