@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import signal
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from flexip_model import FlexIPAdapter, LayerSpec, checkpoint, config_for
+from flexip_model import FlexIPAdapter, FlexIPError, LayerSpec, checkpoint, config_for
 
 SMALL_LAYERS = (LayerSpec("input_1_0", 64, 2), LayerSpec("output_3_0", 128, 2))
 
@@ -45,6 +46,27 @@ def with_config(valid: Path, target: Path, tensors: dict | None = None, **change
     config.update(changes)
     save_file(original if tensors is None else tensors, str(target), metadata={"flexip": json.dumps(config)})
     return target
+
+
+# Each refusal reads a header of a few KB and a config: well under a second on the 2-core CI
+# machine; 5 s leaves room for a loaded machine and still fails the minutes an unbounded read takes.
+REFUSAL_SECONDS = 5.0
+# Peak memory growth allowed while refusing one file: the valid files are a few MB to ~200 MB on
+# disk, read lazily; 200 MB more would be a sign that something the file chose was allocated.
+REFUSAL_GROWTH_BYTES = 200 * 1024 * 1024
+
+
+def bounded_refusal(action: Callable[[], object]) -> str:
+    """The FlexIPError message of `action()`, which must refuse within REFUSAL_SECONDS and REFUSAL_GROWTH_BYTES."""
+    from tests.unit.peak_memory import peak_meter
+
+    with peak_meter() as meter:
+        before = meter.reset()
+        with time_limit(REFUSAL_SECONDS), pytest.raises(FlexIPError) as error:
+            action()
+        growth = meter.peak() - before
+    assert growth < REFUSAL_GROWTH_BYTES, f"{meter.name} grew by {growth / 2**20:.0f} MiB"
+    return str(error.value)
 
 
 @contextmanager

@@ -13,11 +13,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from flexip_model import FlexIPError
 from flexip_model.flux import arcface_input, identity_tokens, load_identity_projection, load_ir_se50
 from tests.support.assertions import assert_one_sentence
-from tests.unit.crafted_files import time_limit
-from tests.unit.peak_memory import peak_meter
+from tests.unit.crafted_files import bounded_refusal
 from tools.fixtures.infiniteyou_files import (
     AES_SEED,
     PROJECTION_SHAPES,
@@ -33,20 +31,8 @@ from tools.fixtures.ip_adapter_reference import image_tokens
 pytestmark = pytest.mark.unit
 
 ARCFACE = "recognition_arcface_ir_se50.pth"
-# A refusal reads at most the pickles (~100 KB here): 5 s and 200 MB catch a read or an allocation of
-# what a file claims (the crafted sizes below are 4 GB and more).
-SECONDS = 5.0
-GROWTH_BYTES = 200 * 1024 * 1024
-
-
-def refusal(action) -> str:
-    with peak_meter() as meter:
-        before = meter.reset()
-        with time_limit(SECONDS), pytest.raises(FlexIPError) as error:
-            action()
-        growth = meter.peak() - before
-    assert growth < GROWTH_BYTES, f"{meter.name} grew by {growth / 2**20:.0f} MiB"
-    return str(error.value)
+# A refusal reads at most the pickles (~100 KB here): bounded_refusal's 5 s and 200 MB catch a read or
+# an allocation of what a file claims (the crafted sizes below are 4 GB and more).
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +75,7 @@ def test_projection_safetensors_with_the_image_proj_prefix_loads(tmp_path):
 def test_projection_file_without_image_proj_is_refused(tmp_path):
     path = tmp_path / "image_proj_model.bin"
     torch.save({"state_dict": {"latents": torch.zeros(1)}}, str(path))
-    message = refusal(lambda: load_identity_projection(path))
+    message = bounded_refusal(lambda: load_identity_projection(path))
     assert_one_sentence(message, "image_proj_model.bin", "state_dict", "'image_proj'", "InfiniteYou")
 
 
@@ -118,14 +104,16 @@ def test_projection_with_other_names_shapes_or_values_is_refused_naming_the_tens
         tensors["proj_out.weight"][0, 0] = float("nan")
     path = tmp_path / "image_proj_model.bin"
     torch.save({"image_proj": tensors}, str(path))
-    assert_one_sentence(refusal(lambda: load_identity_projection(path)), "image_proj_model.bin", *mentions)
+    assert_one_sentence(bounded_refusal(lambda: load_identity_projection(path)), "image_proj_model.bin", *mentions)
 
 
 def test_projection_over_its_size_bound_is_refused_before_reading(tmp_path):
     path = tmp_path / "image_proj_model.bin"
     with open(path, "wb") as handle:
         handle.truncate(3 * 1024**3)  # sparse: no disk, no reading
-    assert_one_sentence(refusal(lambda: load_identity_projection(path)), "image_proj_model.bin", "bytes, over the")
+    assert_one_sentence(
+        bounded_refusal(lambda: load_identity_projection(path)), "image_proj_model.bin", "bytes, over the"
+    )
 
 
 # the IR-SE50 file ------------------------------------------------------------------------------
@@ -184,7 +172,7 @@ def test_ir_se50_with_other_names_shapes_or_values_is_refused_naming_the_tensor(
         state["body.3.res_layer.1.weight"][0, 0, 0, 0] = float("inf")  # pyright: ignore[reportIndexIssue]
     path = tmp_path / ARCFACE
     torch.save(state, str(path), _use_new_zipfile_serialization=False)
-    assert_one_sentence(refusal(lambda: load_ir_se50(path)), ARCFACE, *mentions)
+    assert_one_sentence(bounded_refusal(lambda: load_ir_se50(path)), ARCFACE, *mentions)
 
 
 class _RunsCode:
@@ -200,19 +188,19 @@ class _RunsCode:
 def test_ir_se50_that_needs_full_unpickling_is_refused_without_running_it(tmp_path, small_state, legacy):
     path = tmp_path / ARCFACE
     torch.save({**small_state, "note": _RunsCode()}, str(path), _use_new_zipfile_serialization=not legacy)
-    assert_one_sentence(refusal(lambda: load_ir_se50(path)), ARCFACE, "unpickling", "ArcFace IR-SE50")
+    assert_one_sentence(bounded_refusal(lambda: load_ir_se50(path)), ARCFACE, "unpickling", "ArcFace IR-SE50")
     assert not _RunsCode.ran
 
 
 @pytest.mark.parametrize("claimed", [10**9, 10**12, 2**62])
 def test_legacy_file_claiming_huge_storages_is_refused_without_allocating_them(tmp_path, claimed):
     path = write_legacy_torch_file(tmp_path / ARCFACE, {"input_layer.0.weight": torch.zeros(4)}, claimed_numel=claimed)
-    assert_one_sentence(refusal(lambda: load_ir_se50(path)), ARCFACE, "damaged")
+    assert_one_sentence(bounded_refusal(lambda: load_ir_se50(path)), ARCFACE, "damaged")
 
 
 def test_legacy_file_whose_storage_counts_disagree_with_its_pickle_is_refused(tmp_path):
     path = write_legacy_torch_file(tmp_path / ARCFACE, {"input_layer.0.weight": torch.zeros(4)}, header_numel=5)
-    assert_one_sentence(refusal(lambda: load_ir_se50(path)), ARCFACE, "damaged")
+    assert_one_sentence(bounded_refusal(lambda: load_ir_se50(path)), ARCFACE, "damaged")
 
 
 def test_a_legacy_file_with_a_zip_appended_is_scanned_as_torch_would_read_it(tmp_path, small_state):
@@ -223,23 +211,23 @@ def test_a_legacy_file_with_a_zip_appended_is_scanned_as_torch_would_read_it(tmp
     torch.save(small_state, str(archive))  # zipfile finds this one (it looks at the end); torch reads the start
     path = tmp_path / ARCFACE
     path.write_bytes(lying.read_bytes() + archive.read_bytes())
-    assert_one_sentence(refusal(lambda: load_ir_se50(path)), ARCFACE, "damaged")
+    assert_one_sentence(bounded_refusal(lambda: load_ir_se50(path)), ARCFACE, "damaged")
 
 
 def test_truncated_foreign_and_compressed_files_are_refused(tmp_path, small_state):
     path = tmp_path / ARCFACE
     torch.save(small_state, str(path), _use_new_zipfile_serialization=False)
     path.write_bytes(path.read_bytes()[:-100])
-    assert_one_sentence(refusal(lambda: load_ir_se50(path)), ARCFACE, "damaged")
+    assert_one_sentence(bounded_refusal(lambda: load_ir_se50(path)), ARCFACE, "damaged")
     path.write_bytes(b"plain text, not a torch file")
-    assert_one_sentence(refusal(lambda: load_ir_se50(path)), ARCFACE, "damaged")
+    assert_one_sentence(bounded_refusal(lambda: load_ir_se50(path)), ARCFACE, "damaged")
     plain, packed = tmp_path / "plain.pth", tmp_path / "packed.pth"
     torch.save(small_state, str(plain))
     with zipfile.ZipFile(plain) as source, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as target:
         for record in source.infolist():
             target.writestr(record.filename, source.read(record))
-    assert_one_sentence(refusal(lambda: load_ir_se50(packed)), "packed.pth", "compressed")
-    assert_one_sentence(refusal(lambda: load_ir_se50(tmp_path / "missing.pth")), "missing.pth", "not found")
+    assert_one_sentence(bounded_refusal(lambda: load_ir_se50(packed)), "packed.pth", "compressed")
+    assert_one_sentence(bounded_refusal(lambda: load_ir_se50(tmp_path / "missing.pth")), "missing.pth", "not found")
 
 
 def test_a_flux_controlnet_picked_as_the_arcface_file_is_refused_from_its_header(tmp_path):
@@ -247,14 +235,14 @@ def test_a_flux_controlnet_picked_as_the_arcface_file_is_refused_from_its_header
     save_file(
         {"controlnet_blocks.0.weight": torch.zeros(4, 4), "controlnet_x_embedder.weight": torch.zeros(4)}, str(path)
     )
-    message = refusal(lambda: load_ir_se50(path))
+    message = bounded_refusal(lambda: load_ir_se50(path))
     assert_one_sentence(message, "infusenet_sim_fp8.safetensors", "lacks input_layer.0.weight", ARCFACE)
 
 
 def test_refusals_are_flexip_errors_never_raw_torch_errors(tmp_path):
     path = tmp_path / ARCFACE
     torch.save(torch.zeros(3), str(path))  # a bare tensor, not a state dict
-    assert_one_sentence(refusal(lambda: load_ir_se50(path)), ARCFACE, "not a state dict")
+    assert_one_sentence(bounded_refusal(lambda: load_ir_se50(path)), ARCFACE, "not a state dict")
     path = Path(tmp_path / "arcface.onnx")
     path.write_bytes(b"")
-    assert_one_sentence(refusal(lambda: load_ir_se50(path)), "arcface.onnx", ".pth")
+    assert_one_sentence(bounded_refusal(lambda: load_ir_se50(path)), "arcface.onnx", ".pth")
