@@ -2,7 +2,7 @@
 
 An InfuseNet (a FLUX controlnet) emits one residual per double-stream block and per single-stream
 block of its own; ComfyUI's `ControlNetFlux` repeats each over a run of the DiT's 19 double and 38
-single blocks, in `control["input"]` and `control["output"]`, the same tensor object along a run.
+single blocks, in the control dict's input and output lists, the same tensor object along a run.
 A *residual group* is one such run: 4 + 10 = 14 groups for InfiniteYou. The gate gives each group
 a γ, and the blended residual is s · (γ · r_sim + (1 − γ) · r_aes), computed once per group and
 shared along its run as ComfyUI shares it.
@@ -19,11 +19,12 @@ from torch import Tensor
 
 from ..attention import Weight
 from ..errors import FlexIPError
-from ..vocabulary import INPUT_BLOCK, OUTPUT_BLOCK
+from ..vocabulary import INPUT_BLOCK, MIDDLE_BLOCK, OUTPUT_BLOCK
 
-# ComfyUI's control dict for FLUX: "input" runs over the double-stream blocks, "output" over the
-# single-stream ones; "middle" is empty but other controlnets' merge reads it
-DOUBLE_KEY, SINGLE_KEY, MIDDLE_KEY = "input", "output", "middle"
+# ComfyUI's control dict uses its UNet block names: for FLUX the input list runs over the
+# double-stream blocks, the output list over the single-stream ones; the middle list is empty but
+# other controlnets' merge reads it
+DOUBLE_KEY, SINGLE_KEY, MIDDLE_KEY = INPUT_BLOCK, OUTPUT_BLOCK, MIDDLE_BLOCK
 Residuals = dict[str, list[Tensor | None]]
 PATCH = 2  # FLUX packs 2 x 2 latent pixels into one token
 
@@ -33,7 +34,7 @@ class ResidualGroup:
     """One residual of an InfuseNet, repeated over a run of DiT blocks; what the gate reads of a layer.
 
     Double-stream groups take the gate schedule's input-block overrides and single-stream groups its
-    output-block ones: ComfyUI files them under control["input"] and control["output"].
+    output-block ones: ComfyUI files them under the control dict's input and output lists.
     """
 
     key: str  # "double_0" .. "single_9"
