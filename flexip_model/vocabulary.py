@@ -136,9 +136,36 @@ def encoder_name(feature: str, width: int) -> str:
     return _ENCODERS.get((feature, width), f"{default} with {width}-d {feature_words(feature)}")
 
 
+# which face of a reference image that holds several (docs/faces.md, "Which face"): the largest, the one at
+# face_index counting from 0 at the left, or the one a face mask covers most; "by index" is the word saved
+# FlexIP Face Crop workflows hold
+LARGEST_FACE, FACE_BY_INDEX, FACE_IN_MASK = "largest", "by index", "in mask"
+FACE_CHOICES = (LARGEST_FACE, FACE_BY_INDEX, FACE_IN_MASK)
+
+
 def mask_batch(mask: torch.Tensor) -> torch.Tensor:
     """ComfyUI MASK [H, W] or [N, H, W] -> float [N, H, W]."""
     return (mask.unsqueeze(0) if mask.ndim == 2 else mask).float()
+
+
+def attention_masks(mask: object, where: str) -> torch.Tensor:
+    """A MASK [H, W] or [N, H, W] (float or bool) -> float [N, 1, H, W] clamped to 0..1, the weight of a
+    subject's term (docs/gate.md, "Several subjects"); FlexIPError naming `where` for another type, shape,
+    dtype, or NaN/Inf values. Reads the mask on the host: call it once, when the node runs."""
+    if not isinstance(mask, torch.Tensor):
+        raise FlexIPError(f"{where} is a {type(mask).__name__}, not a MASK: connect a MASK (white = on).")
+    if mask.ndim not in (2, 3) or 0 in mask.shape:
+        raise FlexIPError(
+            f"{where} has shape {list(mask.shape)}, not a MASK [H, W] or [N, H, W]: "
+            "turn an image into a mask with Convert Image to Mask."
+        )
+    if not (mask.is_floating_point() or mask.dtype == torch.bool):
+        raise FlexIPError(f"{where} holds {mask.dtype} values: give a float MASK in 0..1 (white = on).")
+    masks = mask_batch(mask)
+    if not bool(torch.isfinite(masks).all()):
+        raise FlexIPError(f"{where} holds NaN or infinite values: give a MASK in 0..1 (white = on).")
+    # ComfyUI masks lie in 0..1, but a bicubic resize overshoots a little: past the ends, 0 and 1 hold
+    return masks.clamp(0.0, 1.0).unsqueeze(1)
 
 
 @overload

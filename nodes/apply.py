@@ -10,7 +10,7 @@ import torch
 from flexip_model.errors import FlexIPError
 from flexip_model.gate import Gate
 from flexip_model.gate_schedule import constant_schedule
-from flexip_model.vocabulary import mask_batch
+from flexip_model.vocabulary import attention_masks
 
 from .bundles import EncodedSubject, LoadedFlexIP
 from .inputs import float_input, typed_input
@@ -63,7 +63,12 @@ class FlexIPApply:
                     "A FlexIPGateSchedule (γ per step and block) or a FlexIPGateSweep (one γ per latent batch item); "
                     "replaces preservation.",
                 ),
-                "attn_mask": typed_input("MASK", "Where in the image the subject acts (white = on)."),
+                "attn_mask": typed_input(
+                    "MASK",
+                    "Where in the image the subject acts: white = its full term, black = none, grey weights it. "
+                    "Any size (stretched to the image); one mask, or one per latent image. Where the masks of "
+                    "chained Apply FlexIP nodes overlap, their subjects add.",
+                ),
             },
         }
 
@@ -84,6 +89,7 @@ class FlexIPApply:
                 f"FlexIPApply's subject was encoded with {subject.flexip.name} but the flexip input is "
                 f"{flexip.name}: encode the subject with the same FlexIPLoader output."
             )
+        masks = None if attn_mask is None else attention_masks(attn_mask, "FlexIPApply attn_mask")
         layers = matching_layers(model, flexip)
         gate = gate if gate is not None else constant_schedule(preservation)
         gate = gate.with_window(start_at, end_at, "FlexIPApply")
@@ -98,7 +104,7 @@ class FlexIPApply:
                 layers,
                 float(strength),
                 plan,
-                None if attn_mask is None else mask_batch(attn_mask).unsqueeze(1),
+                masks,
             ),
         )
         return (patched,)

@@ -61,16 +61,37 @@ class CallState:
     layers_run: set[int] = field(default_factory=set)  # for the end-of-run log line
 
     def mask_for(self, tokens: int, original_shape: list[int]) -> torch.Tensor | None:
-        """The attention mask resized to a layer's token grid: [B, N, 1], cached per call."""
+        """The attention mask on a layer's token grid: [B, N, 1], cached per token count for this call.
+
+        Bilinear from the mask's frame to the layer's grid, stretched whatever the two aspect ratios.
+        """
         if self.mask is None:
             return None
-        if tokens not in self.masks_by_tokens:
-            height, width = original_shape[-2:]
-            scale = (height * width / tokens) ** 0.5
-            size = (round(height / scale), round(width / scale))
-            resized = torch.nn.functional.interpolate(self.mask, size=size, mode="bilinear")
-            self.masks_by_tokens[tokens] = resized.flatten(1).unsqueeze(-1)
-        return self.masks_by_tokens[tokens]
+        resized = self.masks_by_tokens.get(tokens)
+        if resized is None:
+            grid = token_grid(tokens, original_shape[-2], original_shape[-1])
+            resized = torch.nn.functional.interpolate(self.mask, size=grid, mode="bilinear").flatten(1).unsqueeze(-1)
+            self.masks_by_tokens[tokens] = resized
+        return resized
+
+
+def token_grid(tokens: int, height: int, width: int) -> tuple[int, int]:
+    """(h, w) with h·w = `tokens` of a UNet layer over a latent of height x width: the latent halved per level,
+    rounding up as ComfyUI's Downsample (a 3x3 stride-2 convolution, padding 1) does.
+
+    Python ints only (no host read). A square-root estimate of the aspect ratio misses odd sides: a 65x96
+    latent has a 17x24 grid two levels down, not 17x25.
+    """
+    grid_height, grid_width = height, width
+    while grid_height * grid_width > tokens and grid_height * grid_width > 1:
+        grid_height, grid_width = -(-grid_height // 2), -(-grid_width // 2)
+    if grid_height * grid_width != tokens:
+        raise FlexIPError(
+            f"FlexIPApply attn_mask cannot be laid over a cross-attention layer of {tokens} tokens, as no level of the "
+            f"{height}x{width} latent has that many: another patch changed the layer's tokens, so remove it or the "
+            "attn_mask."
+        )
+    return grid_height, grid_width
 
 
 class AttentionPatch(ABC):
@@ -184,7 +205,11 @@ class FlexIPPatch(AttentionPatch):
         self.subject = subject
         self.strength = strength
         self.gate = gate
-        self.mask = mask
+        self.mask = mask  # [1 or N, 1, H, W] in 0..1 (vocabulary.attention_masks), or None
+        # an all-zero mask leaves every output as it is: its calls run the base model and build no K/V
+        self.mask_is_empty = mask is not None and not bool(mask.any())  # one host read, at apply time
+        if self.mask_is_empty:
+            logger.info("FlexIP (%s): attn_mask is all zero, so this subject changes nothing.", self.flexip.name)
         self._run_cache: dict[tuple[object, ...], tuple[LayerKV, ...]] = {}
 
     def to(self, device_or_dtype: Any) -> FlexIPPatch:
@@ -202,8 +227,11 @@ class FlexIPPatch(AttentionPatch):
         finally:
             self._run_cache.clear()
 
-    def call_state(self, x: torch.Tensor, context: torch.Tensor, options: dict[str, Any]) -> CallState:
+    def call_state(self, x: torch.Tensor, context: torch.Tensor, options: dict[str, Any]) -> CallState | None:
+        if self.mask_is_empty:
+            return None
         order = tuple(options.get("cond_or_uncond", (0,)))
+        mask = self._mask_rows(x, len(order))  # a wrong mask count is refused before the K/V build
         uuids = tuple(str(u) for u in options.get("uuids", ()))
         key = (uuids, order, x.shape[0], context.shape[1], context.dtype, context.device)
         kv = self._run_cache.get(key)
@@ -212,10 +240,11 @@ class FlexIPPatch(AttentionPatch):
                 self._run_cache.pop(next(iter(self._run_cache)))
             kv = self._run_cache[key] = self._layer_kv(order, x.shape[0], context)
         gates, strength = self.gate.call_gates(options.get("sigmas"), len(order), x.shape[0], self.strength, context)
-        return CallState(kv, gates, strength, self._mask_rows(x, len(order)))
+        return CallState(kv, gates, strength, mask)
 
     def _mask_rows(self, x: torch.Tensor, chunks: int) -> torch.Tensor | None:
-        """The attention mask per batch item: one mask for all, or one per latent in the batch."""
+        """The attention mask per batch row [1 or B, 1, H, W]: one mask for all, or one per latent image,
+        repeated per cond/uncond chunk (each chunk holds the whole latent batch)."""
         if self.mask is None:
             return None
         mask = self.mask.to(device=x.device, dtype=x.dtype)
