@@ -9,16 +9,18 @@ import torch
 
 from flexip_model.errors import FlexIPError
 from flexip_model.subject import BATCH_MODES
-from flexip_model.vocabulary import image_masks
+from flexip_model.vocabulary import LARGEST_FACE, image_masks
 
 from .bundles import EncodedSubject, LoadedFlexIP
 from .encoders import check_encoders, reference_features
 from .faces_runtime import FACE_MODELS_TYPE
-from .faces_select import crop_for_encoding
+from .faces_select import crop_for_encoding, face_choice_inputs, face_mask_input
 from .inputs import choice_input, typed_input
 
 if TYPE_CHECKING:
     from comfy.clip_vision import ClipVisionModel
+
+_WITH_FACES = "Only with insightface connected. "
 
 
 class FlexIPEncodeSubject:
@@ -59,9 +61,11 @@ class FlexIPEncodeSubject:
                 "mask": typed_input("MASK", "Subject mask over the reference: the background is blacked out."),
                 "insightface": typed_input(
                     FACE_MODELS_TYPE,
-                    "Optional face models: each reference is first cropped to its largest face, aligned as "
-                    "FlexIP Face Crop does by default (use that node for other choices).",
+                    "Optional face models: each reference is first cropped to one face (face chooses which), aligned "
+                    "as FlexIP Face Crop does by default (use that node for other crop sizes).",
                 ),
+                **face_choice_inputs(_WITH_FACES),
+                **face_mask_input(_WITH_FACES),
             },
         }
 
@@ -74,9 +78,18 @@ class FlexIPEncodeSubject:
         dino: ClipVisionModel | None = None,
         mask: torch.Tensor | None = None,
         insightface: Any = None,  # insightface's FaceAnalysis (faces_runtime.py)
+        face: str = LARGEST_FACE,
+        face_index: int = 0,
+        face_mask: torch.Tensor | None = None,
     ) -> tuple[EncodedSubject]:
         if insightface is not None:  # faces: the aligned crop replaces the photo, the mask is cropped alike
-            image, mask = crop_for_encoding(insightface, image, mask)
+            image, mask = crop_for_encoding(insightface, image, mask, face, face_index, face_mask)
+        elif face != LARGEST_FACE or face_mask is not None:
+            raise FlexIPError(
+                f"FlexIPEncodeSubject's face is {face!r}{' with a face_mask' if face_mask is not None else ''} but "
+                "no insightface is connected, so no face is chosen: connect face models (FlexIP InsightFace Loader) "
+                "to insightface, or set face to largest and disconnect face_mask."
+            )
         features = flexip.adapter.image_features
         check_encoders(features, clip_vision, dino, flexip.name)
         references = masked_references(image, mask)

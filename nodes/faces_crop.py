@@ -8,7 +8,14 @@ import torch
 
 from .faces_preview import draw_preview
 from .faces_runtime import FACE_MODELS_TYPE
-from .faces_select import DEFAULT_CROP_SCALE, DEFAULT_CROP_SIZE, FACE_CHOICES, NO_FACE_POLICIES, crop_faces
+from .faces_select import (
+    DEFAULT_CROP_SCALE,
+    DEFAULT_CROP_SIZE,
+    NO_FACE_POLICIES,
+    crop_faces,
+    face_choice_inputs,
+    face_mask_input,
+)
 from .inputs import choice_input, float_input, int_input, typed_input
 
 
@@ -40,17 +47,7 @@ class FlexIPFaceCrop:
                     FACE_MODELS_TYPE,
                     "Face models from FlexIP InsightFace Loader, or the face analysis loader of InstantID or PuLID.",
                 ),
-                "face": choice_input(
-                    FACE_CHOICES,
-                    "Which face to crop when an image has several: the largest, or the one at face_index.",
-                    default="largest",
-                ),
-                "face_index": int_input(
-                    0,
-                    0,
-                    63,
-                    "With face = by index: which face, counting from 0 left to right (the preview shows the numbers).",
-                ),
+                **face_choice_inputs(),
                 "crop_size": int_input(
                     DEFAULT_CROP_SIZE, 112, 1024, "Side of the square crops in pixels; the encoders read 224.", step=16
                 ),
@@ -68,7 +65,8 @@ class FlexIPFaceCrop:
                     "the image, use the whole image (centre square) instead, or leave the image out.",
                     default="error",
                 ),
-            }
+            },
+            "optional": face_mask_input(),
         }
 
     def crop(
@@ -80,6 +78,7 @@ class FlexIPFaceCrop:
         crop_size: int,
         crop_scale: float,
         no_face: str,
+        face_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        faces = crop_faces(insightface, image, face, face_index, crop_size, crop_scale, no_face)
+        faces = crop_faces(insightface, image, face, face_index, crop_size, crop_scale, no_face, face_mask=face_mask)
         return faces.crops, faces.masks, draw_preview(image, faces.faces, faces.chosen)

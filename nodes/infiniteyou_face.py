@@ -1,8 +1,9 @@
 """FlexIPInfiniteYouFace: a face photo -> both InfiniteYou stages' identity tokens (docs/design.md §8).
 
 As InfiniteYou's reference pipeline: InsightFace detection at 640, then 320, then 160 px (the first
-size that finds a face), the largest face, aligned on ArcFace's 5-point template at 112 px, BGR in
-[-1, 1], facexlib's ArcFace IR-SE50 -> a 512-d identity, then each stage's projection -> 8 x 4096.
+size that finds a face), the largest face (or the one `face` chooses: docs/faces.md, "Which face"), aligned
+on ArcFace's 5-point template at 112 px, BGR in [-1, 1], facexlib's ArcFace IR-SE50 -> a 512-d identity,
+then each stage's projection -> 8 x 4096.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import torch
 from flexip_model.errors import FlexIPError
 from flexip_model.flux import ArcFaceIRSE50, arcface_input, identity_tokens, load_ir_se50
 from flexip_model.flux.arcface_ir_se50 import FACE_SIZE, IR_SE50_FILE
+from flexip_model.vocabulary import LARGEST_FACE
 
 from .faces_align import face_crop_matrix, warp
 from .faces_runtime import FACE_MODELS_TYPE, check_face_analysis, detect_faces
+from .faces_select import face_choice, face_choice_inputs, face_mask_input, left_to_right, unchosen_message
 from .folders import model_file
 from .infiniteyou_bundles import IDENTITY_TYPE, PAIR_TYPE, InfiniteYouIdentity, InfiniteYouPair
 from .inputs import choice_input, typed_input
@@ -34,8 +37,9 @@ class FlexIPInfiniteYouFace:
     DISPLAY_NAME = "FlexIP InfiniteYou Face"
     DESCRIPTION = (
         "Turns the face in a photo into InfiniteYou's identity tokens for both stages, as InfiniteYou does: "
-        "InsightFace finds the largest face, it is aligned to 112 px, facexlib's ArcFace IR-SE50 embeds it and "
-        "each stage's projection makes 8 tokens. Needs the optional packages insightface and onnxruntime."
+        "InsightFace finds the largest face (or the one chosen by face), it is aligned to 112 px, facexlib's "
+        "ArcFace IR-SE50 embeds it and each stage's projection makes 8 tokens. Needs the optional packages "
+        "insightface and onnxruntime."
     )
     CATEGORY = "FlexIP/flux"
     RETURN_TYPES = (IDENTITY_TYPE, "IMAGE")
@@ -69,10 +73,11 @@ class FlexIPInfiniteYouFace:
                 ),
                 "image": typed_input(
                     "IMAGE",
-                    "One photo of the person; the largest face in it is used. A batch of several images is refused: "
-                    "pick one (e.g. with Image From Batch).",
+                    "One photo of the person; the largest face in it is used unless face chooses another. A batch of "
+                    "several images is refused: pick one (e.g. with Image From Batch).",
                 ),
-            }
+            },
+            "optional": {**face_choice_inputs(), **face_mask_input()},
         }
 
     def identity(
@@ -81,6 +86,9 @@ class FlexIPInfiniteYouFace:
         insightface: Any,  # insightface's FaceAnalysis (faces_runtime.py)
         arcface: str,
         image: torch.Tensor,
+        face: str = LARGEST_FACE,
+        face_index: int = 0,
+        face_mask: torch.Tensor | None = None,
     ) -> tuple[InfiniteYouIdentity, torch.Tensor]:
         if image.shape[0] != 1:
             raise FlexIPError(
@@ -88,16 +96,14 @@ class FlexIPInfiniteYouFace:
                 "single photo (pick one of a batch with Image From Batch)."
             )
         check_face_analysis(insightface, NODE)
+        choice = face_choice(face, face_index, face_mask, 1, NODE)
         path = model_file("infiniteyou", arcface, f"{NODE}'s arcface")
-        faces, _ = detect_faces(insightface, image[0], INFINITEYOU_DETECTION_SIZES)
-        if not faces:
-            sizes = ", ".join(str(size) for size in INFINITEYOU_DETECTION_SIZES)
-            raise FlexIPError(
-                f"{NODE} found no face in its image at detection sizes {sizes} px: use a photo where the face is "
-                "clearly visible."
-            )
-        face = max(faces, key=lambda found: (found.area, found.score))
-        crop = warp(image[0, ..., :3], face_crop_matrix(face.landmarks, FACE_SIZE), FACE_SIZE).clamp(0, 1)
+        faces = left_to_right(detect_faces(insightface, image[0], INFINITEYOU_DETECTION_SIZES)[0])
+        pick = choice.pick(faces, 0, (image.shape[1], image.shape[2]))
+        if pick is None:
+            raise FlexIPError(unchosen_message(NODE, "its image", faces, choice, INFINITEYOU_DETECTION_SIZES))
+        landmarks = faces[pick].landmarks
+        crop = warp(image[0, ..., :3], face_crop_matrix(landmarks, FACE_SIZE), FACE_SIZE).clamp(0, 1)
         crop = (crop * 255).round() / 255  # the 8-bit crop InfiniteYou's OpenCV alignment gives
         with torch.no_grad():
             embedding = self._model(path)(arcface_input(crop.unsqueeze(0)))  # [1, 512]

@@ -59,6 +59,13 @@ def test_the_face_nodes_are_registered_under_flexip_faces_with_tooltips(server):
     assert loader_packs[:2] == ["antelopev2", "buffalo_l"] and FACE_PACK_NAME in loader_packs
     encode_inputs = server.object_info("FlexIPEncodeSubject")["input"]["optional"]
     assert encode_inputs["insightface"][0] == "INSIGHTFACE,FACEANALYSIS" and encode_inputs["insightface"][1]["tooltip"]
+    # the face choice (docs/faces.md, "Which face"), the same three inputs with tooltips on each node that chooses
+    for name in ("FlexIPFaceCrop", "FlexIPEncodeSubject", "FlexIPInfiniteYouFace"):
+        inputs = server.object_info(name)["input"]
+        choice = {**inputs["required"], **inputs["optional"]}
+        assert choice["face"][0] == ["largest", "by index", "in mask"] and choice["face"][1]["default"] == "largest"
+        assert choice["face_index"][0] == "INT" and inputs["optional"]["face_mask"][0] == "MASK"
+        assert all(choice[key][1]["tooltip"] for key in ("face", "face_index", "face_mask")), name
 
 
 def test_the_face_workflow_runs_end_to_end(server, face_photo):
