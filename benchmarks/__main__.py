@@ -1,9 +1,10 @@
 """`python -m benchmarks` (`make bench`): what FlexIP costs on a full-size SD1.5 step, as JSON lines.
 
 Order: deterministic figures (ops, FLOPs; SD1.5, SDXL, then FLUX's gate over two InfuseNets on a
-tiny FLUX, `flux_pair.py`) first, then memory, the server re-run, and last the timed figures,
+tiny FLUX, `flux_pair.py`, then a second subject against the first on the tiny SD1.5 UNet and the
+tiny FLUX, `two_subjects.py`) first, then memory, the server re-run, and last the timed figures,
 which get whatever is left of `--budget` (at least one A-B-B-A round). `--only flux` runs the
-FLUX figures alone (seconds).
+FLUX figures alone, `--only subjects` the two-subject figures alone (seconds each).
 Progress goes to stderr; stdout holds only the JSON lines.
 """
 
@@ -21,7 +22,7 @@ from flexip_host.comfy_models import load_fully, unload_all
 from flexip_host.loaded_pack import Pack
 from flexip_model.vocabulary import OUTPUT_MODE, TOKEN_MODE
 
-from . import counting, flux_pair, memory, timing, workload
+from . import counting, flux_pair, memory, timing, two_subjects, workload
 from .report import Figure, Report
 
 logger = logging.getLogger("benchmarks")
@@ -45,8 +46,9 @@ def parse(argv) -> argparse.Namespace:
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument(
         "--only",
-        choices=("sd15", "flux"),
-        help="only the SD1.5/SDXL figures, or only the FLUX figures (tiny FLUX, seconds); default: all",
+        choices=("sd15", "flux", "subjects"),
+        help="only the SD1.5/SDXL figures, only the FLUX figures (tiny FLUX, seconds), or only the two-subject "
+        "figures (tiny SD1.5 and tiny FLUX, seconds); default: all",
     )
     return parser.parse_args(argv)
 
@@ -397,9 +399,13 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     dtype = torch.float32 if args.device == "cpu" else torch.float16
     report = Report()
-    if args.only == "flux":
-        logger.info("FLUX: the gate over two InfuseNets against ComfyUI's own controlnets")
-        flux_pair.figures(report, pack)
+    if args.only in ("flux", "subjects"):
+        if args.only == "flux":
+            logger.info("FLUX: the gate over two InfuseNets against ComfyUI's own controlnets")
+            flux_pair.figures(report, pack)
+            two_subjects.flux_figures(report, pack)
+        else:
+            two_subjects.figures(report, pack)
         summary = report.summary(time.perf_counter() - started, _describe(device))
         return 1 if args.strict and not summary["met"] else 0
 
@@ -427,6 +433,9 @@ def main(argv=None) -> int:
     if args.only is None:
         logger.info("FLUX: the gate over two InfuseNets against ComfyUI's own controlnets")
         flux_pair.figures(report, pack)
+        two_subjects.figures(report, pack)
+    else:
+        two_subjects.sd15_figures(report, pack)
     logger.info("memory: clones and offload")
     memory_figures(report, pack, base, configs, made)
     if args.no_server:

@@ -119,3 +119,12 @@ def per_layer(ops: Counter, layers: int) -> str:
         short = name.removeprefix("aten.").rsplit(".", 1)[0]
         parts.append(f"{count / layers:g} {short}")
     return ", ".join(parts)
+
+
+def op_difference(ours: Counter, theirs: Counter) -> str:
+    """'+2 lerp, -57 add' (aten op names shortened), largest first."""
+    out = Counter(ours)
+    out.subtract(theirs)
+    parts = [(n, name) for name, n in out.items() if n]
+    parts.sort(key=lambda item: -abs(item[0]))
+    return ", ".join(f"{n:+d} {name.removeprefix('aten.').rsplit('.', 1)[0]}" for n, name in parts) or "none"

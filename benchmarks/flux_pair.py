@@ -39,7 +39,7 @@ from flexip_host.sampling import prepare_noise, sample
 from flexip_model.gate_schedule import GateSchedule
 from tools.fixtures.flux import flux_conditioning, tiny_flux_patcher, tiny_flux_vae, tiny_infusenet
 
-from .counting import CPU_ATTENTION_FLOPS, HOST_READ_OPS, Cost, OpCounter
+from .counting import CPU_ATTENTION_FLOPS, HOST_READ_OPS, Cost, OpCounter, op_difference
 from .memory import resident_bytes_on_load_device
 from .report import Figure, Report
 from .workload import module_bytes
@@ -79,15 +79,19 @@ def tiny_world() -> FluxWorld:
     return FluxWorld(tiny_flux_patcher(0), tiny_flux_vae(), {SIM: tiny_infusenet(1), AES: tiny_infusenet(2)}, tokens)
 
 
-def apply_gate(pack: Pack, world: FluxWorld, positive: list, **settings: Any) -> list:
-    """FlexIPInfiniteYouApply.apply, the node's own code: `positive` with the gated pair attached."""
+def apply_gate(
+    pack: Pack, world: FluxWorld, positive: list, tokens: dict[str, torch.Tensor] | None = None, **settings: Any
+) -> list:
+    """FlexIPInfiniteYouApply.apply, the node's own code: `positive` with the gated pair attached, for the
+    identity of `tokens` per stage (default: the world's)."""
     # Pack has no typed accessor for the InfiniteYou bundles yet: they are built as the loader builds them
     bundles = pack.nodes.infiniteyou_bundles
     pair = bundles.InfiniteYouPair(
         bundles.InfiniteYouStage(f"{SIM}.safetensors", world.controls[SIM], None),
         bundles.InfiniteYouStage(f"{AES}.safetensors", world.controls[AES], None),
     )
-    identity = bundles.InfiniteYouIdentity(pair, world.tokens[SIM], world.tokens[AES])
+    tokens = world.tokens if tokens is None else tokens
+    identity = bundles.InfiniteYouIdentity(pair, tokens[SIM], tokens[AES])
     inputs = dict(strength=1.0, preservation=GAMMA, start_at=0.0, end_at=1.0, infusenet_guidance=1.0) | settings
     (out,) = pack.node("FlexIPInfiniteYouApply").apply(positive, pair, identity, world.vae, **inputs)
     return out
@@ -182,15 +186,6 @@ def host_reads(ops: Counter) -> int:
     return sum(n for name, n in ops.items() if name in HOST_READ_OPS or name.rsplit(".", 1)[0] in HOST_READ_OPS)
 
 
-def _diff(ours: Counter, theirs: Counter) -> str:
-    """'+2 lerp, -57 add' (aten op names shortened), largest first."""
-    out = Counter(ours)
-    out.subtract(theirs)
-    parts = [(n, name) for name, n in out.items() if n]
-    parts.sort(key=lambda item: -abs(item[0]))
-    return ", ".join(f"{n:+d} {name.removeprefix('aten.').rsplit('.', 1)[0]}" for n, name in parts) or "none"
-
-
 def figures(report: Report, pack: Pack) -> None:
     """The FLUX figures on the tiny FLUX (deterministic counts)."""
     world = tiny_world()
@@ -235,7 +230,7 @@ def figures(report: Report, pack: Pack) -> None:
                 extra <= allowed,
                 f"{what}, s = 1, both InfuseNets; ours {ours.op_count} ops, two chained stock ControlNets at "
                 f"strength {GAMMA} each {theirs.op_count}, DiT alone {base.op_count}; difference by op: "
-                f"{_diff(ours.ops, theirs.ops)}; {where}",
+                f"{op_difference(ours.ops, theirs.ops)}; {where}",
             )
         )
         ratio = ours.flop_count / theirs.flop_count
@@ -262,8 +257,8 @@ def figures(report: Report, pack: Pack) -> None:
                 "0 (FLOPs equal)",
                 ours.flop_count == theirs.flop_count,
                 f"γ = {gamma:g}: the gate runs {stage} alone; against ComfyUI's ControlNet with that InfuseNet "
-                f"at strength 1; ops {ours.op_count} against {theirs.op_count} ({_diff(ours.ops, theirs.ops)}); "
-                f"{where}",
+                f"at strength 1; ops {ours.op_count} against {theirs.op_count} "
+                f"({op_difference(ours.ops, theirs.ops)}); {where}",
             )
         )
 

@@ -148,15 +148,17 @@ def flexip_adapter(
 
 
 def ip_adapter_pair(pack: Pack, patcher, seed: int = 0):
-    """Compatibility mode's FLEXIP: full-size ip-adapter-plus_sd15 (preservation) and ip-adapter_sd15
-    (personalization) branches with random weights, matched to the model's layers as from files."""
+    """Compatibility mode's FLEXIP: ip-adapter-plus_sd15 (preservation) and ip-adapter_sd15 (personalization)
+    branches with random weights, matched to the model's layers as from files: full size on the full SD1.5
+    UNet, the layer widths of the model on another (the tiny UNet)."""
     from tools.fixtures.ip_adapter_files import ip_adapter_shapes
 
     compat = flexip_model.ip_adapter
     layers = pack.layer_specs_of(patcher.model.diffusion_model)
+    widths = tuple(spec.inner_dim for spec in compat.ip_adapter_order(layers))
 
     def branch(variant: str):
-        spec = compat.describe(f"{variant}.safetensors", ip_adapter_shapes(variant))
+        spec = compat.describe(f"{variant}.safetensors", ip_adapter_shapes(variant, layer_widths=widths))
         compat.match_layers(spec, layers, 768)
         return compat.IPAdapterBranch(spec, layers)
 
@@ -243,9 +245,15 @@ def model_step(patcher, inputs: StepInputs) -> torch.Tensor:
 
 
 def flexip_states(patcher) -> set:
-    """The FlexIPPatch objects installed on a patched model (to inspect or clear their run cache)."""
+    """The FlexIPPatch objects installed on a patched model, chained ones included (several Apply FlexIP
+    nodes on one model), to inspect or clear their run cache."""
     replace = patcher.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
-    return {patch.state for patch in replace.values() if hasattr(patch, "state")}
+    states = set()
+    for patch in replace.values():
+        while hasattr(patch, "state"):  # a layer patch chains the one it replaced
+            states.add(patch.state)
+            patch = patch.previous
+    return states
 
 
 def adapter_patchers(patched_models) -> list:

@@ -22,8 +22,14 @@ from tools.harness.workflows import PUBLIC_MODELS, WORKFLOWS, models_property
 
 pytestmark = pytest.mark.ui
 
-# the start here workflow, and the FLUX one, whose files lie in folders the pack adds (models/infiniteyou)
-TEMPLATES = ("flexip_start_here_sd15", "flexip_infiniteyou_flux")
+# the start here workflow, the FLUX one, whose files lie in folders the pack adds (models/infiniteyou), and the
+# two-subject ones (SD1.5 and FLUX), whose masks come from ComfyUI's own mask nodes
+TEMPLATES = (
+    "flexip_start_here_sd15",
+    "flexip_infiniteyou_flux",
+    "flexip_two_subjects_sd15",
+    "flexip_two_identities_flux",
+)
 TIMEOUT = 60  # seconds; the frontend fetches the template list and each thumbnail from the CPU-bound server
 THUMBNAIL_JS = """
 const card = document.querySelector(arguments[0]);

@@ -119,12 +119,23 @@ INFINITEYOU_DIAL_NOTE = (
     "early, editability late. Licences: InfiniteYou weights CC BY-NC 4.0, FLUX.1-dev non-commercial licence, "
     "InsightFace packs non-commercial research only. This pack ships no weights."
 )
+# The workflows with several subjects build their masks with ComfyUI's MaskComposite; the rules are the
+# patch's and the InfiniteYou pair's (docs/gate.md)
+REGIONAL_MASKS_NOTE = (
+    "Each Apply node adds its subject only where its mask is white; the next Apply takes the previous one's "
+    "output. A mask of any size is stretched over the image and resized to every block's token grid; grey "
+    "weights the subject; where masks overlap, the subjects add; outside its mask a subject changes nothing in "
+    "the layers it patches (the rest of the image follows through the layers that mix tokens). Name both "
+    "subjects, left and right, in the prompt. To move the split, change the white half's width and the right "
+    "mask's x. docs/gate.md, Several subjects"
+)
 # The Notes of the UI files: a workflow with a node of the class gets the Note (title, text).
 NOTES = {
     "FlexIPLoader": ("FlexIP weights", NO_PUBLIC_FLEXIP_NOTE),
     "FlexIPInsightFaceLoader": ("InsightFace pack", INSIGHTFACE_PACK_NOTE),
     "FlexIPInfiniteYouLoader": ("InfiniteYou files", INFINITEYOU_FILES_NOTE),
     "FlexIPInfiniteYouApply": ("The dial and the licences", INFINITEYOU_DIAL_NOTE),
+    "MaskComposite": ("Several subjects: masks", REGIONAL_MASKS_NOTE),
 }
 
 # The nodes that draw a sampling run's noise from a seed -> that seed's input (SamplerCustomAdvanced takes

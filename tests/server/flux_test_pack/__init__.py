@@ -85,8 +85,32 @@ class FlexIPTestInfiniteYou:
         return (pair, bundles.InfiniteYouIdentity(pair, sim_tokens, aes_tokens))
 
 
+class FlexIPTestInfiniteYouIdentity:
+    DESCRIPTION = "TEST ONLY: another identity of seeded tokens on a pair (a second face in one image)."
+    CATEGORY = "testing"
+    RETURN_TYPES = ("INFINITEYOU_IDENTITY",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "pair": ("INFINITEYOU_PAIR",),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 1000}),
+            }
+        }
+
+    def encode(self, pair, seed):
+        import torch
+
+        generator = torch.Generator().manual_seed(seed)
+        sim_tokens, aes_tokens = (torch.randn(1, 8, 4096, generator=generator) for _ in range(2))
+        return (_pack_bundles().InfiniteYouIdentity(pair, sim_tokens, aes_tokens),)
+
+
 NODE_CLASS_MAPPINGS = {
     "FlexIPTestTinyFlux": FlexIPTestTinyFlux,
     "FlexIPTestFluxText": FlexIPTestFluxText,
     "FlexIPTestInfiniteYou": FlexIPTestInfiniteYou,
+    "FlexIPTestInfiniteYouIdentity": FlexIPTestInfiniteYouIdentity,
 }
