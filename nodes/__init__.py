@@ -1,11 +1,11 @@
 """ComfyUI glue of FlexIP: node classes, the model patch, encoder and folder plumbing.
 
 Node modules (one node class each): apply, encode, faces_crop, faces_loader, faces_similarity,
-infiniteyou_apply, infiniteyou_face, infiniteyou_loader, loader, pair_loader, plot, schedule, similarity,
-sweep. They import flexip_model and the helper modules only (bundles, encoders, faces_align, faces_packs,
-faces_preview, faces_runtime, faces_select, finite, folders, infiniteyou_bundles, infuse_control,
-infusenet_files, inputs, layers, patch, progress), never another node module. The package rules, and
-the test that checks each, are in docs/architecture.md.
+infiniteyou_apply, infiniteyou_face, infiniteyou_keypoints, infiniteyou_loader, loader, pair_loader, plot,
+schedule, similarity, sweep. They import flexip_model and the helper modules only (bundles, encoders,
+faces_align, faces_packs, faces_preview, faces_runtime, faces_select, finite, folders, infiniteyou_bundles,
+infuse_control, infusenet_files, inputs, layers, patch, progress), never another node module. The package
+rules, and the test that checks each, are in docs/architecture.md.
 """
 
 from .apply import FlexIPApply
@@ -17,6 +17,7 @@ from .finite import refuse_non_finite_floats
 from .folders import register_model_folders
 from .infiniteyou_apply import FlexIPInfiniteYouApply
 from .infiniteyou_face import FlexIPInfiniteYouFace
+from .infiniteyou_keypoints import FlexIPInfiniteYouKeypoints
 from .infiniteyou_loader import FlexIPInfiniteYouLoader
 from .loader import FlexIPLoader
 from .pair_loader import FlexIPAdapterPairLoader
@@ -42,6 +43,7 @@ NODES: tuple[type, ...] = (
     FlexIPTradeoffPlot,
     FlexIPInfiniteYouLoader,
     FlexIPInfiniteYouFace,
+    FlexIPInfiniteYouKeypoints,
     FlexIPInfiniteYouApply,
 )
 

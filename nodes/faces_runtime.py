@@ -39,6 +39,8 @@ FACE_MODELS_TYPE = "INSIGHTFACE,FACEANALYSIS"
 # Detection input sizes, tried in turn until a face is found: SCRFD misses faces that fill
 # most of a 640 px input, and finds them again at a smaller size.
 DETECTION_SIZES = (640, 512, 384, 256)
+# InfiniteYou's own sizes, which its face and keypoint nodes use to find the faces its pipeline finds
+INFINITEYOU_DETECTION_SIZES = (640, 320, 160)
 _INSTALL = (
     'install them into ComfyUI\'s Python environment with `python -m pip install "insightface>=1.0" onnxruntime` '
     "(for CUDA, then swap in the GPU runtime with `python -m pip uninstall -y onnxruntime onnxruntime-gpu` "

@@ -21,7 +21,7 @@ from flexip_model.flux.arcface_ir_se50 import FACE_SIZE, IR_SE50_FILE
 from flexip_model.vocabulary import LARGEST_FACE
 
 from .faces_align import face_crop_matrix, warp
-from .faces_runtime import FACE_MODELS_TYPE, check_face_analysis, detect_faces
+from .faces_runtime import FACE_MODELS_TYPE, INFINITEYOU_DETECTION_SIZES, check_face_analysis, detect_faces
 from .faces_select import face_choice, face_choice_inputs, face_mask_input, left_to_right, unchosen_message
 from .folders import model_file
 from .infiniteyou_bundles import IDENTITY_TYPE, PAIR_TYPE, InfiniteYouIdentity, InfiniteYouPair
@@ -29,8 +29,6 @@ from .inputs import choice_input, typed_input
 
 log = logging.getLogger(__name__)
 NODE = "FlexIPInfiniteYouFace"
-# InfiniteYou's detection sizes, tried in turn; smaller inputs find faces that fill the photo
-INFINITEYOU_DETECTION_SIZES = (640, 320, 160)
 
 
 class FlexIPInfiniteYouFace:

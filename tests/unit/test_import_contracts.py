@@ -38,7 +38,7 @@ def node_modules() -> set[str]:
     return found
 
 
-def test_the_node_modules_are_the_fourteen_registered_families():
+def test_the_node_modules_are_the_fifteen_registered_families():
     assert node_modules() == {
         "apply",
         "encode",
@@ -47,6 +47,7 @@ def test_the_node_modules_are_the_fourteen_registered_families():
         "faces_similarity",
         "infiniteyou_apply",
         "infiniteyou_face",
+        "infiniteyou_keypoints",
         "infiniteyou_loader",
         "loader",
         "pair_loader",
