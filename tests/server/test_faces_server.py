@@ -88,3 +88,52 @@ def test_a_photo_without_a_face_stops_the_workflow_naming_the_image(server, empt
     message = str(failure.value)
     assert "FlexIPFaceCrop" in message and "no face in image 0 (counting from 0, of 1)" in message
     assert "FlexIPError" in message
+
+
+# two generated faces: a small one left and a large one right, so "largest" and "index 0" differ
+TWO_FACES = (256, 192, [face_at(60, 90, 40, eyes=(30, 30, 200)), face_at(170, 100, 70, eyes=(30, 160, 30))])
+
+
+def face_crop_prompt(image: str, face: str, face_index: int = 0, left_mask: bool = False) -> dict:
+    """LoadImage -> FlexIP Face Crop (the generated pack) -> SaveImage; with `left_mask`, the crop's
+    face_mask is the image's left half, made with ComfyUI's own SolidMask and MaskComposite."""
+    width, height, _ = TWO_FACES
+    crop = {
+        "image": ["load", 0],
+        "insightface": ["faces", 0],
+        "face": face,
+        "face_index": face_index,
+        "crop_size": 112,
+        "crop_scale": 1.5,
+        "no_face": "error",
+    }
+    prompt = {
+        "load": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "faces": {"class_type": "FlexIPInsightFaceLoader", "inputs": {"pack": FACE_PACK_NAME, "provider": "CPU"}},
+        "crop": {"class_type": "FlexIPFaceCrop", "inputs": crop},
+        "save": {
+            "class_type": "SaveImage",
+            "inputs": {"images": ["crop", 0], "filename_prefix": f"face_choice_{next(_seeds)}"},
+        },
+    }
+    if left_mask:
+        prompt["empty"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": width, "height": height}}
+        prompt["half"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": width // 2, "height": height}}
+        prompt["mask"] = {
+            "class_type": "MaskComposite",
+            "inputs": {"destination": ["empty", 0], "source": ["half", 0], "x": 0, "y": 0, "operation": "add"},
+        }
+        crop["face_mask"] = ["mask", 0]
+    return prompt
+
+
+def test_the_face_choice_picks_among_two_faces_on_the_server(server):
+    width, height, faces = TWO_FACES
+    photo = server.upload_image(_png(draw_faces(width, height, faces)), "flexip_two_faces_test.png")
+    largest = server.pixels(face_crop_prompt(photo, "largest"))
+    left, right = (server.pixels(face_crop_prompt(photo, "by index", index)) for index in (0, 1))
+    in_mask = server.pixels(face_crop_prompt(photo, "in mask", left_mask=True))
+    assert (largest == right).all() and (in_mask == left).all()
+    assert abs(left - right).mean() > 10  # two different faces (green and blue eyes, sizes)
+    with pytest.raises(ExecutionFailed, match="face_index is 2"):
+        server.run(face_crop_prompt(photo, "by index", 2))
