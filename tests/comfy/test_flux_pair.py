@@ -17,6 +17,7 @@ import torch
 
 from flexip_model.errors import FlexIPError
 from flexip_model.gate_schedule import BlockOverride, GateSchedule
+from tests.comfy.tiny_world import progress_of
 from tools.fixtures.flux import flux_conditioning, tiny_flux_patcher, tiny_flux_vae, tiny_infusenet
 
 STEPS, SIZE = 3, 16  # latent 16 x 16 -> 8 x 8 tokens
@@ -124,16 +125,6 @@ def test_a_dead_branch_is_never_built_loaded_or_run(flexip_pack, flux, gamma, de
     assert outputs == []
     models = positive[0][1]["control"].get_models()
     assert len(models) == 1 and models[0].model is flux["sim" if dead == "aes" else "aes"].control_model
-
-
-def progress_of(model: Any, sigma: float) -> float:
-    """The sampling progress whose sigma is `sigma` (bisection on ComfyUI's percent_to_sigma, decreasing)."""
-    sampling = model.get_model_object("model_sampling")
-    low, high = 0.0, 1.0
-    for _ in range(60):
-        middle = (low + high) / 2
-        low, high = (middle, high) if sampling.percent_to_sigma(middle) > sigma else (low, middle)
-    return (low + high) / 2
 
 
 def test_a_schedule_gives_each_step_the_blend_it_names_per_group(flexip_pack, flux):

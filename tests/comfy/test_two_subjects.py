@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from flexip_model.errors import FlexIPError
-from tests.comfy.tiny_world import apply, attn2_patches, node, sample, sd15_conds
+from tests.comfy.tiny_world import apply, attn2_patches, node, progress_of, sample, sd15_conds
 from tests.support.assertions import assert_one_sentence
 
 pytestmark = [pytest.mark.comfy, pytest.mark.usefixtures("one_thread")]  # tiny UNet calls on a busy 2-core host
@@ -188,16 +188,6 @@ def test_where_two_masks_overlap_the_two_terms_add(world, second, flexip_pack):
     check_every_layer(chained, check)
     sample(chained, STEPS)
     assert min(overlaps) > 0
-
-
-def progress_of(model: Any, sigma: float) -> float:
-    """The sampling progress whose sigma is `sigma` (bisection on ComfyUI's percent_to_sigma, decreasing)."""
-    sampling = model.get_model_object("model_sampling")
-    low, high = 0.0, 1.0
-    for _ in range(60):
-        middle = (low + high) / 2
-        low, high = (middle, high) if sampling.percent_to_sigma(middle) > sigma else (low, middle)
-    return (low + high) / 2
 
 
 def test_each_subject_reads_its_own_gate_schedule_at_every_layer_and_step(world, second, flexip_pack):

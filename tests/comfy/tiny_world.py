@@ -139,3 +139,13 @@ class PatchProbe:
     def to(self, device) -> PatchProbe:
         self.inner = self.inner.to(device)
         return self
+
+
+def progress_of(model: Any, sigma: float) -> float:
+    """The sampling progress whose sigma is `sigma` (bisection on ComfyUI's percent_to_sigma, decreasing)."""
+    sampling = model.get_model_object("model_sampling")
+    low, high = 0.0, 1.0
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if sampling.percent_to_sigma(middle) > sigma else (low, middle)
+    return (low + high) / 2

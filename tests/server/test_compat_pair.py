@@ -14,14 +14,13 @@ import numpy as np
 import pytest
 
 from tools.fixtures.images import drawn_subject
-from tools.fixtures.ip_adapter_files import build_ip_adapter
+from tools.fixtures.ip_adapter_files import PAIR_FILES, build_ip_adapter_pair
 from tools.harness.server import ComfyServer
 from tools.harness.workflows import for_test_models, load_api, without_flexip
 
 pytestmark = pytest.mark.server
 
-PRESERVATION, PERSONALIZATION = "ip-adapter-plus_sd15.safetensors", "ip-adapter_sd15.safetensors"
-CHECKPOINT_WIDTHS = (320,) * 4  # the generated SD1.5 UNet: one level of 320 channels
+PRESERVATION, PERSONALIZATION = PAIR_FILES  # the names the start-here workflow loads
 SEED = 2024
 
 
@@ -29,10 +28,7 @@ SEED = 2024
 def server(tmp_path_factory, comfyui_path):
     """A server with ComfyUI-FlexIP, the generated models and the two IP-Adapter files."""
     base = tmp_path_factory.mktemp("compat-server").resolve()
-    ipadapter = base / "models" / "ipadapter"
-    ipadapter.mkdir(parents=True)
-    build_ip_adapter(ipadapter / PRESERVATION, "ip-adapter-plus_sd15", seed=1, layer_widths=CHECKPOINT_WIDTHS)
-    build_ip_adapter(ipadapter / PERSONALIZATION, "ip-adapter_sd15", seed=2, layer_widths=CHECKPOINT_WIDTHS)
+    build_ip_adapter_pair(base / "models" / "ipadapter")
     with ComfyServer(base, host_path=comfyui_path) as started:
         yield started
 

@@ -14,11 +14,10 @@ import pytest
 import torch
 
 from flexip_model import checkpoint
-from tests.server.test_compat_pair import CHECKPOINT_WIDTHS, PERSONALIZATION, PRESERVATION
 from tools.fixtures.adapters import FLEXIP_SD15_NAME, FLEXIP_TEST_SDXL_NAME, flexip_sd15, link_adapters
 from tools.fixtures.files import link_sdxl_checkpoint
 from tools.fixtures.images import drawn_subject
-from tools.fixtures.ip_adapter_files import build_ip_adapter
+from tools.fixtures.ip_adapter_files import build_ip_adapter_pair
 from tools.harness.server import LRU_CACHE_ARGS, ComfyServer
 from tools.harness.workflows import for_test_models, load_api, nodes_of, without_flexip
 
@@ -44,11 +43,7 @@ def server(request, tmp_path_factory, comfyui_path):
     """A server with the switch set, the generated models, the IP-Adapter pair and half-stored FlexIP files."""
     base = tmp_path_factory.mktemp(f"precision-{request.param}").resolve()
     models = base / "models"
-    (models / "ipadapter").mkdir(parents=True)
-    build_ip_adapter(
-        models / "ipadapter" / PRESERVATION, "ip-adapter-plus_sd15", seed=1, layer_widths=CHECKPOINT_WIDTHS
-    )
-    build_ip_adapter(models / "ipadapter" / PERSONALIZATION, "ip-adapter_sd15", seed=2, layer_widths=CHECKPOINT_WIDTHS)
+    build_ip_adapter_pair(models / "ipadapter")
     link_sdxl_checkpoint(models)
     link_adapters(models, (FLEXIP_SD15_NAME, FLEXIP_TEST_SDXL_NAME))
     for dtype, name in HALF_FILES.items():

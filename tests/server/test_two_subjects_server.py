@@ -19,10 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.server.test_compat_pair import CHECKPOINT_WIDTHS, PERSONALIZATION, PRESERVATION
 from tests.server.test_flux_server import FLUX_PACK, REPLACED, STAND_INS
 from tools.fixtures.images import drawn_subject
-from tools.fixtures.ip_adapter_files import build_ip_adapter
+from tools.fixtures.ip_adapter_files import build_ip_adapter_pair
 from tools.harness.server import PACK_NAME, ComfyServer
 from tools.harness.workflows import for_test_models, load_api, nodes_of
 
@@ -39,10 +38,7 @@ TIMEOUT = 900  # seconds per SD1.5 prompt: the full-size CLIP-H encodes two subj
 def server(tmp_path_factory, comfyui_path):
     """A server with ComfyUI-FlexIP, the generated models, the IP-Adapter pair and the FLUX test pack."""
     base = tmp_path_factory.mktemp("two-subjects-server").resolve()
-    ipadapter = base / "models" / "ipadapter"
-    ipadapter.mkdir(parents=True)
-    build_ip_adapter(ipadapter / PRESERVATION, "ip-adapter-plus_sd15", seed=1, layer_widths=CHECKPOINT_WIDTHS)
-    build_ip_adapter(ipadapter / PERSONALIZATION, "ip-adapter_sd15", seed=2, layer_widths=CHECKPOINT_WIDTHS)
+    build_ip_adapter_pair(base / "models" / "ipadapter")
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / FLUX_PACK).symlink_to(Path(__file__).resolve().parent / "flux_test_pack")
     with ComfyServer(
