@@ -17,7 +17,13 @@ from flexip_model.errors import FlexIPError
 from flexip_model.vocabulary import FACE_BY_INDEX, FACE_CHOICES, FACE_IN_MASK, LARGEST_FACE, image_masks, mask_batch
 
 from .faces_align import centre_crop_matrix, ellipse_mask, face_crop_matrix, warp
-from .faces_runtime import DETECTION_SIZES, DetectedFace, check_face_analysis, detect_faces
+from .faces_runtime import (
+    DETECTION_SIZES,
+    INFINITEYOU_DETECTION_SIZES,
+    DetectedFace,
+    check_face_analysis,
+    detect_faces,
+)
 from .inputs import InputSpec, choice_input, int_input, typed_input
 from .progress import with_progress
 
@@ -163,6 +169,16 @@ def unchosen_message(
         f"{node} found no face in {where} at detection sizes {', '.join(str(size) for size in sizes)} px: use a "
         f"photo with a clearly visible face{remedy}."
     )
+
+
+def infiniteyou_face(analysis: Any, image: torch.Tensor, choice: FaceChoice, node: str) -> DetectedFace:
+    """The chosen face of one IMAGE [H, W, C], found as InfiniteYou's pipeline finds faces (its detection sizes);
+    FlexIPError naming `node`, in one sentence, when the choice finds none."""
+    faces = left_to_right(detect_faces(analysis, image, INFINITEYOU_DETECTION_SIZES)[0])
+    pick = choice.pick(faces, 0, (image.shape[0], image.shape[1]))
+    if pick is None:
+        raise FlexIPError(unchosen_message(node, "its image", faces, choice, INFINITEYOU_DETECTION_SIZES))
+    return faces[pick]
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ import torch
 
 from flexip_model.errors import FlexIPError
 from flexip_model.flux.residuals import residual_groups
-from flexip_model.gate import Gate
+from flexip_model.gate import Gate, check_window
 from flexip_model.gate_schedule import constant_schedule
-from flexip_model.vocabulary import mask_batch
+from flexip_model.vocabulary import attention_masks
 
 from .infiniteyou_bundles import IDENTITY_TYPE, PAIR_TYPE, InfiniteYouIdentity, InfiniteYouPair, pair_group_counts
 from .infuse_control import AES, SIM, GatedInfusePair, InfuseNetStage
@@ -112,7 +112,8 @@ class FlexIPInfiniteYouApply:
         if strength == 0.0:
             return (positive,)  # nothing to add: the InfuseNets need not even load
         gate = gate if gate is not None else constant_schedule(preservation)
-        gate.with_window(start_at, end_at, NODE)  # checks the window; the pair skips steps outside it
+        masks = None if mask is None else attention_masks(mask, f"{NODE} mask")  # the SD rules: clamped, checked
+        check_window(start_at, end_at, NODE)  # the pair skips steps outside it; its gate itself is windowless
         gate = gate.with_window(0.0, 1.0, NODE)
         groups = residual_groups(*pair_group_counts(pair.sim))
         # checks the gate against the groups here (a bad override is this node's error) and finds dead
@@ -127,7 +128,6 @@ class FlexIPInfiniteYouApply:
             stages[SIM] = (InfuseNetStage.of(pair.sim.control, hint, vae), identity.sim_tokens)
         if any(gamma != 1.0 for gamma in constants):
             stages[AES] = (InfuseNetStage.of(pair.aes.control, hint, vae), identity.aes_tokens)
-        masks = None if mask is None else mask_batch(mask).unsqueeze(1)
         out, made = [], {}
         for tokens, options in positive:
             previous = options.get("control")

@@ -21,8 +21,8 @@ from flexip_model.flux.arcface_ir_se50 import FACE_SIZE, IR_SE50_FILE
 from flexip_model.vocabulary import LARGEST_FACE
 
 from .faces_align import face_crop_matrix, warp
-from .faces_runtime import FACE_MODELS_TYPE, INFINITEYOU_DETECTION_SIZES, check_face_analysis, detect_faces
-from .faces_select import face_choice, face_choice_inputs, face_mask_input, left_to_right, unchosen_message
+from .faces_runtime import FACE_MODELS_TYPE, check_face_analysis
+from .faces_select import face_choice, face_choice_inputs, face_mask_input, infiniteyou_face
 from .folders import model_file
 from .infiniteyou_bundles import IDENTITY_TYPE, PAIR_TYPE, InfiniteYouIdentity, InfiniteYouPair
 from .inputs import choice_input, typed_input
@@ -96,11 +96,7 @@ class FlexIPInfiniteYouFace:
         check_face_analysis(insightface, NODE)
         choice = face_choice(face, face_index, face_mask, 1, NODE)
         path = model_file("infiniteyou", arcface, f"{NODE}'s arcface")
-        faces = left_to_right(detect_faces(insightface, image[0], INFINITEYOU_DETECTION_SIZES)[0])
-        pick = choice.pick(faces, 0, (image.shape[1], image.shape[2]))
-        if pick is None:
-            raise FlexIPError(unchosen_message(NODE, "its image", faces, choice, INFINITEYOU_DETECTION_SIZES))
-        landmarks = faces[pick].landmarks
+        landmarks = infiniteyou_face(insightface, image[0], choice, NODE).landmarks
         crop = warp(image[0, ..., :3], face_crop_matrix(landmarks, FACE_SIZE), FACE_SIZE).clamp(0, 1)
         crop = (crop * 255).round() / 255  # the 8-bit crop InfiniteYou's OpenCV alignment gives
         with torch.no_grad():

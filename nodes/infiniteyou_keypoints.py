@@ -10,8 +10,8 @@ from flexip_model.errors import FlexIPError
 from flexip_model.flux.keypoints import draw_keypoints, fit_to_size
 from flexip_model.vocabulary import LARGEST_FACE
 
-from .faces_runtime import FACE_MODELS_TYPE, INFINITEYOU_DETECTION_SIZES, check_face_analysis, detect_faces
-from .faces_select import face_choice, face_choice_inputs, face_mask_input, left_to_right, unchosen_message
+from .faces_runtime import FACE_MODELS_TYPE, check_face_analysis
+from .faces_select import face_choice, face_choice_inputs, face_mask_input, infiniteyou_face
 from .inputs import int_input, typed_input
 
 NODE = "FlexIPInfiniteYouKeypoints"
@@ -66,9 +66,5 @@ class FlexIPInfiniteYouKeypoints:
         check_face_analysis(insightface, NODE)
         choice = face_choice(face, face_index, face_mask, 1, NODE)
         fitted = fit_to_size(image[0, ..., :3], width, height)
-        faces = left_to_right(detect_faces(insightface, fitted, INFINITEYOU_DETECTION_SIZES)[0])
-        pick = choice.pick(faces, 0, (height, width))
-        if pick is None:
-            raise FlexIPError(unchosen_message(NODE, "its image", faces, choice, INFINITEYOU_DETECTION_SIZES))
-        points = torch.as_tensor(faces[pick].landmarks, dtype=torch.float32)
+        points = torch.as_tensor(infiniteyou_face(insightface, fitted, choice, NODE).landmarks, dtype=torch.float32)
         return draw_keypoints(points, width, height).unsqueeze(0), fitted.unsqueeze(0)

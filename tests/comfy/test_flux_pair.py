@@ -242,3 +242,5 @@ def test_an_identity_of_another_pair_and_a_middle_block_override_are_one_sentenc
     middle = GateSchedule(((0.0, 0.5),), overrides=(BlockOverride(((0.0, 1.0),), blocks=("middle",)),))
     with pytest.raises(FlexIPError, match="overrides the middle blocks but this model has only input and output"):
         apply(flexip_pack, flux, gate=middle)
+    with pytest.raises(FlexIPError, match="FlexIPInfiniteYouApply mask holds NaN"):
+        apply(flexip_pack, flux, mask=torch.full((1, 8, 8), float("nan")))
